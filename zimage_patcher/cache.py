@@ -1,0 +1,85 @@
+"""A cache of bare upstream repositories, shared by every checkout and guarded by a file lock."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from filelock import FileLock
+
+from . import git
+from .errors import Exit, ZpatchError
+
+# Fail fast on a dead or crawling network instead of hanging a CI job for minutes.
+_NET_ENV = {"GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "20"}
+
+
+def cache_root() -> Path:
+    if os.environ.get("ZPATCH_CACHE"):
+        return Path(os.environ["ZPATCH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "zimage-patcher" / "repos"
+
+
+def mirror_path(url: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"^[a-z+]+://", "", url)).strip("_")
+    return cache_root() / f"{slug}.git"
+
+
+def _unreachable(url: str, err: str) -> ZpatchError:
+    last = (err.strip().splitlines() or ["no answer"])[-1]
+    return ZpatchError(
+        f"cannot reach {url}: {last}", Exit.UNREACHABLE,
+        hint=(f"point git at a mirror (git config --global url.<mirror>.insteadOf {url}) "
+              "or rerun with --offline to use the cache only"))
+
+
+def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = False) -> Path:
+    """A bare mirror of URL in the cache that holds COMMIT; fetch only when it is missing."""
+    path = mirror_path(url)
+    if path.is_dir() and git.has_commit(path, commit):
+        return path          # warm: no lock, no network
+    if offline:
+        raise ZpatchError(f"commit {commit[:12]} of {url} is not in the cache ({path})", Exit.UNREACHABLE,
+                          hint="run once without --offline to fill the cache")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_dir():
+            tmp = path.with_name(path.name + ".tmp")
+            if tmp.exists():
+                import shutil
+                shutil.rmtree(tmp)
+            r = git.run(["clone", "--bare", "--quiet" if not progress else "--progress", url, str(tmp)],
+                        check=False, env=_NET_ENV, timeout=1800)
+            if not r.ok:
+                import shutil
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise _unreachable(url, r.stderr)
+            tmp.rename(path)
+        if git.has_commit(path, commit):
+            return path
+        r = git.run(["fetch", "--quiet", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                    cwd=path, check=False, env=_NET_ENV, timeout=1800)
+        if not r.ok:
+            raise _unreachable(url, r.stderr)
+        if not git.has_commit(path, commit):
+            r = git.run(["fetch", "--quiet", url, commit], cwd=path, check=False, env=_NET_ENV, timeout=1800)
+            if not git.has_commit(path, commit):
+                raise ZpatchError(f"{url} has no commit {commit}", Exit.UNREACHABLE,
+                                  hint="check the pin in upstream.lock")
+    return path
+
+
+def update(url: str, branch: str, *, progress: bool = False) -> tuple[Path, str]:
+    """Fetch BRANCH of URL into the cache; return the mirror and the branch tip."""
+    path = mirror_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_dir():
+            git.run(["init", "--bare", "--quiet", str(path)])
+        r = git.run(["fetch", "--quiet", url, f"+refs/heads/{branch}:refs/heads/{branch}"], cwd=path,
+                    check=False, env=_NET_ENV, timeout=1800)
+        if not r.ok:
+            raise _unreachable(url, r.stderr)
+    tip = git.run(["rev-parse", f"refs/heads/{branch}"], cwd=path).stdout.strip()
+    return path, tip

@@ -1,0 +1,198 @@
+"""zpatch's command line: one thin function per command; the work happens in the modules."""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import overlay as overlaymod
+from .errors import Exit, ZpatchError
+
+SCHEMA = 1
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success (or nothing to do)
+  1  check/status found problems
+  2  bad command line
+  3  overlay invalid: upstream.lock, series or a patch malformed, tampered or hostile
+  4  checkout invalid: missing, not a repository, off its pin, or user changes in the way
+  5  a patch does not apply
+  6  an upstream cannot be reached (or is not cached with --offline)
+  7  the smoke generation failed
+  8  a required tool (git, the smoke Python) is missing"""
+
+
+def _emit(ctx_json: bool, command: str, payload: dict, text: str) -> None:
+    if ctx_json:
+        click.echo(json.dumps({"schema": SCHEMA, "command": command, "ok": True, **payload},
+                              indent=2, sort_keys=True))
+    else:
+        click.echo(text)
+
+
+def command(name: str, help_example: str):
+    """Register a command with --json, --overlay, error handling and an example in its --help."""
+    def wrap(fn):
+        @main.command(name, help=inspect.cleandoc(fn.__doc__ or "") + f"\n\n\b\nExample:\n  {help_example}\n\n" + EXIT_CODES)
+        @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
+        @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
+                      help="Overlay directory holding upstream.lock (default: found automatically).")
+        @functools.wraps(fn)
+        def run(as_json: bool, overlay_dir: str | None, **kw):
+            try:
+                code = fn(as_json=as_json, overlay_dir=overlay_dir, **kw)
+            except ZpatchError as e:
+                if as_json:
+                    click.echo(json.dumps({"schema": SCHEMA, "command": name, "ok": False, **e.to_json()},
+                                          indent=2, sort_keys=True))
+                else:
+                    click.echo(f"error: {e.message}", err=True)
+                    if e.hint:
+                        click.echo(f"hint: {e.hint}", err=True)
+                sys.exit(int(e.exit_code))
+            sys.exit(int(code or 0))
+        return run
+    return wrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zimage-patcher")
+def main():
+    """zpatch: keep the Z-Image overlay (patches + custom node) on ComfyUI and ComfyUI-GGUF.
+
+    \b
+    Typical session:
+      zpatch checkout ./ComfyUI     # upstreams at their pins, through a local cache
+      zpatch apply ./ComfyUI        # both patch series + the ComfyUI-ZImage-Fix node
+      zpatch status ./ComfyUI       # what is applied, missing or modified
+      zpatch unapply ./ComfyUI      # back to pristine upstream
+      zpatch check                  # lint the overlay; touches nothing
+    """
+
+
+def _load(overlay_dir, verify=True):
+    return overlaymod.load(overlaymod.find_root(overlay_dir), verify_hashes=verify)
+
+
+@command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--offline", is_flag=True, help="Use only the local cache; never touch the network.")
+@click.option("--exclude", multiple=True, metavar="PATH",
+              help="Leave PATH unmaterialized (git sparse checkout); repeatable.")
+def checkout_cmd(as_json, overlay_dir, dest, offline, exclude):
+    """Clone every upstream at its pinned commit into DEST (ComfyUI with ComfyUI-GGUF nested)."""
+    from . import workspace
+    ov = _load(overlay_dir)
+    res = workspace.checkout(ov, Path(dest), offline=offline, exclude=list(exclude), progress=not as_json)
+    lines = [f"Checked out {u['name']} at {u['commit'][:12]} into {Path(dest) / u['path']}"
+             for u in res["upstreams"]]
+    for m in res["missing_objects"]:
+        lines.append(f"warning: {m} is missing: the source repository lacks its object "
+                     f"(git status will show it deleted; --exclude {m} leaves it out cleanly)")
+    lines.append(f"Next: zpatch apply {dest}")
+    _emit(as_json, "checkout", res, "\n".join(lines))
+
+
+@command("apply", "zpatch apply /ComfyUI")
+@click.argument("checkout", type=click.Path(file_okay=False), default=".")
+@click.option("--allow-drift", is_flag=True, help="Upstream moved off its pin: try a 3-way apply.")
+def apply_cmd(as_json, overlay_dir, checkout, allow_drift):
+    """Apply both patch series and install the custom node into CHECKOUT (all or nothing).
+
+    A second run is a no-op that says so; after the overlay changed, the old patches are
+    reversed from zpatch's own copies and the new ones applied."""
+    from . import workspace
+    ov = _load(overlay_dir)
+    res = workspace.apply(ov, Path(checkout), allow_drift=allow_drift)
+    counts = ", ".join(f"{u['name']} {len(u['applied'])} patch{'es' if len(u['applied']) != 1 else ''}"
+                       for u in res["upstreams"])
+    if not res["changed"]:
+        text = f"Already applied ({counts}; node {res['overlay']}). Nothing to do."
+    else:
+        verb = "Re-applied the changed overlay" if res.get("replaced") else "Applied"
+        text = (f"{verb}: {counts}.\nInstalled {res['overlay']}.\n"
+                f"Next: zpatch status {checkout}   or   zpatch smoke {checkout}")
+    _emit(as_json, "apply", res, text)
+
+
+@command("unapply", "zpatch unapply ./ComfyUI")
+@click.argument("checkout", type=click.Path(file_okay=False), default=".")
+def unapply_cmd(as_json, overlay_dir, checkout):
+    """Reverse what `apply` did: CHECKOUT returns to pristine upstream, byte for byte."""
+    from . import workspace
+    ov = _load(overlay_dir, verify=False)
+    res = workspace.unapply(ov, Path(checkout))
+    if not res["changed"]:
+        text = "Nothing applied by zpatch here. Nothing to do."
+    else:
+        parts = ", ".join(f"{k} {len(v)}" for k, v in res["reversed"].items())
+        text = (f"Reversed patches: {parts}; removed {res['overlay_removed']}.\n"
+                f"The checkout is pristine upstream. Next: zpatch apply {checkout}")
+    _emit(as_json, "unapply", res, text)
+
+
+@command("status", "zpatch status ./ComfyUI --json")
+@click.argument("checkout", type=click.Path(file_okay=False), default=".")
+def status_cmd(as_json, overlay_dir, checkout):
+    """Per upstream: pin vs HEAD, each patch applied / missing / modified / outdated, foreign changes,
+    and the custom node. Exits 1 when anything differs from a cleanly applied overlay."""
+    from . import workspace
+    ov = _load(overlay_dir)
+    res = workspace.status(ov, Path(checkout))
+    lines = []
+    for u in res["upstreams"]:
+        pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
+        lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
+        lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
+        lines += [f"  foreign   {f}" for f in u["foreign_changes"]]
+    if res["overlay"]:
+        lines.append(f"node {res['overlay']['path']}: {res['overlay']['state']}")
+    lines.append("All applied and clean." if res["clean"] else f"Not clean. Next: zpatch apply {checkout}")
+    _emit(as_json, "status", res, "\n".join(lines))
+    return Exit.OK if res["clean"] else Exit.FINDINGS
+
+
+@command("check", "zpatch check --offline")
+@click.option("--offline", is_flag=True, help="Test-apply against the cache only.")
+@click.option("--no-apply", is_flag=True, help="Lint only; skip the test-apply on the pins.")
+def check_cmd(as_json, overlay_dir, offline, no_apply):
+    """Lint the overlay (lock, series, headers, hashes, hostile paths) and test-apply every series
+    on its pin in a scratch index. Reports every problem; touches no checkout."""
+    from . import check
+    root = overlaymod.find_root(overlay_dir)
+    res = check.run(root, offline=offline, apply_test=not no_apply)
+    lines = []
+    for s in res["series"]:
+        state = {True: "applies cleanly", False: "DOES NOT APPLY", None: "not test-applied"}[s["applies"]]
+        lines.append(f"{s['name']}: {len(s['patches'])} patch(es) on {s['pin'][:12]}: {state}")
+    for p in res["problems"]:
+        lines.append(f"problem: {p['message']}" + (f"\n  hint: {p['hint']}" if p.get("hint") else ""))
+    lines.append("Overlay OK." if res["ok"] else f"{len(res['problems'])} problem(s).")
+    if as_json:
+        click.echo(json.dumps({"schema": SCHEMA, "command": "check", **res}, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(lines))
+    return check.exit_code(res)
+
+
+@command("lock", "zpatch lock")
+def lock_cmd(as_json, overlay_dir):
+    """Recompute the sha256 of every patch and overlay file into upstream.lock (after an intended edit)."""
+    from . import lock as lockmod
+    root = overlaymod.find_root(overlay_dir)
+    lk, changed = overlaymod.relock(root)
+    text = lockmod.dumps(lk)
+    path = root / lockmod.LOCK_NAME
+    if path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    msg = ("Updated upstream.lock: " + ", ".join(changed)) if changed else "upstream.lock is up to date."
+    _emit(as_json, "lock", {"changed": changed}, msg)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,82 @@
+"""Why a series does not apply: every failing patch, file and hunk, expected vs. found lines.
+
+Patches are applied one after another to a throw-away index built from a commit, so this works
+in a bare cache repository as well as in a checkout, and never touches a work tree.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from . import git
+from .patchfile import Patch
+
+_FAILED = re.compile(r"^error: patch failed: (.+):(\d+)$")
+_OTHER = re.compile(r"^error: (.+?): (already exists in index|does not exist in index|patch does not apply)$")
+
+
+def _hunk_report(repo: Path, env: dict, patch: Patch, stderr: str) -> dict:
+    report = {"patch": patch.name, "file": None, "hunk": None, "line": None,
+              "expected": [], "found": [], "reason": (stderr.strip().splitlines() or ["?"])[-1]}
+    for line in stderr.splitlines():
+        m = _FAILED.match(line)
+        if m:
+            report["file"], report["line"] = m.group(1), int(m.group(2))
+            break
+        m = _OTHER.match(line)
+        if m:
+            report["file"] = m.group(1)
+    if report["line"] is not None:
+        hunks = [h for h in patch.hunks if h.file == report["file"]]
+        hunk = next((h for h in hunks if h.source_start == report["line"]), None)
+        if hunk is None and hunks:
+            hunk = min(hunks, key=lambda h: abs(h.source_start - report["line"]))
+        if hunk:
+            report["hunk"] = hunk.index
+            blob = git.run(["cat-file", "blob", f":{report['file']}"], cwd=repo, env=env, check=False)
+            current = blob.stdout.splitlines() if blob.ok else []
+            start = hunk.source_start - 1
+            found = current[start:start + len(hunk.source_lines)]
+            # Show the first line that differs: that is what a maintainer needs to see.
+            for i, want in enumerate(hunk.source_lines):
+                have = found[i] if i < len(found) else "<end of file>"
+                if want != have:
+                    report["line"] = hunk.source_start + i
+                    report["expected"], report["found"] = [want], [have]
+                    break
+            else:
+                report["expected"] = hunk.source_lines[:3]
+                report["found"] = found[:3]
+    return report
+
+
+def failures(repo: Path, base: str, patches: list[Patch], *, stop_at_first: bool = False) -> list[dict]:
+    """Apply PATCHES in order onto BASE in a scratch index; return one report per failing patch.
+
+    A failing patch is skipped and the rest continue, so `check` names every broken patch."""
+    with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
+        env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
+        git.run(["read-tree", base], cwd=repo, env=env)
+        out = []
+        for p in patches:
+            r = git.run(["apply", "--cached", "--whitespace=nowarn", str(p.path)], cwd=repo, env=env,
+                        check=False)
+            if not r.ok:
+                out.append(_hunk_report(repo, env, p, r.stderr))
+                if stop_at_first:
+                    break
+        return out
+
+
+def one_line(f: dict) -> str:
+    where = f["file"] or "?"
+    if f["hunk"]:
+        where += f" hunk #{f['hunk']}"
+    if f["line"]:
+        where += f" (line {f['line']})"
+    if f["expected"]:
+        return (f"{f['patch']}: {where}: expected {f['expected'][0]!r}, found {f['found'][0]!r}"
+                if f["found"] else f"{f['patch']}: {where}: context not found")
+    return f"{f['patch']}: {where}: {f['reason']}"

@@ -1,0 +1,160 @@
+"""upstream.lock: the pins and hashes of the overlay, parsed strictly and written deterministically."""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .errors import Exit, ZpatchError
+
+LOCK_NAME = "upstream.lock"
+FORMAT_VERSION = 1
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+_UPSTREAM_KEYS = {"url", "branch", "commit", "path", "patches", "sha256"}
+_OVERLAY_KEYS = {"source", "path", "sha256"}
+
+
+@dataclass
+class Upstream:
+    name: str
+    url: str
+    branch: str
+    commit: str
+    path: str          # inside a checkout, POSIX, relative; "." for the checkout itself
+    patches: str       # patch directory, relative to the overlay root
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OverlayFiles:
+    source: str        # folder of files to install, relative to the overlay root
+    path: str          # where they go inside a checkout
+    sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Lock:
+    upstreams: list[Upstream]
+    overlay: OverlayFiles | None
+    version: int = FORMAT_VERSION
+
+    def upstream(self, name: str) -> Upstream:
+        for u in self.upstreams:
+            if u.name == name:
+                return u
+        raise ZpatchError(f"{LOCK_NAME}: no upstream named {name!r}", Exit.USAGE,
+                          hint="known: " + ", ".join(u.name for u in self.upstreams))
+
+
+def _fail(path: Path, what: str, hint: str | None = None) -> ZpatchError:
+    return ZpatchError(f"{path}: {what}", Exit.BAD_OVERLAY,
+                       hint=hint or "fix the file by hand or regenerate it with `zpatch lock`")
+
+
+def check_relative(path: Path, key: str, value: object, *, allow_dot: bool = False) -> str:
+    """A relative POSIX path that stays inside its root: no absolute path, no '..', no .git."""
+    if not isinstance(value, str) or not value:
+        raise _fail(path, f"{key} must be a non-empty string")
+    p = PurePosixPath(value)
+    if value == "." and allow_dot:
+        return value
+    if p.is_absolute() or "\\" in value or re.match(r"^[A-Za-z]:", value):
+        raise _fail(path, f"{key} = {value!r} is absolute; paths must stay inside the checkout")
+    if any(part in ("..", ".git") for part in p.parts) or value.startswith("./.."):
+        raise _fail(path, f"{key} = {value!r} escapes the checkout or points into .git")
+    return p.as_posix()
+
+
+def _hashes(path: Path, key: str, table: object) -> dict[str, str]:
+    if not isinstance(table, dict):
+        raise _fail(path, f"{key} must be a table of file = sha256")
+    for name, digest in table.items():
+        check_relative(path, f"{key}.{name}", name)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise _fail(path, f"{key}.{name} is not a 64-hex sha256")
+    return dict(table)
+
+
+def parse(path: Path) -> Lock:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZpatchError(f"{path}: not found", Exit.BAD_OVERLAY,
+                          hint="run zpatch from the overlay repository or pass --overlay DIR")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise _fail(path, f"not valid TOML ({e})")
+    unknown = set(data) - {"version", "upstream", "overlay"}
+    if unknown:
+        raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}")
+    if data.get("version") != FORMAT_VERSION:
+        raise _fail(path, f"version = {data.get('version')!r}, this zpatch reads version {FORMAT_VERSION}",
+                    hint="upgrade zpatch or regenerate the lock")
+    ups = data.get("upstream")
+    if not isinstance(ups, dict) or not ups:
+        raise _fail(path, "no [upstream.<name>] table")
+    upstreams = []
+    for name, u in ups.items():
+        where = f"[upstream.{name}]"
+        if not _NAME.fullmatch(name):
+            raise _fail(path, f"{where}: upstream names are lower-case letters, digits, '.', '_', '-'")
+        if not isinstance(u, dict):
+            raise _fail(path, f"{where} must be a table")
+        unknown = set(u) - _UPSTREAM_KEYS
+        if unknown:
+            raise _fail(path, f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        missing = (_UPSTREAM_KEYS - {"sha256"}) - set(u)
+        if missing:
+            raise _fail(path, f"{where}: missing key(s) {', '.join(sorted(missing))}")
+        for k in ("url", "branch", "commit"):
+            if not isinstance(u[k], str) or not u[k]:
+                raise _fail(path, f"{where}.{k} must be a non-empty string")
+        if not _SHA1.fullmatch(u["commit"]):
+            raise _fail(path, f"{where}.commit = {u['commit']!r} is not a full 40-hex commit id",
+                        hint="pin the full commit: git rev-parse <rev>")
+        upstreams.append(Upstream(
+            name=name, url=u["url"], branch=u["branch"], commit=u["commit"],
+            path=check_relative(path, f"{where}.path", u["path"], allow_dot=True),
+            patches=check_relative(path, f"{where}.patches", u["patches"]),
+            sha256=_hashes(path, f"{where}.sha256", u.get("sha256", {}))))
+    paths = [u.path for u in upstreams]
+    if len(set(paths)) != len(paths):
+        raise _fail(path, "two upstreams share one path")
+    overlay = None
+    if "overlay" in data:
+        o = data["overlay"]
+        if not isinstance(o, dict):
+            raise _fail(path, "[overlay] must be a table")
+        unknown = set(o) - _OVERLAY_KEYS
+        if unknown:
+            raise _fail(path, f"[overlay]: unknown key(s) {', '.join(sorted(unknown))}")
+        if "source" not in o or "path" not in o:
+            raise _fail(path, "[overlay] needs source and path")
+        overlay = OverlayFiles(source=check_relative(path, "[overlay].source", o["source"]),
+                               path=check_relative(path, "[overlay].path", o["path"]),
+                               sha256=_hashes(path, "[overlay].sha256", o.get("sha256", {})))
+    return Lock(upstreams=upstreams, overlay=overlay, version=data["version"])
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dumps(lock: Lock) -> str:
+    """Deterministic TOML: fixed key order, sorted hashes, LF endings, trailing newline."""
+    out = ["# upstream.lock: written by `zpatch lock`; pins and hashes of the zimage-patcher overlay.",
+           f"version = {lock.version}", ""]
+    for u in lock.upstreams:
+        out += [f"[upstream.{u.name}]", f"url = {_q(u.url)}", f"branch = {_q(u.branch)}",
+                f"commit = {_q(u.commit)}", f"path = {_q(u.path)}", f"patches = {_q(u.patches)}", "",
+                f"[upstream.{u.name}.sha256]"]
+        out += [f"{_q(k)} = {_q(v)}" for k, v in sorted(u.sha256.items())]
+        out.append("")
+    if lock.overlay:
+        o = lock.overlay
+        out += ["[overlay]", f"source = {_q(o.source)}", f"path = {_q(o.path)}", "", "[overlay.sha256]"]
+        out += [f"{_q(k)} = {_q(v)}" for k, v in sorted(o.sha256.items())]
+        out.append("")
+    return "\n".join(out)

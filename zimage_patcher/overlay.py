@@ -1,0 +1,161 @@
+"""The overlay as a whole: where it lives, its lock, its series and patches, all verified."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import lock as lockmod
+from . import patchfile, series
+from .errors import Exit, ZpatchError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def find_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The overlay directory (the one holding upstream.lock).
+
+    Order: --overlay, $ZPATCH_OVERLAY, the current directory or an ancestor (like git finds
+    .git), the source tree of an editable install, the copy bundled into the wheel.
+    """
+    if explicit or os.environ.get("ZPATCH_OVERLAY"):
+        root = Path(explicit or os.environ["ZPATCH_OVERLAY"]).resolve()
+        if not (root / lockmod.LOCK_NAME).is_file():
+            raise ZpatchError(f"{root}: no {lockmod.LOCK_NAME} here", Exit.BAD_OVERLAY,
+                              hint="point --overlay (or ZPATCH_OVERLAY) at the zimage-patcher repository")
+        return root
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
+            return d
+    for d in (PACKAGE_DIR.parent, PACKAGE_DIR / "_bundle"):
+        if (d / lockmod.LOCK_NAME).is_file():
+            return d
+    raise ZpatchError("no overlay found (upstream.lock)", Exit.BAD_OVERLAY,
+                      hint="run inside the zimage-patcher repository or pass --overlay DIR")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def overlay_files(source: Path) -> list[str]:
+    """Files of the custom node to install, relative POSIX paths, sorted; caches excluded."""
+    out = []
+    for p in sorted(source.rglob("*")):
+        rel = p.relative_to(source)
+        if p.is_file() and "__pycache__" not in rel.parts and p.suffix != ".pyc":
+            out.append(rel.as_posix())
+    return out
+
+
+@dataclass
+class Series:
+    upstream: lockmod.Upstream
+    directory: Path
+    patches: list[patchfile.Patch]
+
+    @property
+    def files(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for p in self.patches:
+            for f in p.files:
+                seen.setdefault(f, None)
+        return list(seen)
+
+
+@dataclass
+class Overlay:
+    root: Path
+    lock: lockmod.Lock
+    series: list[Series]
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / lockmod.LOCK_NAME
+
+    def overlay_source(self) -> Path | None:
+        return self.root / self.lock.overlay.source if self.lock.overlay else None
+
+
+def load_series(root: Path, up: lockmod.Upstream) -> tuple[Path, list[str]]:
+    directory = root / up.patches
+    names = series.parse(directory / series.SERIES_NAME)
+    present = {p.name for p in directory.glob("*.patch")} | {p.name for p in directory.glob("*.diff")}
+    for name in names:
+        if not (directory / name).is_file():
+            raise ZpatchError(f"{directory / series.SERIES_NAME}: names {name}, which does not exist",
+                              Exit.BAD_OVERLAY, hint=f"restore {directory / name} or drop it from the series")
+    strays = sorted(present - set(names))
+    if strays:
+        raise ZpatchError(f"{directory / strays[0]}: patch file is not listed in the series",
+                          Exit.BAD_OVERLAY,
+                          hint=f"add it to {directory / series.SERIES_NAME} or delete it")
+    return directory, names
+
+
+def load(root: Path, *, verify_hashes: bool = True) -> Overlay:
+    """Parse and check everything; the first problem raises. `check` uses collect() instead."""
+    lk = lockmod.parse(root / lockmod.LOCK_NAME)
+    all_series = []
+    for up in lk.upstreams:
+        directory, names = load_series(root, up)
+        patches = [patchfile.load(directory / n, n) for n in names]
+        if verify_hashes:
+            verify_upstream_hashes(root, up, patches)
+        all_series.append(Series(up, directory, patches))
+    ov = Overlay(root, lk, all_series)
+    if verify_hashes and lk.overlay:
+        verify_overlay_hashes(ov)
+    return ov
+
+
+def verify_upstream_hashes(root: Path, up: lockmod.Upstream, patches: list[patchfile.Patch]) -> None:
+    recorded = dict(up.sha256)
+    for p in patches:
+        want = recorded.pop(p.name, None)
+        if want is None:
+            raise ZpatchError(f"{p.path}: not recorded in {lockmod.LOCK_NAME}", Exit.BAD_OVERLAY,
+                              hint="if the new patch is intended, run `zpatch lock`")
+        if want != p.sha256:
+            raise ZpatchError(f"{p.path}: sha256 {p.sha256[:12]} does not match {lockmod.LOCK_NAME} "
+                              f"({want[:12]}); the patch was modified", Exit.BAD_OVERLAY,
+                              hint="if the edit is intended, run `zpatch lock`; else `git checkout` the file")
+    if recorded:
+        name = sorted(recorded)[0]
+        raise ZpatchError(f"{lockmod.LOCK_NAME}: records {up.patches}/{name}, which is not in the series",
+                          Exit.BAD_OVERLAY, hint="run `zpatch lock` to drop stale entries")
+
+
+def verify_overlay_hashes(ov: Overlay) -> None:
+    src = ov.overlay_source()
+    if src is None or not src.is_dir():
+        raise ZpatchError(f"{src}: overlay source folder missing", Exit.BAD_OVERLAY)
+    actual = {f: sha256_file(src / f) for f in overlay_files(src)}
+    if actual != ov.lock.overlay.sha256:
+        changed = sorted(set(actual) ^ set(ov.lock.overlay.sha256)
+                         | {f for f in actual if ov.lock.overlay.sha256.get(f, actual[f]) != actual[f]})
+        raise ZpatchError(f"{src / changed[0]}: overlay file differs from {lockmod.LOCK_NAME}",
+                          Exit.BAD_OVERLAY, hint="if the edit is intended, run `zpatch lock`")
+
+
+def relock(root: Path) -> tuple[lockmod.Lock, list[str]]:
+    """Recompute every hash from disk; return the new lock and the names whose hash changed."""
+    lk = lockmod.parse(root / lockmod.LOCK_NAME)
+    changed = []
+    for up in lk.upstreams:
+        directory, names = load_series(root, up)
+        new = {}
+        for n in names:
+            new[n] = patchfile.load(directory / n, n).sha256
+        changed += [f"{up.patches}/{n}" for n in sorted(set(new) | set(up.sha256))
+                    if new.get(n) != up.sha256.get(n)]
+        up.sha256 = new
+    if lk.overlay:
+        src = root / lk.overlay.source
+        new = {f: sha256_file(src / f) for f in overlay_files(src)}
+        changed += [f"{lk.overlay.source}/{n}" for n in sorted(set(new) | set(lk.overlay.sha256))
+                    if new.get(n) != lk.overlay.sha256.get(n)]
+        lk.overlay.sha256 = new
+    return lk, changed

@@ -1,0 +1,145 @@
+"""One git-mailbox patch: its headers, the paths it touches, and the checks that refuse hostile ones."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import unidiff
+
+from .errors import Exit, ZpatchError
+
+_DIFF_GIT = re.compile(r"^diff --git (?:\"?a/(.+?)\"?) (?:\"?b/(.+?)\"?)$")
+_ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
+_DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description",
+         "Bug", "Applied-Upstream", "Upstream-License")
+
+
+@dataclass
+class Hunk:
+    file: str
+    index: int                 # 1-based within its file
+    source_start: int
+    source_lines: list[str]    # the lines git expects to find (context and removals)
+
+
+@dataclass
+class Patch:
+    name: str
+    path: Path
+    data: bytes
+    subject: str = ""
+    headers: dict[str, str] = field(default_factory=dict)   # DEP-3 fields from the message
+    files: list[str] = field(default_factory=list)          # every path it reads or writes
+    added: list[str] = field(default_factory=list)          # files it creates
+    hunks: list[Hunk] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def _hostile(patch: str, path: str, why: str) -> ZpatchError:
+    return ZpatchError(f"{patch}: refusing path {path!r}: {why}", Exit.BAD_OVERLAY,
+                       hint="patches may only touch relative paths inside their upstream")
+
+
+def _check_path(patch: str, raw: str) -> str:
+    if raw == "/dev/null":
+        return raw
+    p = PurePosixPath(raw)
+    if raw.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", raw):
+        raise _hostile(patch, raw, "absolute path")
+    if ".." in p.parts:
+        raise _hostile(patch, raw, "'..' leaves the tree")
+    if any(part.lower() == ".git" for part in p.parts):
+        raise _hostile(patch, raw, "writes into .git/")
+    return p.as_posix()
+
+
+def _strip(path: str, prefix: str) -> str:
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def load(path: Path, name: str | None = None) -> Patch:
+    name = name or path.name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ZpatchError(f"{path}: patch file not found", Exit.BAD_OVERLAY,
+                          hint="restore it, or drop its line from the series file")
+    return parse(name, data, path)
+
+
+def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ZpatchError(f"{name}: not UTF-8 text", Exit.BAD_OVERLAY,
+                          hint="binary patches are not supported; re-export with `zpatch export`")
+    patch = Patch(name=name, path=path or Path(name), data=data)
+    lines = text.splitlines()
+    first_diff = next((i for i, line in enumerate(lines) if line.startswith(("diff --git ", "--- "))
+                       and not line.strip() == "---"), None)
+    if first_diff is None or not any(line.startswith("@@ ") for line in lines[first_diff:]):
+        if any(_ED_STYLE.match(line) for line in lines) or any(l.startswith("*** ") for l in lines):
+            raise ZpatchError(f"{name}: not a unified diff (ed-style or context diff)", Exit.BAD_OVERLAY,
+                              hint="regenerate it with `git format-patch` or `zpatch export`")
+        raise ZpatchError(f"{name}: contains no unified diff hunks", Exit.BAD_OVERLAY,
+                          hint="regenerate it with `git format-patch` or `zpatch export`")
+    _parse_message(patch, lines[:first_diff])
+    body = lines[first_diff:]
+    for i, line in enumerate(body):
+        if line.startswith("diff --git "):
+            m = _DIFF_GIT.match(line)
+            if not m:
+                raise ZpatchError(f"{name}: cannot read header {line!r}", Exit.BAD_OVERLAY)
+            for p in m.groups():
+                _check_path(name, p)
+        elif line.startswith(("--- ", "+++ ")) and not line.startswith(("--- a/", "+++ b/", "--- /dev/null", "+++ /dev/null")):
+            if i + 1 < len(body) and (body[i + 1].startswith("+++ ") or body[i - 1].startswith("--- ")):
+                raise ZpatchError(f"{name}: file header {line!r} lacks the a/ or b/ prefix",
+                                  Exit.BAD_OVERLAY, hint="zpatch applies -p1 patches; re-export with git")
+        elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
+            _check_path(name, line.split(" ", 2)[2])
+        elif re.match(r"^(new file|new|old|deleted file) mode 120000", line):
+            raise _hostile(name, body[max(0, i - 1)], "symlinks are not allowed in patches")
+    try:
+        ps = unidiff.PatchSet("\n".join(body) + "\n")
+    except unidiff.UnidiffParseError as e:
+        raise ZpatchError(f"{name}: malformed diff ({e})", Exit.BAD_OVERLAY,
+                          hint="regenerate it with `zpatch export`")
+    for pf in ps:
+        src = _check_path(name, _strip(pf.source_file, "a/"))
+        tgt = _check_path(name, _strip(pf.target_file, "b/"))
+        for p in (src, tgt):
+            if p != "/dev/null" and p not in patch.files:
+                patch.files.append(p)
+        if pf.is_added_file:
+            patch.added.append(tgt)
+        for n, h in enumerate(pf, 1):
+            patch.hunks.append(Hunk(file=src if src != "/dev/null" else tgt, index=n,
+                                    source_start=h.source_start,
+                                    source_lines=[l.value.rstrip("\n") for l in h.source_lines()]))
+    if not patch.files:
+        raise ZpatchError(f"{name}: touches no file", Exit.BAD_OVERLAY)
+    return patch
+
+
+def _parse_message(patch: Patch, head: list[str]) -> None:
+    subject: list[str] = []
+    in_subject = False
+    for line in head:
+        if line.startswith("Subject: "):
+            subject = [line[len("Subject: "):]]
+            in_subject = True
+            continue
+        if in_subject and line.startswith((" ", "\t")):
+            subject.append(line.strip())
+            continue
+        in_subject = False
+        key, sep, value = line.partition(": ")
+        if sep and key in _DEP3:
+            patch.headers[key] = value.strip()
+    patch.subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(subject)).strip()

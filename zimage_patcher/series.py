@@ -1,0 +1,41 @@
+"""patches/<name>/series: quilt's order file, the single source of patch order."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import Exit, ZpatchError
+
+SERIES_NAME = "series"
+_STRIP = re.compile(r"-p1")
+
+
+def parse(path: Path) -> list[str]:
+    """Patch names in order. Accepts quilt's syntax: '#' comments, blank lines, and an optional
+    '-p1' per entry (the only strip level git-format patches use)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ZpatchError(f"{path}: series file not found", Exit.BAD_OVERLAY,
+                          hint="list the patch files in order, one per line, in that file")
+    names: list[str] = []
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        name, *opts = line.split()
+        if any(not _STRIP.fullmatch(o) for o in opts):
+            raise ZpatchError(f"{path}:{lineno}: unsupported option {' '.join(opts)!r} for {name}",
+                              Exit.BAD_OVERLAY, hint="zpatch series take only '-p1' after a patch name")
+        if "/" in name or name.startswith("."):
+            raise ZpatchError(f"{path}:{lineno}: {name!r} must be a file name inside {path.parent}",
+                              Exit.BAD_OVERLAY)
+        if name in names:
+            raise ZpatchError(f"{path}:{lineno}: {name} is listed twice", Exit.BAD_OVERLAY,
+                              hint="remove the duplicate line")
+        names.append(name)
+    return names
+
+
+def dumps(names: list[str]) -> str:
+    return "".join(f"{n}\n" for n in names)
