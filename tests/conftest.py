@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures import World  # noqa: E402
+
+from zimage_patcher.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    for k, v in w.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("ZPATCH_OVERLAY", raising=False)
+    return w
+
+
+class Zpatch:
+    def __init__(self, overlay: Path):
+        self.overlay = overlay
+
+    def __call__(self, *args, expect: int | None = 0):
+        r = CliRunner().invoke(main, [args[0], "--overlay", str(self.overlay), *map(str, args[1:])],
+                               catch_exceptions=False)
+        if expect is not None:
+            assert r.exit_code == expect, f"exit {r.exit_code}, wanted {expect}\n{r.output}"
+        return r
+
+    def json(self, *args, expect: int | None = 0) -> dict:
+        r = self(*args, "--json", expect=expect)
+        return json.loads(r.stdout)
+
+
+@pytest.fixture
+def zpatch(world):
+    return Zpatch(world.overlay)

@@ -1,0 +1,170 @@
+"""Real git repositories for tests, built from scratch (the pre-commit project's style).
+
+A fake ComfyUI with a nested fake ComfyUI-GGUF, each a real repository reachable under an
+https URL through `url.<path>.insteadOf` in an isolated git config: the same mechanism users
+rely on for mirrors."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+SD_PY = "".join(f"line {i} of sd.py\n" for i in range(1, 41))
+LOADER_PY = "".join(f"loader line {i}\n" for i in range(1, 41))
+NODE_INIT = "NODE_CLASS_MAPPINGS = {}\n"
+
+COMFY_URL = "https://example.invalid/comfyanonymous/ComfyUI"
+GGUF_URL = "https://example.invalid/city96/ComfyUI-GGUF"
+
+
+def git(*args, cwd=None, check=True, input=None) -> str:
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, input=input)
+    if check and r.returncode:
+        raise AssertionError(f"git {' '.join(args)}: {r.stderr}")
+    return r.stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str], message="initial") -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "-b", "main", str(path))
+    write(path, files)
+    git("add", "-A", cwd=path)
+    git("commit", "-q", "-m", message, cwd=path)
+    return git("rev-parse", "HEAD", cwd=path)
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def commit(path: Path, files: dict[str, str], message: str) -> str:
+    write(path, files)
+    git("add", "-A", cwd=path)
+    git("commit", "-q", "-m", message, cwd=path)
+    return git("rev-parse", "HEAD", cwd=path)
+
+
+def replace_line(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+HEADERS = ("\n\nOrigin: vendor, zimage-patcher\nForwarded: no\nLast-Update: 2026-11-26\n"
+           "Upstream-License: test fixture\n")
+
+
+def make_patches(upstream: Path, base: str, edits: list[tuple[str, dict[str, str]]], outdir: Path) -> list[str]:
+    """Commit each (subject, {file: new text}) on top of BASE in a scratch clone and export
+    them with git format-patch, exactly as `zpatch export` would."""
+    work = outdir.parent / f".work-{outdir.name}"
+    shutil.rmtree(work, ignore_errors=True)
+    git("clone", "-q", str(upstream), str(work))
+    git("checkout", "-q", "--detach", base, cwd=work)
+    for subject, files in edits:
+        write(work, files)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", subject + HEADERS, cwd=work)
+    outdir.mkdir(parents=True, exist_ok=True)
+    out = git("format-patch", "--zero-commit", "--no-signature", "--full-index", "--no-stat",
+              "-o", str(outdir), f"{base}..HEAD", cwd=work)
+    shutil.rmtree(work)
+    names = [Path(line).name for line in out.splitlines()]
+    (outdir / "series").write_text("".join(n + "\n" for n in names))
+    return names
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_lock(root: Path, upstreams: list[dict], overlay: dict | None = None) -> None:
+    """Write upstream.lock by recomputing hashes, the way `zpatch lock` does."""
+    lines = ["version = 1", ""]
+    for u in upstreams:
+        lines += [f"[upstream.{u['name']}]", f'url = "{u["url"]}"', f'branch = "main"',
+                  f'commit = "{u["commit"]}"', f'path = "{u["path"]}"', f'patches = "{u["patches"]}"', "",
+                  f"[upstream.{u['name']}.sha256]"]
+        d = root / u["patches"]
+        for name in (d / "series").read_text().split():
+            lines.append(f'"{name}" = "{sha256(d / name)}"')
+        lines.append("")
+    if overlay:
+        lines += ["[overlay]", f'source = "{overlay["source"]}"', f'path = "{overlay["path"]}"', "",
+                  "[overlay.sha256]"]
+        src = root / overlay["source"]
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                lines.append(f'"{p.relative_to(src).as_posix()}" = "{sha256(p)}"')
+        lines.append("")
+    (root / "upstream.lock").write_text("\n".join(lines))
+
+
+class World:
+    """Upstream repositories, an overlay that patches them, and an isolated git config/cache."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.comfy_up = tmp / "upstream" / "ComfyUI"
+        self.gguf_up = tmp / "upstream" / "ComfyUI-GGUF"
+        self.comfy_pin = make_repo(self.comfy_up, {"comfy/sd.py": SD_PY, "nodes.py": "NODES = 1\n",
+                                                   ".gitignore": "/custom_nodes/\n"})
+        self.gguf_pin = make_repo(self.gguf_up, {"loader.py": LOADER_PY, "nodes.py": "GGUF = 1\n"})
+        gitconfig = tmp / "gitconfig"
+        gitconfig.write_text(
+            "[user]\n\tname = Test\n\temail = test@example.invalid\n"
+            "[init]\n\tdefaultBranch = main\n"
+            f'[url "{self.comfy_up}"]\n\tinsteadOf = {COMFY_URL}\n'
+            f'[url "{self.gguf_up}"]\n\tinsteadOf = {GGUF_URL}\n')
+        self.env = {"GIT_CONFIG_GLOBAL": str(gitconfig), "GIT_CONFIG_NOSYSTEM": "1",
+                    "ZPATCH_CACHE": str(tmp / "cache"), "XDG_CACHE_HOME": str(tmp / "xdg")}
+        self.overlay = tmp / "overlay"
+        self.build_overlay()
+
+    def build_overlay(self, comfy_edits=None, gguf_edits=None) -> None:
+        if self.overlay.exists():
+            shutil.rmtree(self.overlay)
+        comfy_edits = comfy_edits if comfy_edits is not None else [
+            ("sd: accept 4-D latents", {"comfy/sd.py": replace_line(SD_PY, "line 10 of sd.py\n", "line 10 PATCHED\n")})]
+        if gguf_edits is None:
+            l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
+            l2 = replace_line(l1, "loader line 20\n", "loader line 20 tokenizer\n")
+            l3 = replace_line(l2, "loader line 35\n", "loader line 35 external\n")
+            gguf_edits = [("loader: gemma3", {"loader.py": l1}), ("loader: tokenizer", {"loader.py": l2}),
+                          ("loader: external tokenizer", {"loader.py": l3, "tokenizer_util.py": "UTIL = 1\n"})]
+        make_patches(self.comfy_up, self.comfy_pin, comfy_edits, self.overlay / "patches" / "comfyui")
+        make_patches(self.gguf_up, self.gguf_pin, gguf_edits, self.overlay / "patches" / "comfyui-gguf")
+        write(self.overlay / "node" / "ComfyUI-ZImage-Fix", {"__init__.py": NODE_INIT, "nodes.py": "X = 1\n"})
+        self.relock()
+
+    def relock(self) -> None:
+        write_lock(self.overlay, [
+            {"name": "comfyui", "url": COMFY_URL, "commit": self.comfy_pin, "path": ".", "patches": "patches/comfyui"},
+            {"name": "comfyui-gguf", "url": GGUF_URL, "commit": self.gguf_pin, "path": "custom_nodes/ComfyUI-GGUF",
+             "patches": "patches/comfyui-gguf"}],
+            {"source": "node/ComfyUI-ZImage-Fix", "path": "custom_nodes/ComfyUI-ZImage-Fix"})
+
+    def clone_checkout(self, dest: Path) -> Path:
+        """A user's own install: plain git clones, no zpatch involved."""
+        git("clone", "-q", str(self.comfy_up), str(dest))
+        git("checkout", "-q", "--detach", self.comfy_pin, cwd=dest)
+        git("clone", "-q", str(self.gguf_up), str(dest / "custom_nodes" / "ComfyUI-GGUF"))
+        git("checkout", "-q", "--detach", self.gguf_pin, cwd=dest / "custom_nodes" / "ComfyUI-GGUF")
+        return dest
+
+
+def tree_snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ROOT (including .git internals except the zpatch state) for
+    nothing-changed-on-disk assertions."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "zpatch" not in p.relative_to(root).parts:
+            rel = p.relative_to(root).as_posix()
+            if rel.endswith(".git/index") or "/objects/" in "/" + rel:
+                continue   # stat refreshes in the index and content-addressed objects are not user data
+            out[rel] = p.read_bytes()
+    return out

@@ -1,0 +1,244 @@
+"""Every bad input: a one-line error naming the culprit, a documented exit code, nothing changed."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fixtures import LOADER_PY, SD_PY, git, make_patches, replace_line, tree_snapshot, write
+
+
+def _error_line(r) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+@pytest.fixture
+def checkout(world, tmp_path):
+    return world.clone_checkout(tmp_path / "ComfyUI")
+
+
+def test_missing_checkout(zpatch, tmp_path):
+    r = zpatch("apply", tmp_path / "nope", expect=4)
+    assert "nope: no such directory" in _error_line(r)
+    assert "zpatch checkout" in r.stderr
+
+
+def test_not_a_git_repository(zpatch, tmp_path):
+    (tmp_path / "plain").mkdir()
+    r = zpatch("apply", tmp_path / "plain", expect=4)
+    assert "not a git repository" in _error_line(r)
+
+
+def test_nested_node_missing(zpatch, checkout):
+    import shutil
+    shutil.rmtree(checkout / "custom_nodes/ComfyUI-GGUF")
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "ComfyUI-GGUF: comfyui-gguf is missing" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_nested_node_not_its_own_repository(zpatch, world, tmp_path):
+    """A copied-in custom node without .git: git would silently act on ComfyUI itself."""
+    dest = tmp_path / "ComfyUI"
+    git("clone", "-q", str(world.comfy_up), str(dest))
+    write(dest / "custom_nodes/ComfyUI-GGUF", {"loader.py": LOADER_PY})
+    before = tree_snapshot(dest)
+    r = zpatch("apply", dest, expect=4)
+    assert "not its own git repository (git would act on" in _error_line(r)
+    assert tree_snapshot(dest) == before
+
+
+def test_upstream_off_its_pin(zpatch, world, checkout):
+    from fixtures import commit
+    moved = commit(world.gguf_up, {"other.py": "x\n"}, "upstream moved")
+    git("fetch", "-q", "origin", cwd=checkout / "custom_nodes/ComfyUI-GGUF")
+    git("checkout", "-q", "--detach", moved, cwd=checkout / "custom_nodes/ComfyUI-GGUF")
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert f"pinned at {world.gguf_pin[:12]}" in _error_line(r)
+    assert "--allow-drift" in r.stderr
+    assert tree_snapshot(checkout) == before
+
+
+def test_uncommitted_change_in_a_patched_file(zpatch, checkout):
+    loader = checkout / "custom_nodes/ComfyUI-GGUF/loader.py"
+    loader.write_text(LOADER_PY + "# my local fix\n")
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "loader.py: has uncommitted changes and a patch touches it" in _error_line(r)
+    assert "stash" in r.stderr
+    assert tree_snapshot(checkout) == before
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t + "\n[[[", "not valid TOML"),
+    (lambda t: t.replace('commit = "', 'commit = "abc', 1).replace('"abc', '"abc1234"#', 1), "not a full 40-hex commit"),
+    (lambda t: t.replace("version = 1", "version = 1\ncolour = \"blue\""), "unknown key(s) colour"),
+    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "../elsewhere"'), "escapes the checkout"),
+    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "/etc"'), "is absolute"),
+    (lambda t: t.replace('branch = "main"', 'branch = "main"\nmirror = "x"', 1), "unknown key(s) mirror"),
+])
+def test_malformed_lock(zpatch, world, checkout, mutate, message):
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(mutate(lock.read_text()))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    line = _error_line(r)
+    assert "upstream.lock" in line and message in line
+    assert tree_snapshot(checkout) == before
+
+
+def test_series_names_a_missing_patch(zpatch, world, checkout):
+    series = world.overlay / "patches/comfyui/series"
+    series.write_text(series.read_text() + "0009-ghost.patch\n")
+    r = zpatch("apply", checkout, expect=3)
+    assert "names 0009-ghost.patch, which does not exist" in _error_line(r)
+
+
+def test_patch_not_in_series(zpatch, world, checkout):
+    (world.overlay / "patches/comfyui/0002-stray.patch").write_text("x")
+    r = zpatch("apply", checkout, expect=3)
+    assert "0002-stray.patch: patch file is not listed in the series" in _error_line(r)
+
+
+def test_tampered_patch(zpatch, world, checkout):
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_text(p.read_text().replace("line 10 PATCHED", "line 10 EVIL"))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    assert "0001-sd-accept-4-D-latents.patch: sha256" in _error_line(r)
+    assert "zpatch lock" in r.stderr
+    assert tree_snapshot(checkout) == before
+
+
+HOSTILE = {
+    "absolute": ("diff --git a//etc/passwd b//etc/passwd\n--- a//etc/passwd\n+++ b//etc/passwd\n"
+                 "@@ -1 +1 @@\n-root\n+evil\n", "absolute path"),
+    "dotdot": ("diff --git a/../outside.py b/../outside.py\n--- a/../outside.py\n+++ b/../outside.py\n"
+               "@@ -1 +1 @@\n-a\n+b\n", "'..' leaves the tree"),
+    "dotgit": ("diff --git a/.git/hooks/post-checkout b/.git/hooks/post-checkout\nnew file mode 100755\n"
+               "--- /dev/null\n+++ b/.git/hooks/post-checkout\n@@ -0,0 +1 @@\n+rm -rf ~\n", "writes into .git/"),
+    "symlink": ("diff --git a/link b/link\nnew file mode 120000\n--- /dev/null\n+++ b/link\n"
+                "@@ -0,0 +1 @@\n+/etc\n\\ No newline at end of file\n", "symlinks are not allowed"),
+    "ed": ("10c10\n< line 10 of sd.py\n---\n> line 10 evil\n", "not a unified diff"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_patches_are_refused(zpatch, world, checkout, kind):
+    body, message = HOSTILE[kind]
+    d = world.overlay / "patches/comfyui"
+    (d / "0002-hostile.patch").write_text("From: x\nSubject: [PATCH] hostile\n\n---\n" + body)
+    (d / "series").write_text((d / "series").read_text() + "0002-hostile.patch\n")
+    world.relock()
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    line = _error_line(r)
+    assert "0002-hostile.patch" in line and message in line
+    assert tree_snapshot(checkout) == before
+    # check reports it too, without touching anything
+    res = zpatch.json("check", "--no-apply", expect=1)
+    assert any(message in p["message"] for p in res["problems"])
+
+
+def test_failing_third_patch_leaves_nothing_applied(zpatch, world, checkout):
+    # upstream content moved under patch 3's hunk: patches 1 and 2 apply, 3 does not
+    loader = checkout / "custom_nodes/ComfyUI-GGUF/loader.py"
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x",
+        cwd=loader.parent)
+    edited = replace_line(LOADER_PY, "loader line 34\n", "loader line 34 (upstream edit)\n")
+    loader.write_text(edited)
+    git("commit", "-q", "-am", "upstream edit near hunk 3", cwd=loader.parent)
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, "--allow-drift", expect=5)
+    line = _error_line(r)
+    assert "0003-loader-external-tokenizer.patch" in line and "loader.py" in line
+    assert tree_snapshot(checkout) == before
+    assert (checkout / "comfy/sd.py").read_text() == SD_PY     # the other upstream was rolled back too
+
+
+def test_conflict_names_patch_file_hunk_expected_and_found(zpatch, world, tmp_path):
+    # the overlay's pin content differs from what the patch expects: edit the patch context and relock
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_text(p.read_text().replace(" line 9 of sd.py\n", " line 9 of sd.py (stale)\n"))
+    world.relock()
+    res = zpatch.json("check", expect=1)
+    conflicts = [x for x in res["problems"] if x["kind"] == "conflict"]
+    assert len(conflicts) == 1
+    f = conflicts[0]["failure"]
+    assert (f["patch"], f["file"], f["hunk"]) == ("0001-sd-accept-4-D-latents.patch", "comfy/sd.py", 1)
+    assert f["expected"] == ["line 9 of sd.py (stale)"] and f["found"] == ["line 9 of sd.py"]
+    dest = world.clone_checkout(tmp_path / "C")
+    before = tree_snapshot(dest)
+    r = zpatch("apply", dest, expect=5)
+    assert "expected 'line 9 of sd.py (stale)', found 'line 9 of sd.py'" in _error_line(r)
+    assert tree_snapshot(dest) == before
+
+
+def test_check_reports_every_failing_patch(zpatch, world):
+    for rel, old in (("patches/comfyui/0001-sd-accept-4-D-latents.patch", " line 9 of sd.py\n"),
+                     ("patches/comfyui-gguf/0001-loader-gemma3.patch", " loader line 4\n"),
+                     ("patches/comfyui-gguf/0003-loader-external-tokenizer.patch", " loader line 34\n")):
+        p = world.overlay / rel
+        p.write_text(p.read_text().replace(old, old.rstrip("\n") + " X\n"))
+    world.relock()
+    res = zpatch.json("check", expect=1)
+    failing = sorted(x["patch"] for x in res["problems"] if x["kind"] == "conflict")
+    assert failing == ["0001-loader-gemma3.patch", "0001-sd-accept-4-D-latents.patch",
+                       "0003-loader-external-tokenizer.patch"]
+    assert [s["applies"] for s in res["series"]] == [False, False]
+
+
+def test_check_passes_on_a_good_overlay_and_flags_missing_headers(zpatch, world):
+    res = zpatch.json("check")
+    assert res["ok"] and [s["applies"] for s in res["series"]] == [True, True]
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_text(p.read_text().replace("Forwarded: no\n", ""))
+    world.relock()
+    res = zpatch.json("check", expect=1)
+    assert [x["kind"] for x in res["problems"]] == ["headers"]
+    assert "missing header(s) Forwarded" in res["problems"][0]["message"]
+
+
+def test_unreachable_upstream_fails_fast_naming_url_and_remedy(zpatch, world, tmp_path, monkeypatch):
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace("https://example.invalid/comfyanonymous/ComfyUI",
+                                             "https://127.0.0.1:9/nobody/ComfyUI"))
+    t0 = time.monotonic()
+    r = zpatch("checkout", tmp_path / "X", expect=6)
+    assert time.monotonic() - t0 < 30
+    line = _error_line(r)
+    assert "cannot reach https://127.0.0.1:9/nobody/ComfyUI" in line
+    assert "insteadOf" in r.stderr and "--offline" in r.stderr
+    assert not (tmp_path / "X").exists()
+    r = zpatch("checkout", tmp_path / "Y", "--offline", expect=6)
+    assert "is not in the cache" in _error_line(r)
+
+
+def test_checkout_into_non_empty_directory_is_refused(zpatch, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("mine")
+    r = zpatch("checkout", tmp_path / "busy", expect=4)
+    assert "already exists and is not empty" in _error_line(r)
+    assert (tmp_path / "busy" / "file").read_text() == "mine"
+
+
+def test_existing_foreign_node_folder_is_not_overwritten(zpatch, checkout):
+    write(checkout / "custom_nodes/ComfyUI-ZImage-Fix", {"__init__.py": "# someone else's\n"})
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "exists and was not installed by zpatch" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_lock_rewrites_hashes_after_an_intended_edit(zpatch, world, checkout):
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_text(p.read_text().replace("Last-Update: 2026-11-26", "Last-Update: 2026-11-27"))
+    zpatch("apply", checkout, expect=3)
+    res = zpatch.json("lock")
+    assert res["changed"] == ["patches/comfyui/0001-sd-accept-4-D-latents.patch"]
+    assert zpatch.json("lock")["changed"] == []
+    zpatch("apply", checkout)

@@ -1,0 +1,143 @@
+"""checkout -> apply -> status -> unapply on real repositories, through the CLI."""
+from __future__ import annotations
+
+import subprocess
+
+from fixtures import COMFY_URL, LOADER_PY, SD_PY, git, tree_snapshot, commit, replace_line
+
+
+def test_checkout_clones_both_upstreams_at_their_pins(world, zpatch, tmp_path):
+    dest = tmp_path / "ComfyUI"
+    res = zpatch.json("checkout", dest)
+    assert [u["name"] for u in res["upstreams"]] == ["comfyui", "comfyui-gguf"]
+    assert git("rev-parse", "HEAD", cwd=dest) == world.comfy_pin
+    nested = dest / "custom_nodes" / "ComfyUI-GGUF"
+    assert git("rev-parse", "--show-toplevel", cwd=nested) == str(nested.resolve())
+    assert git("rev-parse", "HEAD", cwd=nested) == world.gguf_pin
+    # origin names the real upstream, not the cache
+    assert git("config", "remote.origin.url", cwd=dest) == COMFY_URL
+    assert git("status", "--porcelain", cwd=dest) == ""
+    # a second checkout reuses the cache (works with --offline)
+    zpatch("checkout", tmp_path / "second", "--offline")
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "second") == world.comfy_pin
+
+
+def test_checkout_exclude_uses_sparse_checkout(world, zpatch, tmp_path):
+    dest = tmp_path / "slim"
+    zpatch("checkout", dest, "--exclude", "nodes.py")
+    assert not (dest / "nodes.py").exists()
+    assert (dest / "comfy" / "sd.py").exists()
+    assert git("status", "--porcelain", cwd=dest) == ""
+
+
+def test_apply_status_unapply_round_trip(world, zpatch, tmp_path):
+    dest = tmp_path / "ComfyUI"
+    zpatch("checkout", dest)
+    before = tree_snapshot(dest)
+
+    st = zpatch.json("status", dest, expect=1)
+    assert [p["state"] for u in st["upstreams"] for p in u["patches"]] == ["missing"] * 4
+    assert st["overlay"]["state"] == "missing"
+
+    out = zpatch("apply", dest).stdout
+    assert "Applied: comfyui 1 patch, comfyui-gguf 3 patches." in out
+    assert "Next: zpatch status" in out
+    assert "line 10 PATCHED" in (dest / "comfy/sd.py").read_text()
+    loader = (dest / "custom_nodes/ComfyUI-GGUF/loader.py").read_text()
+    assert "gemma3" in loader and "tokenizer" in loader and "external" in loader
+    assert (dest / "custom_nodes/ComfyUI-GGUF/tokenizer_util.py").exists()
+    assert (dest / "custom_nodes/ComfyUI-ZImage-Fix/__init__.py").read_text() == "NODE_CLASS_MAPPINGS = {}\n"
+
+    st = zpatch.json("status", dest)
+    assert st["clean"] is True
+    assert all(p["state"] == "applied" for u in st["upstreams"] for p in u["patches"])
+    assert st["overlay"]["state"] == "installed"
+
+    res = zpatch.json("unapply", dest)
+    assert res["reversed"] == {"comfyui": ["0001-sd-accept-4-D-latents.patch"],
+                               "comfyui-gguf": ["0001-loader-gemma3.patch", "0002-loader-tokenizer.patch",
+                                                "0003-loader-external-tokenizer.patch"]}
+    assert tree_snapshot(dest) == before
+    assert git("status", "--porcelain", "--ignored", cwd=dest) == "!! custom_nodes/"
+    assert git("status", "--porcelain", "--ignored", cwd=dest / "custom_nodes/ComfyUI-GGUF") == ""
+    assert "Nothing applied" in zpatch("unapply", dest).stdout
+
+
+def test_second_apply_is_a_noop_that_touches_nothing(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    stamp = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()}
+    res = zpatch.json("apply", dest)
+    assert res["changed"] is False
+    assert "Already applied" in zpatch("apply", dest).stdout
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file()} == stamp
+
+
+def test_apply_on_an_existing_install_keeps_unrelated_user_changes(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    (dest / "nodes.py").write_text("NODES = 'mine'\n")          # tracked, not patched
+    (dest / "my_notes.txt").write_text("keep me\n")             # untracked
+    zpatch("apply", dest)
+    zpatch("unapply", dest)
+    assert (dest / "nodes.py").read_text() == "NODES = 'mine'\n"
+    assert (dest / "my_notes.txt").read_text() == "keep me\n"
+    assert (dest / "comfy/sd.py").read_text() == SD_PY
+
+
+def test_status_reports_modified_patches_and_foreign_changes(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    sd = dest / "comfy/sd.py"
+    sd.write_text(sd.read_text() + "# my tweak\n")
+    (dest / "nodes.py").write_text("changed\n")
+    st = zpatch.json("status", dest, expect=1)
+    comfy = st["upstreams"][0]
+    assert comfy["patches"] == [{"name": "0001-sd-accept-4-D-latents.patch", "state": "modified"}]
+    assert comfy["foreign_changes"] == ["nodes.py"]
+    # the nested repository's files are not reported as foreign to ComfyUI
+    assert st["upstreams"][1]["foreign_changes"] == []
+    # and unapply refuses rather than lose the tweak
+    r = zpatch("unapply", dest, expect=4)
+    assert "comfy/sd.py: modified since zpatch applied it" in r.output
+    assert sd.read_text().endswith("# my tweak\n")
+
+
+def test_status_sees_patches_applied_by_hand(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    git("am", "-q", str(world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"), cwd=dest)
+    st = zpatch.json("status", dest, expect=1)
+    assert st["upstreams"][0]["patches"][0]["state"] == "applied"
+    assert st["upstreams"][0]["at_pin"] is False
+
+
+def test_changed_overlay_is_reapplied_and_says_so(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    world.build_overlay(comfy_edits=[("sd: v2", {"comfy/sd.py": replace_line(SD_PY, "line 12 of sd.py\n", "line 12 V2\n")})])
+    out = zpatch("apply", dest).stdout
+    assert "Re-applied the changed overlay" in out
+    text = (dest / "comfy/sd.py").read_text()
+    assert "line 12 V2" in text and "PATCHED" not in text
+    zpatch("unapply", dest)
+    assert (dest / "comfy/sd.py").read_text() == SD_PY
+
+
+def test_allow_drift_applies_three_way_on_a_moved_upstream(world, zpatch, tmp_path):
+    moved = commit(world.comfy_up, {"comfy/sd.py": replace_line(SD_PY, "line 30 of sd.py\n", "line 30 upstream\n")},
+                   "upstream moves")
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    git("checkout", "-q", "--detach", moved, cwd=dest)
+    r = zpatch("apply", dest, expect=4)
+    assert "pinned at" in r.output and "--allow-drift" in r.output
+    zpatch("apply", dest, "--allow-drift")
+    text = (dest / "comfy/sd.py").read_text()
+    assert "line 10 PATCHED" in text and "line 30 upstream" in text
+    assert git("diff", "--cached", "--name-only", cwd=dest) == ""   # index left alone
+
+
+def test_console_script_runs(world, tmp_path):
+    r = subprocess.run(["zpatch", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "zpatch checkout ./ComfyUI" in r.stdout
+    for cmd in ("checkout", "apply", "unapply", "status", "check", "lock"):
+        r = subprocess.run(["zpatch", cmd, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "Example:" in r.stdout and "--json" in r.stdout and "Exit codes" in r.stdout
