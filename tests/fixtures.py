@@ -11,8 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-SD_PY = "".join(f"line {i} of sd.py\n" for i in range(1, 41))
-LOADER_PY = "".join(f"loader line {i}\n" for i in range(1, 41))
+SD_PY = "".join(f"# line {i} of sd.py\n" for i in range(1, 41))
+LOADER_PY = "".join(f"# loader line {i}\n" for i in range(1, 41))
 NODE_INIT = "NODE_CLASS_MAPPINGS = {}\n"
 
 COMFY_URL = "https://example.invalid/comfyanonymous/ComfyUI"

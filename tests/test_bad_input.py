@@ -170,11 +170,11 @@ def test_conflict_names_patch_file_hunk_expected_and_found(zpatch, world, tmp_pa
     assert len(conflicts) == 1
     f = conflicts[0]["failure"]
     assert (f["patch"], f["file"], f["hunk"]) == ("0001-sd-accept-4-D-latents.patch", "comfy/sd.py", 1)
-    assert f["expected"] == ["line 9 of sd.py (stale)"] and f["found"] == ["line 9 of sd.py"]
+    assert f["expected"] == ["# line 9 of sd.py (stale)"] and f["found"] == ["# line 9 of sd.py"]
     dest = world.clone_checkout(tmp_path / "C")
     before = tree_snapshot(dest)
     r = zpatch("apply", dest, expect=5)
-    assert "expected 'line 9 of sd.py (stale)', found 'line 9 of sd.py'" in _error_line(r)
+    assert "expected '# line 9 of sd.py (stale)', found '# line 9 of sd.py'" in _error_line(r)
     assert tree_snapshot(dest) == before
 
 

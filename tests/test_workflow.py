@@ -141,3 +141,19 @@ def test_console_script_runs(world, tmp_path):
     for cmd in ("checkout", "apply", "unapply", "status", "check", "lock"):
         r = subprocess.run(["zpatch", cmd, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and "Example:" in r.stdout and "--json" in r.stdout and "Exit codes" in r.stdout
+
+
+def test_verify_runs_the_chain_and_reports_each_step(world, zpatch, tmp_path):
+    res = zpatch.json("verify", "--no-smoke", "--keep", tmp_path / "v")
+    assert res["ok"] is True
+    assert [s["step"] for s in res["steps"]] == ["checkout", "check", "apply", "status", "compile"]
+    assert all(s["ok"] for s in res["steps"])
+    assert (tmp_path / "v/ComfyUI/custom_nodes/ComfyUI-ZImage-Fix/__init__.py").exists()
+
+
+def test_verify_stops_at_the_failing_step(world, zpatch, tmp_path):
+    p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace("+# loader line 20 tokenizer", "+def broken(:"))
+    world.relock()
+    r = zpatch("verify", "--no-smoke", expect=5)
+    assert "FAIL compile" in r.stdout and "does not compile" in r.stderr

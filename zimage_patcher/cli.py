@@ -194,5 +194,61 @@ def lock_cmd(as_json, overlay_dir):
     _emit(as_json, "lock", {"changed": changed}, msg)
 
 
+
+@command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models")
+@click.argument("checkout", type=click.Path(file_okay=False), default=".")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--tier", type=click.Choice(["tiny", "full"]), default=None,
+              help="tiny: small synthetic models (default on cpu); full: real sizes (default on cuda).")
+@click.option("--models", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Use the real model files in this folder instead of synthetic ones (1024x1024, 8 steps).")
+@click.option("--python", "python", default=None, metavar="PY",
+              help="Interpreter with torch for the harness (default: $ZPATCH_SMOKE_PYTHON or a managed venv).")
+@click.option("--unpatched", is_flag=True,
+              help="Negative control on a pristine checkout: passes only if the field's errors appear.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where PNGs and report.json go (default: CHECKOUT/output/zpatch-smoke).")
+def smoke_cmd(as_json, overlay_dir, checkout, device, tier, models, python, unpatched, out_dir):
+    """Run the Z-Image workflow headless through the patched ComfyUI stack and check the image."""
+    from .smoke import runner
+    checkout = Path(checkout)
+    if not (checkout / "comfy").is_dir():
+        raise ZpatchError(f"{checkout}: not a ComfyUI checkout (no comfy/ folder)", Exit.BAD_CHECKOUT,
+                          hint=f"zpatch checkout {checkout} && zpatch apply {checkout}")
+    out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
+    report = runner.run_smoke(checkout, out, python=python, device=device,
+                              tier=tier or ("tiny" if device == "cpu" else "full"),
+                              models=Path(models) if models else None, unpatched=unpatched)
+    _emit(as_json, "smoke", {"report": report}, runner.summary(report))
+
+
+@command("verify", "zpatch verify --keep ./scratch")
+@click.option("--keep", "keep", type=click.Path(file_okay=False), default=None,
+              help="Work in this directory and keep it (default: a temporary one, removed after).")
+@click.option("--offline", is_flag=True, help="Use only the local cache.")
+@click.option("--python", "python", default=None, metavar="PY", help="Interpreter for compile and smoke.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--control", is_flag=True, help="Also run the negative control on a pristine checkout.")
+@click.option("--no-smoke", is_flag=True, help="Stop after compile (no torch needed).")
+def verify_cmd(as_json, overlay_dir, keep, offline, python, device, control, no_smoke):
+    """Fresh checkout at the pins -> lint -> strict apply -> status -> compile -> smoke, one report."""
+    from . import verify
+    res = verify.run(overlaymod.find_root(overlay_dir), workdir=Path(keep) if keep else None,
+                     offline=offline, python=python, device=device, control=control, smoke=not no_smoke)
+    lines = [f"{'ok  ' if s['ok'] else 'FAIL'} {s['step']:<9} {s['seconds']:6.2f}s  {s['summary']}"
+             for s in res["steps"]]
+    lines.append("Verified: the overlay applies on the pins and the smoke generation passes."
+                 if res["ok"] else f"Verification failed at {res['steps'][-1]['step']}.")
+    if as_json:
+        click.echo(json.dumps({"schema": SCHEMA, "command": "verify", **res}, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(lines))
+        if not res["ok"] and res.get("error"):
+            click.echo(f"error: {res['error']['error']}", err=True)
+            if res["error"].get("hint"):
+                click.echo(f"hint: {res['error']['hint']}", err=True)
+    return Exit.OK if res["ok"] else Exit(res["error"]["exit_code"])
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

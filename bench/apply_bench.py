@@ -1,0 +1,183 @@
+"""Benchmarks of zpatch against the raw git commands that do the same work, in one run.
+
+    python bench/apply_bench.py            # writes bench/results/apply.md
+
+1. fresh checkout + apply from a warm cache   vs  git clone/checkout both pins + git apply + cp
+2. re-apply when already applied              vs  git apply --check --reverse of every patch
+3. apply time for synthetic series of 1, 10, 100, 1000 patches  vs  one git apply of them
+
+Uses the real upstreams when reachable (for example through url.insteadOf mirrors), otherwise
+the synthetic repositories of the test fixtures; the report says which.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
+ZPATCH_EXE = shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+
+
+def sh(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode:
+        raise SystemExit(f"{cmd}: {r.stdout}{r.stderr}")
+    return r
+
+
+def timed(fn, runs=RUNS, setup=None) -> float:
+    times = []
+    for _ in range(runs):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def zp(*args, env):
+    exe = [ZPATCH_EXE] if ZPATCH_EXE else ZPATCH
+    return sh([*exe, *map(str, args)], env=env, cwd=ROOT)
+
+
+def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> list[tuple]:
+    import tomllib
+    lock = tomllib.loads((overlay / "upstream.lock").read_text())
+    ups = lock["upstream"]
+    exclude = ["--exclude", "comfy/text_encoders/llama_tokenizer/tokenizer.json"] if real else []
+    zp("checkout", work / "warm", *exclude, env=env)           # fills the cache
+    shutil.rmtree(work / "warm")
+    n = [0]
+
+    def fresh_dir():
+        n[0] += 1
+        return work / f"d{n[0]}"
+
+    def raw():
+        d = fresh_dir()
+        for name, u in sorted(ups.items(), key=lambda kv: kv[1]["path"] != "."):
+            repo = d / u["path"]
+            sh(["git", "clone", "-q", "--no-checkout", u["url"], str(repo)], env=env)
+            if real and u["path"] == ".":
+                sh(["git", "sparse-checkout", "set", "--no-cone", "/*", f"!/{exclude[1]}"], cwd=repo, env=env)
+            sh(["git", "checkout", "-q", "--detach", u["commit"]], cwd=repo, env=env)
+            series = (overlay / u["patches"] / "series").read_text().split()
+            sh(["git", "apply", *[str(overlay / u["patches"] / s) for s in series if not s.startswith("#")]],
+               cwd=repo, env=env)
+        src = overlay / lock["overlay"]["source"]
+        shutil.copytree(src, d / lock["overlay"]["path"], ignore=shutil.ignore_patterns("__pycache__"))
+
+    def ours():
+        d = fresh_dir()
+        zp("checkout", d, *exclude, env=env)
+        zp("apply", d, env=env)
+
+    t_raw, t_ours = timed(raw), timed(ours)
+    d = fresh_dir()
+    zp("checkout", d, *exclude, env=env)
+    zp("apply", d, env=env)
+    patches = []
+    for u in ups.values():
+        series = (overlay / u["patches"] / "series").read_text().split()
+        patches.append((d / u["path"], [str(overlay / u["patches"] / s) for s in series if not s.startswith("#")]))
+
+    def raw_reapply():
+        for repo, ps in patches:
+            sh(["git", "apply", "--check", "--reverse", *reversed(ps)], cwd=repo, env=env)
+
+    t_raw2, t_ours2 = timed(raw_reapply), timed(lambda: zp("apply", d, env=env))
+    return [("fresh checkout + apply (warm cache)", t_raw, t_ours),
+            ("re-apply, already applied (no-op)", t_raw2, t_ours2)]
+
+
+def bench_series(env: dict, work: Path) -> list[tuple]:
+    """N patches, each changing one of N files, on a synthetic upstream."""
+    from fixtures import make_repo, write_lock
+    rows = []
+    up = work / "syn-upstream"
+    files = {f"mod/f{i:04d}.py": "".join(f"v{i} line {j}\n" for j in range(12)) for i in range(1000)}
+    pin = make_repo(up, files)
+    for n in (1, 10, 100, 1000):
+        ov = work / f"syn-overlay-{n}"
+        pdir = ov / "patches" / "up"
+        pdir.mkdir(parents=True)
+        names = []
+        for i in range(n):
+            f = f"mod/f{i:04d}.py"
+            name = f"{i + 1:04d}-change-f{i:04d}.patch"
+            (pdir / name).write_text(
+                f"From: bench\nSubject: [PATCH] change {f}\n\nOrigin: vendor\nForwarded: no\n"
+                f"Last-Update: 2026-11-26\nUpstream-License: bench\n---\n"
+                f"diff --git a/{f} b/{f}\n--- a/{f}\n+++ b/{f}\n@@ -5,3 +5,3 @@\n"
+                f" v{i} line 4\n-v{i} line 5\n+v{i} line 5 patched\n v{i} line 6\n")
+            names.append(name)
+        (pdir / "series").write_text("".join(x + "\n" for x in names))
+        write_lock(ov, [{"name": "up", "url": str(up), "commit": pin, "path": ".", "patches": "patches/up"}])
+        target = work / f"syn-target-{n}"
+        sh(["git", "clone", "-q", str(up), str(target)], env=env)
+        paths = [str(pdir / x) for x in names]
+
+        def reset():
+            sh(["git", "checkout", "-q", "--", "."], cwd=target, env=env)
+            shutil.rmtree(target / ".git" / "zpatch", ignore_errors=True)
+
+        t_raw = timed(lambda: sh(["git", "apply", *paths], cwd=target, env=env), runs=3, setup=reset)
+        t_ours = timed(lambda: zp("apply", target, "--overlay", ov, env=env), runs=3, setup=reset)
+        rows.append((f"series of {n} patch(es)", t_raw, t_ours))
+    return rows
+
+
+def main() -> None:
+    from upstream import unreachable_reason
+    work = Path(tempfile.mkdtemp(prefix="zpatch-bench-"))
+    env = dict(os.environ, ZPATCH_CACHE=str(work / "cache"), LC_ALL="C")
+    try:
+        real = unreachable_reason() is None
+        if real:
+            overlay = ROOT
+            source = "real pinned upstreams (ComfyUI, ComfyUI-GGUF) via the configured git URLs"
+        else:
+            from fixtures import World
+            w = World(work / "world")
+            env.update(w.env, ZPATCH_CACHE=str(work / "cache"))
+            overlay = w.overlay
+            source = f"synthetic fixture repositories ({unreachable_reason()})"
+        env["ZPATCH_OVERLAY"] = str(overlay)
+        rows = bench_checkout_apply(overlay, env, work, real)
+        env.pop("ZPATCH_OVERLAY")
+        rows += bench_series(env, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = ["# zpatch apply benchmarks", "",
+             f"Command: `python bench/apply_bench.py` (median of {RUNS} runs; series rows: median of 3)", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"{sh(['git', '--version']).stdout.strip()}", f"Upstreams: {source}", "",
+             "| case | raw git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|"]
+    for name, raw, ours in rows:
+        lines.append(f"| {name} | {raw:.3f} | {ours:.3f} | {ours / raw:.2f}x |")
+    series = [r for r in rows if r[0].startswith("series")]
+    if len(series) == 4:
+        per = [ours / int(name.split()[2]) for name, _, ours in series]
+        lines += ["", f"zpatch time per patch at 100 vs 1000 patches: {per[2] * 1000:.2f} ms vs "
+                  f"{per[3] * 1000:.2f} ms (linear growth keeps these close)"]
+    text = "\n".join(lines) + "\n"
+    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results" / "apply.md"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
