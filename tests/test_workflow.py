@@ -157,3 +157,14 @@ def test_verify_stops_at_the_failing_step(world, zpatch, tmp_path):
     world.relock()
     r = zpatch("verify", "--no-smoke", expect=5)
     assert "FAIL compile" in r.stdout and "does not compile" in r.stderr
+
+
+def test_noop_fast_path_reads_head_on_a_branch_too(world, zpatch, tmp_path):
+    from zimage_patcher import state
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    git("checkout", "-q", "-b", "local", cwd=dest)              # loose ref
+    assert state.read_head(dest) == world.comfy_pin
+    git("pack-refs", "--all", cwd=dest)                          # packed ref
+    assert state.read_head(dest) == world.comfy_pin
+    zpatch("apply", dest)
+    assert "Already applied" in zpatch("apply", dest).stdout

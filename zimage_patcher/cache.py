@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 from filelock import FileLock
@@ -49,8 +50,12 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
             if tmp.exists():
                 import shutil
                 shutil.rmtree(tmp)
-            r = git.run(["clone", "--bare", "--quiet" if not progress else "--progress", url, str(tmp)],
-                        check=False, env=_NET_ENV, timeout=1800)
+            # git's own progress meter when a person watches; captured (for the error) otherwise
+            show = progress and sys.stderr.isatty()
+            if progress:
+                print(f"Caching {url} in {path} (first use; later checkouts are local)", file=sys.stderr)
+            r = git.run(["clone", "--bare", "--progress" if show else "--quiet", url, str(tmp)],
+                        check=False, env=_NET_ENV, timeout=1800, stream_stderr=show)
             if not r.ok:
                 import shutil
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -36,9 +36,18 @@ def read_head(repo: Path) -> str | None:
         head = (gd / "HEAD").read_text(encoding="utf-8").strip()
     except OSError:
         return None
+    if head.startswith("ref: "):
+        ref = head[5:]
+        loose = gd / ref
+        if loose.is_file():
+            head = loose.read_text(encoding="utf-8").strip()
+        else:
+            packed = gd / "packed-refs"
+            lines = packed.read_text(encoding="utf-8").splitlines() if packed.is_file() else []
+            head = next((l.split()[0] for l in lines if l.endswith(" " + ref)), "")
     if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
         return head
-    return None
+    return None   # worktrees, reftable, other hash formats: ask git
 
 
 def state_dir(root_git_dir: Path) -> Path:
