@@ -35,8 +35,8 @@ def _hunk_report(repo: Path, env: dict, patch: Patch, stderr: str) -> dict:
             hunk = min(hunks, key=lambda h: abs(h.source_start - report["line"]))
         if hunk:
             report["hunk"] = hunk.index
-            blob = git.run(["cat-file", "blob", f":{report['file']}"], cwd=repo, env=env, check=False)
-            current = blob.stdout.splitlines() if blob.ok else []
+            blob = git.show_blob(repo, "", report["file"], env=env)
+            current = blob.decode("utf-8", "replace").split("\n") if blob is not None else []
             start = hunk.source_start - 1
             found = current[start:start + len(hunk.source_lines)]
             # Show the first line that differs: that is what a maintainer needs to see.

@@ -124,7 +124,7 @@ def hash_object_bytes(data: bytes) -> str:
     return h.hexdigest()
 
 
-def show_blob(repo: Path, rev: str, path: str) -> bytes | None:
-    r = subprocess.run([_git_exe(), "cat-file", "blob", f"{rev}:{path}"], cwd=repo,
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    return r.stdout if r.returncode == 0 else None
+def show_blob(repo: Path, rev: str, path: str, env: dict | None = None) -> bytes | None:
+    """The exact bytes of PATH at REV ("" for the index), CRLF intact; None when absent."""
+    r = run(["cat-file", "blob", f"{rev}:{path}"], cwd=repo, check=False, env=env, input=b"")
+    return r.stdout.encode("utf-8", "surrogateescape") if r.ok else None

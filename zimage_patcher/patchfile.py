@@ -79,7 +79,9 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         raise ZpatchError(f"{name}: not UTF-8 text", Exit.BAD_OVERLAY,
                           hint="binary patches are not supported; re-export with `zpatch export`")
     patch = Patch(name=name, path=path or Path(name), data=data)
-    lines = text.splitlines()
+    # split on LF only: CRLF files (ComfyUI-GGUF has them) keep their CR inside the line, and
+    # str.splitlines would also break lines at form feeds and other separators in the content
+    lines = [line.rstrip("\r") for line in text.split("\n")]
     first_diff = next((i for i, line in enumerate(lines) if line.startswith(("diff --git ", "--- "))
                        and not line.strip() == "---"), None)
     if first_diff is None or not any(line.startswith("@@ ") for line in lines[first_diff:]):
@@ -106,7 +108,7 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         elif re.match(r"^(new file|new|old|deleted file) mode 120000", line):
             raise _hostile(name, body[max(0, i - 1)], "symlinks are not allowed in patches")
     try:
-        ps = unidiff.PatchSet("\n".join(body) + "\n")
+        ps = unidiff.PatchSet(text.split("\n", first_diff)[-1] if first_diff else text)
     except unidiff.UnidiffParseError as e:
         raise ZpatchError(f"{name}: malformed diff ({e})", Exit.BAD_OVERLAY,
                           hint="regenerate it with `zpatch export`")
@@ -121,7 +123,8 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         for n, h in enumerate(pf, 1):
             patch.hunks.append(Hunk(file=src if src != "/dev/null" else tgt, index=n,
                                     source_start=h.source_start,
-                                    source_lines=[l.value.rstrip("\n") for l in h.source_lines()]))
+                                    source_lines=[l.value[:-1] if l.value.endswith("\n") else l.value
+                                                  for l in h.source_lines()]))
     if not patch.files:
         raise ZpatchError(f"{name}: touches no file", Exit.BAD_OVERLAY)
     return patch
