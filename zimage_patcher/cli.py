@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from . import overlay as overlaymod
+from . import patchset
 from .errors import Exit, ZpatchError
 
 SCHEMA = 1
@@ -76,7 +76,7 @@ def main():
 
 
 def _load(overlay_dir, verify=True):
-    return overlaymod.load(overlaymod.find_root(overlay_dir), verify_hashes=verify)
+    return patchset.load(patchset.find_root(overlay_dir), verify_hashes=verify)
 
 
 @command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json")
@@ -164,7 +164,7 @@ def check_cmd(as_json, overlay_dir, offline, no_apply):
     """Lint the overlay (lock, series, headers, hashes, hostile paths) and test-apply every series
     on its pin in a scratch index. Reports every problem; touches no checkout."""
     from . import check
-    root = overlaymod.find_root(overlay_dir)
+    root = patchset.find_root(overlay_dir)
     res = check.run(root, offline=offline, apply_test=not no_apply)
     lines = []
     for s in res["series"]:
@@ -184,8 +184,8 @@ def check_cmd(as_json, overlay_dir, offline, no_apply):
 def lock_cmd(as_json, overlay_dir):
     """Recompute the sha256 of every patch and overlay file into upstream.lock (after an intended edit)."""
     from . import lock as lockmod
-    root = overlaymod.find_root(overlay_dir)
-    lk, changed = overlaymod.relock(root)
+    root = patchset.find_root(overlay_dir)
+    lk, changed = patchset.relock(root)
     text = lockmod.dumps(lk)
     path = root / lockmod.LOCK_NAME
     if path.read_text(encoding="utf-8") != text:
@@ -233,7 +233,7 @@ def smoke_cmd(as_json, overlay_dir, checkout, device, tier, models, python, unpa
 def verify_cmd(as_json, overlay_dir, keep, offline, python, device, control, no_smoke):
     """Fresh checkout at the pins -> lint -> strict apply -> status -> compile -> smoke, one report."""
     from . import verify
-    res = verify.run(overlaymod.find_root(overlay_dir), workdir=Path(keep) if keep else None,
+    res = verify.run(patchset.find_root(overlay_dir), workdir=Path(keep) if keep else None,
                      offline=offline, python=python, device=device, control=control, smoke=not no_smoke)
     lines = [f"{'ok  ' if s['ok'] else 'FAIL'} {s['step']:<9} {s['seconds']:6.2f}s  {s['summary']}"
              for s in res["steps"]]

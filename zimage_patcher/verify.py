@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import check, overlay as overlaymod, workspace
+from . import check, patchset, workspace
 from .errors import Exit, ZpatchError
 
 
@@ -30,7 +30,7 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
         steps.append({"step": name, "ok": True, "seconds": time.perf_counter() - t0, "summary": summary,
                       "data": data})
 
-    ov = overlaymod.load(root)
+    ov = patchset.load(root)
     missing: list[str] = []
 
     def do_checkout():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import cache, diagnose, git, state
 from .errors import Exit, ZpatchError
-from .overlay import Overlay, Series, overlay_files, sha256_file
+from .patchset import Overlay, Series, overlay_files, sha256_file
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The overlay as a whole: where it lives, its lock, its series and patches, all verified."""
+"""The patch set as a whole: where it lives, its lock, its series, patches and node files, all verified."""
 from __future__ import annotations
 
 import hashlib
