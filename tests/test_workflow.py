@@ -105,9 +105,23 @@ def test_status_reports_modified_patches_and_foreign_changes(world, zpatch, tmp_
 def test_status_sees_patches_applied_by_hand(world, zpatch, tmp_path):
     dest = world.clone_checkout(tmp_path / "ComfyUI")
     git("am", "-q", str(world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"), cwd=dest)
+    gguf = dest / "custom_nodes/ComfyUI-GGUF"
+    # patches 1 and 2 by hand, in the work tree only: they touch the same file as patch 3
+    for n in ("0001-loader-gemma3.patch", "0002-loader-tokenizer.patch"):
+        git("apply", str(world.overlay / "patches/comfyui-gguf" / n), cwd=gguf)
     st = zpatch.json("status", dest, expect=1)
     assert st["upstreams"][0]["patches"][0]["state"] == "applied"
     assert st["upstreams"][0]["at_pin"] is False
+    assert [p["state"] for p in st["upstreams"][1]["patches"]] == ["applied", "applied", "missing"]
+    # all three by hand: every one is seen as applied (git apply --check alone would not chain them)
+    git("apply", str(world.overlay / "patches/comfyui-gguf/0003-loader-external-tokenizer.patch"), cwd=gguf)
+    st = zpatch.json("status", dest, expect=1)
+    assert [p["state"] for p in st["upstreams"][1]["patches"]] == ["applied"] * 3
+    # an edit under patch 2's hunk makes it conflict
+    loader = gguf / "loader.py"
+    loader.write_text(loader.read_text().replace("# loader line 19\n", "# loader line 19 edited\n"))
+    st = zpatch.json("status", dest, expect=1)
+    assert [p["state"] for p in st["upstreams"][1]["patches"]] == ["applied", "conflict", "applied"]
 
 
 def test_changed_overlay_is_reapplied_and_says_so(world, zpatch, tmp_path):
@@ -168,3 +182,9 @@ def test_noop_fast_path_reads_head_on_a_branch_too(world, zpatch, tmp_path):
     assert state.read_head(dest) == world.comfy_pin
     zpatch("apply", dest)
     assert "Already applied" in zpatch("apply", dest).stdout
+
+
+def test_checkout_with_apply_is_one_step(world, zpatch, tmp_path):
+    res = zpatch.json("checkout", tmp_path / "C", "--apply")
+    assert res["apply"]["changed"] is True
+    assert zpatch.json("status", tmp_path / "C")["clean"] is True

@@ -6,8 +6,6 @@ import re
 import sys
 from pathlib import Path
 
-from filelock import FileLock
-
 from . import git
 from .errors import Exit, ZpatchError
 
@@ -44,6 +42,7 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
         raise ZpatchError(f"commit {commit[:12]} of {url} is not in the cache ({path})", Exit.UNREACHABLE,
                           hint="run once without --offline to fill the cache")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock   # here, not at the top: the warm path above needs no lock
     with FileLock(str(path) + ".lock"):
         if not path.is_dir():
             tmp = path.with_name(path.name + ".tmp")
@@ -74,17 +73,3 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
                                   hint="check the pin in upstream.lock")
     return path
 
-
-def update(url: str, branch: str, *, progress: bool = False) -> tuple[Path, str]:
-    """Fetch BRANCH of URL into the cache; return the mirror and the branch tip."""
-    path = mirror_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not path.is_dir():
-            git.run(["init", "--bare", "--quiet", str(path)])
-        r = git.run(["fetch", "--quiet", url, f"+refs/heads/{branch}:refs/heads/{branch}"], cwd=path,
-                    check=False, env=_NET_ENV, timeout=1800)
-        if not r.ok:
-            raise _unreachable(url, r.stderr)
-    tip = git.run(["rev-parse", f"refs/heads/{branch}"], cwd=path).stdout.strip()
-    return path, tip

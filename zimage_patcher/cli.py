@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-import inspect
+import textwrap
 import json
 import sys
 from pathlib import Path
@@ -27,6 +27,11 @@ Exit codes:
   8  a required tool (git, the smoke Python) is missing"""
 
 
+def _cleandoc(doc: str) -> str:
+    first, _, rest = doc.partition("\n")
+    return (first.strip() + "\n" + textwrap.dedent(rest)).strip()
+
+
 def _emit(ctx_json: bool, command: str, payload: dict, text: str) -> None:
     if ctx_json:
         click.echo(json.dumps({"schema": SCHEMA, "command": command, "ok": True, **payload},
@@ -38,7 +43,7 @@ def _emit(ctx_json: bool, command: str, payload: dict, text: str) -> None:
 def command(name: str, help_example: str):
     """Register a command with --json, --overlay, error handling and an example in its --help."""
     def wrap(fn):
-        @main.command(name, help=inspect.cleandoc(fn.__doc__ or "") + f"\n\n\b\nExample:\n  {help_example}\n\n" + EXIT_CODES)
+        @main.command(name, help=_cleandoc(fn.__doc__ or "") + f"\n\n\b\nExample:\n  {help_example}\n\n" + EXIT_CODES)
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
         @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
                       help="Overlay directory holding upstream.lock (default: found automatically).")
@@ -84,7 +89,8 @@ def _load(overlay_dir, verify=True):
 @click.option("--offline", is_flag=True, help="Use only the local cache; never touch the network.")
 @click.option("--exclude", multiple=True, metavar="PATH",
               help="Leave PATH unmaterialized (git sparse checkout); repeatable.")
-def checkout_cmd(as_json, overlay_dir, dest, offline, exclude):
+@click.option("--apply", "then_apply", is_flag=True, help="Apply the overlay right after (one step, as `apply`).")
+def checkout_cmd(as_json, overlay_dir, dest, offline, exclude, then_apply):
     """Clone every upstream at its pinned commit into DEST (ComfyUI with ComfyUI-GGUF nested)."""
     from . import workspace
     ov = _load(overlay_dir)
@@ -94,8 +100,22 @@ def checkout_cmd(as_json, overlay_dir, dest, offline, exclude):
     for m in res["missing_objects"]:
         lines.append(f"warning: {m} is missing: the source repository lacks its object "
                      f"(git status will show it deleted; --exclude {m} leaves it out cleanly)")
-    lines.append(f"Next: zpatch apply {dest}")
+    if then_apply:
+        res["apply"] = workspace.apply(ov, Path(dest))
+        lines.append(_apply_text(res["apply"], dest))
+    else:
+        lines.append(f"Next: zpatch apply {dest}")
     _emit(as_json, "checkout", res, "\n".join(lines))
+
+
+def _apply_text(res: dict, checkout) -> str:
+    counts = ", ".join(f"{u['name']} {len(u['applied'])} patch{'es' if len(u['applied']) != 1 else ''}"
+                       for u in res["upstreams"])
+    if not res["changed"]:
+        return f"Already applied ({counts}; node {res['overlay']}). Nothing to do."
+    verb = "Re-applied the changed overlay" if res.get("replaced") else "Applied"
+    return (f"{verb}: {counts}.\nInstalled {res['overlay']}.\n"
+            f"Next: zpatch status {checkout}   or   zpatch smoke {checkout}")
 
 
 @command("apply", "zpatch apply /ComfyUI")
@@ -109,15 +129,7 @@ def apply_cmd(as_json, overlay_dir, checkout, allow_drift):
     from . import workspace
     ov = _load(overlay_dir)
     res = workspace.apply(ov, Path(checkout), allow_drift=allow_drift)
-    counts = ", ".join(f"{u['name']} {len(u['applied'])} patch{'es' if len(u['applied']) != 1 else ''}"
-                       for u in res["upstreams"])
-    if not res["changed"]:
-        text = f"Already applied ({counts}; node {res['overlay']}). Nothing to do."
-    else:
-        verb = "Re-applied the changed overlay" if res.get("replaced") else "Applied"
-        text = (f"{verb}: {counts}.\nInstalled {res['overlay']}.\n"
-                f"Next: zpatch status {checkout}   or   zpatch smoke {checkout}")
-    _emit(as_json, "apply", res, text)
+    _emit(as_json, "apply", res, _apply_text(res, checkout))
 
 
 @command("unapply", "zpatch unapply ./ComfyUI")

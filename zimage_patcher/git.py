@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from .errors import Exit, ZpatchError
@@ -11,6 +13,7 @@ from .errors import Exit, ZpatchError
 # Stable output regardless of the user's locale; the user's global config stays in force
 # on purpose, because `url.<mirror>.insteadOf` is how offline mirrors are plugged in.
 _ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0"}
+_TRACE = bool(os.environ.get("ZPATCH_TRACE"))
 
 
 class GitResult:
@@ -44,6 +47,7 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
     if env:
         full_env.update(env)
     text = not isinstance(input, bytes)
+    t0 = time.perf_counter()
     try:
         proc = subprocess.run(
             [_git_exe(), *args], cwd=cwd, input=input, env=full_env, timeout=timeout,
@@ -52,6 +56,9 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
     except subprocess.TimeoutExpired:
         raise ZpatchError(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s", Exit.UNREACHABLE,
                           hint="check the network or use a url.<mirror>.insteadOf mirror")
+    if _TRACE:   # ZPATCH_TRACE=1: every git call and its cost, like GIT_TRACE
+        print(f"zpatch: git {' '.join(args)}  ({(time.perf_counter() - t0) * 1000:.1f} ms, rc {proc.returncode})",
+              file=sys.stderr)
     out = proc.stdout if text else proc.stdout.decode("utf-8", "surrogateescape")
     err = proc.stderr or ""
     if not text and isinstance(err, bytes):
@@ -83,6 +90,17 @@ def has_commit(repo: Path, commit: str) -> bool:
     return run(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo, check=False).ok
 
 
+def tree_blobs(repo: Path, rev: str, paths: list[str]) -> dict[str, str]:
+    """Blob ids of PATHS at REV (paths absent at REV are left out)."""
+    out = run(["ls-tree", "-z", "--full-tree", rev, "--", *paths], cwd=repo).stdout if paths else ""
+    blobs = {}
+    for entry in out.split("\0"):
+        if entry:
+            meta, path = entry.split("\t", 1)
+            blobs[path] = meta.split()[2]
+    return blobs
+
+
 def changed_paths(repo: Path, paths: list[str] | None = None) -> dict[str, str]:
     """Tracked paths whose work tree or index differs from HEAD, and untracked ones, with their
     two-letter porcelain status. Restricted to PATHS when given."""
@@ -99,8 +117,7 @@ def changed_paths(repo: Path, paths: list[str] | None = None) -> dict[str, str]:
     return result
 
 
-def apply(repo: Path, patch_files: list[Path], *, reverse: bool = False, check_only: bool = False,
-          three_way: bool = False) -> GitResult:
+def apply(repo: Path, patch_files: list[Path], *, reverse: bool = False, three_way: bool = False) -> GitResult:
     """`git apply` the PATCH_FILES in order as one atomic step (git applies all or none).
 
     Zero fuzz: git apply refuses a hunk whose full context does not match (no -C).
@@ -108,8 +125,6 @@ def apply(repo: Path, patch_files: list[Path], *, reverse: bool = False, check_o
     args = ["apply", "--whitespace=nowarn"]
     if reverse:
         args.append("--reverse")
-    if check_only:
-        args.append("--check")
     if three_way:
         args.append("--3way")
     args += [str(p) for p in patch_files]

@@ -185,7 +185,7 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
     # 1. Preconditions, all checked before anything is written.
     heads = {}
     for t in targets:
-        heads[t.name] = git.head(t.repo)
+        heads[t.name] = read_head_or_git(t.repo)
         if heads[t.name] != t.pin and not allow_drift:
             raise ZpatchError(f"{t.repo}: {t.name} is at {str(heads[t.name])[:12]}, pinned at {t.pin[:12]}",
                               Exit.BAD_CHECKOUT,
@@ -200,7 +200,11 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
                               hint="save your edit (git diff > my.patch), then `git checkout` the file and rerun")
     for t in targets:
         recorded = set(previous["upstreams"].get(t.name, {}).get("files", {})) if previous else set()
-        dirty = {f: s for f, s in git.changed_paths(t.repo, t.series.files).items() if f not in recorded}
+        # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
+        # go to `git status`, which knows about filters such as core.autocrlf.
+        blobs = git.tree_blobs(t.repo, "HEAD", t.series.files)
+        suspects = [f for f in t.series.files if f not in recorded and _blob_or_none(t.repo / f) != blobs.get(f)]
+        dirty = git.changed_paths(t.repo, suspects) if suspects else {}
         if dirty:
             f = sorted(dirty)[0]
             raise ZpatchError(f"{t.repo / f}: has uncommitted changes and a patch touches it", Exit.BAD_CHECKOUT,
@@ -351,17 +355,18 @@ def status(ov: Overlay, checkout: Path) -> dict:
         ust = st["upstreams"].get(t.name, {})
         recorded = {p["name"]: p["sha256"] for p in ust.get("patches", [])}
         modified_files = set(_unchanged_since(ust.get("files", {}), t.repo))
+        unrecorded = [p for p in t.series.patches if p.name not in recorded]
+        found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
         patches = []
         for p in t.series.patches:
-            if p.name in recorded:
-                if recorded[p.name] != p.sha256:
-                    s = "outdated"          # an older version of this patch is applied
-                elif modified_files & set(p.files):
-                    s = "modified"          # applied, then edited by hand
-                else:
-                    s = "applied"
+            if p.name not in recorded:
+                s = found[p.name]           # applied by hand (git am), missing, or conflicting
+            elif recorded[p.name] != p.sha256:
+                s = "outdated"              # an older version of this patch is applied
+            elif modified_files & set(p.files):
+                s = "modified"              # applied, then edited by hand
             else:
-                s = "applied" if git.apply(t.repo, [p.path], reverse=True, check_only=True).ok else "missing"
+                s = "applied"
             patches.append({"name": p.name, "state": s})
         foreign = sorted(f for f in git.changed_paths(t.repo)
                          if f not in t.series.files and not _inside_nested(t, targets, f))
