@@ -242,3 +242,15 @@ def test_lock_rewrites_hashes_after_an_intended_edit(zpatch, world, checkout):
     assert res["changed"] == ["patches/comfyui/0001-sd-accept-4-D-latents.patch"]
     assert zpatch.json("lock")["changed"] == []
     zpatch("apply", checkout)
+
+
+def test_symlink_in_the_checkout_leading_out_of_the_tree(zpatch, checkout, tmp_path):
+    import shutil
+    outside = tmp_path / "outside"
+    shutil.copytree(checkout / "comfy", outside)
+    shutil.rmtree(checkout / "comfy")
+    (checkout / "comfy").symlink_to(outside)
+    before = (outside / "sd.py").read_bytes()
+    r = zpatch("apply", checkout, expect=4)
+    assert "outside" in _error_line(r) and "symlink" in _error_line(r)
+    assert (outside / "sd.py").read_bytes() == before

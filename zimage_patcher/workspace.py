@@ -199,6 +199,11 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
                               Exit.BAD_CHECKOUT,
                               hint="save your edit (git diff > my.patch), then `git checkout` the file and rerun")
     for t in targets:
+        for f in t.series.files:   # a symlinked directory would carry a patch out of the tree
+            real = (t.repo / f).resolve()
+            if t.repo not in real.parents:
+                raise ZpatchError(f"{t.repo / f}: resolves to {real}, outside {t.repo} (symlink)",
+                                  Exit.BAD_CHECKOUT, hint="replace the symlink with the upstream files")
         recorded = set(previous["upstreams"].get(t.name, {}).get("files", {})) if previous else set()
         # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
         # go to `git status`, which knows about filters such as core.autocrlf.
