@@ -19,8 +19,14 @@ COMFY_URL = "https://example.invalid/comfyanonymous/ComfyUI"
 GGUF_URL = "https://example.invalid/city96/ComfyUI-GGUF"
 
 
+# A fresh CI machine has no git identity; the fixtures' commits must not depend on one.
+_IDENTITY = {"GIT_AUTHOR_NAME": "Fixture", "GIT_AUTHOR_EMAIL": "fixture@example.invalid",
+             "GIT_COMMITTER_NAME": "Fixture", "GIT_COMMITTER_EMAIL": "fixture@example.invalid"}
+
+
 def git(*args, cwd=None, check=True, input=None) -> str:
-    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, input=input)
+    r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, input=input,
+                       env={**os.environ, **_IDENTITY})
     if check and r.returncode:
         raise AssertionError(f"git {' '.join(args)}: {r.stderr}")
     return r.stdout.strip()
