@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fixtures import World  # noqa: E402
 
 from zimage_patcher.cli import main  # noqa: E402
+
+
+def pytest_configure(config):
+    # One cache of upstream repositories per test run, never the user's own.
+    if "ZPATCH_CACHE" not in os.environ:
+        os.environ["ZPATCH_CACHE"] = tempfile.mkdtemp(prefix="zpatch-test-cache-")
+        config._zpatch_cache = os.environ["ZPATCH_CACHE"]
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_zpatch_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture

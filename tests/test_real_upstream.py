@@ -23,9 +23,8 @@ def zpatch(*args, env, expect=0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = dict(os.environ)
-    e["ZPATCH_CACHE"] = os.environ.get("ZPATCH_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+def env():
+    e = dict(os.environ)        # ZPATCH_CACHE: the run's shared cache (conftest.py)
     e.pop("ZPATCH_OVERLAY", None)
     return e
 

@@ -1,0 +1,53 @@
+"""Helpers for the smoke-generation tests: checkouts at the pins made and patched by zpatch's own
+engine, and the probe subprocess (fixtures are in conftest.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from zimage_patcher import patchset, workspace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_DIR = ROOT / "zimage_patcher" / "smoke"
+HERE = Path(__file__).resolve().parent
+SMOKE_MODULES = ("torch", "numpy", "gguf", "sentencepiece", "safetensors")
+
+
+def build_checkout(dest: Path) -> Path:
+    """ComfyUI with ComfyUI-GGUF nested, at the pins of upstream.lock, made by zpatch itself."""
+    workspace.checkout(patchset.load(ROOT), dest, exclude=[EXCLUDE])
+    return dest
+
+
+def apply_overlay(dest: Path) -> Path:
+    """Both series and the node, applied by zpatch."""
+    workspace.apply(patchset.load(ROOT), dest)
+    return dest
+
+
+def overlay_missing_reason() -> str | None:
+    data = lock()
+    for name, up in data["upstream"].items():
+        if not (ROOT / up["patches"] / "series").is_file():
+            return f"no {up['patches']}/series yet"
+    if not (ROOT / data["overlay"]["source"] / "__init__.py").is_file():
+        return f"no overlay node at {data['overlay']['source']} yet"
+    return None
+
+
+def run_probe(smoke_python: str, checkout: Path, *args, expect_ok: bool = True) -> dict:
+    """Run tests/smoke/probe.py (imports ComfyUI) in a subprocess; return its JSON answer."""
+    r = subprocess.run([smoke_python, str(HERE / "probe.py"), "--checkout", str(checkout), *map(str, args)],
+                       capture_output=True, text=True, timeout=600)
+    lines = [l for l in r.stdout.splitlines() if l.startswith("PROBE ")]
+    if not lines:
+        raise AssertionError(f"probe exited {r.returncode} without an answer\n{r.stderr[-4000:]}")
+    out = json.loads(lines[-1][len("PROBE "):])
+    if expect_ok and r.returncode != 0:
+        raise AssertionError(f"probe failed ({r.returncode}): {out}\n{r.stderr[-3000:]}")
+    return out

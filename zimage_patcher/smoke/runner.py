@@ -1,0 +1,242 @@
+"""The smoke API the CLI calls: run harness.py under the smoke Python and return its report.
+
+Imports no torch: the harness runs in a subprocess, under an interpreter that has torch, gguf and
+ComfyUI's requirements (pristine and patched ComfyUI could not share one process anyway).
+
+Python resolution: the explicit ``python`` argument, else ``$ZPATCH_SMOKE_PYTHON``, else a venv
+zpatch manages under ``$XDG_CACHE_HOME/zimage-patcher/smoke-venv`` (default ``~/.cache``),
+created on demand from requirements.txt next to this file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import Exit, ZpatchError
+
+HERE = Path(__file__).resolve().parent
+HARNESS = HERE / "harness.py"
+REQUIREMENTS = HERE / "requirements.txt"
+ENV_PYTHON = "ZPATCH_SMOKE_PYTHON"
+REPORT_NAME = "smoke-report.json"
+LOG_NAME = "smoke.log"
+_STAMP = ".zpatch-requirements.sha256"
+
+
+# --------------------------------------------------------------------------------------------
+# the interpreter
+
+
+def managed_venv_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "zimage-patcher" / "smoke-venv"
+
+
+def managed_models_dir(tier: str) -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "zimage-patcher" / "smoke-models" / tier
+
+
+def _venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _requirements_digest() -> str:
+    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+
+
+def _check_interpreter(python: str, source: str) -> str:
+    found = shutil.which(python) if os.sep not in python else (python if os.access(python, os.X_OK) else None)
+    if not found or not os.path.isfile(found):
+        raise ZpatchError(f"smoke python not found: {python} (from {source})", Exit.ENVIRONMENT,
+                          hint=f"pass --python PATH or set {ENV_PYTHON} to an interpreter with torch "
+                               f"and gguf (pip install -r {REQUIREMENTS})")
+    return found
+
+
+def ensure_managed_venv(venv: Path | None = None) -> str:
+    """Create (or reuse) the managed smoke venv; returns its python. Reused while the stamp of
+    requirements.txt matches; a change of requirements.txt reinstalls."""
+    venv = venv or managed_venv_dir()
+    py = _venv_python(venv)
+    digest = _requirements_digest()
+    stamp = venv / _STAMP
+    if py.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        return str(py)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from filelock import FileLock
+        lock = FileLock(str(venv) + ".lock")
+    except ImportError:  # pragma: no cover - filelock is a dependency of zpatch
+        lock = None
+    hint = (f"set {ENV_PYTHON} to an interpreter with the smoke requirements, or install them by "
+            f"hand: {py} -m pip install -r {REQUIREMENTS}")
+    try:
+        if lock:
+            lock.acquire(timeout=3600)
+        if py.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+            return str(py)
+        print(f"zpatch: creating the smoke environment in {venv} (torch is large; this takes a while)",
+              file=sys.stderr)
+        steps = []
+        if not py.is_file():
+            steps.append([sys.executable, "-m", "venv", str(venv)])
+        steps.append([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(REQUIREMENTS)])
+        for cmd in steps:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
+                raise ZpatchError(f"creating the smoke environment failed: {' '.join(cmd[:4])}...: {tail[0]}",
+                                  Exit.ENVIRONMENT, hint=hint,
+                                  details={"command": cmd, "stderr": proc.stderr[-4000:]})
+        stamp.write_text(digest + "\n")
+        return str(py)
+    except OSError as exc:
+        raise ZpatchError(f"creating the smoke environment in {venv} failed: {exc}", Exit.ENVIRONMENT,
+                          hint=hint) from exc
+    finally:
+        if lock and lock.is_locked:
+            lock.release()
+
+
+def resolve_python(python: str | None = None) -> str:
+    """Explicit python > $ZPATCH_SMOKE_PYTHON > the managed venv (created on demand)."""
+    if python:
+        return _check_interpreter(str(python), "--python")
+    env = os.environ.get(ENV_PYTHON)
+    if env:
+        return _check_interpreter(env, f"${ENV_PYTHON}")
+    return ensure_managed_venv()
+
+
+# --------------------------------------------------------------------------------------------
+# running
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _hint(report: dict, checkout: Path, unpatched: bool, report_path: Path, log_path: Path) -> str:
+    failure = report.get("failure") or {}
+    stage, msg = failure.get("stage"), failure.get("message", "")
+    where = f"report: {report_path}; log: {log_path}"
+    if unpatched:
+        return ("the negative control expects a pristine checkout at the pins (zpatch checkout DIR, "
+                f"no apply); {where}")
+    if stage == "import" and ("missing" in msg or "IMPORT FAILED" in msg):
+        return f"is the overlay applied? zpatch status {checkout}   then   zpatch apply {checkout}; {where}"
+    if stage == "models" and "missing in" in msg:
+        return f"put the model files there under these names, or leave out --models for synthetic ones; {where}"
+    if stage in ("load", "encode", "sample", "decode"):
+        return f"check the patches are applied: zpatch status {checkout}; {where}"
+    return where
+
+
+def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, device: str = "cpu",
+              tier: str = "tiny", models: Path | None = None, unpatched: bool = False,
+              timeout: float | None = None, synthetic_dir: Path | None = None) -> dict:
+    """Run the smoke generation (or with unpatched=True the negative control) on a checkout.
+
+    synthetic_dir: where the synthetic models are written, or reused when its manifest matches
+    (default: the managed cache, $XDG_CACHE_HOME/zimage-patcher/smoke-models/TIER).
+
+    Returns the harness's report (a dict, also written to OUT_DIR/smoke-report.json). Raises
+    ZpatchError: Exit.SMOKE_FAILED when the run fails (details = the report), Exit.ENVIRONMENT
+    when the smoke Python is missing or lacks a requirement.
+    """
+    checkout = Path(checkout).resolve()
+    out_dir = Path(out_dir).resolve()
+    if not (checkout / "comfy").is_dir():
+        raise ZpatchError(f"{checkout}: not a ComfyUI checkout (no comfy/ folder)", Exit.BAD_CHECKOUT)
+    py = resolve_python(python)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / REPORT_NAME
+    log_path = out_dir / LOG_NAME
+    report_path.unlink(missing_ok=True)
+    cmd = [py, str(HARNESS), "--checkout", str(checkout), "--out", str(out_dir),
+           "--report", str(report_path), "--device", device, "--tier", tier]
+    if models is not None:
+        cmd += ["--models", str(Path(models).resolve())]
+    else:
+        cmd += ["--synthetic-dir", str(Path(synthetic_dir).resolve() if synthetic_dir
+                                        else managed_models_dir(tier))]
+    if unpatched:
+        cmd.append("--unpatched")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  cwd=str(out_dir), env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ZpatchError(f"smoke timed out after {timeout:g}s", Exit.SMOKE_FAILED,
+                          hint=f"log: {log_path}", details={"command": cmd, "log_tail": _tail(log_path)}) from None
+    except OSError as exc:
+        raise ZpatchError(f"cannot run the smoke python {py}: {exc}", Exit.ENVIRONMENT,
+                          hint=f"pass --python or set {ENV_PYTHON}") from exc
+    if not report_path.is_file():
+        last = _tail(log_path, 1) or "(no output)"
+        raise ZpatchError(f"smoke harness exited {proc.returncode} without a report: {_one_line(last)}",
+                          Exit.SMOKE_FAILED, hint=f"log: {log_path}",
+                          details={"command": cmd, "returncode": proc.returncode, "log_tail": _tail(log_path)})
+    report = json.loads(report_path.read_text())
+    report["command"] = cmd
+    report["log"] = str(log_path)
+    report["report"] = str(report_path)
+    if report.get("ok"):
+        return report
+    failure = report.get("failure") or {"stage": "harness", "type": "Error", "message": "no failure recorded"}
+    stage, etype, emsg = failure.get("stage"), failure.get("type"), failure.get("message", "")
+    if stage == "environment":
+        hint = ("this torch sees no GPU: use --device cpu, or a python with a CUDA build of torch (--python)"
+                if "cuda" in emsg.lower() else
+                f"{py} -m pip install -r {REQUIREMENTS}   or pass --python / set {ENV_PYTHON}")
+        raise ZpatchError(_one_line(f"smoke python {py} is not usable: {etype}: {emsg}"), Exit.ENVIRONMENT,
+                          hint=hint, details=report)
+    if unpatched:
+        message = f"negative control failed at {stage}: {emsg}" if etype == "ControlNotObserved" \
+            else f"negative control failed at {stage}: {etype}: {emsg}"
+    else:
+        message = f"smoke failed at {stage}: {etype}: {emsg}"
+    raise ZpatchError(_one_line(message), Exit.SMOKE_FAILED,
+                      hint=_hint(report, checkout, unpatched, report_path, log_path), details=report)
+
+
+def summary(report: dict) -> str:
+    """Human summary; the first line stands alone (verify prints only it)."""
+    t = report.get("timings") or {}
+    if report.get("mode") == "control":
+        exp = (report.get("control") or {}).get("expected_errors", {})
+        seen = ", ".join(f"{k} {'seen' if v.get('observed') else 'NOT seen'}" for k, v in exp.items())
+        head = f"negative control {'passed' if report.get('ok') else 'FAILED'}: {seen}"
+    else:
+        images = report.get("images") or []
+        size = f"{report.get('width')}x{report.get('height')}"
+        head = (f"smoke {'passed' if report.get('ok') else 'FAILED'}: {len(images)} image(s) {size}, "
+                f"{report.get('steps')} steps, tier {report.get('tier')} on {report.get('device')}, "
+                f"{t.get('total', 0):.1f}s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB")
+    lines = [head]
+    stages = [k for k in ("import", "load", "encode", "sample", "decode", "text_encoder_load",
+                          "vae_decode_4d") if k in t]
+    if stages:
+        lines.append("  " + "  ".join(f"{k} {t[k]:.2f}s" for k in stages if t[k] is not None))
+    if report.get("peak_gpu_mb") is not None:
+        lines.append(f"  peak GPU memory {report['peak_gpu_mb']:.0f} MB")
+    for img in report.get("images") or []:
+        lines.append(f"  {img['graph']}: {img['path']}")
+    if report.get("report"):
+        lines.append(f"  report: {report['report']}")
+    return "\n".join(lines)
