@@ -13,9 +13,11 @@ $(BIN)/zpatch: pyproject.toml
 
 setup: $(BIN)/zpatch
 
-# Fresh checkout at the pins -> strict apply -> compile -> smoke generation (CPU, tiny tier).
+# Fresh checkout at the pins -> strict apply -> compile -> smoke generation (CPU, tiny tier),
+# then the negative control on pristine upstream. Images and reports stay in build/verify/.
 run: setup
-	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/zpatch verify
+	rm -rf build/verify
+	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/zpatch verify --control --keep build/verify
 
 # Fixture tests always run; tests that need the real upstreams skip with a reason when
 # they are unreachable (configure url.<mirror>.insteadOf to run them offline).
@@ -27,4 +29,4 @@ bench: setup
 	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/smoke_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build

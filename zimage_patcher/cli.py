@@ -224,9 +224,6 @@ def smoke_cmd(as_json, overlay_dir, checkout, device, tier, models, python, unpa
     """Run the Z-Image workflow headless through the patched ComfyUI stack and check the image."""
     from .smoke import runner
     checkout = Path(checkout)
-    if not (checkout / "comfy").is_dir():
-        raise ZpatchError(f"{checkout}: not a ComfyUI checkout (no comfy/ folder)", Exit.BAD_CHECKOUT,
-                          hint=f"zpatch checkout {checkout} && zpatch apply {checkout}")
     out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
     report = runner.run_smoke(checkout, out, python=python, device=device,
                               tier=tier or ("tiny" if device == "cpu" else "full"),

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..cache import cache_home
 from ..errors import Exit, ZpatchError
 
 HERE = Path(__file__).resolve().parent
@@ -33,13 +34,11 @@ _STAMP = ".zpatch-requirements.sha256"
 
 
 def managed_venv_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "zimage-patcher" / "smoke-venv"
+    return cache_home() / "smoke-venv"
 
 
 def managed_models_dir(tier: str) -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "zimage-patcher" / "smoke-models" / tier
+    return cache_home() / "smoke-models" / tier
 
 
 def _venv_python(venv: Path) -> Path:
@@ -161,7 +160,8 @@ def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, devic
     checkout = Path(checkout).resolve()
     out_dir = Path(out_dir).resolve()
     if not (checkout / "comfy").is_dir():
-        raise ZpatchError(f"{checkout}: not a ComfyUI checkout (no comfy/ folder)", Exit.BAD_CHECKOUT)
+        raise ZpatchError(f"{checkout}: not a ComfyUI checkout (no comfy/ folder)", Exit.BAD_CHECKOUT,
+                          hint=f"zpatch checkout {checkout} --apply")
     py = resolve_python(python)
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / REPORT_NAME

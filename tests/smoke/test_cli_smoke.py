@@ -1,0 +1,40 @@
+"""The smoke through zpatch's command line: verify end to end, and smoke's exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from smoke_support import ROOT
+
+
+def zpatch(*args, smoke_python):
+    env = dict(os.environ, ZPATCH_SMOKE_PYTHON=smoke_python)
+    env.pop("ZPATCH_OVERLAY", None)
+    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=900)
+
+
+def test_verify_with_control_passes_every_step(pristine_checkout, smoke_python, tmp_path):
+    r = zpatch("verify", "--control", "--keep", tmp_path / "v", "--json", smoke_python=smoke_python)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    assert [s["step"] for s in res["steps"]] == ["checkout", "check", "apply", "status", "compile", "smoke",
+                                                 "control"]
+    assert all(s["ok"] for s in res["steps"])
+    smoke = res["steps"][5]["data"]
+    assert len(smoke["images"]) == 2 and all(os.path.isfile(i["path"]) for i in smoke["images"])
+
+
+def test_smoke_on_pristine_upstream_exits_7_with_one_line(pristine_checkout, smoke_python, tmp_path):
+    r = zpatch("smoke", pristine_checkout, "--out", tmp_path / "out", smoke_python=smoke_python)
+    assert r.returncode == 7, r.stdout + r.stderr
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and "smoke failed at import" in errors[0] and "zpatch apply" in errors[0]
+    assert any(l.startswith("hint: ") for l in r.stderr.splitlines())
+
+
+def test_smoke_with_a_missing_python_exits_8(pristine_checkout, tmp_path):
+    r = zpatch("smoke", pristine_checkout, "--python", tmp_path / "no-such-python", smoke_python="unused")
+    assert r.returncode == 8 and "smoke python not found" in r.stderr
