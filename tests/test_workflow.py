@@ -93,7 +93,9 @@ def test_status_reports_modified_patches_and_foreign_changes(world, zpatch, tmp_
     st = zpatch.json("status", dest, expect=1)
     comfy = st["upstreams"][0]
     assert comfy["patches"] == [{"name": "0001-sd-accept-4-D-latents.patch", "state": "modified"}]
-    assert comfy["foreign_changes"] == ["nodes.py"]
+    assert comfy["foreign_changes"] == [{"path": "nodes.py", "git_status": " M"}]
+    text = zpatch("status", dest, expect=1).stdout
+    assert "foreign    M nodes.py" in text and "edited after apply" in text and "zpatch apply" not in text
     # the nested repository's files are not reported as foreign to ComfyUI
     assert st["upstreams"][1]["foreign_changes"] == []
     # and unapply refuses rather than lose the tweak

@@ -161,12 +161,30 @@ def status_cmd(as_json, overlay_dir, checkout):
         pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
         lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
         lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
-        lines += [f"  foreign   {f}" for f in u["foreign_changes"]]
+        lines += [f"  foreign   {f['git_status']} {f['path']}" for f in u["foreign_changes"]]
     if res["overlay"]:
         lines.append(f"node {res['overlay']['path']}: {res['overlay']['state']}")
-    lines.append("All applied and clean." if res["clean"] else f"Not clean. Next: zpatch apply {checkout}")
+    lines += _status_advice(res, checkout)
     _emit(as_json, "status", res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
+
+
+def _status_advice(res: dict, checkout) -> list[str]:
+    """What to do next, one line per kind of difference (git status style)."""
+    if res["clean"]:
+        return ["All applied and clean."]
+    states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
+    out = []
+    off = [u for u in res["upstreams"] if not u["at_pin"]]
+    if off:
+        out.append("  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --allow-drift` for a 3-way apply)")
+    if states & {"missing", "outdated"} or (res["overlay"] and res["overlay"]["state"] == "missing"):
+        out.append(f"  (use `zpatch apply {checkout}` to apply what is missing or outdated)")
+    if states & {"modified", "conflict"} or (res["overlay"] and res["overlay"]["state"] == "modified"):
+        out.append("  (edited after apply: keep the edit with `git diff > my.patch`, or restore the file)")
+    if any(u["foreign_changes"] for u in res["upstreams"]):
+        out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
+    return ["Not clean."] + out
 
 
 @command("check", "zpatch check --offline")

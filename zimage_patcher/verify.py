@@ -51,8 +51,8 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
 
     def do_status():
         res = workspace.status(ov, dest)
-        foreign = [f for u in res["upstreams"] for f in u["foreign_changes"]
-                   if (f if u["path"] == "." else f"{u['path']}/{f}") not in missing]
+        foreign = [f["path"] for u in res["upstreams"] for f in u["foreign_changes"]
+                   if (f["path"] if u["path"] == "." else f"{u['path']}/{f['path']}") not in missing]
         bad = [p for u in res["upstreams"] for p in u["patches"] if p["state"] != "applied"]
         if bad or foreign or res["overlay"]["state"] != "installed":
             raise ZpatchError(f"status not clean after apply: {bad or foreign or res['overlay']}",

@@ -373,8 +373,8 @@ def status(ov: Overlay, checkout: Path) -> dict:
             else:
                 s = "applied"
             patches.append({"name": p.name, "state": s})
-        foreign = sorted(f for f in git.changed_paths(t.repo)
-                         if f not in t.series.files and not _inside_nested(t, targets, f))
+        foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
+                   if f not in t.series.files and not _inside_nested(t, targets, f)]
         entry = {"name": t.name, "path": t.series.upstream.path, "pin": t.pin, "head": head,
                  "at_pin": head == t.pin, "patches": patches, "foreign_changes": foreign}
         out["upstreams"].append(entry)
