@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 ZPATCH_EXE = shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
-RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+RUNS = int(os.environ.get("BENCH_RUNS", "9"))
 
 
 def sh(cmd, **kw):
@@ -36,15 +36,17 @@ def sh(cmd, **kw):
     return r
 
 
-def timed(fn, runs=RUNS, setup=None) -> float:
-    times = []
+def timed_together(*fns, runs=RUNS, setup=None) -> list[float]:
+    """Median time of each FN, run interleaved so that drift in machine load hits all alike."""
+    times = [[] for _ in fns]
     for _ in range(runs):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for i, fn in enumerate(fns):
+            if setup:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def zp(*args, env):
@@ -87,7 +89,14 @@ def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> li
     def ours_one_step():
         zp("checkout", fresh_dir(), *exclude, "--apply", env=env)
 
-    t_raw, t_ours, t_one = timed(raw), timed(ours), timed(ours_one_step)
+    def settle():
+        # Delete the previous run's checkout and flush the page cache's dirty pages, so no run
+        # pays for writing back another run's files.
+        for old in work.glob("d*"):
+            shutil.rmtree(old)
+        os.sync()
+
+    t_raw, t_ours, t_one = timed_together(raw, ours, ours_one_step, setup=settle)
     d = fresh_dir()
     zp("checkout", d, *exclude, env=env)
     zp("apply", d, env=env)
@@ -100,7 +109,7 @@ def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> li
             sh(["git", "rev-parse", "HEAD"], cwd=repo, env=env)
             sh(["git", "status", "--porcelain"], cwd=repo, env=env)
 
-    t_raw2, t_ours2 = timed(raw_reapply), timed(lambda: zp("apply", d, env=env))
+    t_raw2, t_ours2 = timed_together(raw_reapply, lambda: zp("apply", d, env=env))
     return [("fresh checkout + apply (warm cache), two commands", t_raw, t_ours),
             ("fresh checkout + apply (warm cache), `checkout --apply`", t_raw, t_one),
             ("re-apply, already applied (no-op)", t_raw2, t_ours2)]
@@ -137,14 +146,17 @@ def bench_series(env: dict, work: Path) -> list[tuple]:
             sh(["git", "checkout", "-q", "--", "."], cwd=target, env=env)
             shutil.rmtree(target / ".git" / "zpatch", ignore_errors=True)
 
-        t_raw = timed(lambda: sh(["git", "apply", *paths], cwd=target, env=env), runs=3, setup=reset)
-        t_ours = timed(lambda: zp("apply", target, "--overlay", ov, env=env), runs=3, setup=reset)
+        t_raw, t_ours = timed_together(lambda: sh(["git", "apply", *paths], cwd=target, env=env),
+                                       lambda: zp("apply", target, "--overlay", ov, env=env), runs=3, setup=reset)
         rows.append((f"series of {n} patch(es)", t_raw, t_ours))
     return rows
 
 
 def main() -> None:
     from upstream import unreachable_reason
+    # pip compiles an installed package to bytecode; do the same for this source tree, or every
+    # zpatch start would pay for compiling it (PYTHONDONTWRITEBYTECODE is common in CI).
+    sh([sys.executable, "-m", "compileall", "-q", str(ROOT / "zimage_patcher")])
     work = Path(tempfile.mkdtemp(prefix="zpatch-bench-"))
     env = dict(os.environ, ZPATCH_CACHE=str(work / "cache"), LC_ALL="C")
     try:
@@ -165,7 +177,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = ["# zpatch apply benchmarks", "",
-             f"Command: `python bench/apply_bench.py` (median of {RUNS} runs; series rows: median of 3)", "",
+             f"Command: `python bench/apply_bench.py` (median of {RUNS} interleaved runs; series rows: median of 3)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{sh(['git', '--version']).stdout.strip()}", f"Upstreams: {source}", "",
              "| case | raw git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import textwrap
 import json
 import sys
 from pathlib import Path
@@ -27,11 +26,6 @@ Exit codes:
   8  a required tool (git, the smoke Python) is missing"""
 
 
-def _cleandoc(doc: str) -> str:
-    first, _, rest = doc.partition("\n")
-    return (first.strip() + "\n" + textwrap.dedent(rest)).strip()
-
-
 def _emit(ctx_json: bool, command: str, payload: dict, text: str) -> None:
     if ctx_json:
         click.echo(json.dumps({"schema": SCHEMA, "command": command, "ok": True, **payload},
@@ -43,7 +37,7 @@ def _emit(ctx_json: bool, command: str, payload: dict, text: str) -> None:
 def command(name: str, help_example: str):
     """Register a command with --json, --overlay, error handling and an example in its --help."""
     def wrap(fn):
-        @main.command(name, help=_cleandoc(fn.__doc__ or "") + f"\n\n\b\nExample:\n  {help_example}\n\n" + EXIT_CODES)
+        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{EXIT_CODES}")
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable schema).")
         @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
                       help="Overlay directory holding upstream.lock (default: found automatically).")
