@@ -190,3 +190,18 @@ def test_checkout_with_apply_is_one_step(world, zpatch, tmp_path):
     res = zpatch.json("checkout", tmp_path / "C", "--apply")
     assert res["apply"]["changed"] is True
     assert zpatch.json("status", tmp_path / "C")["clean"] is True
+
+
+def test_reverting_by_hand_is_noticed_and_not_called_an_edit(world, zpatch, tmp_path):
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    git("checkout", "--", ".", cwd=dest)                    # the user reverts ComfyUI by hand
+    st = zpatch.json("status", dest, expect=1)
+    assert st["upstreams"][0]["patches"][0]["state"] == "missing"
+    assert [p["state"] for p in st["upstreams"][1]["patches"]] == ["applied"] * 3
+    assert zpatch.json("apply", dest)["changed"] is True     # re-applies, no refusal
+    assert "line 10 PATCHED" in (dest / "comfy/sd.py").read_text()
+    git("checkout", "--", ".", cwd=dest)
+    res = zpatch.json("unapply", dest)
+    assert list(res["reversed"]) == ["comfyui-gguf"]
+    assert (dest / "custom_nodes/ComfyUI-GGUF/loader.py").read_text() == LOADER_PY

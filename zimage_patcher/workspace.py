@@ -65,7 +65,7 @@ def _blob_or_none(path: Path) -> str | None:
     return git.hash_object_bytes(path.read_bytes()) if path.is_file() else None
 
 
-def _unchanged_since(state_files: dict[str, str | None], repo: Path) -> list[str]:
+def _changed_since(state_files: dict[str, str | None], repo: Path) -> list[str]:
     """Paths whose content differs from what zpatch left there."""
     return [f for f, want in state_files.items() if _blob_or_none(repo / f) != want]
 
@@ -134,7 +134,7 @@ def _fast_noop(ov: Overlay, targets: list[Target], st: dict | None, checkout: Pa
         ust = st["upstreams"].get(t.name)
         if ust is None or read_head_or_git(t.repo) != ust["commit"]:
             return False
-        if _unchanged_since(ust["files"], t.repo):
+        if _changed_since(ust["files"], t.repo):
             return False
     if ov.lock.overlay:
         if st.get("overlay", {}).get("files") != ov.lock.overlay.sha256:
@@ -193,7 +193,7 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
                                    "to try a 3-way apply")
     previous = st if st and st.get("upstreams") else None
     if previous:
-        changed = _unchanged_since_all(previous, targets)
+        changed = _edited_since_apply(previous, targets)
         if changed:
             raise ZpatchError(f"{changed[0]}: modified since zpatch applied it; refusing to overwrite",
                               Exit.BAD_CHECKOUT,
@@ -268,13 +268,21 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
     return result
 
 
-def _unchanged_since_all(st: dict, targets: list[Target]) -> list[str]:
-    out = []
+def _edited_since_apply(st: dict, targets: list[Target]) -> list[str]:
+    """Files edited since zpatch applied them. An upstream whose files were all put back to
+    HEAD by hand (git checkout -- .) holds nothing of ours any more: its entry leaves ST."""
+    edited = []
     for t in targets:
         ust = st["upstreams"].get(t.name)
-        if ust:
-            out += [str(t.repo / f) for f in _unchanged_since(ust["files"], t.repo)]
-    return out
+        changed = _changed_since(ust["files"], t.repo) if ust else []
+        if not changed:
+            continue
+        head = git.tree_blobs(t.repo, "HEAD", list(ust["files"]))
+        if all(_blob_or_none(t.repo / f) == head.get(f) for f in ust["files"]):
+            del st["upstreams"][t.name]
+            continue
+        edited += [str(t.repo / f) for f in changed]
+    return edited
 
 
 def _three_way(t: Target, files: list[Path]) -> git.GitResult:
@@ -326,7 +334,7 @@ def unapply(ov: Overlay, checkout: Path) -> dict:
     result = {"checkout": str(checkout), "changed": False, "reversed": {}}
     if not st:
         return result
-    changed = _unchanged_since_all(st, targets)
+    changed = _edited_since_apply(st, targets)
     ovst = st.get("overlay")
     if ovst:
         tgt = checkout / ovst["path"]
@@ -354,12 +362,13 @@ def status(ov: Overlay, checkout: Path) -> dict:
     root = _root_target(targets)
     root_gd = state.git_dir_of(root.repo) or git.git_dir(root.repo)
     st = state.load(root_gd) or {"upstreams": {}}
+    _edited_since_apply(st, targets)      # forget upstreams reverted by hand
     out = {"checkout": str(checkout), "upstreams": [], "overlay": None, "clean": True}
     for t in targets:
         head = git.head(t.repo)
         ust = st["upstreams"].get(t.name, {})
         recorded = {p["name"]: p["sha256"] for p in ust.get("patches", [])}
-        modified_files = set(_unchanged_since(ust.get("files", {}), t.repo))
+        modified_files = set(_changed_since(ust.get("files", {}), t.repo))
         unrecorded = [p for p in t.series.patches if p.name not in recorded]
         found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
         patches = []
