@@ -205,3 +205,17 @@ def test_reverting_by_hand_is_noticed_and_not_called_an_edit(world, zpatch, tmp_
     res = zpatch.json("unapply", dest)
     assert list(res["reversed"]) == ["comfyui-gguf"]
     assert (dest / "custom_nodes/ComfyUI-GGUF/loader.py").read_text() == LOADER_PY
+
+
+def test_json_envelope_and_keys_are_stable(world, zpatch, tmp_path):
+    dest = tmp_path / "C"
+    first = zpatch.json("checkout", dest, "--apply")
+    assert {"schema", "command", "ok", "checkout", "upstreams", "missing_objects", "apply"} <= set(first)
+    applied = first["apply"]
+    noop = zpatch.json("apply", dest)
+    # the no-op answer has the same shape as the one that changed things
+    assert set(noop) == set(applied) | {"schema", "command", "ok"}
+    assert [set(u) for u in noop["upstreams"]] == [set(u) for u in applied["upstreams"]]
+    err = zpatch.json("apply", tmp_path / "missing", expect=4)
+    assert set(err) == {"schema", "command", "ok", "error", "hint", "exit_code", "details"}
+    assert err["ok"] is False and err["exit_code"] == 4 and err["schema"] == 1

@@ -175,11 +175,11 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
     root = _root_target(targets)
     root_gd = state.git_dir_of(root.repo) or git.git_dir(root.repo)
     st = state.load(root_gd)
-    result = {"checkout": str(checkout), "changed": False, "upstreams": [], "overlay": None}
+    result = {"checkout": str(checkout), "changed": False, "replaced": False, "upstreams": [],
+              "overlay": ov.lock.overlay.path if ov.lock.overlay else None}
     if _fast_noop(ov, targets, st, checkout):
-        result["upstreams"] = [{"name": t.name, "commit": t.pin, "applied": [p.name for p in t.series.patches]}
-                               for t in targets]
-        result["overlay"] = ov.lock.overlay.path if ov.lock.overlay else None
+        result["upstreams"] = [{"name": t.name, "commit": t.pin, "head": st["upstreams"][t.name]["commit"],
+                                "applied": [p.name for p in t.series.patches]} for t in targets]
         return result
 
     # 1. Preconditions, all checked before anything is written.
@@ -237,7 +237,7 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
                 fails = diagnose.failures(t.repo, heads[t.name] or t.pin, t.series.patches, stop_at_first=True)
                 first = diagnose.one_line(fails[0]) if fails else r.stderr.strip().splitlines()[-1]
                 raise ZpatchError(f"{t.name}: {first}", Exit.CONFLICT,
-                                  hint="nothing was changed; rebase the series (`zpatch rebase`) or fix the patch",
+                                  hint="nothing was changed; `zpatch check` lists every failing hunk",
                                   details={"failures": fails})
             done.append(t)
     except BaseException:
@@ -253,7 +253,7 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
         _install_overlay(ov, ov_target, previous)
     new_state = {
         "series": _describe_series(ov),
-        "upstreams": {t.name: {"commit": git.head(t.repo) if heads[t.name] != t.pin else t.pin,
+        "upstreams": {t.name: {"commit": heads[t.name],
                                "patches": [{"name": p.name, "sha256": p.sha256} for p in t.series.patches],
                                "files": {f: _blob_or_none(t.repo / f) for f in t.series.files}}
                       for t in targets},
@@ -264,7 +264,6 @@ def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
     result["replaced"] = previous is not None
     result["upstreams"] = [{"name": t.name, "commit": t.pin, "head": heads[t.name],
                             "applied": [p.name for p in t.series.patches]} for t in targets]
-    result["overlay"] = ov.lock.overlay.path if ov.lock.overlay else None
     return result
 
 
