@@ -92,7 +92,7 @@ def write_lock(root: Path, upstreams: list[dict], overlay: dict | None = None) -
     """Write upstream.lock by recomputing hashes, the way `zpatch lock` does."""
     lines = ["version = 1", ""]
     for u in upstreams:
-        lines += [f"[upstream.{u['name']}]", f'url = "{u["url"]}"', f'branch = "main"',
+        lines += [f"[upstream.{u['name']}]", f'url = "{u["url"]}"', 'branch = "main"',
                   f'commit = "{u["commit"]}"', f'path = "{u["path"]}"', f'patches = "{u["patches"]}"', "",
                   f"[upstream.{u['name']}.sha256]"]
         d = root / u["patches"]

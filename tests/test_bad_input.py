@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fixtures import LOADER_PY, SD_PY, git, make_patches, replace_line, tree_snapshot, write
+from fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
 
 
 def _error_line(r) -> str:

@@ -6,7 +6,6 @@ import os
 import py_compile
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import cache, diagnose, lock as lockmod, patchfile
 from .errors import Exit, ZpatchError
-from .patchset import (Overlay, Series, load_series, verify_overlay_hashes, verify_upstream_hashes)
+from .patchset import Overlay, load_series, verify_overlay_hashes, verify_upstream_hashes
 
 REQUIRED_HEADERS = (("Origin",), ("Forwarded", "Upstream-Status"), ("Last-Update",), ("Upstream-License",))
 

@@ -41,13 +41,6 @@ class Lock:
     overlay: OverlayFiles | None
     version: int = FORMAT_VERSION
 
-    def upstream(self, name: str) -> Upstream:
-        for u in self.upstreams:
-            if u.name == name:
-                return u
-        raise ZpatchError(f"{LOCK_NAME}: no upstream named {name!r}", Exit.USAGE,
-                          hint="known: " + ", ".join(u.name for u in self.upstreams))
-
 
 def _fail(path: Path, what: str, hint: str | None = None) -> ZpatchError:
     return ZpatchError(f"{path}: {what}", Exit.BAD_OVERLAY,

@@ -71,10 +71,6 @@ class Overlay:
     lock: lockmod.Lock
     series: list[Series]
 
-    @property
-    def lock_path(self) -> Path:
-        return self.root / lockmod.LOCK_NAME
-
     def overlay_source(self) -> Path | None:
         return self.root / self.lock.overlay.source if self.lock.overlay else None
 

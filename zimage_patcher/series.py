@@ -35,7 +35,3 @@ def parse(path: Path) -> list[str]:
                               hint="remove the duplicate line")
         names.append(name)
     return names
-
-
-def dumps(names: list[str]) -> str:
-    return "".join(f"{n}\n" for n in names)

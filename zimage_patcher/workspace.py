@@ -2,7 +2,6 @@
 operations on it (checkout, apply, unapply, status). All or nothing; user edits are never lost."""
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
