@@ -8,9 +8,8 @@ decodes, PNGs). Wall time is measured around run_smoke; peak RSS is the harness 
 (resource.getrusage in the report). The synthetic models are written once before the timed
 runs (that time is reported apart). Goal: < 15 s wall and < 2 GB peak RSS per run.
 
-Without --checkout, a patched checkout is built with raw git (pins of upstream.lock, `git apply`
-of each series, the overlay node copied), which needs the upstreams reachable (a url.insteadOf
-mirror works). The smoke Python is $ZPATCH_SMOKE_PYTHON, else this interpreter.
+Without --checkout, a patched checkout is made with zpatch's own checkout and apply at the pins
+of upstream.lock, which needs the upstreams reachable (a url.insteadOf mirror works). The smoke Python is $ZPATCH_SMOKE_PYTHON, else this interpreter.
 """
 from __future__ import annotations
 
@@ -89,7 +88,7 @@ def main() -> int:
         f"ComfyUI import + custom nodes, GGUF loaders, CLIPTextEncode, EmptySD3LatentImage 64x64, KSampler "
         f"2 steps, VAEDecode twice (with and without LatentUnsqueeze), SaveImage. "
         f"Synthetic models written once before the runs: {t_models:.2f} s"
-        + (f"; patched checkout built with raw git in {t_checkout:.1f} s." if not ns.checkout else "."),
+        + (f"; patched checkout made by zpatch checkout + apply in {t_checkout:.1f} s." if not ns.checkout else "."),
         "",
         "| run | wall (s) | harness total (s) | " + " | ".join(STAGES) + " | peak RSS (MB) |",
         "|---|---|---|" + "---|" * len(STAGES) + "---|",
