@@ -286,11 +286,10 @@ def _edited_since_apply(st: dict, targets: list[Target]) -> list[str]:
 def _three_way(t: Target, files: list[Path]) -> git.GitResult:
     """--allow-drift: 3-way merge against the pinned blobs; on conflict restore the files."""
     r = git.apply(t.repo, files, three_way=True)
-    touched = [f for f in t.series.files if git.show_blob(t.repo, "HEAD", f) is not None]
+    git.run(["reset", "--quiet", "--", *t.series.files], cwd=t.repo, check=False)   # --3way staged them
     if r.ok and "with conflicts" not in r.stderr:
-        git.run(["reset", "--quiet", "--", *t.series.files], cwd=t.repo, check=False)
         return r
-    git.run(["reset", "--quiet", "--", *t.series.files], cwd=t.repo, check=False)
+    touched = list(git.tree_blobs(t.repo, "HEAD", t.series.files))   # the rest were created by patches
     if touched:
         git.run(["checkout", "HEAD", "--", *touched], cwd=t.repo, check=False)
     for f in t.series.files:
@@ -363,7 +362,7 @@ def status(ov: Overlay, checkout: Path) -> dict:
     _edited_since_apply(st, targets)      # forget upstreams reverted by hand
     out = {"checkout": str(checkout), "upstreams": [], "overlay": None, "clean": True}
     for t in targets:
-        head = git.head(t.repo)
+        head = read_head_or_git(t.repo)
         ust = st["upstreams"].get(t.name, {})
         recorded = {p["name"]: p["sha256"] for p in ust.get("patches", [])}
         modified_files = set(_changed_since(ust.get("files", {}), t.repo))

@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from smoke_support import (ROOT, SMOKE_DIR, SMOKE_MODULES, apply_overlay, build_checkout,  # noqa: E402
-                           lock, overlay_missing_reason, run_probe, unreachable_reason)
+                           lock, run_probe, unreachable_reason)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def pristine_checkout(tmp_path_factory, smoke_python) -> Path:
 
 @pytest.fixture(scope="session")
 def patched_checkout(tmp_path_factory, smoke_python) -> Path:
-    reason = unreachable_reason() or overlay_missing_reason()
+    reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
     return apply_overlay(build_checkout(tmp_path_factory.mktemp("patched") / "ComfyUI"))
@@ -54,7 +54,7 @@ def patched_checkout(tmp_path_factory, smoke_python) -> Path:
 @pytest.fixture(scope="session")
 def node_only_checkout(tmp_path_factory, smoke_python) -> Path:
     """Pristine upstream plus the overlay node, without the patches."""
-    reason = unreachable_reason() or overlay_missing_reason()
+    reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
     dest = build_checkout(tmp_path_factory.mktemp("nodeonly") / "ComfyUI")

@@ -30,16 +30,6 @@ def apply_overlay(dest: Path) -> Path:
     return dest
 
 
-def overlay_missing_reason() -> str | None:
-    data = lock()
-    for name, up in data["upstream"].items():
-        if not (ROOT / up["patches"] / "series").is_file():
-            return f"no {up['patches']}/series yet"
-    if not (ROOT / data["overlay"]["source"] / "__init__.py").is_file():
-        return f"no overlay node at {data['overlay']['source']} yet"
-    return None
-
-
 def run_probe(smoke_python: str, checkout: Path, *args, expect_ok: bool = True) -> dict:
     """Run tests/smoke/probe.py (imports ComfyUI) in a subprocess; return its JSON answer."""
     r = subprocess.run([smoke_python, str(HERE / "probe.py"), "--checkout", str(checkout), *map(str, args)],
