@@ -3,12 +3,15 @@
 Imports no torch: the harness runs in a subprocess, under an interpreter that has torch, gguf and
 ComfyUI's requirements (pristine and patched ComfyUI could not share one process anyway).
 
-Python resolution: the explicit ``python`` argument, else ``$ZPATCH_SMOKE_PYTHON``, else a venv
-zpatch manages under ``$XDG_CACHE_HOME/zimage-patcher/smoke-venv`` (default ``~/.cache``),
-created on demand from requirements.txt next to this file.
+Python resolution (``choose_python``): the explicit ``python`` argument, else
+``$ZPATCH_SMOKE_PYTHON``, else the interpreter running zpatch when it already has the smoke
+packages (``make run``'s .venv does), else a venv zpatch manages under
+``$XDG_CACHE_HOME/zimage-patcher/smoke-venv`` (default ``~/.cache``), created on demand from
+requirements.txt next to this file (about 6 GB: torch's CUDA build).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -27,6 +30,21 @@ ENV_PYTHON = "ZPATCH_SMOKE_PYTHON"
 REPORT_NAME = "smoke-report.json"
 LOG_NAME = "smoke.log"
 _STAMP = ".zpatch-requirements.sha256"
+# Each distribution of requirements.txt -> the top-level module harness.py or ComfyUI imports
+# (the names differ for pyyaml, Pillow, protobuf). A test keeps this in step with requirements.txt.
+SMOKE_MODULES = {
+    "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "einops": "einops",
+    "safetensors": "safetensors", "pyyaml": "yaml", "Pillow": "PIL", "tqdm": "tqdm",
+    "psutil": "psutil", "scipy": "scipy", "torchsde": "torchsde", "transformers": "transformers",
+    "sentencepiece": "sentencepiece", "protobuf": "google.protobuf", "av": "av", "gguf": "gguf",
+}
+# find_spec only locates a module (imports nothing but a dotted name's parent), so the probe
+# costs an interpreter start, not a torch import. Prints the modules it cannot find.
+_PROBE = ("import sys, importlib.util as u\n"
+          "def has(m):\n"
+          "    try: return u.find_spec(m) is not None\n"
+          "    except Exception: return False\n"
+          "print(' '.join(m for m in sys.argv[1:] if not has(m)))")
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,17 +73,53 @@ def _check_interpreter(python: str, source: str) -> str:
         raise ZpatchError(f"smoke python not found: {python} (from {source})", Exit.ENVIRONMENT,
                           hint=f"pass --python PATH or set {ENV_PYTHON} to an interpreter with torch "
                                f"and gguf (pip install -r {REQUIREMENTS})")
-    return found
+    return os.path.abspath(found)  # the harness runs with cwd=out_dir; abspath keeps a venv's symlink
+
+
+def missing_smoke_modules(python: str) -> list[str]:
+    """The smoke modules ``python`` cannot find, checked in a subprocess (torch is never imported
+    here). An interpreter that does not run lacks them all."""
+    mods = list(SMOKE_MODULES.values())
+    try:  # cwd=HERE: sys.path[0] as the harness will see it
+        r = subprocess.run([python, "-c", _PROBE, *mods], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, cwd=str(HERE), timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return mods
+    return r.stdout.split() if r.returncode == 0 else mods
+
+
+def _managed_is_current(venv: Path) -> bool:
+    """The venv exists and was installed from this requirements.txt (its stamp matches)."""
+    stamp = venv / _STAMP
+    return (_venv_python(venv).is_file() and stamp.is_file()
+            and stamp.read_text().strip() == _requirements_digest())
+
+
+def _run_streamed(cmd: list[str]) -> tuple[int, str]:
+    """Run cmd with its stdout on our stderr (pip's progress bar stays live on a terminal) and
+    its stderr copied to ours as it comes (pip's errors go there); returns the exit status and
+    the last lines of its stderr, for the error message."""
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    sys.stderr.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=2,
+                          stderr=subprocess.PIPE, text=True, errors="replace", env=env) as proc:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            tail.append(line)
+    return proc.returncode, "".join(tail)
 
 
 def ensure_managed_venv(venv: Path | None = None) -> str:
     """Create (or reuse) the managed smoke venv; returns its python. Reused while the stamp of
-    requirements.txt matches; a change of requirements.txt reinstalls."""
+    requirements.txt matches; a change of requirements.txt reinstalls. pip's output streams to
+    stderr: the first install downloads several GB and takes minutes."""
     venv = venv or managed_venv_dir()
     py = _venv_python(venv)
     digest = _requirements_digest()
     stamp = venv / _STAMP
-    if py.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+    if _managed_is_current(venv):
         return str(py)
     venv.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -78,21 +132,25 @@ def ensure_managed_venv(venv: Path | None = None) -> str:
     try:
         if lock:
             lock.acquire(timeout=3600)
-        if py.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        if _managed_is_current(venv):
             return str(py)
-        print(f"zpatch: creating the smoke environment in {venv} (torch is large; this takes a while)",
-              file=sys.stderr)
+        cpu = "https://download.pytorch.org/whl/cpu"
+        print(f"zpatch: creating the smoke venv in {venv} (pip's progress follows; this takes minutes)\n"
+              f"zpatch: it needs about 6 GB of disk: torch 2.14.1 + torchvision 0.29.1, a CUDA build\n"
+              f"zpatch: on a CPU-only machine you may prefer the CPU wheels from {cpu}: rerun with "
+              f"PIP_EXTRA_INDEX_URL={cpu}, or pass --python / set {ENV_PYTHON}\n"
+              f"zpatch: to remove it later: rm -rf {venv}", file=sys.stderr)
         steps = []
         if not py.is_file():
             steps.append([sys.executable, "-m", "venv", str(venv)])
         steps.append([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(REQUIREMENTS)])
         for cmd in steps:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["?"]
-                raise ZpatchError(f"creating the smoke environment failed: {' '.join(cmd[:4])}...: {tail[0]}",
+            rc, err = _run_streamed(cmd)
+            if rc != 0:
+                last = (err.strip().splitlines() or [f"exit status {rc}"])[-1]
+                raise ZpatchError(f"creating the smoke environment failed: {' '.join(cmd[:4])}...: {last}",
                                   Exit.ENVIRONMENT, hint=hint,
-                                  details={"command": cmd, "stderr": proc.stderr[-4000:]})
+                                  details={"command": cmd, "returncode": rc, "stderr": err[-4000:]})
         stamp.write_text(digest + "\n")
         return str(py)
     except OSError as exc:
@@ -103,14 +161,39 @@ def ensure_managed_venv(venv: Path | None = None) -> str:
             lock.release()
 
 
-def resolve_python(python: str | None = None) -> str:
-    """Explicit python > $ZPATCH_SMOKE_PYTHON > the managed venv (created on demand)."""
+def _names(mods: list[str], shown: int = 3) -> str:
+    return ", ".join(mods[:shown]) + (f" and {len(mods) - shown} more" if len(mods) > shown else "")
+
+
+def choose_python(python: str | None = None) -> tuple[str | None, str]:
+    """Which smoke interpreter, and why: explicit python > $ZPATCH_SMOKE_PYTHON > the interpreter
+    running zpatch if it has the smoke packages > the managed venv if current > a new managed
+    venv. Returns (python, reason); python is None when the managed venv must be created (this
+    function creates nothing)."""
     if python:
-        return _check_interpreter(str(python), "--python")
+        return _check_interpreter(str(python), "--python"), "--python"
     env = os.environ.get(ENV_PYTHON)
     if env:
-        return _check_interpreter(env, f"${ENV_PYTHON}")
-    return ensure_managed_venv()
+        return _check_interpreter(env, f"${ENV_PYTHON}"), f"from ${ENV_PYTHON}"
+    missing = missing_smoke_modules(sys.executable)
+    if not missing:  # e.g. make run's .venv: no second multi-GB venv
+        return sys.executable, "the interpreter running zpatch has the smoke packages"
+    lacks = f"the interpreter running zpatch lacks {_names(missing)}"
+    venv = managed_venv_dir()
+    if _managed_is_current(venv):
+        return str(_venv_python(venv)), f"the managed smoke venv; {lacks}"
+    return None, f"a new managed smoke venv; {lacks}"
+
+
+def resolve_python(python: str | None = None) -> str:
+    """The smoke interpreter (see choose_python), creating the managed venv when needed; says on
+    stderr which one and why unless it was given explicitly."""
+    py, why = choose_python(python)
+    if py is None:
+        py = ensure_managed_venv()
+    if why != "--python":
+        print(f"zpatch: smoke uses {py} ({why})", file=sys.stderr)
+    return py
 
 
 # --------------------------------------------------------------------------------------------
