@@ -59,7 +59,7 @@ def test_upstream_off_its_pin(zpatch, world, checkout):
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
     assert f"pinned at {world.gguf_pin[:12]}" in _error_line(r)
-    assert "--allow-drift" in r.stderr
+    assert "--3way" in r.stderr
     assert tree_snapshot(checkout) == before
 
 
@@ -151,7 +151,7 @@ def test_failing_third_patch_leaves_nothing_applied(zpatch, world, checkout):
     loader.write_text(edited)
     git("commit", "-q", "-am", "upstream edit near hunk 3", cwd=loader.parent)
     before = tree_snapshot(checkout)
-    r = zpatch("apply", checkout, "--allow-drift", expect=5)
+    r = zpatch("apply", checkout, "--3way", expect=5)
     line = _error_line(r)
     assert "0003-loader-external-tokenizer.patch" in line and "loader.py" in line
     assert tree_snapshot(checkout) == before
@@ -192,7 +192,7 @@ def test_check_reports_every_failing_patch(zpatch, world):
 
 def test_check_passes_on_a_good_overlay_and_flags_missing_headers(zpatch, world):
     res = zpatch.json("check")
-    assert res["ok"] and [s["applies"] for s in res["series"]] == [True, True]
+    assert res["clean"] and [s["applies"] for s in res["series"]] == [True, True]
     p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
     p.write_text(p.read_text().replace("Forwarded: no\n", ""))
     world.relock()
@@ -250,7 +250,7 @@ def test_symlink_in_the_checkout_leading_out_of_the_tree(zpatch, checkout, tmp_p
     (checkout / "comfy").symlink_to(outside)
     before = (outside / "sd.py").read_bytes()
     r = zpatch("apply", checkout, expect=4)
-    assert "outside" in _error_line(r) and "symlink" in _error_line(r)
+    assert "comfy: is a symlink" in _error_line(r)
     assert (outside / "sd.py").read_bytes() == before
 
 
@@ -265,7 +265,7 @@ def test_conflict_in_a_crlf_file_points_at_the_line_that_differs(zpatch, world, 
                  [("loader: crlf edit", {"loader.py": crlf.replace("# loader line 20\r\n", "# loader line 20 x\r\n")})],
                  world.overlay / "patches" / "comfyui-gguf")
     world.relock()
-    assert zpatch.json("check")["ok"]
+    assert zpatch.json("check")["clean"]
     p = next((world.overlay / "patches/comfyui-gguf").glob("0001-*.patch"))
     p.write_bytes(p.read_bytes().replace(b" # loader line 19\r\n", b" # loader line 19 (stale)\r\n"))
     world.relock()

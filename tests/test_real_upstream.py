@@ -30,7 +30,7 @@ def env():
 
 def test_check_real_overlay_applies_on_the_pins(env):
     res = zpatch("check", env=env)
-    assert res["ok"], res["problems"]
+    assert res["clean"], res["problems"]
     assert [s["name"] for s in res["series"]] == ["comfyui", "comfyui-gguf"]
     assert all(s["applies"] for s in res["series"])
 

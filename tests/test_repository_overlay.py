@@ -15,7 +15,7 @@ def test_lock_is_canonical_and_current():
 
 def test_lint_passes_without_network():
     res = check.run(ROOT, apply_test=False)
-    assert res["ok"], res["problems"]
+    assert res["clean"], res["problems"]
     assert [s["name"] for s in res["series"]] == ["comfyui", "comfyui-gguf"]
 
 

@@ -1,8 +1,10 @@
 """A cache of bare upstream repositories, shared by every checkout and guarded by a file lock."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +29,10 @@ def cache_root() -> Path:
 
 
 def mirror_path(url: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"^[a-z+]+://", "", url)).strip("_")
+    """A readable folder name per URL; long URLs keep a prefix plus a hash (file names stop at 255)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", re.sub(r"^[a-z+]+://", "", url)).strip("_.") or "repo"
+    if len(slug) > 100:
+        slug = slug[:80] + "-" + hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return cache_root() / f"{slug}.git"
 
 
@@ -53,7 +58,6 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
         if not path.is_dir():
             tmp = path.with_name(path.name + ".tmp")
             if tmp.exists():
-                import shutil
                 shutil.rmtree(tmp)
             # git's own progress meter when a person watches; captured (for the error) otherwise
             show = progress and sys.stderr.isatty()
@@ -62,7 +66,6 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
             r = git.run(["clone", "--bare", "--progress" if show else "--quiet", url, str(tmp)],
                         check=False, env=_NET_ENV, timeout=1800, stream_stderr=show)
             if not r.ok:
-                import shutil
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise _unreachable(url, r.stderr)
             tmp.rename(path)

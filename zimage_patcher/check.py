@@ -25,7 +25,7 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
         lk = lockmod.parse(root / lockmod.LOCK_NAME)
     except ZpatchError as e:
         note("lock", e)
-        return {"overlay": str(root), "ok": False, "problems": problems, "series": []}
+        return {"overlay": str(root), "clean": False, "problems": problems, "series": []}
     report = []
     for up in lk.upstreams:
         entry = {"name": up.name, "pin": up.commit, "patches": [], "applies": None}
@@ -67,11 +67,11 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
             verify_overlay_hashes(Overlay(root, lk, []))
         except ZpatchError as e:
             note("overlay", e)
-    return {"overlay": str(root), "ok": not problems, "problems": problems, "series": report}
+    return {"overlay": str(root), "clean": not problems, "problems": problems, "series": report}
 
 
 def exit_code(result: dict) -> Exit:
-    if result["ok"]:
+    if result["clean"]:
         return Exit.OK
     kinds = {p["kind"] for p in result["problems"]}
     if kinds <= {"upstream"}:

@@ -60,14 +60,38 @@ def failures(repo: Path, base: str, patches: list[Patch], *, stop_at_first: bool
         env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
         git.run(["read-tree", base], cwd=repo, env=env)
         out = []
+        base_modes = {}
         for p in patches:
+            files = [f for f in p.files if f not in base_modes]
+            base_modes.update({f: e[0] for f, e in git.tree_entries(repo, base, files).items()})
             r = git.run(["apply", "--cached", "--whitespace=nowarn", str(p.path)], cwd=repo, env=env,
                         check=False)
             if not r.ok:
                 out.append(_hunk_report(repo, env, p, r.stderr))
                 if stop_at_first:
                     break
+                continue
+            bad = _mode_change(repo, env, p, base_modes)
+            if bad:
+                out.append(bad)
+                if stop_at_first:
+                    break
         return out
+
+
+def _mode_change(repo: Path, env: dict, patch: Patch, base_modes: dict[str, str]) -> dict | None:
+    """What git made of the patch's modes, read from the index: a symlink, gitlink or exec bit the
+    pin did not have is refused, however the patch spelled its mode lines."""
+    out = git.run(["ls-files", "-s", "-z", "--", *patch.files], cwd=repo, env=env).stdout
+    for entry in out.split("\0"):
+        if entry:
+            meta, path = entry.split("\t", 1)
+            mode = meta.split()[0]
+            if mode != base_modes.get(path, "100644"):
+                kind = {"120000": "a symlink", "160000": "a submodule (gitlink)"}.get(mode, f"mode {mode}")
+                return {"patch": patch.name, "file": path, "hunk": None, "line": None, "expected": [], "found": [],
+                        "reason": f"would make {path} {kind}; zpatch writes regular files and keeps their modes"}
+    return None
 
 
 def one_line(f: dict) -> str:

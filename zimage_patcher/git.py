@@ -8,11 +8,17 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import Exit, ZpatchError
+from .errors import Exit, GitError, ZpatchError, last_line
 
 # Stable output regardless of the user's locale; the user's global config stays in force
 # on purpose, because `url.<mirror>.insteadOf` is how offline mirrors are plugged in.
 _ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0"}
+# Inside a git hook, `git rebase -x` or some CI steps these point git at another repository;
+# zpatch always names its repository by cwd. A deny-list, not an allow-list: the user's
+# GIT_CONFIG_GLOBAL (a mirror's insteadOf) must survive, and scratch indexes pass GIT_INDEX_FILE.
+_SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+          "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
+          "GIT_QUARANTINE_PATH", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE")
 _TRACE = bool(os.environ.get("ZPATCH_TRACE"))
 
 
@@ -25,6 +31,9 @@ class GitResult:
     @property
     def ok(self) -> bool:
         return self.returncode == 0
+
+    def last_line(self) -> str:
+        return last_line(self.stderr)
 
 
 def _git_exe() -> str:
@@ -42,7 +51,7 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
 
     stream_stderr lets git's own progress meter reach the terminal (clones, fetches).
     """
-    full_env = dict(os.environ)
+    full_env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     full_env.update(_ENV)
     if env:
         full_env.update(env)
@@ -53,6 +62,9 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
             [_git_exe(), *args], cwd=cwd, input=input, env=full_env, timeout=timeout,
             stdout=subprocess.PIPE, stderr=None if stream_stderr else subprocess.PIPE,
             text=text, errors="surrogateescape" if text else None)
+    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        raise ZpatchError(f"{cwd}: cannot run git there ({e.strerror})", Exit.BAD_CHECKOUT,
+                          hint="check the path: it must be an existing directory")
     except subprocess.TimeoutExpired:
         raise ZpatchError(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s", Exit.UNREACHABLE,
                           hint="check the network or use a url.<mirror>.insteadOf mirror")
@@ -65,8 +77,7 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
         err = err.decode("utf-8", "surrogateescape")
     result = GitResult(proc.returncode, out, err)
     if check and not result.ok:
-        msg = (err.strip().splitlines() or ["(no message)"])[-1]
-        raise ZpatchError(f"git {' '.join(args[:3])} failed in {cwd}: {msg}", Exit.ENVIRONMENT)
+        raise GitError(args, cwd, result.returncode, err)
     return result
 
 
@@ -90,15 +101,21 @@ def has_commit(repo: Path, commit: str) -> bool:
     return run(["cat-file", "-e", f"{commit}^{{commit}}"], cwd=repo, check=False).ok
 
 
-def tree_blobs(repo: Path, rev: str, paths: list[str]) -> dict[str, str]:
-    """Blob ids of PATHS at REV (paths absent at REV are left out)."""
+def tree_entries(repo: Path, rev: str, paths: list[str]) -> dict[str, tuple[str, str]]:
+    """PATH -> (mode, blob id) at REV (paths absent at REV are left out)."""
     out = run(["ls-tree", "-z", "--full-tree", rev, "--", *paths], cwd=repo).stdout if paths else ""
-    blobs = {}
+    entries = {}
     for entry in out.split("\0"):
         if entry:
             meta, path = entry.split("\t", 1)
-            blobs[path] = meta.split()[2]
-    return blobs
+            mode, _kind, blob = meta.split()
+            entries[path] = (mode, blob)
+    return entries
+
+
+def tree_blobs(repo: Path, rev: str, paths: list[str]) -> dict[str, str]:
+    """Blob ids of PATHS at REV (paths absent at REV are left out)."""
+    return {p: e[1] for p, e in tree_entries(repo, rev, paths).items()}
 
 
 def changed_paths(repo: Path, paths: list[str] | None = None) -> dict[str, str]:
@@ -142,4 +159,128 @@ def hash_object_bytes(data: bytes) -> str:
 def show_blob(repo: Path, rev: str, path: str, env: dict | None = None) -> bytes | None:
     """The exact bytes of PATH at REV ("" for the index), CRLF intact; None when absent."""
     r = run(["cat-file", "blob", f"{rev}:{path}"], cwd=repo, check=False, env=env, input=b"")
+    return r.stdout.encode("utf-8", "surrogateescape") if r.ok else None
+
+
+# ---------------------------------------------------------------- reading .git without git
+
+def git_dir_of(repo: Path) -> Path | None:
+    """The git dir of REPO without spawning git: .git is a directory or a 'gitdir:' file."""
+    dot = repo / ".git"
+    try:
+        if dot.is_dir():
+            return dot
+        if dot.is_file():
+            text = dot.read_bytes().decode("utf-8", "replace").strip()
+            if text.startswith("gitdir:"):
+                p = Path(text[len("gitdir:"):].strip())
+                return p if p.is_absolute() else (repo / p).resolve()
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def read_head(repo: Path) -> str | None:
+    """HEAD's commit read from files (the no-op fast path); None whenever that needs git
+    (worktrees, reftable, another hash format, or anything unexpected in the files)."""
+    gd = git_dir_of(repo)
+    head = _read_text(gd / "HEAD") if gd else None
+    if head is None:
+        return None
+    if head.startswith("ref: "):
+        ref = head[5:]
+        if ".." in ref or not ref.startswith("refs/"):
+            return None
+        loose = _read_text(gd / ref) if (gd / ref).is_file() else None
+        if loose is not None:
+            head = loose
+        else:
+            packed = _read_text(gd / "packed-refs") or ""
+            head = next((l.split()[0] for l in packed.splitlines() if l.endswith(" " + ref)), "")
+    if len(head) == 40 and all(c in "0123456789abcdef" for c in head):
+        return head
+    return None
+
+
+def head_commit(repo: Path) -> str | None:
+    return read_head(repo) or head(repo)
+
+
+# ---------------------------------------------------------------- scratch indexes
+
+class ScratchIndex:
+    """A throw-away index over REPO's object store: apply patches, read the result, never touch
+    the work tree or the real index (what `git apply --cached` does under GIT_INDEX_FILE)."""
+
+    def __init__(self, repo: Path, tmpdir: str):
+        self.repo = repo
+        self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, "index")}
+
+    def run(self, args: list[str], **kw) -> GitResult:
+        return run(args, cwd=self.repo, env=self.env, **kw)
+
+    def read_tree(self, rev: str) -> None:
+        self.run(["read-tree", rev])
+
+    def set_blobs(self, entries: dict[str, tuple[str, str] | None]) -> None:
+        """Set PATH -> (mode, blob), or remove PATH when None."""
+        lines = []
+        for path, entry in entries.items():
+            if entry is None:
+                lines.append(f"0 {'0' * 40}\t{path}")
+            else:
+                lines.append(f"{entry[0]} {entry[1]}\t{path}")
+        if lines:
+            self.run(["update-index", "--add", "--remove", "--index-info"], input="\n".join(lines) + "\n")
+
+    def apply(self, patch_files: list[Path], *, reverse: bool = False, three_way: bool = False) -> GitResult:
+        args = ["apply", "--cached", "--whitespace=nowarn"]
+        if reverse:
+            args.append("--reverse")
+        if three_way:
+            args.append("--3way")
+        return self.run(args + [str(p) for p in patch_files], check=False)
+
+    def entries(self, paths: list[str]) -> dict[str, tuple[str, str, int]]:
+        """PATH -> (mode, blob, stage) for PATHS present in the index (stage > 0: unmerged)."""
+        if not paths:
+            return {}
+        out = {}
+        for entry in self.run(["ls-files", "-s", "-z", "--", *paths]).stdout.split("\0"):
+            if entry:
+                meta, path = entry.split("\t", 1)
+                mode, blob, stage = meta.split()
+                if path not in out or int(stage) > 0:
+                    out[path] = (mode, blob, int(stage))
+        return out
+
+
+def hash_objects(repo: Path, data: list[bytes]) -> list[str]:
+    """Write DATA as blobs into REPO's object store, byte for byte (no filters); their ids."""
+    ids = []
+    for blob in data:   # hash-object --stdin takes one blob; a series touches a handful of files
+        ids.append(run(["hash-object", "-w", "--no-filters", "--stdin"], cwd=repo, input=blob).stdout.strip())
+    return ids
+
+
+def clean_blob(repo: Path, path: str, data: bytes) -> str:
+    """The blob git would store for DATA at PATH (clean filters, eol), written to the store."""
+    return run(["hash-object", "-w", f"--path={path}", "--stdin"], cwd=repo, input=data).stdout.strip()
+
+
+def smudged(repo: Path, path: str, blob: str) -> bytes:
+    """BLOB as git would check it out at PATH (smudge filters, eol): the work-tree bytes."""
+    r = run(["cat-file", "--filters", f"--path={path}", blob], cwd=repo, input=b"")
+    return r.stdout.encode("utf-8", "surrogateescape")
+
+
+def read_blob(repo: Path, blob: str) -> bytes | None:
+    r = run(["cat-file", "blob", blob], cwd=repo, check=False, input=b"")
     return r.stdout.encode("utf-8", "surrogateescape") if r.ok else None

@@ -1,6 +1,7 @@
 """upstream.lock: the pins and hashes of the overlay, parsed strictly and written deterministically."""
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ def check_relative(path: Path, key: str, value: object, *, allow_dot: bool = Fal
     """A relative POSIX path that stays inside its root: no absolute path, no '..', no .git."""
     if not isinstance(value, str) or not value:
         raise _fail(path, f"{key} must be a non-empty string")
+    if not value.isprintable():
+        raise _fail(path, f"{key} = {value!r} contains control characters")
     p = PurePosixPath(value)
     if value == "." and allow_dot:
         return value
@@ -73,16 +76,28 @@ def _hashes(path: Path, key: str, table: object) -> dict[str, str]:
 
 def parse(path: Path) -> Lock:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ZpatchError(f"{path}: not found", Exit.BAD_OVERLAY,
                           hint="run zpatch from the overlay repository or pass --overlay DIR")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise _fail(path, f"not UTF-8 text (byte {e.start})")
+    except OSError as e:
+        raise _fail(path, f"cannot be read ({e.strerror})")
+    return parse_text(path, text)
+
+
+def parse_text(path: Path, text: str) -> Lock:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise _fail(path, f"not valid TOML ({e})")
+    except RecursionError:
+        raise _fail(path, "not valid TOML (nested too deeply)")
     unknown = set(data) - {"version", "upstream", "overlay"}
     if unknown:
         raise _fail(path, f"unknown key(s) {', '.join(sorted(unknown))}")
-    if data.get("version") != FORMAT_VERSION:
+    if type(data.get("version")) is not int or data["version"] != FORMAT_VERSION:
         raise _fail(path, f"version = {data.get('version')!r}, this zpatch reads version {FORMAT_VERSION}",
                     hint="upgrade zpatch or regenerate the lock")
     ups = data.get("upstream")
@@ -104,6 +119,10 @@ def parse(path: Path) -> Lock:
         for k in ("url", "branch", "commit"):
             if not isinstance(u[k], str) or not u[k]:
                 raise _fail(path, f"{where}.{k} must be a non-empty string")
+            if not u[k].isprintable() or " " in u[k] or len(u[k]) > 2000:
+                raise _fail(path, f"{where}.{k} = {u[k][:80]!r} has spaces or control characters, or is too long")
+        if u["url"].startswith("-") or u["branch"].startswith("-"):
+            raise _fail(path, f"{where}: url and branch may not start with '-' (git would read an option)")
         if not _SHA1.fullmatch(u["commit"]):
             raise _fail(path, f"{where}.commit = {u['commit']!r} is not a full 40-hex commit id",
                         hint="pin the full commit: git rev-parse <rev>")
@@ -132,7 +151,9 @@ def parse(path: Path) -> Lock:
 
 
 def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A TOML basic string; control characters (which TOML forbids raw) as \\uXXXX escapes."""
+    body = s.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in body) + '"'
 
 
 def dumps(lock: Lock) -> str:
@@ -151,3 +172,23 @@ def dumps(lock: Lock) -> str:
         out += [f"{_q(k)} = {_q(v)}" for k, v in sorted(o.sha256.items())]
         out.append("")
     return "\n".join(out)
+
+
+def write(root: Path, lock: Lock) -> bool:
+    """Write LOCK to ROOT/upstream.lock when it differs, atomically, and only after reading the new
+    text back to the same lock (never a file zpatch cannot read). True when it wrote."""
+    path = root / LOCK_NAME
+    text = dumps(lock)
+    back = parse_text(path, text)
+    if (back.upstreams, back.overlay, back.version) != (lock.upstreams, lock.overlay, lock.version):
+        raise ZpatchError(f"{path}: the lock zpatch would write does not read back the same; not written",
+                          Exit.BAD_OVERLAY, hint="a name or path in the overlay cannot be stored; rename it")
+    try:
+        if path.read_bytes() == text.encode("utf-8"):
+            return False
+    except OSError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return True

@@ -10,7 +10,7 @@ import unidiff
 
 from .errors import Exit, ZpatchError
 
-_DIFF_GIT = re.compile(r"^diff --git (?:\"?a/(.+?)\"?) (?:\"?b/(.+?)\"?)$")
+_DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
 _ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
 _DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description",
          "Bug", "Applied-Upstream", "Upstream-License")
@@ -45,9 +45,35 @@ def _hostile(patch: str, path: str, why: str) -> ZpatchError:
                        hint="patches may only touch relative paths inside their upstream")
 
 
+def _unquote(raw: str) -> str:
+    """git's C-style quoting of unusual file names ("a/x\\303\\251", "\\057" for '/') decoded as git does."""
+    if not (len(raw) >= 2 and raw[0] == raw[-1] == '"'):
+        return raw
+    out, body, i = bytearray(), raw[1:-1], 0
+    simple = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            if re.match(r"[0-3][0-7]{2}", body[i + 1:i + 4]):
+                out.append(int(body[i + 1:i + 4], 8))
+                i += 4
+                continue
+        out += c.encode("utf-8", "surrogateescape")
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
 def _check_path(patch: str, raw: str) -> str:
+    raw = _unquote(raw)
     if raw == "/dev/null":
         return raw
+    if not raw.isprintable():
+        raise _hostile(patch, raw, "control characters in a file name")
     p = PurePosixPath(raw)
     if raw.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", raw):
         raise _hostile(patch, raw, "absolute path")
@@ -56,6 +82,27 @@ def _check_path(patch: str, raw: str) -> str:
     if any(part.lower() == ".git" for part in p.parts):
         raise _hostile(patch, raw, "writes into .git/")
     return p.as_posix()
+
+
+# git reads a mode with strtoul(base 8): leading blanks and zeros are fine, and anything that is
+# not a regular file becomes a symlink or a gitlink. Judge modes as git will, not by their text.
+_MODE_LINE = re.compile(r"^(?:old mode|new mode|deleted file mode|new file mode)\s*(\S*)|^index \S+ +(\S+)")
+
+
+def _check_mode(name: str, line: str) -> None:
+    m = _MODE_LINE.match(line)
+    if not m:
+        return
+    raw = m.group(1) if m.group(1) is not None else m.group(2)
+    digits = re.match(r"[0-7]+", raw)
+    mode = int(digits.group(), 8) if digits else 0
+    if mode & 0o170000 != 0o100000:
+        kind = "symlinks" if mode & 0o170000 == 0o120000 else "submodules (gitlinks) and other special files"
+        raise ZpatchError(f"{name}: refusing {line.strip()!r}: {kind} are not allowed in patches", Exit.BAD_OVERLAY,
+                          hint="patches may only change regular files")
+    if mode & 0o7000:
+        raise ZpatchError(f"{name}: refusing {line.strip()!r}: setuid/setgid/sticky modes", Exit.BAD_OVERLAY,
+                          hint="patches may only change regular files")
 
 
 def _strip(path: str, prefix: str) -> str:
@@ -69,6 +116,9 @@ def load(path: Path, name: str | None = None) -> Patch:
     except FileNotFoundError:
         raise ZpatchError(f"{path}: patch file not found", Exit.BAD_OVERLAY,
                           hint="restore it, or drop its line from the series file")
+    except OSError as e:
+        raise ZpatchError(f"{path}: cannot be read ({e.strerror})", Exit.BAD_OVERLAY,
+                          hint="a patch must be a plain file")
     return parse(name, data, path)
 
 
@@ -97,24 +147,24 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
             m = _DIFF_GIT.match(line)
             if not m:
                 raise ZpatchError(f"{name}: cannot read header {line!r}", Exit.BAD_OVERLAY)
-            for p in m.groups():
-                _check_path(name, p)
+            for p, prefix in zip(m.groups(), ("a/", "b/")):
+                _check_path(name, _strip(_unquote(p), prefix))
         elif line.startswith(("--- ", "+++ ")) and not line.startswith(("--- a/", "+++ b/", "--- /dev/null", "+++ /dev/null")):
             if i + 1 < len(body) and (body[i + 1].startswith("+++ ") or body[i - 1].startswith("--- ")):
                 raise ZpatchError(f"{name}: file header {line!r} lacks the a/ or b/ prefix",
                                   Exit.BAD_OVERLAY, hint="zpatch applies -p1 patches; re-export with git")
         elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
             _check_path(name, line.split(" ", 2)[2])
-        elif re.match(r"^(new file|new|old|deleted file) mode 120000", line):
-            raise _hostile(name, body[max(0, i - 1)], "symlinks are not allowed in patches")
+        else:
+            _check_mode(name, line)
     try:
         ps = unidiff.PatchSet(text.split("\n", first_diff)[-1] if first_diff else text)
     except unidiff.UnidiffParseError as e:
         raise ZpatchError(f"{name}: malformed diff ({e})", Exit.BAD_OVERLAY,
                           hint="regenerate it with `zpatch export`")
     for pf in ps:
-        src = _check_path(name, _strip(pf.source_file, "a/"))
-        tgt = _check_path(name, _strip(pf.target_file, "b/"))
+        src = _check_path(name, _strip(_unquote(pf.source_file), "a/"))
+        tgt = _check_path(name, _strip(_unquote(pf.target_file), "b/"))
         for p in (src, tgt):
             if p != "/dev/null" and p not in patch.files:
                 patch.files.append(p)

@@ -45,7 +45,12 @@ def overlay_files(source: Path) -> list[str]:
     out = []
     for p in sorted(source.rglob("*")):
         rel = p.relative_to(source)
-        if p.is_file() and "__pycache__" not in rel.parts and p.suffix != ".pyc":
+        if "__pycache__" in rel.parts or p.suffix == ".pyc":
+            continue
+        if p.is_symlink():   # the node is installed as plain files; a link could pull in anything
+            raise ZpatchError(f"{p}: is a symlink; the node folder may hold only plain files", Exit.BAD_OVERLAY,
+                              hint="replace the link with the file it points to")
+        if p.is_file():
             out.append(rel.as_posix())
     return out
 
@@ -134,6 +139,24 @@ def verify_overlay_hashes(ov: Overlay) -> None:
                          | {f for f in actual if ov.lock.overlay.sha256.get(f, actual[f]) != actual[f]})
         raise ZpatchError(f"{src / changed[0]}: overlay file differs from {lockmod.LOCK_NAME}",
                           Exit.BAD_OVERLAY, hint="if the edit is intended, run `zpatch lock`")
+
+
+def is_installed_copy(root: Path) -> bool:
+    """The overlay bundled into an installed zpatch (site-packages), which no one should edit."""
+    root = root.resolve()
+    return root == (PACKAGE_DIR / "_bundle").resolve() or "site-packages" in root.parts
+
+
+def write_lock(root: Path) -> list[str]:
+    """`zpatch lock`: recompute every hash into ROOT/upstream.lock; the names whose hash changed."""
+    if is_installed_copy(root):
+        raise ZpatchError(f"{root}: is the overlay bundled into an installed zpatch; refusing to re-lock it",
+                          Exit.BAD_OVERLAY,
+                          hint="edit the overlay in its repository and reinstall (pipx install --force .), "
+                               "or pass --overlay DIR")
+    lk, changed = relock(root)
+    lockmod.write(root, lk)
+    return changed
 
 
 def relock(root: Path) -> tuple[lockmod.Lock, list[str]]:

@@ -14,10 +14,16 @@ def parse(path: Path) -> list[str]:
     """Patch names in order. Accepts quilt's syntax: '#' comments, blank lines, and an optional
     '-p1' per entry (the only strip level git-format patches use)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ZpatchError(f"{path}: series file not found", Exit.BAD_OVERLAY,
                           hint="list the patch files in order, one per line, in that file")
+    except UnicodeDecodeError as e:
+        raise ZpatchError(f"{path}: not UTF-8 text (byte {e.start})", Exit.BAD_OVERLAY,
+                          hint="a series lists patch file names, one per line")
+    except OSError as e:
+        raise ZpatchError(f"{path}: cannot be read ({e.strerror})", Exit.BAD_OVERLAY,
+                          hint="the series must be a plain file listing patch names")
     names: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
@@ -27,7 +33,7 @@ def parse(path: Path) -> list[str]:
         if any(not _STRIP.fullmatch(o) for o in opts):
             raise ZpatchError(f"{path}:{lineno}: unsupported option {' '.join(opts)!r} for {name}",
                               Exit.BAD_OVERLAY, hint="zpatch series take only '-p1' after a patch name")
-        if "/" in name or name.startswith("."):
+        if "/" in name or "\\" in name or name.startswith(".") or not name.isprintable():
             raise ZpatchError(f"{path}:{lineno}: {name!r} must be a file name inside {path.parent}",
                               Exit.BAD_OVERLAY)
         if name in names:

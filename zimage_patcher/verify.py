@@ -11,37 +11,63 @@ from . import check, patchset, workspace
 from .errors import Exit, ZpatchError
 
 
+MARKER = ".zpatch-verify"
+
+
+def _workdir(workdir: Path | None) -> Path:
+    """A temporary folder, or WORKDIR: new, empty, or one a previous verify left (emptied again)."""
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="zpatch-verify-"))
+    workdir = Path(workdir)
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise ZpatchError(f"--keep {workdir}: not a directory", Exit.USAGE)
+        if any(workdir.iterdir()):
+            if not (workdir / MARKER).is_file():
+                raise ZpatchError(f"--keep {workdir}: not empty and not made by zpatch verify", Exit.USAGE,
+                                  hint="choose a new or empty directory")
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by zpatch verify; the next verify --keep here empties it\n")
+    return workdir
+
+
 def run(root: Path, *, workdir: Path | None = None, offline: bool = False, python: str | None = None,
-        device: str = "cpu", control: bool = False, smoke: bool = True) -> dict:
-    scratch = Path(tempfile.mkdtemp(prefix="zpatch-verify-")) if workdir is None else Path(workdir)
+        device: str = "cpu", control: bool = False, smoke: bool = True, on_step=None,
+        progress: bool = False) -> dict:
+    """Each step's result goes to ON_STEP as soon as it finishes (the CLI streams them)."""
+    scratch = _workdir(workdir)
     steps: list[dict] = []
-    result = {"workdir": str(scratch), "ok": False, "steps": steps, "error": None}
+    result = {"workdir": str(scratch), "passed": False, "steps": steps}
     dest = scratch / "ComfyUI"
 
     def step(name, fn):
         t0 = time.perf_counter()
         try:
             summary, data = fn()
+            entry = {"step": name, "ok": True, "seconds": time.perf_counter() - t0, "summary": summary,
+                     "data": data, "error": None}
         except ZpatchError as e:
-            steps.append({"step": name, "ok": False, "seconds": time.perf_counter() - t0,
-                          "summary": e.message, "data": e.details})
-            result["error"] = e.to_json()
-            raise
-        steps.append({"step": name, "ok": True, "seconds": time.perf_counter() - t0, "summary": summary,
-                      "data": data})
+            entry = {"step": name, "ok": False, "seconds": time.perf_counter() - t0,
+                     "summary": e.message, "data": e.details, "error": e.to_json()}
+        steps.append(entry)
+        if on_step:
+            on_step(entry)
+        if not entry["ok"]:
+            raise _Stop()
 
     ov = patchset.load(root)
     missing: list[str] = []
 
     def do_checkout():
-        res = workspace.checkout(ov, dest, offline=offline)
+        res = workspace.checkout(ov, dest, offline=offline, progress=progress)
         missing.extend(res["missing_objects"])
         note = f"; missing from the source repository: {', '.join(missing)}" if missing else ""
         return f"{len(res['upstreams'])} upstreams at their pins{note}", res
 
     def do_check():
         res = check.run(root, offline=offline)
-        if not res["ok"]:
+        if not res["clean"]:
             raise ZpatchError(res["problems"][0]["message"], check.exit_code(res), details=res)
         return f"{sum(len(s['patches']) for s in res['series'])} patches lint clean and apply on the pins", res
 
@@ -54,8 +80,8 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
         foreign = [f["path"] for u in res["upstreams"] for f in u["foreign_changes"]
                    if (f["path"] if u["path"] == "." else f"{u['path']}/{f['path']}") not in missing]
         bad = [p for u in res["upstreams"] for p in u["patches"] if p["state"] != "applied"]
-        if bad or foreign or res["overlay"]["state"] != "installed":
-            raise ZpatchError(f"status not clean after apply: {bad or foreign or res['overlay']}",
+        if bad or foreign or res["node"]["state"] != "installed":
+            raise ZpatchError(f"status not clean after apply: {bad or foreign or res['node']}",
                               Exit.CONFLICT, details=res)
         return "every patch applied, node installed, no foreign change", res
 
@@ -92,10 +118,14 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     try:
         for name, fn in plan:
             step(name, fn)
-        result["ok"] = True
-    except ZpatchError:
+        result["passed"] = True
+    except _Stop:
         pass
     finally:
         if workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+class _Stop(Exception):
+    """A step failed; its entry already says why."""

@@ -1,15 +1,23 @@
 """A ComfyUI checkout as zpatch sees it: its upstream repositories, what is applied, and the
-operations on it (checkout, apply, unapply, status). All or nothing; user edits are never lost."""
+operations on it (checkout, apply, unapply, status).
+
+apply and unapply compute the whole result first, in scratch indexes, so every failure is known
+before the first write; then txn.commit carries it out under the checkout lock with a journal.
+Nothing is written or deleted unless its bytes are what zpatch expects there.
+"""
 from __future__ import annotations
 
 import re
 import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from . import cache, diagnose, git, state
+from . import cache, diagnose, git, patchfile, record, txn, worktree
 from .errors import Exit, ZpatchError
 from .patchset import Overlay, Series, overlay_files, sha256_file
+from .record import NodeRecord, PatchRef, Record, UpstreamRecord
 
 
 @dataclass
@@ -25,12 +33,30 @@ class Target:
     def pin(self) -> str:
         return self.series.upstream.commit
 
+    @property
+    def rel(self) -> str:
+        return self.series.upstream.path
 
-def _root_target(targets: list[Target]) -> Target:
-    return next((t for t in targets if t.series.upstream.path == "."), targets[0])
+
+def find_checkout(path: Path, ov: Overlay) -> Path:
+    """The checkout that PATH lies in, found the way git finds its top level: from inside
+    ComfyUI/comfy or inside the nested ComfyUI-GGUF, zpatch acts on the ComfyUI checkout."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    top = git.toplevel(path)
+    if top is None:
+        return path
+    for s in ov.series:   # inside a nested upstream: climb to the checkout that holds it
+        depth = len(PurePosixPath(s.upstream.path).parts) if s.upstream.path != "." else 0
+        if depth and top.as_posix().endswith("/" + s.upstream.path):
+            outer = top.parents[depth - 1]
+            if git.git_dir_of(outer) is not None:
+                return outer
+    return top
 
 
-def resolve(ov: Overlay, checkout: Path, *, need_repos: bool = True) -> list[Target]:
+def resolve(ov: Overlay, checkout: Path) -> list[Target]:
     """Map each upstream to its repository inside CHECKOUT and make sure git will act on that
     repository and not on a parent (a nested custom node without its own .git would silently
     resolve to the ComfyUI repository)."""
@@ -40,41 +66,81 @@ def resolve(ov: Overlay, checkout: Path, *, need_repos: bool = True) -> list[Tar
                           hint=f"create it with `zpatch checkout {checkout}`")
     checkout = checkout.resolve()
     targets = []
-    for s in ov.series:
-        repo = (checkout / s.upstream.path).resolve()
+    for s in sorted(ov.series, key=lambda s: s.upstream.path != "."):
+        up = s.upstream
+        repo = (checkout / up.path).resolve()
         if checkout not in (repo, *repo.parents):
-            raise ZpatchError(f"{s.upstream.path}: resolves outside {checkout} (symlink?)", Exit.BAD_CHECKOUT)
-        if need_repos:
-            if not repo.is_dir():
-                raise ZpatchError(f"{repo}: {s.upstream.name} is missing", Exit.BAD_CHECKOUT,
-                                  hint=f"git clone {s.upstream.url} {repo}, or use `zpatch checkout`")
-            if state.git_dir_of(repo) is None:
-                top = git.toplevel(repo)
-                if top is None:
-                    raise ZpatchError(f"{repo}: not a git repository", Exit.BAD_CHECKOUT,
-                                      hint=f"git clone {s.upstream.url} {repo}, or use `zpatch checkout`")
-                raise ZpatchError(f"{repo}: not its own git repository (git would act on {top})",
-                                  Exit.BAD_CHECKOUT,
-                                  hint=f"replace it with a clone: git clone {s.upstream.url} {repo}")
+            raise ZpatchError(f"{up.path}: resolves outside {checkout} (symlink?)", Exit.BAD_CHECKOUT,
+                              hint="replace the symlink with a real clone")
+        if not repo.is_dir():
+            if up.path == ".":
+                raise ZpatchError(f"{repo}: no such directory", Exit.BAD_CHECKOUT,
+                                  hint=f"create it with `zpatch checkout {repo}`")
+            raise ZpatchError(f"{repo}: {up.name} is missing", Exit.BAD_CHECKOUT,
+                              hint=f"git clone {up.url} {repo} && git -C {repo} checkout {up.commit}")
+        if git.git_dir_of(repo) is None:
+            top = git.toplevel(repo)
+            if top is None:
+                raise ZpatchError(f"{repo}: not a git repository", Exit.BAD_CHECKOUT,
+                                  hint=f"git clone {up.url} {repo}, or start over with `zpatch checkout DIR`")
+            raise ZpatchError(f"{repo}: not its own git repository (git would act on {top})",
+                              Exit.BAD_CHECKOUT, hint=f"replace it with a clone: git clone {up.url} {repo}")
         targets.append(Target(s, repo))
     return targets
 
 
-def _blob_or_none(path: Path) -> str | None:
-    return git.hash_object_bytes(path.read_bytes()) if path.is_file() else None
+@dataclass
+class Workspace:
+    ov: Overlay
+    checkout: Path
+    targets: list[Target]
+    zdir: Path
+
+    @classmethod
+    def open(cls, ov: Overlay, checkout: Path) -> "Workspace":
+        checkout = find_checkout(Path(checkout), ov)
+        targets = resolve(ov, checkout)
+        root = targets[0]
+        gd = git.git_dir_of(root.repo) or git.git_dir(root.repo)
+        return cls(ov, Path(checkout).resolve(), targets, record.zpatch_dir(gd))
+
+    @property
+    def node_rel(self) -> str | None:
+        return self.ov.lock.overlay.path if self.ov.lock.overlay else None
+
+    @contextmanager
+    def locked(self):
+        """The checkout lock, and recovery of a run that died; yields what recovery said."""
+        with txn.CheckoutLock(self.zdir, self.checkout):
+            yield txn.recover(self.checkout, self.zdir)
+
+    def load_record(self) -> Record | None:
+        """The record, without upstreams the user reverted by hand (every recorded file back to
+        HEAD: nothing of ours is left there, so that is 'not applied', not 'edited')."""
+        rec = record.load(self.zdir)
+        if rec is None:
+            return None
+        for t in self.targets:
+            ur = rec.upstreams.get(t.name)
+            if ur and _edited(t, ur):
+                head = git.tree_blobs(t.repo, "HEAD", list(ur.files))
+                if all(worktree.blob_id(t.repo, f) == head.get(f) for f in ur.files):
+                    del rec.upstreams[t.name]
+        return rec
 
 
-def _changed_since(state_files: dict[str, str | None], repo: Path) -> list[str]:
-    """Paths whose content differs from what zpatch left there."""
-    return [f for f, want in state_files.items() if _blob_or_none(repo / f) != want]
+def _edited(t: Target, ur: UpstreamRecord) -> list[str]:
+    """Paths whose bytes differ from what zpatch left there."""
+    return [f for f, want in ur.files.items() if worktree.blob_id(t.repo, f) != want]
 
 
-def _overlay_target(ov: Overlay, checkout: Path) -> Path | None:
-    return checkout / ov.lock.overlay.path if ov.lock.overlay else None
-
-
-def _describe_series(ov: Overlay) -> dict:
-    return {s.upstream.name: [{"name": p.name, "sha256": p.sha256} for p in s.patches] for s in ov.series}
+def _node_edited(checkout: Path, node: NodeRecord) -> list[str]:
+    out = []
+    for f, want in node.files.items():
+        data = worktree.read(checkout, f"{node.path}/{f}")
+        if data is not None and record.digest(data) != want:
+            out.append(f"{node.path}/{f}")
+    return out
 
 
 # ---------------------------------------------------------------- checkout
@@ -86,9 +152,20 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
              progress: bool = False) -> dict:
     """Clone every upstream at its pin into DEST from the cache (hard links, no network when warm)."""
     dest = Path(dest)
+    for e in exclude or []:
+        try:
+            worktree.rel_parts(e)
+        except ZpatchError:
+            raise ZpatchError(f"--exclude {e!r}: must be a relative path inside the checkout", Exit.USAGE)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
                           hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
+    for parent in dest.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ZpatchError(f"{dest}: {parent} is not a directory", Exit.BAD_CHECKOUT,
+                                  hint="choose a destination under a directory")
+            break
     mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
                                              progress=progress) for s in ov.series}
     created = not dest.exists()
@@ -104,12 +181,18 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
             mine = [e[len(up.path) + 1:] if up.path != "." else e for e in exclude or []
                     if up.path == "." or e.startswith(up.path + "/")]
             if mine:
+                known = git.tree_blobs(repo, up.commit, mine)
+                unknown = [m for m in mine if m not in known and not git.run(
+                    ["ls-tree", "-d", up.commit, "--", m.rstrip("/")], cwd=repo).stdout.strip()]
+                if unknown:
+                    raise ZpatchError(f"--exclude {unknown[0]}: no such path in {up.name} at {up.commit[:12]}",
+                                      Exit.USAGE, hint="name a file or folder of the upstream")
                 git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!/{m}" for m in mine]], cwd=repo)
             r = git.run(["checkout", "--quiet", "--detach", up.commit], cwd=repo, check=False)
             missing = _MISSING.findall(r.stderr)
             if not r.ok and not missing:
-                raise ZpatchError(f"git checkout {up.commit[:12]} failed in {repo}: "
-                                  f"{r.stderr.strip().splitlines()[-1]}", Exit.ENVIRONMENT)
+                raise ZpatchError(f"git checkout {up.commit[:12]} failed in {repo}: {r.last_line()}",
+                                  Exit.ENVIRONMENT)
             result["missing_objects"] += [f"{up.path}/{m}" if up.path != "." else m for m in missing]
             result["upstreams"].append({"name": up.name, "path": up.path, "commit": up.commit,
                                         "url": up.url, "excluded": mine})
@@ -125,247 +208,342 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
 
 # ---------------------------------------------------------------- apply
 
-def _fast_noop(ov: Overlay, targets: list[Target], st: dict | None, checkout: Path) -> bool:
+def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     """True when the checkout already holds exactly this overlay; reads files only, runs no git."""
-    if not st or st.get("series") != _describe_series(ov):
+    if rec is None:
         return False
-    for t in targets:
-        ust = st["upstreams"].get(t.name)
-        if ust is None or read_head_or_git(t.repo) != ust["commit"]:
+    for t in ws.targets:
+        ur = rec.upstreams.get(t.name)
+        if ur is None or [(p.name, p.sha256) for p in ur.patches] != [(p.name, p.sha256) for p in t.series.patches]:
             return False
-        if _changed_since(ust["files"], t.repo):
+        if git.head_commit(t.repo) != ur.commit or _edited(t, ur):
             return False
-    if ov.lock.overlay:
-        if st.get("overlay", {}).get("files") != ov.lock.overlay.sha256:
+    lo = ws.ov.lock.overlay
+    if lo:
+        if rec.node is None or rec.node.files != lo.sha256 or rec.node.path != lo.path:
             return False
-        tgt = _overlay_target(ov, checkout)
-        for f, digest in ov.lock.overlay.sha256.items():
-            if not (tgt / f).is_file() or sha256_file(tgt / f) != digest:
+        for f, want in lo.sha256.items():
+            data = worktree.read(ws.checkout, f"{lo.path}/{f}")
+            if data is None or record.digest(data) != want:
                 return False
     return True
 
 
-def read_head_or_git(repo: Path) -> str | None:
-    return state.read_head(repo) or git.head(repo)
+def _check_layout(ws: Workspace) -> None:
+    """A series may not write into another upstream's repository or the node's folder: git would
+    take the nested repository's files as the parent's untracked files."""
+    fences = [t.rel for t in ws.targets if t.rel != "."] + ([ws.node_rel] if ws.node_rel else [])
+    for t in ws.targets:
+        for f in t.series.files:
+            full = f if t.rel == "." else f"{t.rel}/{f}"
+            hit = next((x for x in fences if x != t.rel and (full + "/").startswith(x + "/")), None)
+            if hit:
+                p = next(p for p in t.series.patches if f in p.files)
+                raise ZpatchError(f"{p.name}: touches {full}, inside {hit}, which is not {t.name}'s",
+                                  Exit.BAD_OVERLAY, hint=f"move the change into {hit}'s own series")
 
 
-def _reverse_recorded(root_gd: Path, st: dict, targets: list[Target]) -> None:
-    for t in targets:
-        ust = st["upstreams"].get(t.name)
-        if not ust or not ust["patches"]:
-            continue
-        copies = [state.applied_copy(root_gd, t.name, p["name"]) for p in reversed(ust["patches"])]
-        r = git.apply(t.repo, copies, reverse=True)
-        if not r.ok:
-            raise ZpatchError(f"{t.repo}: could not reverse the recorded patches: "
-                              f"{r.stderr.strip().splitlines()[-1]}", Exit.CONFLICT)
-
-
-def _apply_recorded(root_gd: Path, st: dict, targets: list[Target]) -> None:
-    for t in targets:
-        ust = st["upstreams"].get(t.name)
-        if ust and ust["patches"]:
-            git.apply(t.repo, [state.applied_copy(root_gd, t.name, p["name"]) for p in ust["patches"]])
-
-
-def apply(ov: Overlay, checkout: Path, *, allow_drift: bool = False) -> dict:
-    targets = resolve(ov, checkout)
-    checkout = Path(checkout).resolve()
-    root = _root_target(targets)
-    root_gd = state.git_dir_of(root.repo) or git.git_dir(root.repo)
-    st = state.load(root_gd)
-    result = {"checkout": str(checkout), "changed": False, "replaced": False, "upstreams": [],
-              "overlay": ov.lock.overlay.path if ov.lock.overlay else None}
-    if _fast_noop(ov, targets, st, checkout):
-        result["upstreams"] = [{"name": t.name, "commit": t.pin, "head": st["upstreams"][t.name]["commit"],
-                                "applied": [p.name for p in t.series.patches]} for t in targets]
-        return result
-
-    # 1. Preconditions, all checked before anything is written.
+def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, str | None]:
+    """Everything that can refuse the apply, checked before anything is written."""
+    _check_layout(ws)
     heads = {}
-    for t in targets:
-        heads[t.name] = read_head_or_git(t.repo)
-        if heads[t.name] != t.pin and not allow_drift:
+    for t in ws.targets:
+        heads[t.name] = git.head_commit(t.repo)
+        if heads[t.name] != t.pin and not three_way:
             raise ZpatchError(f"{t.repo}: {t.name} is at {str(heads[t.name])[:12]}, pinned at {t.pin[:12]}",
                               Exit.BAD_CHECKOUT,
-                              hint=f"git -C {t.repo} checkout {t.pin}, or rerun with --allow-drift "
-                                   "to try a 3-way apply")
-    previous = st if st and st.get("upstreams") else None
-    if previous:
-        changed = _edited_since_apply(previous, targets)
-        if changed:
-            raise ZpatchError(f"{changed[0]}: modified since zpatch applied it; refusing to overwrite",
-                              Exit.BAD_CHECKOUT,
-                              hint="save your edit (git diff > my.patch), then `git checkout` the file and rerun")
-    for t in targets:
-        for f in t.series.files:   # a symlinked directory would carry a patch out of the tree
-            real = (t.repo / f).resolve()
-            if t.repo not in real.parents:
-                raise ZpatchError(f"{t.repo / f}: resolves to {real}, outside {t.repo} (symlink)",
-                                  Exit.BAD_CHECKOUT, hint="replace the symlink with the upstream files")
-        recorded = set(previous["upstreams"].get(t.name, {}).get("files", {})) if previous else set()
+                              hint=f"git -C {t.repo} checkout {t.pin}, or rerun with --3way "
+                                   "to merge the patches onto what is there")
+    for t in ws.targets:
+        ur = rec.upstreams.get(t.name) if rec else None
+        if ur:
+            edited = _edited(t, ur)
+            if edited:
+                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
+                                  Exit.BAD_CHECKOUT,
+                                  hint=f"save your edit (git -C {t.repo} diff > my.patch), restore the file "
+                                       "with git checkout, then rerun")
+        recorded = set(ur.files) if ur else set()
+        fresh = [f for f in t.series.files if f not in recorded]
+        head = git.tree_blobs(t.repo, "HEAD", fresh)
         # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
         # go to `git status`, which knows about filters such as core.autocrlf.
-        blobs = git.tree_blobs(t.repo, "HEAD", t.series.files)
-        suspects = [f for f in t.series.files if f not in recorded and _blob_or_none(t.repo / f) != blobs.get(f)]
+        suspects = []
+        for f in fresh:
+            now = worktree.blob_id(t.repo, f)       # refuses a symlinked path component
+            if f not in head and now is not None:
+                raise ZpatchError(f"{t.repo / f}: exists, but is neither upstream's nor zpatch's, and a patch "
+                                  "creates it", Exit.BAD_CHECKOUT,
+                                  hint=f"move it away (mv {t.repo / f} {t.repo / f}.bak), then rerun")
+            if now != head.get(f):
+                suspects.append(f)
         dirty = git.changed_paths(t.repo, suspects) if suspects else {}
         if dirty:
             f = sorted(dirty)[0]
             raise ZpatchError(f"{t.repo / f}: has uncommitted changes and a patch touches it", Exit.BAD_CHECKOUT,
                               hint=f"commit or stash them first: git -C {t.repo} stash")
-    ov_target = _overlay_target(ov, checkout)
-    if ov_target is not None and ov_target.exists() and not (previous and previous.get("overlay")):
-        raise ZpatchError(f"{ov_target}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
-                          hint=f"move it away (mv {ov_target} {ov_target}.bak) and rerun")
+    return heads
 
-    # 2. Take the old overlay out (from zpatch's own copies), then put the new one in.
-    if previous:
-        _reverse_recorded(root_gd, previous, targets)
-    done: list[Target] = []
-    try:
-        for t in targets:
-            files = [p.path for p in t.series.patches]
-            if not files:
-                done.append(t)
-                continue
-            if heads[t.name] == t.pin:
-                r = git.apply(t.repo, files)
-            else:
-                r = _three_way(t, files)
+
+def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[str, bytes | None],
+                    undo: list[PatchRef], then: list[patchfile.Patch], three_way: bool,
+                    base: str | None) -> tuple[dict[str, tuple[str, str] | None], dict[str, tuple[str, str]]]:
+    """PATHS after reversing UNDO (zpatch's recorded copies) and applying THEN, computed in a
+    scratch index loaded with the work tree's bytes. Returns path -> (mode, blob) or None, and HEAD's entries."""
+    head = git.tree_entries(t.repo, "HEAD", paths)
+    with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
+        idx = git.ScratchIndex(t.repo, tmp)
+        idx.read_tree("HEAD")
+        load = {}
+        for p in paths:
+            data = current[p]
+            if data is None:
+                if p in head:
+                    load[p] = None
+            elif head.get(p, (None, None))[1] != git.hash_object_bytes(data):
+                load[p] = (head[p][0] if p in head else "100644", git.clean_blob(t.repo, p, data))
+        idx.set_blobs(load)
+        if undo:
+            copies = [record.copy_path(ws.zdir, ref) for ref in undo]
+            for ref, c in zip(undo, copies):
+                extra = set(patchfile.load(c, ref.name).files) - set(paths)
+                if extra:
+                    raise ZpatchError(f"{c}: the recorded copy of {ref.name} touches {sorted(extra)[0]}, which the "
+                                      "record does not list (tampered)", Exit.BAD_CHECKOUT,
+                                      hint=f"inspect {ws.zdir}; move it away to forget the record")
+            r = idx.apply(list(reversed(copies)), reverse=True)
             if not r.ok:
-                fails = diagnose.failures(t.repo, heads[t.name] or t.pin, t.series.patches, stop_at_first=True)
-                first = diagnose.one_line(fails[0]) if fails else r.stderr.strip().splitlines()[-1]
-                raise ZpatchError(f"{t.name}: {first}", Exit.CONFLICT,
-                                  hint="nothing was changed; `zpatch check` lists every failing hunk",
-                                  details={"failures": fails})
-            done.append(t)
-    except BaseException:
-        for t in reversed(done):
-            if t.series.patches:
-                git.apply(t.repo, [p.path for p in reversed(t.series.patches)], reverse=True)
-        if previous:
-            _apply_recorded(root_gd, previous, targets)
-        raise
+                raise ZpatchError(f"{t.repo}: zpatch's copies of the applied patches no longer reverse: "
+                                  f"{r.last_line()}", Exit.CONFLICT,
+                                  hint="restore the files by hand (git checkout -- <files>) and move "
+                                       f"{ws.zdir} away")
+        if then:
+            r = idx.apply([p.path for p in then], three_way=three_way)
+            unmerged = [p for p, e in idx.entries(paths).items() if e[2]]
+            if not r.ok or unmerged:
+                fails = diagnose.failures(t.repo, base or "HEAD", then, stop_at_first=True)
+                first = diagnose.one_line(fails[0]) if fails else r.last_line()
+                how = (f"the 3-way merge left conflicts in {', '.join(unmerged)}; " if three_way and unmerged else "")
+                raise ZpatchError(f"{t.name}: {how}{first}", Exit.CONFLICT,
+                                  hint="nothing was changed; `zpatch check` lists every failing hunk against the "
+                                       "pins" + ("" if not three_way else "; or move the upstream back to its pin"),
+                                  details={"failures": fails, "conflicted_files": unmerged})
+        entries = idx.entries(paths)
+    out = {}
+    for p in paths:
+        e = entries.get(p)
+        if e is None:
+            out[p] = None
+            continue
+        mode, blob, _stage = e
+        want = head[p][0] if p in head else "100644"
+        if mode != want:
+            kind = {"120000": "a symlink", "160000": "a submodule (gitlink)"}.get(mode, f"mode {mode}")
+            who = next((x.name for x in then if p in x.files), t.name)
+            raise ZpatchError(f"{who}: would make {p} {kind}; zpatch writes regular files and keeps their modes",
+                              Exit.BAD_OVERLAY, hint="regenerate the patch without the mode change")
+        out[p] = (mode, blob)
+    return out, head
 
-    # 3. The custom node, then the record.
-    if ov_target is not None:
-        _install_overlay(ov, ov_target, previous)
-    new_state = {
-        "series": _describe_series(ov),
-        "upstreams": {t.name: {"commit": heads[t.name],
-                               "patches": [{"name": p.name, "sha256": p.sha256} for p in t.series.patches],
-                               "files": {f: _blob_or_none(t.repo / f) for f in t.series.files}}
-                      for t in targets},
-        "overlay": {"path": ov.lock.overlay.path, "files": dict(ov.lock.overlay.sha256)} if ov.lock.overlay else None,
-    }
-    state.save(root_gd, new_state, {t.name: {p.name: p.data for p in t.series.patches} for t in targets})
-    result["changed"] = True
-    result["replaced"] = previous is not None
-    result["upstreams"] = [{"name": t.name, "commit": t.pin, "head": heads[t.name],
-                            "applied": [p.name for p in t.series.patches]} for t in targets]
+
+def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
+                 result: dict[str, tuple[str, str] | None]) -> tuple[list[txn.Change], dict[str, str | None]]:
+    changes, after_ids = [], {}
+    for p in paths:
+        before = git.hash_object_bytes(current[p]) if current[p] is not None else None
+        data = git.smudged(t.repo, p, result[p][1]) if result[p] else None
+        after = git.hash_object_bytes(data) if data is not None else None
+        after_ids[p] = after
+        if before != after:
+            changes.append(txn.Change(t.rel, t.rel, p, before, after, data, executable=result[p][0] == "100755"
+                                      if result[p] else False))
+    return changes, after_ids
+
+
+def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[txn.Change], dict, NodeRecord | None]:
+    """The node's files: install this overlay's (INSTALL) and remove what zpatch installed before,
+    refusing any file zpatch did not put there or that changed since."""
+    lo, old = ws.ov.lock.overlay, rec.node if rec else None
+    changes, current = [], {}
+    want: dict[str, bytes] = {}
+    if install and lo:
+        src = ws.ov.overlay_source()
+        want = {f"{lo.path}/{f}": (src / f).read_bytes() for f in overlay_files(src)}
+        if old is None:
+            top = ws.checkout / lo.path
+            if top.is_symlink() or (top.exists() and (not top.is_dir() or any(top.iterdir()))):
+                raise ZpatchError(f"{top}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
+                                  hint=f"move it away (mv {top} {top}.bak) and rerun")
+    had = {f"{old.path}/{f}": d for f, d in old.files.items()} if old else {}
+    for rel in sorted(set(want) | set(had)):
+        now = worktree.read(ws.checkout, rel)
+        if now is not None:
+            if rel not in had:
+                raise ZpatchError(f"{ws.checkout / rel}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
+                                  hint=f"move it away, then rerun")
+            if record.digest(now) != had[rel]:
+                raise ZpatchError(f"{ws.checkout / rel}: modified since zpatch installed it; refusing to "
+                                  "overwrite or remove it", Exit.BAD_CHECKOUT,
+                                  hint="copy your edit elsewhere, delete the file, then rerun")
+            current[(".", rel)] = now
+        before = git.hash_object_bytes(now) if now is not None else None
+        data = want.get(rel)
+        after = git.hash_object_bytes(data) if data is not None else None
+        if before != after:
+            changes.append(txn.Change(".", ".", rel, before, after, data, prune=False))
+    node = None
+    if install and lo:
+        # the folders this install creates, so unapply removes exactly those (when empty)
+        made = {d for rel in want for d in txn.parent_dirs(rel) if (d + "/").startswith(lo.path + "/")
+                and not (ws.checkout / d).exists()}
+        node = NodeRecord(lo.path, dict(lo.sha256), sorted(made | set(old.dirs if old and old.path == lo.path else [])))
+    return changes, current, node
+
+
+
+def apply(ov: Overlay, checkout: Path, *, three_way: bool = False) -> dict:
+    ws = Workspace.open(ov, checkout)
+    result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
+              "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
+    if not (ws.zdir / txn.JOURNAL_NAME).exists():
+        # the no-op fast path reads files only: no lock, no git. A run in flight has a journal.
+        rec = ws.load_record()
+        if _fast_noop(ws, rec):
+            result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
+            return result
+    with ws.locked() as recovered:
+        result["recovered"] = recovered
+        rec = ws.load_record()
+        if _fast_noop(ws, rec):
+            result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
+            return result
+        heads = _preflight(ws, rec, three_way)
+        changes: list[txn.Change] = []
+        current: dict[tuple[str, str], bytes] = {}
+        ups = {}
+        for t in ws.targets:
+            old = rec.upstreams.get(t.name) if rec else None
+            paths = list(dict.fromkeys([*(old.files if old else []), *t.series.files]))
+            cur = {p: worktree.read(t.repo, p) for p in paths}
+            res, _head = _scratch_result(ws, t, paths, cur, old.patches if old else [], t.series.patches,
+                                         three_way and heads[t.name] != t.pin, heads[t.name])
+            ch, after = _changes_for(t, paths, cur, res)
+            changes += ch
+            current.update({(t.rel, p): d for p, d in cur.items() if d is not None})
+            ups[t.name] = UpstreamRecord(heads[t.name], [PatchRef(p.name, p.sha256) for p in t.series.patches],
+                                         {f: after[f] for f in t.series.files},
+                                         three_way=heads[t.name] != t.pin)
+        node_changes, node_current, node = _node_plan(ws, rec, install=True)
+        changes += node_changes
+        current.update(node_current)
+        new = Record(ups, node)
+        if rec is not None and rec.to_bytes() == new.to_bytes() and not changes:
+            result["upstreams"] = [_up_result(t, ups[t.name]) for t in ws.targets]
+            return result
+        copies = [p.data for t in ws.targets for p in t.series.patches]
+        txn.commit(ws.checkout, ws.zdir, "apply", changes, current, new, copies)
+    replaced = [t.name for t in ws.targets if rec and t.name in rec.upstreams
+                and rec.upstreams[t.name].patches != ups[t.name].patches]
+    result.update(changed=True, replaced=replaced,
+                  upstreams=[_up_result(t, ups[t.name]) for t in ws.targets],
+                  files_written=[_full(c) for c in changes if c.after], files_removed=[_full(c) for c in changes
+                                                                                   if not c.after])
     return result
 
 
-def _edited_since_apply(st: dict, targets: list[Target]) -> list[str]:
-    """Files edited since zpatch applied them. An upstream whose files were all put back to
-    HEAD by hand (git checkout -- .) holds nothing of ours any more: its entry leaves ST."""
-    edited = []
-    for t in targets:
-        ust = st["upstreams"].get(t.name)
-        changed = _changed_since(ust["files"], t.repo) if ust else []
-        if not changed:
-            continue
-        head = git.tree_blobs(t.repo, "HEAD", list(ust["files"]))
-        if all(_blob_or_none(t.repo / f) == head.get(f) for f in ust["files"]):
-            del st["upstreams"][t.name]
-            continue
-        edited += [str(t.repo / f) for f in changed]
-    return edited
+def _full(c: txn.Change) -> str:
+    return c.path if c.root == "." else f"{c.root}/{c.path}"
 
 
-def _three_way(t: Target, files: list[Path]) -> git.GitResult:
-    """--allow-drift: 3-way merge against the pinned blobs; on conflict restore the files."""
-    r = git.apply(t.repo, files, three_way=True)
-    git.run(["reset", "--quiet", "--", *t.series.files], cwd=t.repo, check=False)   # --3way staged them
-    if r.ok and "with conflicts" not in r.stderr:
-        return r
-    touched = list(git.tree_blobs(t.repo, "HEAD", t.series.files))   # the rest were created by patches
-    if touched:
-        git.run(["checkout", "HEAD", "--", *touched], cwd=t.repo, check=False)
-    for f in t.series.files:
-        if f not in touched and (t.repo / f).exists():
-            (t.repo / f).unlink()
-    return git.GitResult(1, r.stdout, r.stderr or "3-way merge left conflicts")
-
-
-def _install_overlay(ov: Overlay, target: Path, previous: dict | None) -> None:
-    src = ov.overlay_source()
-    if previous and previous.get("overlay"):
-        _remove_overlay(target, previous["overlay"]["files"])
-    for f in overlay_files(src):
-        (target / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / f, target / f)
-
-
-def _remove_overlay(target: Path, files: dict[str, str]) -> None:
-    for f in files:
-        (target / f).unlink(missing_ok=True)
-    # Drop directories left empty, and the __pycache__ ComfyUI wrote when it imported the node.
-    for d in sorted((p for p in target.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if d.name == "__pycache__":
-            shutil.rmtree(d, ignore_errors=True)
-        elif not any(d.iterdir()):
-            d.rmdir()
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
+def _up_result(t: Target, ur: UpstreamRecord) -> dict:
+    return {"name": t.name, "path": t.rel, "pin": t.pin, "head": ur.commit, "three_way": ur.three_way,
+            "applied": [p.name for p in ur.patches]}
 
 
 # ---------------------------------------------------------------- unapply
 
 def unapply(ov: Overlay, checkout: Path) -> dict:
-    targets = resolve(ov, checkout)
-    checkout = Path(checkout).resolve()
-    root = _root_target(targets)
-    root_gd = state.git_dir_of(root.repo) or git.git_dir(root.repo)
-    st = state.load(root_gd)
-    result = {"checkout": str(checkout), "changed": False, "reversed": {}}
-    if not st:
-        return result
-    changed = _edited_since_apply(st, targets)
-    ovst = st.get("overlay")
-    if ovst:
-        tgt = checkout / ovst["path"]
-        changed += [str(tgt / f) for f, d in ovst["files"].items()
-                    if (tgt / f).is_file() and sha256_file(tgt / f) != d]
-    if changed:
-        raise ZpatchError(f"{changed[0]}: modified since zpatch applied it; unapply would lose that edit",
-                          Exit.BAD_CHECKOUT,
-                          hint="save your edit (git diff > my.patch) or move the file away, then rerun")
-    _reverse_recorded(root_gd, st, targets)
-    if ovst:
-        _remove_overlay(checkout / ovst["path"], ovst["files"])
-    state.clear(root_gd)
+    ws = Workspace.open(ov, checkout)
+    with ws.locked() as recovered:
+        rec = ws.load_record()
+        result = {"checkout": str(ws.checkout), "changed": False, "recovered": recovered, "upstreams": [],
+                  "node": None}
+        if rec is None:
+            return result
+        for t in ws.targets:
+            ur = rec.upstreams.get(t.name)
+            edited = _edited(t, ur) if ur else []
+            if edited:
+                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
+                                  "that edit", Exit.BAD_CHECKOUT,
+                                  hint=f"save your edit (git -C {t.repo} diff > my.patch), restore the file "
+                                       "with git checkout, then rerun")
+        changes: list[txn.Change] = []
+        current: dict[tuple[str, str], bytes] = {}
+        for t in ws.targets:
+            ur = rec.upstreams.get(t.name)
+            if not ur:
+                continue
+            paths = list(ur.files)
+            cur = {p: worktree.read(t.repo, p) for p in paths}
+            res, head = _scratch_result(ws, t, paths, cur, ur.patches, [], False, None)
+            if git.head_commit(t.repo) == ur.commit:
+                off = [p for p in paths if (res[p] or (None, None))[1] != head.get(p, (None, None))[1]]
+                if off:
+                    raise ZpatchError(f"{t.repo / off[0]}: reversing zpatch's copies does not give upstream's file "
+                                      "back; the record is damaged", Exit.BAD_CHECKOUT,
+                                      hint=f"restore with `git -C {t.repo} checkout -- {off[0]}`; move {ws.zdir} away")
+            ch, _after = _changes_for(t, paths, cur, res)
+            changes += ch
+            current.update({(t.rel, p): d for p, d in cur.items() if d is not None})
+            result["upstreams"].append({"name": t.name, "path": t.rel, "reversed": [p.name for p in ur.patches]})
+        node_changes, node_current, _ = _node_plan(ws, rec, install=False)
+        changes += node_changes
+        current.update(node_current)
+        txn.commit(ws.checkout, ws.zdir, "unapply", changes, current, None, [])
+        if rec.node:
+            _sweep_node(ws.checkout, rec.node)
+            result["node"] = rec.node.path
     result["changed"] = True
-    result["reversed"] = {name: [p["name"] for p in u["patches"]] for name, u in st["upstreams"].items()}
-    result["overlay_removed"] = ovst["path"] if ovst else None
+    result["files_restored"] = [_full(c) for c in changes]
     return result
+
+
+def _sweep_node(checkout: Path, node: NodeRecord) -> None:
+    """After removing the node's files: the bytecode Python wrote for exactly those modules, then
+    the folders zpatch created, when empty. Nothing else is deleted, and never through a symlink."""
+    dirs = list(node.dirs)
+    for f in node.files:
+        p = PurePosixPath(f)
+        if p.suffix != ".py":
+            continue
+        cache_rel = (PurePosixPath(node.path) / p.parent / "__pycache__").as_posix()
+        try:
+            cache_dir = worktree.check_path(checkout, cache_rel + "/x").parent
+        except ZpatchError:
+            continue
+        if cache_dir.is_dir() and not cache_dir.is_symlink():
+            for pyc in cache_dir.glob(f"{p.stem}.*.pyc"):
+                if pyc.is_file() and not pyc.is_symlink():
+                    pyc.unlink()
+            dirs.append(cache_rel)
+    worktree.remove_empty_dirs(checkout, dirs)
 
 
 # ---------------------------------------------------------------- status
 
 def status(ov: Overlay, checkout: Path) -> dict:
-    targets = resolve(ov, checkout)
-    checkout = Path(checkout).resolve()
-    root = _root_target(targets)
-    root_gd = state.git_dir_of(root.repo) or git.git_dir(root.repo)
-    st = state.load(root_gd) or {"upstreams": {}}
-    _edited_since_apply(st, targets)      # forget upstreams reverted by hand
-    out = {"checkout": str(checkout), "upstreams": [], "overlay": None, "clean": True}
-    for t in targets:
-        head = read_head_or_git(t.repo)
-        ust = st["upstreams"].get(t.name, {})
-        recorded = {p["name"]: p["sha256"] for p in ust.get("patches", [])}
-        modified_files = set(_changed_since(ust.get("files", {}), t.repo))
+    """Read-only: never takes the lock or writes; an interrupted run is reported, not repaired."""
+    ws = Workspace.open(ov, checkout)
+    journal = txn.pending(ws.zdir)
+    rec = ws.load_record() or Record({})
+    out = {"checkout": str(ws.checkout), "upstreams": [], "node": None, "clean": journal is None,
+           "interrupted": {"op": journal["op"], "pid": journal["pid"]} if journal else None}
+    for t in ws.targets:
+        head = git.head_commit(t.repo)
+        ur = rec.upstreams.get(t.name)
+        recorded = {p.name: p.sha256 for p in ur.patches} if ur else {}
+        modified_files = set(_edited(t, ur)) if ur else set()
         unrecorded = [p for p in t.series.patches if p.name not in recorded]
         found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
         patches = []
@@ -380,27 +558,32 @@ def status(ov: Overlay, checkout: Path) -> dict:
                 s = "applied"
             patches.append({"name": p.name, "state": s})
         foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
-                   if f not in t.series.files and not _inside_nested(t, targets, f)]
-        entry = {"name": t.name, "path": t.series.upstream.path, "pin": t.pin, "head": head,
-                 "at_pin": head == t.pin, "patches": patches, "foreign_changes": foreign}
+                   if f not in t.series.files and not _inside_nested(t, ws.targets, f)]
+        entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
+                 "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign}
         out["upstreams"].append(entry)
         if not entry["at_pin"] or foreign or any(p["state"] != "applied" for p in patches):
             out["clean"] = False
-    if ov.lock.overlay:
-        tgt = checkout / ov.lock.overlay.path
+    lo = ov.lock.overlay
+    if lo:
         files = {}
-        for f, d in ov.lock.overlay.sha256.items():
-            files[f] = "missing" if not (tgt / f).is_file() else ("ok" if sha256_file(tgt / f) == d else "modified")
+        for f, d in lo.sha256.items():
+            try:
+                data = worktree.read(ws.checkout, f"{lo.path}/{f}")
+            except ZpatchError:
+                data = b"\0symlink"
+            files[f] = "missing" if data is None else ("ok" if record.digest(data) == d else "modified")
         vals = set(files.values())
-        out["overlay"] = {"path": ov.lock.overlay.path,
-                          "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified"),
-                          "files": files}
-        if out["overlay"]["state"] != "installed":
+        out["node"] = {"path": lo.path, "files": files,
+                       "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}
+        if out["node"]["state"] != "installed":
             out["clean"] = False
     return out
 
 
 def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:
-    """Paths that belong to another upstream nested in this one are that one's business."""
-    abs_path = (t.repo / rel).resolve()
-    return any(o is not t and o.repo != t.repo and o.repo in (abs_path, *abs_path.parents) for o in targets)
+    """A path inside an upstream nested in T's tree is that upstream's business (its own status
+    covers it); everything else in T, including inside nested folders of T, is T's."""
+    abs_path = t.repo / rel
+    return any(o is not t and o.repo != t.repo and t.repo in o.repo.parents
+               and (o.repo == abs_path or o.repo in abs_path.parents) for o in targets)

@@ -1,0 +1,199 @@
+"""The frame every command shares: the click group, the @command decorator (--json, --overlay,
+-q/-v, an example and the exit codes in --help), the JSON envelope, output escaping, colour, and
+the error boundary that turns every failure into a one-line message and a documented exit code."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .. import patchset
+from ..errors import EXIT_HELP, Exit, ZpatchError
+
+SCHEMA = 2
+EXIT_CODES = "\b\nExit codes:\n" + "\n".join(f"  {int(c):<3} {t.replace('`', '')}" for c, t in EXIT_HELP.items())
+
+# C0/C1 controls (except newline and tab), bidi overrides, and the lone surrogates that
+# undecodable file names turn into: a patch line or file name must not drive the terminal.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def safe(text: str) -> str:
+    """TEXT with every control character shown as an escape instead of being obeyed."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
+
+
+def _colour() -> bool:
+    return "NO_COLOR" not in os.environ and sys.stderr.isatty()
+
+
+def say(text: str, *, err: bool = False) -> None:
+    click.echo(safe(text), err=err)
+
+
+def warn(text: str) -> None:
+    click.echo(click.style("warning:", fg="yellow") if _colour() else "warning:", err=True, nl=False)
+    click.echo(" " + safe(text), err=True)
+
+
+def report_error(message: str, hint: str | None) -> None:
+    label = click.style("error:", fg="red", bold=True) if _colour() else "error:"
+    click.echo(f"{label} {safe(message)}", err=True)
+    if hint:
+        click.echo(f"{click.style('hint:', fg='yellow') if _colour() else 'hint:'} {safe(hint)}", err=True)
+
+
+def envelope(command: str, ok: bool, payload: dict) -> str:
+    return json.dumps({"schema": SCHEMA, "command": command, "ok": ok, **payload}, indent=2, sort_keys=True)
+
+
+def _internal(command: str, exc: BaseException) -> ZpatchError:
+    """An unexpected exception: a bug. Keep the traceback in a log, say where, exit 9."""
+    from ..cache import cache_home
+    log = cache_home() / "last-error.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8", errors="replace")
+        where = f"traceback in {log}"
+    except OSError:
+        where = "run with ZPATCH_TRACE=1 to see the traceback"
+    return ZpatchError(f"internal error in zpatch {command}: {type(exc).__name__}: {exc}", Exit.INTERNAL,
+                       hint=f"this is a bug; please report it with the message ({where})")
+
+
+class Context:
+    """What a command function gets: output helpers that honour --json and -q/-v."""
+
+    def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
+        self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
+
+    def overlay_root(self) -> Path:
+        return patchset.find_root(self.overlay_dir)
+
+    def load(self, verify: bool = True):
+        return patchset.load(self.overlay_root(), verify_hashes=verify)
+
+    def emit(self, payload: dict, text: str) -> None:
+        """The command's result: the JSON envelope, or TEXT unless -q."""
+        if self.as_json:
+            click.echo(envelope(self.command, True, payload))
+        elif self.verbosity >= 0 and text:
+            say(text)
+
+    def info(self, text: str) -> None:
+        """Progress and notes: stderr, so stdout stays the result; silent with -q or --json."""
+        if self.verbosity >= 0 and not self.as_json:
+            say(text, err=True)
+
+    def warn(self, text: str) -> None:
+        if not self.as_json:
+            warn(text)
+
+
+class Group(click.Group):
+    """Usage errors become the JSON envelope when --json is on the command line."""
+
+    def main(self, args=None, **kw):
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(args, standalone_mode=False, **kw)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(int(Exit.INTERRUPTED))
+        except click.ClickException as e:
+            if "--json" in args:
+                click.echo(envelope(args[0] if args else "zpatch", False,
+                                    {"error": safe(e.format_message()), "exit_code": int(Exit.USAGE),
+                                     "hint": "see --help", "details": {}}))
+            else:
+                e.show()
+            sys.exit(int(Exit.USAGE))
+
+
+def _version(ctx, _param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        v = version("zimage-patcher")
+    except PackageNotFoundError:
+        v = "unknown"
+    lines = [f"zpatch {v}"]
+    try:
+        root = patchset.find_root(None)
+        from .. import lock as lockmod
+        lk = lockmod.parse(root / lockmod.LOCK_NAME)
+        lines.append(f"overlay {root}")
+        lines += [f"  {u.name} pinned at {u.commit[:12]} ({u.url}, {u.branch})" for u in lk.upstreams]
+    except ZpatchError as e:
+        lines.append(f"overlay: {e.message}")
+    say("\n".join(lines))
+    ctx.exit(0)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and the overlay's pins.")
+def main():
+    """zpatch: keep the Z-Image overlay (patches + custom node) on ComfyUI and ComfyUI-GGUF.
+
+    \b
+    Typical session:
+      zpatch checkout ./ComfyUI     # upstreams at their pins, through a local cache
+      zpatch apply ./ComfyUI        # both patch series + the ComfyUI-ZImage-Fix node
+      zpatch status ./ComfyUI       # what is applied, missing or modified
+      zpatch unapply ./ComfyUI      # back to pristine upstream
+      zpatch check                  # lint the overlay; touches nothing
+
+    \b
+    Shell completion (bash; zsh and fish likewise):
+      eval "$(_ZPATCH_COMPLETE=bash_source zpatch)"
+    """
+
+
+def command(name: str, help_example: str):
+    """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
+    The function gets a Context as `ctx` and returns an exit code (None: 0)."""
+    def wrap(fn):
+        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{EXIT_CODES}")
+        @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json.md).")
+        @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
+                      help="Overlay directory holding upstream.lock (default: found automatically).")
+        @click.option("-q", "--quiet", "quiet", is_flag=True, help="Print only errors.")
+        @click.option("-v", "--verbose", "verbose", is_flag=True, help="Print more detail.")
+        @functools.wraps(fn)
+        def run(as_json: bool, overlay_dir: str | None, quiet: bool, verbose: bool, **kw):
+            ctx = Context(name, as_json, overlay_dir, -1 if quiet else (1 if verbose else 0))
+            try:
+                try:
+                    code = fn(ctx=ctx, **kw)
+                except ZpatchError:
+                    raise
+                except KeyboardInterrupt:
+                    raise ZpatchError("interrupted", Exit.INTERRUPTED,
+                                      hint="an interrupted apply or unapply is rolled back by the next command")
+                except RecursionError as e:
+                    raise ZpatchError(f"input nested too deeply to read ({e})", Exit.BAD_OVERLAY,
+                                      hint="the overlay files are malformed")
+                except Exception as e:   # the boundary: nothing escapes as a traceback
+                    if os.environ.get("ZPATCH_TRACE"):
+                        traceback.print_exc()
+                    raise _internal(name, e)
+            except ZpatchError as e:
+                if as_json:
+                    click.echo(envelope(name, False, e.to_json()))
+                else:
+                    report_error(e.message, e.hint)
+                sys.exit(int(e.exit_code))
+            sys.exit(int(code or 0))
+        return run
+    return wrap

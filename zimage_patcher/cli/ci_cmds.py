@@ -1,0 +1,70 @@
+"""smoke and verify: the commands that prove the overlay works end to end."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import Exit
+from .base import command, report_error
+
+
+@command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models")
+@click.argument("checkout", type=click.Path(file_okay=False), default=".")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--tier", type=click.Choice(["tiny", "full"]), default=None,
+              help="tiny: small synthetic models (default on cpu); full: real sizes (default on cuda).")
+@click.option("--models", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Use the real model files in this folder instead of synthetic ones (1024x1024, 8 steps).")
+@click.option("--python", "python", default=None, metavar="PY",
+              help="Interpreter with torch for the harness (default: $ZPATCH_SMOKE_PYTHON, the one running "
+                   "zpatch if it has the smoke packages, else a managed venv).")
+@click.option("--unpatched", is_flag=True,
+              help="Negative control on a pristine checkout: passes only if the field's errors appear.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where PNGs and report.json go (default: CHECKOUT/output/zpatch-smoke).")
+def smoke_cmd(ctx, checkout, device, tier, models, python, unpatched, out_dir):
+    """Run the Z-Image workflow headless through the patched ComfyUI stack and check the image."""
+    from ..smoke import runner
+    checkout = Path(checkout)
+    out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
+    report = runner.run_smoke(checkout, out, python=python, device=device,
+                              tier=tier or ("tiny" if device == "cpu" else "full"),
+                              models=Path(models) if models else None, unpatched=unpatched)
+    ctx.emit({"report": report}, runner.summary(report))
+
+
+def _step_line(s: dict) -> str:
+    return f"{'ok  ' if s['ok'] else 'FAIL'} {s['step']:<9} {s['seconds']:6.2f}s  {s['summary']}"
+
+
+@command("verify", "zpatch verify --keep ./scratch")
+@click.option("--keep", "keep", type=click.Path(file_okay=False), default=None,
+              help="Work in this directory and keep it (default: a temporary one, removed after). "
+                   "A directory a previous verify left is reused.")
+@click.option("--offline", is_flag=True, help="Use only the local cache.")
+@click.option("--python", "python", default=None, metavar="PY", help="Interpreter for compile and smoke.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--control", is_flag=True, help="Also run the negative control on a pristine checkout.")
+@click.option("--no-smoke", is_flag=True, help="Stop after compile (no torch needed).")
+def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
+    """Fresh checkout at the pins -> lint -> strict apply -> status -> compile -> smoke, one report.
+    Each step is printed as it finishes."""
+    from .. import verify
+    on_step = None if ctx.as_json or ctx.verbosity < 0 else (lambda s: click.echo(_step_line(s)))
+    res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
+                     device=device, control=control, smoke=not no_smoke, on_step=on_step,
+                     progress=on_step is not None)
+    if res["passed"]:
+        done = "Verified: the overlay applies on the pins" + (
+            " and compiles; the smoke generation was not run (--no-smoke)." if no_smoke
+            else " and the smoke generation passes.")
+    else:
+        done = f"Verification failed at {res['steps'][-1]['step']}."
+    ctx.emit(res, done)
+    if not res["passed"]:
+        err = next(s["error"] for s in res["steps"] if not s["ok"])
+        if not ctx.as_json:
+            report_error(err["error"], err.get("hint"))
+        return Exit(err["exit_code"])
+    return Exit.OK

@@ -1,0 +1,141 @@
+"""checkout, apply, unapply, status: the commands that act on a ComfyUI checkout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import Exit
+from .base import command
+
+CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=".")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'es' if word.endswith('ch') else 's'}" if n != 1 else f"1 {word}"
+
+
+@command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--offline", is_flag=True, help="Use only the local cache; never touch the network.")
+@click.option("--exclude", multiple=True, metavar="PATH",
+              help="Leave PATH unmaterialized (git sparse checkout); repeatable.")
+@click.option("--apply", "then_apply", is_flag=True, help="Apply the overlay right after (one step, as `apply`).")
+def checkout_cmd(ctx, dest, offline, exclude, then_apply):
+    """Clone every upstream at its pinned commit into DEST (ComfyUI with ComfyUI-GGUF nested)."""
+    from .. import workspace
+    ov = ctx.load()
+    res = workspace.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
+                             progress=not ctx.as_json and ctx.verbosity >= 0)
+    lines = [f"Checked out {u['name']} at {u['commit'][:12]} into {Path(dest) / u['path']}"
+             for u in res["upstreams"]]
+    for m in res["missing_objects"]:
+        ctx.warn(f"{m} is missing: the source repository lacks its object "
+                 f"(git status shows it deleted; --exclude {m} leaves it out cleanly)")
+    if then_apply:
+        res["apply"] = workspace.apply(ov, Path(dest))
+        lines.append(apply_text(res["apply"], dest))
+    else:
+        lines.append(f"Next: zpatch apply {dest}")
+    ctx.emit(res, "\n".join(lines))
+
+
+def apply_text(res: dict, checkout) -> str:
+    lines = [res["recovered"]] if res.get("recovered") else []
+    counts = ", ".join(f"{u['name']} {_plural(len(u['applied']), 'patch')}" for u in res["upstreams"])
+    if not res["changed"]:
+        return "\n".join(lines + [f"Already applied ({counts}; node {res['node']}). Nothing to do."])
+    if res["replaced"]:
+        lines.append(f"Replaced the applied patches of {' and '.join(res['replaced'])} with the overlay's "
+                     "current ones.")
+    lines.append(f"Applied: {counts}; installed {res['node']}.")
+    for u in res["upstreams"]:
+        if u["three_way"]:
+            lines.append(f"note: {u['name']} is at {u['head'][:12]}, not its pin {u['pin'][:12]}: "
+                         "its patches were merged 3-way; review them before relying on it")
+    lines.append(f"Next: zpatch status {checkout}   or   zpatch smoke {checkout}")
+    return "\n".join(lines)
+
+
+@command("apply", "zpatch apply /ComfyUI")
+@click.argument("checkout", **CHECKOUT_ARG)
+@click.option("--3way", "three_way", is_flag=True,
+              help="An upstream moved off its pin: merge the patches 3-way onto what is there.")
+@click.option("--allow-drift", "allow_drift", is_flag=True, hidden=True)   # the 0.1 name of --3way
+def apply_cmd(ctx, checkout, three_way, allow_drift):
+    """Apply both patch series and install the custom node into CHECKOUT (default: the checkout
+    around the current directory). All or nothing: computed first, then written under a lock with
+    a journal, so a failure or a kill leaves the checkout as it was.
+
+    A second run is a no-op that says so; after the overlay changed, the old patches are
+    reversed from zpatch's own copies and the new ones applied."""
+    from .. import workspace
+    res = workspace.apply(ctx.load(), Path(checkout), three_way=three_way or allow_drift)
+    ctx.emit(res, apply_text(res, res["checkout"]))
+
+
+@command("unapply", "zpatch unapply ./ComfyUI")
+@click.argument("checkout", **CHECKOUT_ARG)
+def unapply_cmd(ctx, checkout):
+    """Reverse what `apply` did: the patched files return to upstream's bytes and the node's files
+    are removed. Refuses, changing nothing, when a file was edited since `apply`."""
+    from .. import workspace
+    res = workspace.unapply(ctx.load(verify=False), Path(checkout))
+    lines = [res["recovered"]] if res.get("recovered") else []
+    if not res["changed"]:
+        lines.append("Nothing applied by zpatch here. Nothing to do.")
+    else:
+        parts = ", ".join(f"{u['name']} {_plural(len(u['reversed']), 'patch')}" for u in res["upstreams"])
+        node = f"; removed {res['node']}" if res["node"] else ""
+        lines.append(f"Reversed {parts or 'no patches'}{node}.")
+        lines.append(f"The files zpatch changed are upstream's again. Check: zpatch status {res['checkout']}")
+    ctx.emit(res, "\n".join(lines))
+
+
+@command("status", "zpatch status ./ComfyUI --json")
+@click.argument("checkout", **CHECKOUT_ARG)
+def status_cmd(ctx, checkout):
+    """Per upstream: pin vs HEAD, each patch applied / missing / modified / outdated / conflict,
+    foreign changes (inside nested repositories too), and the custom node. Read-only.
+    Exits 1 when anything differs from a cleanly applied overlay."""
+    from .. import workspace
+    res = workspace.status(ctx.load(), Path(checkout))
+    lines = []
+    if res["interrupted"]:
+        lines.append(f"INTERRUPTED: a `zpatch {res['interrupted']['op']}` (pid {res['interrupted']['pid']}) "
+                     "died before finishing")
+    for u in res["upstreams"]:
+        pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
+        lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
+        lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
+        lines += [f"  foreign   {f['git_status']} {f['path']}" for f in u["foreign_changes"]]
+    if res["node"]:
+        lines.append(f"node {res['node']['path']}: {res['node']['state']}")
+    lines += _status_advice(res)
+    ctx.emit(res, "\n".join(lines))
+    return Exit.OK if res["clean"] else Exit.FINDINGS
+
+
+def _status_advice(res: dict) -> list[str]:
+    """What to do next, one line per kind of difference (git status style)."""
+    if res["clean"]:
+        return ["All applied and clean."]
+    co = res["checkout"]
+    states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
+    out = []
+    if res["interrupted"]:
+        out.append(f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either first rolls the "
+                   "interrupted change back)")
+    off = [u for u in res["upstreams"] if not u["at_pin"]]
+    if off:
+        out.append(f"  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --3way {co}` to merge)")
+    if states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing"):
+        out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
+    if "conflict" in states:
+        out.append("  (conflict: the patch does not apply to the files as they are; "
+                   "`git diff` shows what differs from upstream)")
+    if "modified" in states or (res["node"] and res["node"]["state"] == "modified"):
+        out.append("  (edited after apply: keep the edit with `git diff > my.patch`, or restore the file)")
+    if any(u["foreign_changes"] for u in res["upstreams"]):
+        out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
+    return ["Not clean."] + out

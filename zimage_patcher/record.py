@@ -1,0 +1,197 @@
+"""What zpatch applied to a checkout, kept inside the checkout's own git dir (never tracked).
+
+Layout under <git-dir>/zpatch/:
+  record.json         the typed record below; replacing it is the commit point of apply/unapply
+  patches/<sha256>    a content-addressed copy of every applied patch, so `unapply` reverses exactly
+                      what went in even after the overlay moved on (quilt keeps .pc/ for this)
+  journal.json, lock  the transaction in progress and the checkout lock (txn.py)
+
+Everything read back is checked: types, relative paths that stay inside, copies against their
+sha256. A damaged record is an error naming the file, never a reason to write elsewhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import Exit, ZpatchError
+from .worktree import fault_point, rel_parts
+
+RECORD_VERSION = 2
+RECORD_NAME = "record.json"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass
+class PatchRef:
+    name: str
+    sha256: str
+
+
+@dataclass
+class UpstreamRecord:
+    commit: str                          # HEAD when applied
+    patches: list[PatchRef]
+    files: dict[str, str | None]         # path -> git blob id of the bytes zpatch left (None: deleted)
+    three_way: bool = False              # applied off its pin with a 3-way merge
+
+
+@dataclass
+class NodeRecord:
+    path: str                            # the custom node's folder inside the checkout
+    files: dict[str, str]                # path in that folder -> sha256 of what zpatch installed
+    dirs: list[str] = field(default_factory=list)   # folders zpatch created there (removed when empty)
+
+
+@dataclass
+class Record:
+    upstreams: dict[str, UpstreamRecord]
+    node: NodeRecord | None = None
+
+    def to_bytes(self) -> bytes:
+        data = {"version": RECORD_VERSION, **asdict(self)}
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def zpatch_dir(git_dir: Path) -> Path:
+    return git_dir / "zpatch"
+
+
+def _damaged(path: Path, why: str) -> ZpatchError:
+    return ZpatchError(f"{path}: zpatch's record of this checkout is damaged ({why})", Exit.BAD_CHECKOUT,
+                       hint=f"inspect it; to forget it, move {path.parent} away, then make the files "
+                            "pristine with `git checkout -- <files>` and rerun `zpatch apply`")
+
+
+def _check_files(path: Path, files: object, digest: re.Pattern, nullable: bool) -> dict:
+    if not isinstance(files, dict):
+        raise _damaged(path, "files is not a table")
+    for rel, d in files.items():
+        try:
+            rel_parts(rel)
+        except ZpatchError:
+            raise _damaged(path, f"unsafe path {rel!r}")
+        if not ((d is None and nullable) or (isinstance(d, str) and digest.fullmatch(d))):
+            raise _damaged(path, f"bad digest for {rel!r}")
+    return dict(files)
+
+
+def parse(path: Path, data: bytes) -> Record:
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _damaged(path, "not JSON")
+    if not isinstance(raw, dict):
+        raise _damaged(path, "not a JSON object")
+    if raw.get("version") != RECORD_VERSION or type(raw.get("version")) is not int:
+        raise _damaged(path, f"version {raw.get('version')!r}, this zpatch reads {RECORD_VERSION}")
+    ups = raw.get("upstreams")
+    if not isinstance(ups, dict):
+        raise _damaged(path, "upstreams is not a table")
+    upstreams = {}
+    for name, u in ups.items():
+        if not isinstance(u, dict) or not isinstance(u.get("commit"), str) or not _SHA1.fullmatch(u["commit"]):
+            raise _damaged(path, f"upstream {name!r}")
+        patches = u.get("patches")
+        if not isinstance(patches, list) or not all(
+                isinstance(p, dict) and isinstance(p.get("name"), str) and "/" not in p["name"]
+                and isinstance(p.get("sha256"), str) and _SHA256.fullmatch(p["sha256"]) for p in patches):
+            raise _damaged(path, f"patches of {name!r}")
+        upstreams[name] = UpstreamRecord(
+            commit=u["commit"], patches=[PatchRef(p["name"], p["sha256"]) for p in patches],
+            files=_check_files(path, u.get("files"), _SHA1, nullable=True),
+            three_way=bool(u.get("three_way", False)))
+    node = raw.get("node")
+    if node is not None:
+        if not isinstance(node, dict) or not isinstance(node.get("path"), str):
+            raise _damaged(path, "node")
+        try:
+            rel_parts(node["path"])
+            dirs = node.get("dirs", [])
+            if not isinstance(dirs, list) or not all(isinstance(d, str) for d in dirs):
+                raise ZpatchError("dirs", Exit.BAD_CHECKOUT)
+            for d in dirs:
+                rel_parts(d)
+        except ZpatchError:
+            raise _damaged(path, "node path")
+        node = NodeRecord(node["path"], _check_files(path, node.get("files"), _SHA256, nullable=False), dirs)
+    return Record(upstreams, node)
+
+
+def load(zdir: Path) -> Record | None:
+    path = zdir / RECORD_NAME
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _damaged(path, e.strerror or "unreadable")
+    return parse(path, data)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp, fsync, rename: readers see the old bytes or the new, never a mix."""
+    tmp = path.with_name(path.name + ".tmp")
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fault_point()
+    os.replace(tmp, path)
+    fault_point()
+
+
+def store_copies(zdir: Path, blobs: list[bytes]) -> None:
+    """Content-addressed copies: writing one that exists is a no-op, so this is safe to repeat."""
+    d = zdir / "patches"
+    d.mkdir(parents=True, exist_ok=True)
+    for blob in blobs:
+        path = d / digest(blob)
+        if not path.is_file():
+            write_atomic(path, blob)
+
+
+def copy_path(zdir: Path, ref: PatchRef) -> Path:
+    """The stored copy of REF, verified against its sha256 before anyone applies it."""
+    path = zdir / "patches" / ref.sha256
+    try:
+        data = path.read_bytes()
+    except OSError:
+        raise _damaged(path, f"the copy of {ref.name} is missing")
+    if digest(data) != ref.sha256:
+        raise _damaged(path, f"the copy of {ref.name} does not match its sha256 (tampered)")
+    return path
+
+
+def save(zdir: Path, rec: Record) -> None:
+    write_atomic(zdir / RECORD_NAME, rec.to_bytes())
+
+
+def clear(zdir: Path) -> None:
+    (zdir / RECORD_NAME).unlink(missing_ok=True)
+    fault_point()
+
+
+def collect_garbage(zdir: Path, rec: Record | None) -> None:
+    """Drop copies no record refers to (after the journal is gone, so recovery never needs them)."""
+    keep = {p.sha256 for u in (rec.upstreams.values() if rec else []) for p in u.patches}
+    d = zdir / "patches"
+    if d.is_dir():
+        for f in d.iterdir():
+            if f.name not in keep:
+                f.unlink(missing_ok=True)

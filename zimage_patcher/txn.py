@@ -1,0 +1,179 @@
+"""An all-or-nothing change to a checkout, the way git updates its index: compute everything first,
+then take the lock, write a journal of every path's before and after blob (the before bytes kept in
+git's object store), write the files by temp-and-rename, replace the record (the commit point), and
+drop the journal. A journal found later means a run died: it is rolled back byte for byte, or
+forward when the record had already been replaced.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import git, record, worktree
+from .errors import Exit, ZpatchError
+
+JOURNAL_NAME = "journal.json"
+LOCK_NAME = "lock"
+
+
+@dataclass
+class Change:
+    root: str                  # folder (relative to the checkout) that PATH is relative to
+    store: str                 # repository (relative to the checkout) whose object store keeps BEFORE
+    path: str
+    before: str | None         # git blob id of the bytes there now; None: absent
+    after: str | None          # git blob id of the bytes to leave; None: remove
+    data: bytes | None = field(default=None, repr=False)   # the AFTER bytes (not journaled)
+    executable: bool = False
+    prune: bool = True         # after a removal, drop parent folders left empty (as git does)
+
+
+class CheckoutLock:
+    """One zpatch at a time per checkout: flock on <git-dir>/zpatch/lock. The kernel drops the lock
+    when its process dies, so a killed run never leaves the checkout locked (unlike index.lock)."""
+
+    def __init__(self, zdir: Path, checkout: Path):
+        self.zdir, self.checkout, self.fd = zdir, checkout, None
+
+    def __enter__(self) -> "CheckoutLock":
+        self.zdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.zdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise ZpatchError(f"{self.checkout}: another zpatch (pid {holder}) is working on this checkout",
+                                  Exit.BUSY, hint="wait for it to finish, then rerun")
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)     # closing releases the flock
+
+
+def pending(zdir: Path) -> dict | None:
+    """The journal of a run that died, validated; None when there is none."""
+    path = zdir / JOURNAL_NAME
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        changes = [Change(**c) for c in data["changes"]]
+        for c in changes:
+            worktree.rel_parts(c.path)
+            for d in (c.root, c.store):
+                if d != ".":
+                    worktree.rel_parts(d)
+        if not isinstance(data.get("op"), str) or not isinstance(data.get("dirs", []), list):
+            raise ValueError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, RecursionError, ZpatchError):
+        raise ZpatchError(f"{path}: the journal of an interrupted zpatch run is damaged", Exit.BAD_CHECKOUT,
+                          hint=f"inspect it, restore the files it names by hand, then delete {path}")
+    data["changes"] = changes
+    return data
+
+
+def _store_befores(checkout: Path, changes: list[Change], current: dict[tuple[str, str], bytes]) -> None:
+    """Keep every BEFORE in git's object store, so a rollback can always rewrite it."""
+    by_store: dict[str, list[tuple[Change, bytes]]] = {}
+    for c in changes:
+        if c.before is not None:
+            by_store.setdefault(c.store, []).append((c, current[(c.root, c.path)]))
+    for store, items in by_store.items():
+        ids = git.hash_objects(checkout / store, [data for _c, data in items])
+        for (c, _data), got in zip(items, ids):
+            if got != c.before:
+                raise ZpatchError(f"{checkout / store}: git computed {got} for {c.path}, expected {c.before}; "
+                                  "repositories with the sha256 object format are not supported",
+                                  Exit.ENVIRONMENT)
+
+
+def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], current: dict[tuple[str, str], bytes],
+           new_record: record.Record | None, copies: list[bytes]) -> None:
+    """Carry out CHANGES as one transaction (the caller holds the lock). NEW_RECORD None clears it."""
+    _store_befores(checkout, changes, current)
+    record.store_copies(zdir, copies)
+    rec_bytes = new_record.to_bytes() if new_record else None
+    # folders the writes will create: a rollback removes them again when empty
+    dirs = sorted({d for c in changes if c.after is not None for d in parent_dirs(_join(c.root, c.path))
+                   if not os.path.lexists(checkout / d)})
+    journal = {"version": 1, "op": op, "pid": os.getpid(),
+               "record_after": record.digest(rec_bytes) if rec_bytes else None,
+               "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
+               "dirs": dirs}
+    record.write_atomic(zdir / JOURNAL_NAME, json.dumps(journal, indent=1).encode())
+    for c in changes:
+        root = checkout / c.root
+        if c.after is None:
+            worktree.remove(root, c.path, prune=c.prune)
+        else:
+            worktree.write(root, c.path, c.data, executable=c.executable)
+    if new_record is not None:
+        record.save(zdir, new_record)
+    else:
+        record.clear(zdir)
+    (zdir / JOURNAL_NAME).unlink()
+    worktree.fault_point()
+    record.collect_garbage(zdir, new_record)
+
+
+def parent_dirs(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _join(root: str, rel: str) -> str:
+    return rel if root == "." else f"{root}/{rel}"
+
+
+def recover(checkout: Path, zdir: Path) -> str | None:
+    """Finish what a killed run left (the caller holds the lock). Returns a sentence for the user."""
+    j = pending(zdir)
+    if j is None:
+        return None
+    try:
+        rec_bytes = (zdir / record.RECORD_NAME).read_bytes()
+    except FileNotFoundError:
+        rec_bytes = None
+    committed = (record.digest(rec_bytes) == j["record_after"]) if j["record_after"] else rec_bytes is None
+    if committed:
+        # the record was replaced after the last file was written: the change is complete
+        for c in j["changes"]:
+            worktree.drop_temp(checkout / c.root, c.path)
+        (zdir / JOURNAL_NAME).unlink()
+        return f"An interrupted `zpatch {j['op']}` (pid {j['pid']}) had finished its writes; recorded it."
+    # not committed: put every path back to its BEFORE, refusing anything neither side wrote
+    for c in reversed(j["changes"]):
+        root = checkout / c.root
+        worktree.drop_temp(root, c.path)
+        now = worktree.blob_id(root, c.path)
+        if now == c.before:
+            continue
+        if now != c.after:
+            raise ZpatchError(f"{root / c.path}: changed while an interrupted `zpatch {j['op']}` was undone; "
+                              "refusing to overwrite it", Exit.BAD_CHECKOUT,
+                              hint=f"save your edit, restore the file, then rerun (journal: {zdir / JOURNAL_NAME})")
+        if c.before is None:
+            worktree.remove(root, c.path, prune=c.prune)
+        else:
+            data = git.read_blob(checkout / c.store, c.before)
+            if data is None or git.hash_object_bytes(data) != c.before:
+                raise ZpatchError(f"{root / c.path}: the bytes to restore ({c.before[:12]}) are gone from "
+                                  f"{checkout / c.store}", Exit.BAD_CHECKOUT,
+                                  hint=f"restore the file by hand, then delete {zdir / JOURNAL_NAME}")
+            worktree.write(root, c.path, data)
+    worktree.remove_empty_dirs(checkout, j.get("dirs", []))
+    (zdir / JOURNAL_NAME).unlink()
+    rec = record.load(zdir)
+    record.collect_garbage(zdir, rec)
+    return (f"Rolled back an interrupted `zpatch {j['op']}` (pid {j['pid']}): "
+            f"{len(j['changes'])} path(s) restored to what they were before it.")

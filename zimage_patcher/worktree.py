@@ -1,0 +1,140 @@
+"""File writes inside a checkout that never follow a symlink: every path component below the root
+is checked with lstat, and every write is temp-and-rename in the real directory, so a kill leaves
+either the old or the new bytes, never half a file."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path, PurePosixPath
+
+from . import git
+from .errors import Exit, ZpatchError
+
+TMP_SUFFIX = ".zpatch-tmp"
+
+_KILL_AT = os.environ.get("ZPATCH_TEST_KILL_AT")   # fault injection for the test suite, see fault_point
+_points = 0
+
+
+def fault_point() -> None:
+    """Mark a write point. The crash tests set ZPATCH_TEST_KILL_AT=N to SIGKILL the process at the
+    Nth point, as a power cut or an OOM kill would; unset (always, for users) it costs a compare."""
+    global _points
+    if _KILL_AT is None:
+        return
+    _points += 1
+    if _points == int(_KILL_AT):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rel_parts(rel: str) -> tuple[str, ...]:
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or any(x.lower() == ".git" for x in p.parts):
+        raise ZpatchError(f"{rel!r}: not a safe relative path", Exit.BAD_CHECKOUT,
+                          hint="the zpatch record or overlay names a path outside the checkout")
+    return p.parts
+
+
+def check_path(root: Path, rel: str) -> Path:
+    """ROOT/REL after refusing a symlink (or a non-directory parent) at any component below ROOT."""
+    parts = rel_parts(rel)
+    cur = root
+    for i, part in enumerate(parts):
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return root.joinpath(*parts)
+        except OSError as e:
+            raise ZpatchError(f"{cur}: cannot be read ({e.strerror})", Exit.BAD_CHECKOUT)
+        if stat.S_ISLNK(st.st_mode):
+            raise ZpatchError(f"{cur}: is a symlink; zpatch never writes through one", Exit.BAD_CHECKOUT,
+                              hint="replace the symlink with the real directory or file, then rerun")
+        last = i == len(parts) - 1
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise ZpatchError(f"{cur}: is not a directory", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
+        if last and not stat.S_ISREG(st.st_mode):
+            raise ZpatchError(f"{cur}: is not a regular file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
+    return cur
+
+
+def read(root: Path, rel: str) -> bytes | None:
+    path = check_path(root, rel)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def blob_id(root: Path, rel: str) -> str | None:
+    data = read(root, rel)
+    return None if data is None else git.hash_object_bytes(data)
+
+
+def write(root: Path, rel: str, data: bytes, *, executable: bool = False) -> list[str]:
+    """Write DATA to ROOT/REL by temp-and-rename; keeps an existing file's permissions.
+    Returns the directories it had to create (relative to ROOT), parents first."""
+    target = check_path(root, rel)
+    created = []
+    parts = rel_parts(rel)
+    d = root
+    for part in parts[:-1]:
+        d = d / part
+        if not d.exists():
+            d.mkdir()
+            created.append(d.relative_to(root).as_posix())
+    try:
+        keep = stat.S_IMODE(os.lstat(target).st_mode)
+    except FileNotFoundError:
+        keep = None
+    tmp = target.with_name(target.name + TMP_SUFFIX)
+    if os.path.lexists(tmp):      # left by a killed run; never open through whatever sits there
+        os.unlink(tmp)
+    # a new file gets 0666/0777 minus the umask, as git gives it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o777 if executable else 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if keep is not None:
+            os.fchmod(fd, keep)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fault_point()
+    os.replace(tmp, target)
+    fault_point()
+    return created
+
+
+def remove(root: Path, rel: str, *, prune: bool = True) -> None:
+    """Remove ROOT/REL; with PRUNE, also the parent folders it leaves empty below ROOT (git does so)."""
+    target = check_path(root, rel)
+    target.unlink(missing_ok=True)
+    fault_point()
+    if prune:
+        parts = rel_parts(rel)
+        remove_empty_dirs(root, ["/".join(parts[:i]) for i in range(1, len(parts))])
+
+
+def drop_temp(root: Path, rel: str) -> None:
+    """Remove a temp file an interrupted write left next to REL (recovery)."""
+    target = check_path(root, rel)
+    tmp = target.with_name(target.name + TMP_SUFFIX)
+    if os.path.lexists(tmp) and not os.path.islink(tmp):
+        tmp.unlink()
+
+
+def remove_empty_dirs(root: Path, dirs: list[str]) -> None:
+    """Remove DIRS (relative to ROOT) that are empty, deepest first; never through a symlink."""
+    for rel in sorted(set(dirs), key=lambda d: -len(rel_parts(d))):
+        path = root.joinpath(*rel_parts(rel))
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and not any(path.iterdir()):
+            path.rmdir()
