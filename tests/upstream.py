@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -16,11 +17,18 @@ def lock() -> dict:
 
 @functools.lru_cache(maxsize=None)
 def unreachable_reason() -> str | None:
+    return probe(os.environ)
+
+
+def probe(environ) -> str | None:
+    """None when every upstream URL answers through git as the user configured it: the whole
+    environment passes through (GIT_CONFIG_GLOBAL, HOME, an insteadOf rule), as it does for zpatch."""
+    env = {k: v for k, v in environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
+    env["GIT_TERMINAL_PROMPT"] = "0"
     for name, u in lock()["upstream"].items():
         try:
             r = subprocess.run(["git", "ls-remote", "--exit-code", u["url"], "HEAD"], capture_output=True,
-                               text=True, timeout=30, env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin",
-                                                           "HOME": str(Path.home())})
+                               text=True, timeout=30, env=env)
         except subprocess.TimeoutExpired:
             return f"upstream {name} ({u['url']}) did not answer in 30 s"
         if r.returncode != 0:

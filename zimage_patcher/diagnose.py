@@ -46,9 +46,8 @@ def _hunk_report(repo: Path, env: dict, patch: Patch, stderr: str) -> dict:
                     report["line"] = hunk.source_start + i
                     report["expected"], report["found"] = [want], [have]
                     break
-            else:
-                report["expected"] = hunk.source_lines[:3]
-                report["found"] = found[:3]
+            else:   # every line matches: git refused for another reason (zero context, EOF, ...)
+                report["reason"] = f"context matches but git refused the hunk: {report['reason']}"
     return report
 
 

@@ -144,7 +144,10 @@ def recover(checkout: Path, zdir: Path) -> str | None:
         rec_bytes = (zdir / record.RECORD_NAME).read_bytes()
     except FileNotFoundError:
         rec_bytes = None
-    committed = (record.digest(rec_bytes) == j["record_after"]) if j["record_after"] else rec_bytes is None
+    if j["record_after"]:
+        committed = rec_bytes is not None and record.digest(rec_bytes) == j["record_after"]
+    else:
+        committed = rec_bytes is None       # an unapply commits by removing the record
     if committed:
         # the record was replaced after the last file was written: the change is complete
         for c in j["changes"]:

@@ -160,15 +160,19 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
                           hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
-    for parent in dest.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ZpatchError(f"{dest}: {parent} is not a directory", Exit.BAD_CHECKOUT,
-                                  hint="choose a destination under a directory")
-            break
-    mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
-                                             progress=progress) for s in ov.series}
     created = not dest.exists()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ZpatchError(f"{dest}: cannot create it ({e.strerror})", Exit.BAD_CHECKOUT,
+                          hint="choose a destination in a writable directory")
+    try:
+        mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
+                                                 progress=progress) for s in ov.series}
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
     result = {"checkout": str(dest), "upstreams": [], "missing_objects": []}
     try:
         # Parents first: the custom node's clone lands inside the ComfyUI work tree.
@@ -250,7 +254,8 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
     for t in ws.targets:
         heads[t.name] = git.head_commit(t.repo)
         if heads[t.name] != t.pin and not three_way:
-            raise ZpatchError(f"{t.repo}: {t.name} is at {str(heads[t.name])[:12]}, pinned at {t.pin[:12]}",
+            at = f"is at {heads[t.name][:12]}" if heads[t.name] else "has a HEAD that cannot be read"
+            raise ZpatchError(f"{t.repo}: {t.name} {at}, pinned at {t.pin[:12]}",
                               Exit.BAD_CHECKOUT,
                               hint=f"git -C {t.repo} checkout {t.pin}, or rerun with --3way "
                                    "to merge the patches onto what is there")

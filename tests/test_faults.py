@@ -1,0 +1,146 @@
+"""Fault injection: SIGKILL at every write point of apply, re-apply and unapply, kills at random
+moments (inside git too), and concurrent runs. After any of them the checkout holds exactly the
+state before or the state after (never a mix), the user's own edits survive, and the next command
+works. Real processes, real git, real signals."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures import SD_PY, replace_line, tree_snapshot
+
+from zimage_patcher import patchset
+from zimage_patcher.workspace import Workspace
+
+
+def cli(overlay: Path, *args, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    if kill_at is not None:
+        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
+    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(overlay),
+                           *map(str, args[1:])], capture_output=True, text=True, env=env)
+
+
+def user_edits(co: Path) -> None:
+    (co / "nodes.py").write_text("NODES = 'my unrelated edit'\n")
+    (co / "my_notes.txt").write_text("keep me\n")
+    (co / "custom_nodes/ComfyUI-GGUF/nodes.py").write_text("GGUF = 'mine too'\n")
+
+
+def recover_only(overlay: Path, co: Path) -> str | None:
+    """What the next command does first, and nothing more: take the lock, roll the journal."""
+    ws = Workspace.open(patchset.load(overlay, verify_hashes=False), co)
+    with ws.locked() as said:
+        return said
+
+
+def prepare(world, tmp_path, op: str) -> tuple[Path, dict, dict]:
+    """A checkout in its state before OP, and the snapshots before and after OP."""
+    base = world.clone_checkout(tmp_path / "base")
+    user_edits(base)
+    if op in ("reapply", "unapply"):
+        assert cli(world.overlay, "apply", base).returncode == 0
+    if op == "reapply":   # the overlay moves on: a patch changes, a node file is added
+        world.build_overlay(comfy_edits=[("sd: v2", {"comfy/sd.py": replace_line(
+            SD_PY, "line 12 of sd.py\n", "line 12 V2\n")})])
+        (world.overlay / "node/ComfyUI-ZImage-Fix/sub").mkdir()
+        (world.overlay / "node/ComfyUI-ZImage-Fix/sub/extra.py").write_text("E = 1\n")
+        world.relock()
+    ref = tmp_path / "ref"
+    shutil.copytree(base, ref, symlinks=True)
+    r = cli(world.overlay, "unapply" if op == "unapply" else "apply", ref)
+    assert r.returncode == 0, r.stderr
+    return base, tree_snapshot(base), tree_snapshot(ref)
+
+
+@pytest.mark.parametrize("op", ["apply", "reapply", "unapply"])
+def test_kill_at_every_write_point(world, tmp_path, op):
+    base, before, after = prepare(world, tmp_path, op)
+    command = "unapply" if op == "unapply" else "apply"
+    outcomes = {"before": 0, "after": 0}
+    n = 0
+    while True:
+        n += 1
+        co = tmp_path / f"trial{n}"
+        shutil.copytree(base, co, symlinks=True)
+        r = cli(world.overlay, command, co, kill_at=n)
+        if r.returncode == 0:          # fewer write points than n: the run completed
+            assert tree_snapshot(co) == after
+            break
+        assert r.returncode == -signal.SIGKILL, (n, r.returncode, r.stderr)
+        st = cli(world.overlay, "status", co, "--json")
+        assert st.returncode in (0, 1) and "Traceback" not in st.stderr
+        recover_only(world.overlay, co)
+        snap = tree_snapshot(co)
+        assert snap in (before, after), f"kill at write point {n} left a mixed state"
+        outcomes["before" if snap == before else "after"] += 1
+        # and the tools carry on: finishing the operation gives exactly the state after
+        r = cli(world.overlay, command, co)
+        assert r.returncode == 0, r.stderr
+        assert tree_snapshot(co) == after
+        shutil.rmtree(co)
+    assert n > 10, "the operation should have many write points"
+    assert outcomes["before"] and outcomes["after"], outcomes   # both sides of the commit point were hit
+
+
+def test_kills_at_random_moments_including_inside_git(world, tmp_path):
+    base, before, after = prepare(world, tmp_path, "apply")
+    rng = random.Random(20261126)
+    cmd = [sys.executable, "-m", "zimage_patcher.cli", "apply", "--overlay", str(world.overlay)]
+    seen = set()
+    for trial in range(12):
+        co = tmp_path / f"rnd{trial}"
+        shutil.copytree(base, co, symlinks=True)
+        p = subprocess.Popen([*cmd, str(co)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+        time.sleep(rng.uniform(0.05, 0.6))
+        try:
+            os.killpg(p.pid, signal.SIGKILL)      # zpatch and whatever git it is running
+        except ProcessLookupError:
+            pass
+        p.wait()
+        recover_only(world.overlay, co)
+        snap = tree_snapshot(co)
+        assert snap in (before, after), f"trial {trial}"
+        seen.add("before" if snap == before else "after")
+        assert cli(world.overlay, "apply", co).returncode == 0
+        assert tree_snapshot(co) == after
+        shutil.rmtree(co)
+
+
+def test_concurrent_runs_never_both_write(world, tmp_path):
+    base, before, after = prepare(world, tmp_path, "apply")
+    cmd = [sys.executable, "-m", "zimage_patcher.cli"]
+    busy = 0
+    for rnd in range(5):
+        co = tmp_path / f"c{rnd}"
+        shutil.copytree(base, co, symlinks=True)
+        ops = ["apply", "apply", "apply", "unapply"] if rnd % 2 else ["apply"] * 4
+        procs = [subprocess.Popen([*cmd, op, "--overlay", str(world.overlay), str(co)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for op in ops]
+        results = [(p.wait(), p.stderr.read()) for p in procs]
+        for code, err in results:
+            assert code in (0, 10), err
+            if code == 10:
+                assert "another zpatch" in err
+                busy += 1
+        assert any(code == 0 for code, _ in results)
+        snap = tree_snapshot(co)
+        assert snap in (before, after)
+        st = json.loads(cli(world.overlay, "status", co, "--json").stdout)
+        if snap == after:   # the record agrees with the files (the user's edits show as foreign)
+            assert {p["state"] for u in st["upstreams"] for p in u["patches"]} == {"applied"}
+            assert st["node"]["state"] == "installed" and st["interrupted"] is None
+        else:   # the checkout is pristine and zpatch knows it: apply works from here
+            assert cli(world.overlay, "apply", co).returncode == 0
+            assert tree_snapshot(co) == after
+    assert busy, "no two runs overlapped: the test did not exercise the lock"

@@ -1,0 +1,377 @@
+"""The README's safety promises, each attacked: hostile modes and symlinks, partial applies, data
+loss, tampered records, tracebacks, terminal injection, an inherited GIT_DIR, and `lock`."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+
+import pytest
+
+from fixtures import LOADER_PY, SD_PY, git, make_repo, replace_line, tree_snapshot, write
+
+
+@pytest.fixture
+def checkout(world, tmp_path):
+    return world.clone_checkout(tmp_path / "ComfyUI")
+
+
+def _error_line(r) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def add_patch(world, upstream: str, name: str, text: str) -> None:
+    d = world.overlay / "patches" / upstream
+    (d / name).write_bytes(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+    (d / "series").write_text((d / "series").read_text() + name + "\n")
+    world.relock()
+
+
+def mailbox(body: str, subject: str = "hostile") -> str:
+    return (f"From: x\nSubject: [PATCH] {subject}\n\nOrigin: vendor\nForwarded: no\nLast-Update: 2026-11-26\n"
+            f"Upstream-License: test\n---\n{body}")
+
+
+# ---------------------------------------------------------------- 1. modes as git reads them
+
+SYMLINK_NODE = ("diff --git a/custom_nodes/ComfyUI-ZImage-Fix b/custom_nodes/ComfyUI-ZImage-Fix\n"
+                "new file mode {mode}\n--- /dev/null\n+++ b/custom_nodes/ComfyUI-ZImage-Fix\n"
+                "@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n")
+LINK_IN_TREE = ("diff --git a/link b/link\nnew file mode {mode}\n--- /dev/null\n+++ b/link\n"
+                "@@ -0,0 +1 @@\n+/etc\n\\ No newline at end of file\n")
+
+
+@pytest.mark.parametrize("mode", ["0120000", "120000 ", " 120000", "00120000", "160000", "0160000", "104755",
+                                  "40000"])
+def test_special_modes_are_refused_however_spelled(zpatch, world, checkout, tmp_path, mode):
+    add_patch(world, "comfyui", "0002-hostile.patch", mailbox(LINK_IN_TREE.format(mode=mode)))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    assert "0002-hostile.patch" in _error_line(r)
+    assert tree_snapshot(checkout) == before and not os.path.lexists(checkout / "link")
+    assert any("0002-hostile.patch" in p["message"] for p in zpatch.json("check", "--no-apply", expect=1)["problems"])
+
+
+def test_symlinked_node_folder_by_patch_is_refused(zpatch, world, checkout, tmp_path):
+    """The field attack: a ComfyUI patch makes the node's folder a link, then apply copies through it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    add_patch(world, "comfyui", "0002-hostile.patch",
+              mailbox(SYMLINK_NODE.format(mode="0120000", target=elsewhere)))
+    r = zpatch("apply", checkout, expect=3)
+    assert "0002-hostile.patch" in _error_line(r)
+    assert list(elsewhere.iterdir()) == []
+    assert not os.path.lexists(checkout / "custom_nodes/ComfyUI-ZImage-Fix")
+
+
+def test_exec_bit_added_by_a_patch_is_refused_after_git_reads_it(zpatch, world, checkout):
+    body = ("diff --git a/nodes.py b/nodes.py\nold mode 100644\nnew mode 100755\n")
+    sd = "diff --git a/comfy/sd.py b/comfy/sd.py\n--- a/comfy/sd.py\n+++ b/comfy/sd.py\n" \
+         "@@ -1,4 +1,4 @@\n-# line 1 of sd.py\n+# line 1 X\n # line 2 of sd.py\n # line 3 of sd.py\n # line 4 of sd.py\n"
+    add_patch(world, "comfyui", "0002-chmod.patch", mailbox(body + sd))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    assert "would make nodes.py mode 100755" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+    res = zpatch.json("check", expect=1)
+    assert any("would make nodes.py mode 100755" in p["message"] for p in res["problems"])
+
+
+def test_a_series_may_not_write_into_a_nested_repository(zpatch, world, checkout):
+    body = ("diff --git a/custom_nodes/ComfyUI-GGUF/evil.py b/custom_nodes/ComfyUI-GGUF/evil.py\n"
+            "new file mode 100644\n--- /dev/null\n+++ b/custom_nodes/ComfyUI-GGUF/evil.py\n@@ -0,0 +1 @@\n+x\n")
+    add_patch(world, "comfyui", "0002-nested.patch", mailbox(body))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    assert "inside custom_nodes/ComfyUI-GGUF" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_quoted_path_escapes_are_decoded_before_judging(zpatch, world, checkout):
+    body = ('diff --git "a/..\\057outside" "b/..\\057outside"\nnew file mode 100644\n--- /dev/null\n'
+            '+++ "b/..\\057outside"\n@@ -0,0 +1 @@\n+x\n')
+    add_patch(world, "comfyui", "0002-quoted.patch", mailbox(body))
+    r = zpatch("apply", checkout, expect=3)
+    assert "'..' leaves the tree" in _error_line(r)
+
+
+# ---------------------------------------------------------------- 2. all or nothing within an upstream
+
+def test_third_patch_failing_on_the_pin_leaves_nothing_and_tools_still_work(zpatch, world, checkout):
+    p = world.overlay / "patches/comfyui-gguf/0003-loader-external-tokenizer.patch"
+    p.write_text(p.read_text().replace(" loader line 34\n", " loader line 34 (stale)\n"))
+    world.relock()
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=5)
+    assert "0003-loader-external-tokenizer.patch" in _error_line(r) and "nothing was changed" in r.stderr
+    assert tree_snapshot(checkout) == before
+    assert "Nothing applied" in zpatch("unapply", checkout).stdout
+    world.build_overlay()
+    zpatch("apply", checkout)
+    assert zpatch.json("status", checkout)["clean"]
+
+
+# ---------------------------------------------------------------- 3. never lose a user's bytes
+
+def test_edited_node_file_is_not_overwritten_by_a_reapply(zpatch, world, checkout):
+    zpatch("apply", checkout)
+    mine = checkout / "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"
+    mine.write_text("X = 'my fix'\n")
+    write(world.overlay / "node/ComfyUI-ZImage-Fix", {"nodes.py": "X = 2\n"})
+    world.relock()
+    r = zpatch("apply", checkout, expect=4)
+    assert "nodes.py: modified since zpatch installed it" in _error_line(r)
+    assert mine.read_text() == "X = 'my fix'\n"
+
+
+def test_users_file_where_the_overlay_now_adds_one_is_kept(zpatch, world, checkout):
+    zpatch("apply", checkout)
+    theirs = checkout / "custom_nodes/ComfyUI-ZImage-Fix/extra.py"
+    theirs.write_text("mine\n")
+    write(world.overlay / "node/ComfyUI-ZImage-Fix", {"extra.py": "overlay's\n"})
+    world.relock()
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "extra.py: exists and was not installed by zpatch" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_untracked_file_where_a_patch_creates_one_is_kept_with_and_without_3way(zpatch, world, checkout):
+    mine = checkout / "custom_nodes/ComfyUI-GGUF/tokenizer_util.py"
+    mine.write_text("my own\n")
+    before = tree_snapshot(checkout)
+    for extra in ([], ["--3way"]):
+        r = zpatch("apply", checkout, *extra, expect=4)
+        assert "tokenizer_util.py: exists, but is neither upstream's nor zpatch's" in _error_line(r)
+        assert tree_snapshot(checkout) == before
+
+
+def test_3way_conflict_deletes_nothing_it_did_not_write(zpatch, world, checkout):
+    """The old rollback deleted every file the series would create; now nothing is written until all merged."""
+    gguf = checkout / "custom_nodes/ComfyUI-GGUF"
+    (gguf / "loader.py").write_text(replace_line(LOADER_PY, "loader line 35\n", "loader line 35 upstream\n"))
+    git("commit", "-q", "-am", "upstream moved under hunk 3", cwd=gguf)
+    (gguf / ".git/info/exclude").write_text("ignored.txt\n")
+    (gguf / "ignored.txt").write_text("keep\n")
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, "--3way", expect=5)
+    assert "3-way merge left conflicts in loader.py" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_symlinked_node_folder_is_never_followed_by_unapply_or_apply(zpatch, world, checkout, tmp_path):
+    zpatch("apply", checkout)
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix"
+    outside = tmp_path / "outside-node"
+    shutil.copytree(node, outside)
+    (outside / "__pycache__").mkdir()
+    (outside / "__pycache__/nodes.cpython-311.pyc").write_bytes(b"pyc")
+    (outside / "unrelated.txt").write_text("mine\n")
+    shutil.rmtree(node)
+    node.symlink_to(outside)
+    snap = tree_snapshot(outside)
+    r = zpatch("unapply", checkout, expect=4)
+    assert "ComfyUI-ZImage-Fix: is a symlink" in _error_line(r)
+    r = zpatch("apply", checkout, expect=4)
+    assert tree_snapshot(outside) == snap
+
+
+def test_unapply_removes_only_what_it_installed_and_its_own_bytecode(zpatch, checkout):
+    zpatch("apply", checkout)
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix"
+    (node / "__pycache__").mkdir()
+    (node / "__pycache__/nodes.cpython-311.pyc").write_bytes(b"pyc")
+    (node / "my_notes.txt").write_text("mine\n")
+    zpatch("unapply", checkout)
+    assert sorted(p.name for p in node.rglob("*")) == ["my_notes.txt"]
+    zpatch("apply", checkout, expect=4)      # a folder holding someone's file: refuse rather than mix
+    (node / "my_notes.txt").unlink()
+    zpatch("apply", checkout)                # an empty one is fine
+
+
+# ---------------------------------------------------------------- 5. the checkout lock
+
+def test_a_second_zpatch_on_a_locked_checkout_exits_busy_and_changes_nothing(zpatch, checkout):
+    zdir = checkout / ".git/zpatch"
+    zdir.mkdir(parents=True)
+    fd = os.open(zdir / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.pwrite(fd, b"4242\n", 0)
+    try:
+        before = tree_snapshot(checkout)
+        r = zpatch("apply", checkout, expect=10)
+        assert "another zpatch (pid 4242) is working on this checkout" in _error_line(r)
+        assert tree_snapshot(checkout) == before
+        assert zpatch.json("unapply", checkout, expect=10)["exit_code"] == 10
+    finally:
+        os.close(fd)
+    zpatch("apply", checkout)
+
+
+# ---------------------------------------------------------------- 6. status sees inside nested repositories
+
+def test_status_sees_edits_and_untracked_files_inside_the_nested_repository(zpatch, checkout):
+    zpatch("apply", checkout)
+    gguf = checkout / "custom_nodes/ComfyUI-GGUF"
+    (gguf / "nodes.py").write_text("GGUF = 2\n")
+    (gguf / "new_file.py").write_text("x\n")
+    st = zpatch.json("status", checkout, expect=1)
+    assert st["upstreams"][1]["foreign_changes"] == [{"path": "new_file.py", "git_status": "??"},
+                                                     {"path": "nodes.py", "git_status": " M"}]
+    assert st["upstreams"][0]["foreign_changes"] == []
+    assert "foreign    M nodes.py" in zpatch("status", checkout, expect=1).stdout
+
+
+# ---------------------------------------------------------------- 7. the record is checked, not trusted
+
+def _record(checkout):
+    return checkout / ".git/zpatch/record.json"
+
+
+def test_tampered_patch_copy_is_refused_by_unapply(zpatch, checkout):
+    zpatch("apply", checkout)
+    rec = json.loads(_record(checkout).read_text())
+    sha = rec["upstreams"]["comfyui"]["patches"][0]["sha256"]
+    copy = checkout / ".git/zpatch/patches" / sha
+    evil = ("diff --git a/nodes.py b/nodes.py\ndeleted file mode 100644\n--- a/nodes.py\n+++ /dev/null\n"
+            "@@ -1 +0,0 @@\n-NODES = 1\n")
+    copy.write_text(copy.read_text() + evil)
+    before = tree_snapshot(checkout)
+    r = zpatch("unapply", checkout, expect=4)
+    assert "does not match its sha256 (tampered)" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+@pytest.mark.parametrize("damage", ["absolute", "dotdot", "list", "garbage", "version"])
+def test_damaged_record_is_an_error_never_a_write_elsewhere(zpatch, checkout, tmp_path, damage):
+    zpatch("apply", checkout)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep\n")
+    rec = json.loads(_record(checkout).read_text())
+    if damage == "absolute":
+        rec["node"]["path"] = str(victim)
+    elif damage == "dotdot":
+        rec["upstreams"]["comfyui"]["files"] = {"../victim/keep.txt": None}
+    elif damage == "list":
+        rec = [rec]
+    elif damage == "version":
+        rec["version"] = True
+    _record(checkout).write_text("{{{" if damage == "garbage" else json.dumps(rec))
+    before = tree_snapshot(checkout)
+    for cmd in ("unapply", "apply", "status"):
+        r = zpatch(cmd, checkout, expect=4)
+        assert "record of this checkout is damaged" in _error_line(r)
+    assert (victim / "keep.txt").read_text() == "keep\n"
+    assert tree_snapshot(checkout) == before
+
+
+# ---------------------------------------------------------------- 8. no tracebacks
+
+@pytest.mark.parametrize("case", ["series-not-utf8", "series-is-dir", "nul-in-lock-path", "deep-toml",
+                                  "long-url", "version-true"])
+def test_malformed_overlay_gives_one_line_and_exit_3(zpatch, world, checkout, case):
+    lock = world.overlay / "upstream.lock"
+    series = world.overlay / "patches/comfyui/series"
+    if case == "series-not-utf8":
+        series.write_bytes(b"\xff\xfe0001.patch\n")
+    elif case == "series-is-dir":
+        series.unlink()
+        series.mkdir()
+    elif case == "nul-in-lock-path":
+        lock.write_text(lock.read_text().replace('patches = "patches/comfyui"', 'patches = "patches/com\\u0000fyui"'))
+    elif case == "deep-toml":
+        lock.write_text(lock.read_text() + "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    elif case == "long-url":
+        lock.write_text(lock.read_text().replace("https://example.invalid/comfyanonymous/ComfyUI",
+                                                 "https://example.invalid/" + "a" * 300))
+    elif case == "version-true":
+        lock.write_text(lock.read_text().replace("version = 1", "version = true"))
+    before = tree_snapshot(checkout)
+    if case == "long-url":
+        r = zpatch("checkout", checkout.parent / "fresh", expect=6)     # a clean "cannot reach", no OSError
+        assert "cannot reach https://example.invalid/aaaa" in _error_line(r)
+    else:
+        r = zpatch("apply", checkout, expect=3)
+        _error_line(r)
+        assert "Traceback" not in r.output
+    assert tree_snapshot(checkout) == before
+
+
+def test_non_utf8_head_and_checkout_under_a_file(zpatch, checkout, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = zpatch("checkout", tmp_path / "afile/sub", expect=4)
+    assert "cannot create it" in _error_line(r)
+    (checkout / ".git/HEAD").write_bytes(b"ref: refs/heads/\xff\xfe\n")
+    r = zpatch("apply", checkout, expect=4)
+    assert "a HEAD that cannot be read" in _error_line(r) and "Traceback" not in r.output
+
+
+def test_unexpected_exception_exits_9_with_the_envelope(zpatch, checkout, monkeypatch):
+    from zimage_patcher import workspace
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated bug")
+    monkeypatch.setattr(workspace, "apply", boom)
+    r = zpatch("apply", checkout, expect=9)
+    assert "internal error in zpatch apply: RuntimeError: simulated bug" in _error_line(r)
+    res = zpatch.json("apply", checkout, expect=9)
+    assert res["ok"] is False and res["exit_code"] == 9 and "last-error.log" in res["hint"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(workspace, "apply", interrupted)
+    assert zpatch.json("apply", checkout, expect=130)["exit_code"] == 130
+
+
+# ---------------------------------------------------------------- 9. terminal injection
+
+def test_control_characters_from_a_patch_never_reach_the_terminal(zpatch, world, checkout):
+    evil = mailbox("diff --git a/comfy/sd.py b/comfy/sd.py\n--- a/comfy/sd.py\n+++ b/comfy/sd.py\n"
+                   "@@ -1,2 +1,2 @@\n\x1b]0;pwned\x07\x1b[2J garbage\n")
+    add_patch(world, "comfyui", "0002-evil.patch", evil)
+    for args, code in ((("apply", checkout), 3), (("status", checkout), 3), (("check", "--no-apply"), 1),
+                       (("lock",), 3)):
+        r = zpatch(*args, expect=code)
+        assert "\x1b" not in r.output and "\x07" not in r.output, args
+    assert "\\x1b" in zpatch("check", "--no-apply", expect=1).output
+
+
+# ---------------------------------------------------------------- 10. the caller's GIT_DIR
+
+def test_inherited_git_dir_and_work_tree_do_not_redirect_zpatch(zpatch, checkout, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    make_repo(other, {"comfy/sd.py": SD_PY})
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other / ".git/index"))
+    zpatch("apply", checkout)
+    assert "line 10 PATCHED" in (checkout / "comfy/sd.py").read_text()
+    assert (other / "comfy/sd.py").read_text() == SD_PY
+    assert zpatch.json("status", checkout)["clean"]
+
+
+# ---------------------------------------------------------------- 11. lock
+
+def test_lock_never_writes_a_lock_it_cannot_read(zpatch, world):
+    d = world.overlay / "patches/comfyui"
+    good = (d / "series").read_text()
+    (d / "series").write_text(good + "0002-bad\x1bname.patch\n")
+    shutil.copy(next(d.glob("0001-*.patch")), d / "0002-bad\x1bname.patch")
+    before = (world.overlay / "upstream.lock").read_bytes()
+    r = zpatch("lock", expect=3)
+    assert "\\x1b" in _error_line(r)
+    assert (world.overlay / "upstream.lock").read_bytes() == before
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace("version = 1", "version = true"))
+    zpatch("lock", expect=3)
+
+
+def test_lock_refuses_the_overlay_bundled_in_an_installed_zpatch(zpatch, world, tmp_path):
+    bundle = tmp_path / "lib/python3.11/site-packages/zimage_patcher/_bundle"
+    shutil.copytree(world.overlay, bundle)
+    r = zpatch("lock", "--overlay", bundle, expect=3)
+    assert "bundled into an installed zpatch" in _error_line(r) and "reinstall" in r.stderr
