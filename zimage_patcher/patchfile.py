@@ -127,7 +127,7 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ZpatchError(f"{name}: not UTF-8 text", Exit.BAD_OVERLAY,
-                          hint="binary patches are not supported; re-export with `zpatch export`")
+                          hint="binary patches are not supported; regenerate it with `git format-patch`")
     patch = Patch(name=name, path=path or Path(name), data=data)
     # split on LF only: CRLF files (ComfyUI-GGUF has them) keep their CR inside the line, and
     # str.splitlines would also break lines at form feeds and other separators in the content
@@ -137,9 +137,9 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
     if first_diff is None or not any(line.startswith("@@ ") for line in lines[first_diff:]):
         if any(_ED_STYLE.match(line) for line in lines) or any(l.startswith("*** ") for l in lines):
             raise ZpatchError(f"{name}: not a unified diff (ed-style or context diff)", Exit.BAD_OVERLAY,
-                              hint="regenerate it with `git format-patch` or `zpatch export`")
+                              hint="regenerate it with `git format-patch --full-index`")
         raise ZpatchError(f"{name}: contains no unified diff hunks", Exit.BAD_OVERLAY,
-                          hint="regenerate it with `git format-patch` or `zpatch export`")
+                          hint="regenerate it with `git format-patch --full-index`")
     _parse_message(patch, lines[:first_diff])
     body = lines[first_diff:]
     for i, line in enumerate(body):
@@ -161,7 +161,7 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         ps = unidiff.PatchSet(text.split("\n", first_diff)[-1] if first_diff else text)
     except unidiff.UnidiffParseError as e:
         raise ZpatchError(f"{name}: malformed diff ({e})", Exit.BAD_OVERLAY,
-                          hint="regenerate it with `zpatch export`")
+                          hint="regenerate it with `git format-patch --full-index`")
     for pf in ps:
         src = _check_path(name, _strip(_unquote(pf.source_file), "a/"))
         tgt = _check_path(name, _strip(_unquote(pf.target_file), "b/"))

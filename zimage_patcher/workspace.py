@@ -472,7 +472,7 @@ def unapply(ov: Overlay, checkout: Path) -> dict:
     with ws.locked() as recovered:
         rec = ws.load_record()
         result = {"checkout": str(ws.checkout), "changed": False, "recovered": recovered, "upstreams": [],
-                  "node": None}
+                  "node": None, "files_restored": []}
         if rec is None:
             return result
         for t in ws.targets:

@@ -1,0 +1,124 @@
+"""What a new user meets: the checkout found from inside it, --version, -q, JSON on usage errors,
+streamed verify, colour only on a terminal and never with NO_COLOR, exit codes in step with the README."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zimage_patcher.cli import main
+from zimage_patcher.errors import EXIT_HELP
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def checkout(world, tmp_path):
+    return world.clone_checkout(tmp_path / "ComfyUI")
+
+
+def test_commands_find_the_checkout_from_inside_it(world, zpatch, checkout, monkeypatch):
+    for inside in (checkout / "comfy", checkout / "custom_nodes/ComfyUI-GGUF",
+                   checkout / "custom_nodes/ComfyUI-GGUF"):
+        monkeypatch.chdir(inside)
+        res = zpatch.json("apply")
+        assert res["checkout"] == str(checkout.resolve())
+        assert zpatch.json("status")["checkout"] == str(checkout.resolve())
+    assert "line 10 PATCHED" in (checkout / "comfy/sd.py").read_text()
+
+
+def test_version_names_the_overlay_and_its_pins(world, monkeypatch):
+    monkeypatch.setenv("ZPATCH_OVERLAY", str(world.overlay))
+    r = CliRunner().invoke(main, ["--version"])
+    assert r.exit_code == 0
+    assert re.search(r"^zpatch \S+", r.output)
+    assert f"comfyui pinned at {world.comfy_pin[:12]}" in r.output
+    assert f"comfyui-gguf pinned at {world.gguf_pin[:12]}" in r.output
+
+
+def test_quiet_prints_nothing_on_success_and_still_the_error(zpatch, checkout, tmp_path):
+    r = zpatch("apply", checkout, "-q")
+    assert r.stdout == "" and r.stderr == ""
+    r = zpatch("apply", tmp_path / "nowhere", "-q", expect=4)
+    assert r.stderr.startswith("error: ")
+
+
+def test_usage_errors_honour_json(zpatch):
+    r = CliRunner().invoke(main, ["apply", "--json", "--no-such-option"])
+    assert r.exit_code == 2
+    env = json.loads(r.stdout)
+    assert env["ok"] is False and env["exit_code"] == 2 and "no-such-option" in env["error"]
+    r = CliRunner().invoke(main, ["apply", "--no-such-option"])
+    assert r.exit_code == 2 and "No such option" in r.output
+
+
+@pytest.mark.parametrize("path", ["../etc", "/etc/passwd", "no/such/file.py"])
+def test_checkout_exclude_must_name_a_path_of_the_upstream(zpatch, tmp_path, path):
+    r = zpatch("checkout", tmp_path / "C", "--exclude", path, expect=2)
+    assert "--exclude" in r.stderr and not (tmp_path / "C").exists()
+
+
+def test_checkout_into_an_unwritable_place_is_a_checkout_error_not_a_tool_error(zpatch):
+    r = zpatch("checkout", "/proc/zpatch-nope", expect=4)
+    assert "cannot create it" in r.stderr and "None" not in r.stderr
+
+
+def test_warnings_go_to_stderr(zpatch, world, tmp_path):
+    # a missing object in the source repository is a warning: stderr, never mixed into stdout
+    from fixtures import git
+    blob = git("rev-parse", f"{world.comfy_pin}:nodes.py", cwd=world.comfy_up)
+    obj = world.comfy_up / ".git/objects" / blob[:2] / blob[2:]
+    obj.unlink()
+    r = zpatch("checkout", tmp_path / "C")
+    assert "warning: nodes.py is missing" in r.stderr and "warning:" not in r.stdout
+
+
+def test_verify_streams_each_step_and_says_what_it_did_not_run(zpatch, tmp_path):
+    r = zpatch("verify", "--no-smoke", "--keep", tmp_path / "v")
+    lines = r.stdout.splitlines()
+    assert [l.split()[1] for l in lines[:5]] == ["checkout", "check", "apply", "status", "compile"]
+    assert "smoke generation was not run (--no-smoke)" in lines[-1]
+    zpatch("verify", "--no-smoke", "--keep", tmp_path / "v")       # a second run reuses the folder
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/precious").write_text("x")
+    zpatch("verify", "--no-smoke", "--keep", tmp_path / "mine", expect=2)
+    assert (tmp_path / "mine/precious").read_text() == "x"
+
+
+def _stderr_on_a_terminal(args, env) -> bytes:
+    master, slave = pty.openpty()
+    subprocess.run([sys.executable, "-m", "zimage_patcher.cli", *args], stderr=slave, stdout=subprocess.DEVNULL,
+                   env=env)
+    os.close(slave)
+    out = b""
+    try:
+        while chunk := os.read(master, 4096):
+            out += chunk
+    except OSError:
+        pass
+    os.close(master)
+    return out
+
+
+def test_colour_on_a_terminal_unless_no_color(world, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    args = ["apply", "--overlay", str(world.overlay), str(tmp_path / "nowhere")]
+    assert b"\x1b[" in _stderr_on_a_terminal(args, env)
+    plain = _stderr_on_a_terminal(args, {**env, "NO_COLOR": "1"})
+    assert b"\x1b[" not in plain and b"error: " in plain
+
+
+def test_readme_exit_code_table_is_the_one_zpatch_documents():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", readme, re.M))
+    assert {int(k): v for k, v in rows.items()} == {int(k): v for k, v in EXIT_HELP.items()}
+    r = CliRunner().invoke(main, ["status", "--help"])
+    for code in EXIT_HELP:
+        assert re.search(rf"^ +{int(code)} +\S", r.output, re.M), code
