@@ -134,20 +134,6 @@ def changed_paths(repo: Path, paths: list[str] | None = None) -> dict[str, str]:
     return result
 
 
-def apply(repo: Path, patch_files: list[Path], *, reverse: bool = False, three_way: bool = False) -> GitResult:
-    """`git apply` the PATCH_FILES in order as one atomic step (git applies all or none).
-
-    Zero fuzz: git apply refuses a hunk whose full context does not match (no -C).
-    """
-    args = ["apply", "--whitespace=nowarn"]
-    if reverse:
-        args.append("--reverse")
-    if three_way:
-        args.append("--3way")
-    args += [str(p) for p in patch_files]
-    return run(args, cwd=repo, check=False)
-
-
 def hash_object_bytes(data: bytes) -> str:
     """git's blob id of DATA, computed here to spare a process (the re-apply fast path)."""
     import hashlib

@@ -96,19 +96,80 @@ def load_series(root: Path, up: lockmod.Upstream) -> tuple[Path, list[str]]:
     return directory, names
 
 
-def load(root: Path, *, verify_hashes: bool = True) -> Overlay:
-    """Parse and check everything; the first problem raises. `check` uses collect() instead."""
-    lk = lockmod.parse(root / lockmod.LOCK_NAME)
+@dataclass
+class Problem:
+    kind: str                  # lock, series, patch, hash, layout, overlay
+    error: ZpatchError
+    upstream: str | None = None
+    patch: str | None = None
+
+
+def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, list[Problem]]:
+    """Walk the overlay once: lock, series, patches, hashes, layout, node. Every problem is kept;
+    `load` raises the first, `check` reports them all. Series whose patches did not all parse are
+    left out of the Overlay (nothing can be applied from them)."""
+    try:
+        lk = lockmod.parse(root / lockmod.LOCK_NAME)
+    except ZpatchError as e:
+        return None, [Problem("lock", e)]
+    problems: list[Problem] = []
     all_series = []
     for up in lk.upstreams:
-        directory, names = load_series(root, up)
-        patches = [patchfile.load(directory / n, n) for n in names]
+        try:
+            directory, names = load_series(root, up)
+        except ZpatchError as e:
+            problems.append(Problem("series", e, up.name))
+            continue
+        patches = []
+        for n in names:
+            try:
+                patches.append(patchfile.load(directory / n, n))
+            except ZpatchError as e:
+                problems.append(Problem("patch", e, up.name, n))
         if verify_hashes:
-            verify_upstream_hashes(root, up, patches)
-        all_series.append(Series(up, directory, patches))
+            try:
+                verify_upstream_hashes(root, up, patches)
+            except ZpatchError as e:
+                problems.append(Problem("hash", e, up.name))
+        if len(patches) == len(names):
+            all_series.append(Series(up, directory, patches))
     ov = Overlay(root, lk, all_series)
-    if verify_hashes and lk.overlay:
-        verify_overlay_hashes(ov)
+    problems += [Problem("layout", e, up) for up, e in _layout_problems(ov)]
+    if lk.overlay:
+        try:
+            src = ov.overlay_source()
+            overlay_files(src)     # refuses symlinks in the node's source folder
+            if verify_hashes:
+                verify_overlay_hashes(ov)
+        except ZpatchError as e:
+            problems.append(Problem("overlay", e))
+    return ov, problems
+
+
+def _layout_problems(ov: Overlay) -> list[tuple[str, ZpatchError]]:
+    """A series may not write into another upstream's repository or the node's folder: git would
+    take the nested repository's files as the parent's untracked files."""
+    fences = [s.upstream.path for s in ov.series if s.upstream.path != "."]
+    fences += [ov.lock.overlay.path] if ov.lock.overlay else []
+    out = []
+    for s in ov.series:
+        for p in s.patches:
+            for f in p.files:
+                full = f if s.upstream.path == "." else f"{s.upstream.path}/{f}"
+                hit = next((x for x in fences if x != s.upstream.path and (full + "/").startswith(x + "/")), None)
+                if hit:
+                    out.append((s.upstream.name, ZpatchError(
+                        f"{p.name}: touches {full}, inside {hit}, which is not {s.upstream.name}'s",
+                        Exit.BAD_OVERLAY, hint=f"move the change into the series of {hit}")))
+                    break
+    return out
+
+
+def load(root: Path, *, verify_hashes: bool = True) -> Overlay:
+    """The overlay, every part checked; the first problem raises."""
+    ov, problems = collect(root, verify_hashes=verify_hashes)
+    if problems:
+        raise problems[0].error
     return ov
 
 

@@ -233,23 +233,8 @@ def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     return True
 
 
-def _check_layout(ws: Workspace) -> None:
-    """A series may not write into another upstream's repository or the node's folder: git would
-    take the nested repository's files as the parent's untracked files."""
-    fences = [t.rel for t in ws.targets if t.rel != "."] + ([ws.node_rel] if ws.node_rel else [])
-    for t in ws.targets:
-        for f in t.series.files:
-            full = f if t.rel == "." else f"{t.rel}/{f}"
-            hit = next((x for x in fences if x != t.rel and (full + "/").startswith(x + "/")), None)
-            if hit:
-                p = next(p for p in t.series.patches if f in p.files)
-                raise ZpatchError(f"{p.name}: touches {full}, inside {hit}, which is not {t.name}'s",
-                                  Exit.BAD_OVERLAY, hint=f"move the change into {hit}'s own series")
-
-
 def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, str | None]:
     """Everything that can refuse the apply, checked before anything is written."""
-    _check_layout(ws)
     heads = {}
     for t in ws.targets:
         heads[t.name] = git.head_commit(t.repo)
