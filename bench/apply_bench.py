@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 ZPATCH_EXE = shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
@@ -117,7 +116,7 @@ def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> li
 
 def bench_series(env: dict, work: Path) -> list[tuple]:
     """N patches, each changing one of N files, on a synthetic upstream."""
-    from fixtures import make_repo, write_lock
+    from testing.fixtures import make_repo, write_lock
     rows = []
     up = work / "syn-upstream"
     files = {f"mod/f{i:04d}.py": "".join(f"v{i} line {j}\n" for j in range(12)) for i in range(1000)}
@@ -153,7 +152,7 @@ def bench_series(env: dict, work: Path) -> list[tuple]:
 
 
 def main() -> None:
-    from upstream import unreachable_reason
+    from testing.upstream import unreachable_reason
     # pip compiles an installed package to bytecode; do the same for this source tree, or every
     # zpatch start would pay for compiling it (PYTHONDONTWRITEBYTECODE is common in CI).
     sh([sys.executable, "-m", "compileall", "-q", str(ROOT / "zimage_patcher")])
@@ -165,7 +164,7 @@ def main() -> None:
             overlay = ROOT
             source = "real pinned upstreams (ComfyUI, ComfyUI-GGUF) via the configured git URLs"
         else:
-            from fixtures import World
+            from testing.fixtures import World
             w = World(work / "world")
             env.update(w.env, ZPATCH_CACHE=str(work / "cache"))
             overlay = w.overlay

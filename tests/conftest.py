@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fixtures import World  # noqa: E402
+from testing.fixtures import World
 
-from zimage_patcher.cli import main  # noqa: E402
+from zimage_patcher.cli import main
 
 
 def pytest_configure(config):

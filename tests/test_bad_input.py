@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
+from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
 
 
 def _error_line(r) -> str:
@@ -52,7 +52,7 @@ def test_nested_node_not_its_own_repository(zpatch, world, tmp_path):
 
 
 def test_upstream_off_its_pin(zpatch, world, checkout):
-    from fixtures import commit
+    from testing.fixtures import commit
     moved = commit(world.gguf_up, {"other.py": "x\n"}, "upstream moved")
     git("fetch", "-q", "origin", cwd=checkout / "custom_nodes/ComfyUI-GGUF")
     git("checkout", "-q", "--detach", moved, cwd=checkout / "custom_nodes/ComfyUI-GGUF")
@@ -258,7 +258,7 @@ def test_conflict_in_a_crlf_file_points_at_the_line_that_differs(zpatch, world, 
     """ComfyUI-GGUF is CRLF: the report must compare exact bytes, not stumble on the CR."""
     crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
     import shutil
-    from fixtures import commit, make_patches
+    from testing.fixtures import commit, make_patches
     world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
     shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
     make_patches(world.gguf_up, world.gguf_pin,

@@ -72,7 +72,7 @@ def test_checkout_into_an_unwritable_place_is_a_checkout_error_not_a_tool_error(
 
 def test_warnings_go_to_stderr(zpatch, world, tmp_path):
     # a missing object in the source repository is a warning: stderr, never mixed into stdout
-    from fixtures import git
+    from testing.fixtures import git
     blob = git("rev-parse", f"{world.comfy_pin}:nodes.py", cwd=world.comfy_up)
     obj = world.comfy_up / ".git/objects" / blob[:2] / blob[2:]
     obj.unlink()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures import SD_PY, replace_line, tree_snapshot
+from testing.fixtures import SD_PY, replace_line, tree_snapshot
 
 from zimage_patcher import patchset
 from zimage_patcher.workspace import Workspace

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-from upstream import ROOT
+from testing.upstream import ROOT
 
 
 def test_wheel_bundles_the_overlay_and_finds_it_outside_the_repository(tmp_path):

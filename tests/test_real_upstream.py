@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from upstream import EXCLUDE, ROOT, unreachable_reason
+from testing.upstream import EXCLUDE, ROOT, unreachable_reason
 
 pytestmark = pytest.mark.skipif(unreachable_reason() is not None, reason=str(unreachable_reason()))
 

@@ -1,7 +1,7 @@
 """The overlay this repository ships: canonical lock, complete headers, hashes that match."""
 from __future__ import annotations
 
-from upstream import ROOT
+from testing.upstream import ROOT
 
 from zimage_patcher import check, lock, patchset
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 
-from fixtures import COMFY_URL, LOADER_PY, SD_PY, git, tree_snapshot, commit, replace_line
+from testing.fixtures import COMFY_URL, LOADER_PY, SD_PY, git, tree_snapshot, commit, replace_line
 
 
 def test_checkout_clones_both_upstreams_at_their_pins(world, zpatch, tmp_path):

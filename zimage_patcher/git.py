@@ -22,6 +22,12 @@ _SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
 _TRACE = bool(os.environ.get("ZPATCH_TRACE"))
 
 
+# The one spelling of the options that make `git format-patch` output byte-stable: no commit id,
+# no version signature, full blob ids (3-way applies need them), no diffstat. The fixtures use it;
+# `export` will too.
+FORMAT_PATCH_OPTIONS = ("--zero-commit", "--no-signature", "--full-index", "--no-stat")
+
+
 class GitResult:
     __slots__ = ("returncode", "stdout", "stderr")
 

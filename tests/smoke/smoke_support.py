@@ -9,8 +9,7 @@ from pathlib import Path
 
 from zimage_patcher import patchset, workspace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
+from testing.upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE_DIR = ROOT / "zimage_patcher" / "smoke"

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from zimage_patcher.git import FORMAT_PATCH_OPTIONS
+
 SD_PY = "".join(f"# line {i} of sd.py\n" for i in range(1, 41))
 LOADER_PY = "".join(f"# loader line {i}\n" for i in range(1, 41))
 NODE_INIT = "NODE_CLASS_MAPPINGS = {}\n"
@@ -66,7 +68,7 @@ HEADERS = ("\n\nOrigin: vendor, zimage-patcher\nForwarded: no\nLast-Update: 2026
 
 def make_patches(upstream: Path, base: str, edits: list[tuple[str, dict[str, str]]], outdir: Path) -> list[str]:
     """Commit each (subject, {file: new text}) on top of BASE in a scratch clone and export
-    them with git format-patch, exactly as `zpatch export` would."""
+    them with git format-patch and zpatch's fixed options."""
     work = outdir.parent / f".work-{outdir.name}"
     shutil.rmtree(work, ignore_errors=True)
     git("clone", "-q", str(upstream), str(work))
@@ -76,7 +78,7 @@ def make_patches(upstream: Path, base: str, edits: list[tuple[str, dict[str, str
         git("add", "-A", cwd=work)
         git("commit", "-q", "-m", subject + HEADERS, cwd=work)
     outdir.mkdir(parents=True, exist_ok=True)
-    out = git("format-patch", "--zero-commit", "--no-signature", "--full-index", "--no-stat",
+    out = git("format-patch", *FORMAT_PATCH_OPTIONS,
               "-o", str(outdir), f"{base}..HEAD", cwd=work)
     shutil.rmtree(work)
     names = [Path(line).name for line in out.splitlines()]
