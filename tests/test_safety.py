@@ -375,3 +375,13 @@ def test_lock_refuses_the_overlay_bundled_in_an_installed_zpatch(zpatch, world, 
     shutil.copytree(world.overlay, bundle)
     r = zpatch("lock", "--overlay", bundle, expect=3)
     assert "bundled into an installed zpatch" in _error_line(r) and "reinstall" in r.stderr
+
+
+def test_a_symlinked_nested_repository_folder_is_refused_even_inside_the_checkout(zpatch, checkout):
+    gguf = checkout / "custom_nodes/ComfyUI-GGUF"
+    gguf.rename(checkout / "gguf-real")
+    gguf.symlink_to("../gguf-real")
+    before = tree_snapshot(checkout / "gguf-real")
+    r = zpatch("apply", checkout, expect=4)
+    assert "custom_nodes/ComfyUI-GGUF: is a symlink" in _error_line(r)
+    assert tree_snapshot(checkout / "gguf-real") == before

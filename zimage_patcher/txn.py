@@ -31,6 +31,10 @@ class Change:
     executable: bool = False
     prune: bool = True         # after a removal, drop parent folders left empty (as git does)
 
+    @property
+    def full(self) -> str:
+        return _join(self.root, self.path)
+
 
 class CheckoutLock:
     """One zpatch at a time per checkout: flock on <git-dir>/zpatch/lock. The kernel drops the lock
@@ -111,12 +115,11 @@ def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], current: 
                "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
                "dirs": dirs}
     record.write_atomic(zdir / JOURNAL_NAME, json.dumps(journal, indent=1).encode())
-    for c in changes:
-        root = checkout / c.root
+    for c in changes:   # paths relative to the checkout: no symlink anywhere on the way
         if c.after is None:
-            worktree.remove(root, c.path, prune=c.prune)
+            worktree.remove(checkout, c.full, prune=c.prune)
         else:
-            worktree.write(root, c.path, c.data, executable=c.executable)
+            worktree.write(checkout, c.full, c.data, executable=c.executable)
     if new_record is not None:
         record.save(zdir, new_record)
     else:
@@ -151,29 +154,29 @@ def recover(checkout: Path, zdir: Path) -> str | None:
     if committed:
         # the record was replaced after the last file was written: the change is complete
         for c in j["changes"]:
-            worktree.drop_temp(checkout / c.root, c.path)
+            worktree.drop_temp(checkout, c.full)
         (zdir / JOURNAL_NAME).unlink()
+        record.collect_garbage(zdir, record.load(zdir))
         return f"An interrupted `zpatch {j['op']}` (pid {j['pid']}) had finished its writes; recorded it."
     # not committed: put every path back to its BEFORE, refusing anything neither side wrote
     for c in reversed(j["changes"]):
-        root = checkout / c.root
-        worktree.drop_temp(root, c.path)
-        now = worktree.blob_id(root, c.path)
+        worktree.drop_temp(checkout, c.full)
+        now = worktree.blob_id(checkout, c.full)
         if now == c.before:
             continue
         if now != c.after:
-            raise ZpatchError(f"{root / c.path}: changed while an interrupted `zpatch {j['op']}` was undone; "
+            raise ZpatchError(f"{checkout / c.full}: changed while an interrupted `zpatch {j['op']}` was undone; "
                               "refusing to overwrite it", Exit.BAD_CHECKOUT,
                               hint=f"save your edit, restore the file, then rerun (journal: {zdir / JOURNAL_NAME})")
         if c.before is None:
-            worktree.remove(root, c.path, prune=c.prune)
+            worktree.remove(checkout, c.full, prune=c.prune)
         else:
             data = git.read_blob(checkout / c.store, c.before)
             if data is None or git.hash_object_bytes(data) != c.before:
-                raise ZpatchError(f"{root / c.path}: the bytes to restore ({c.before[:12]}) are gone from "
+                raise ZpatchError(f"{checkout / c.full}: the bytes to restore ({c.before[:12]}) are gone from "
                                   f"{checkout / c.store}", Exit.BAD_CHECKOUT,
                                   hint=f"restore the file by hand, then delete {zdir / JOURNAL_NAME}")
-            worktree.write(root, c.path, data)
+            worktree.write(checkout, c.full, data)
     worktree.remove_empty_dirs(checkout, j.get("dirs", []))
     (zdir / JOURNAL_NAME).unlink()
     rec = record.load(zdir)

@@ -24,6 +24,12 @@ from .record import NodeRecord, PatchRef, Record, UpstreamRecord
 class Target:
     series: Series
     repo: Path
+    top: Path          # the checkout: every file is read and written relative to it, so that a
+                       # symlink anywhere on the way, the nested repository's folder included, is refused
+
+    def file(self, path: str) -> str:
+        """PATH of this upstream, relative to the checkout."""
+        return path if self.rel == "." else f"{self.rel}/{path}"
 
     @property
     def name(self) -> str:
@@ -85,7 +91,7 @@ def resolve(ov: Overlay, checkout: Path) -> list[Target]:
                                   hint=f"git clone {up.url} {repo}, or start over with `zpatch checkout DIR`")
             raise ZpatchError(f"{repo}: not its own git repository (git would act on {top})",
                               Exit.BAD_CHECKOUT, hint=f"replace it with a clone: git clone {up.url} {repo}")
-        targets.append(Target(s, repo))
+        targets.append(Target(s, repo, checkout))
     return targets
 
 
@@ -124,14 +130,14 @@ class Workspace:
             ur = rec.upstreams.get(t.name)
             if ur and _edited(t, ur):
                 head = git.tree_blobs(t.repo, "HEAD", list(ur.files))
-                if all(worktree.blob_id(t.repo, f) == head.get(f) for f in ur.files):
+                if all(worktree.blob_id(t.top, t.file(f)) == head.get(f) for f in ur.files):
                     del rec.upstreams[t.name]
         return rec
 
 
 def _edited(t: Target, ur: UpstreamRecord) -> list[str]:
     """Paths whose bytes differ from what zpatch left there."""
-    return [f for f, want in ur.files.items() if worktree.blob_id(t.repo, f) != want]
+    return [f for f, want in ur.files.items() if worktree.blob_id(t.top, t.file(f)) != want]
 
 
 def _node_edited(checkout: Path, node: NodeRecord) -> list[str]:
@@ -260,7 +266,7 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
         # go to `git status`, which knows about filters such as core.autocrlf.
         suspects = []
         for f in fresh:
-            now = worktree.blob_id(t.repo, f)       # refuses a symlinked path component
+            now = worktree.blob_id(t.top, t.file(f))       # refuses a symlinked path component
             if f not in head and now is not None:
                 raise ZpatchError(f"{t.repo / f}: exists, but is neither upstream's nor zpatch's, and a patch "
                                   "creates it", Exit.BAD_CHECKOUT,
@@ -414,7 +420,7 @@ def apply(ov: Overlay, checkout: Path, *, three_way: bool = False) -> dict:
         for t in ws.targets:
             old = rec.upstreams.get(t.name) if rec else None
             paths = list(dict.fromkeys([*(old.files if old else []), *t.series.files]))
-            cur = {p: worktree.read(t.repo, p) for p in paths}
+            cur = {p: worktree.read(t.top, t.file(p)) for p in paths}
             res, _head = _scratch_result(ws, t, paths, cur, old.patches if old else [], t.series.patches,
                                          three_way and heads[t.name] != t.pin, heads[t.name])
             ch, after = _changes_for(t, paths, cur, res)
@@ -475,7 +481,7 @@ def unapply(ov: Overlay, checkout: Path) -> dict:
             if not ur:
                 continue
             paths = list(ur.files)
-            cur = {p: worktree.read(t.repo, p) for p in paths}
+            cur = {p: worktree.read(t.top, t.file(p)) for p in paths}
             res, head = _scratch_result(ws, t, paths, cur, ur.patches, [], False, None)
             if git.head_commit(t.repo) == ur.commit:
                 off = [p for p in paths if (res[p] or (None, None))[1] != head.get(p, (None, None))[1]]
