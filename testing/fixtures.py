@@ -165,13 +165,21 @@ class World:
         return dest
 
 
-def tree_snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ROOT (including .git internals except the zpatch state) for
-    nothing-changed-on-disk assertions."""
-    out = {}
+def tree_snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file under ROOT (including .git internals except the zpatch state), every folder
+    outside .git and every symlink (as its target), for nothing-changed-on-disk assertions."""
+    out: dict[str, bytes | str] = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and "zpatch" not in p.relative_to(root).parts:
-            rel = p.relative_to(root).as_posix()
+        rel = p.relative_to(root).as_posix()
+        parts = p.relative_to(root).parts
+        if "zpatch" in parts:
+            continue
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_dir():
+            if ".git" not in parts:
+                out[rel + "/"] = "dir"
+        elif p.is_file():
             if rel.endswith(".git/index") or "/objects/" in "/" + rel:
                 continue   # stat refreshes in the index and content-addressed objects are not user data
             out[rel] = p.read_bytes()

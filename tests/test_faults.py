@@ -92,6 +92,10 @@ def test_kill_at_every_write_point(world, tmp_path, op):
     assert outcomes["before"] and outcomes["after"], outcomes   # both sides of the commit point were hit
 
 
+def _diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[:5]
+
+
 def test_kills_at_random_moments_including_inside_git(world, tmp_path):
     base, before, after = prepare(world, tmp_path, "apply")
     rng = random.Random(20261126)
@@ -108,9 +112,9 @@ def test_kills_at_random_moments_including_inside_git(world, tmp_path):
         except ProcessLookupError:
             pass
         p.wait()
-        recover_only(world.overlay, co)
+        said = recover_only(world.overlay, co)
         snap = tree_snapshot(co)
-        assert snap in (before, after), f"trial {trial}"
+        assert snap in (before, after), (trial, said, _diff(snap, before), _diff(snap, after))
         seen.add("before" if snap == before else "after")
         assert cli(world.overlay, "apply", co).returncode == 0
         assert tree_snapshot(co) == after

@@ -245,7 +245,7 @@ def test_tampered_patch_copy_is_refused_by_unapply(zpatch, checkout):
     assert tree_snapshot(checkout) == before
 
 
-@pytest.mark.parametrize("damage", ["absolute", "dotdot", "list", "garbage", "version"])
+@pytest.mark.parametrize("damage", ["absolute", "dotdot", "list", "garbage", "version", "nul"])
 def test_damaged_record_is_an_error_never_a_write_elsewhere(zpatch, checkout, tmp_path, damage):
     zpatch("apply", checkout)
     victim = tmp_path / "victim"
@@ -260,6 +260,8 @@ def test_damaged_record_is_an_error_never_a_write_elsewhere(zpatch, checkout, tm
         rec = [rec]
     elif damage == "version":
         rec["version"] = True
+    elif damage == "nul":
+        rec["upstreams"]["comfyui"]["files"] = {"comfy/s\u0000d.py": None}
     _record(checkout).write_text("{{{" if damage == "garbage" else json.dumps(rec))
     before = tree_snapshot(checkout)
     for cmd in ("unapply", "apply", "status"):
@@ -385,3 +387,112 @@ def test_a_symlinked_nested_repository_folder_is_refused_even_inside_the_checkou
     r = zpatch("apply", checkout, expect=4)
     assert "custom_nodes/ComfyUI-GGUF: is a symlink" in _error_line(r)
     assert tree_snapshot(checkout / "gguf-real") == before
+
+
+# ---------------------------------------------------------------- found by the attack of 2026-11-26
+
+@pytest.mark.parametrize("which", ["zpatch", "zpatch/patches"])
+def test_symlinked_zpatch_folders_are_refused_and_nothing_outside_is_touched(zpatch, checkout, tmp_path, which):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("precious\n")
+    link = checkout / ".git" / which
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim)
+    before = tree_snapshot(checkout)
+    for cmd in ("apply", "unapply", "status"):
+        r = zpatch(cmd, checkout, expect=4)
+        assert "is a symlink or not a directory" in _error_line(r)
+    assert sorted(p.name for p in victim.iterdir()) == ["thesis.txt"]
+    assert tree_snapshot(checkout) == before
+
+
+def test_folder_sweeps_never_pass_through_a_symlink(zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    out = tmp_path / "out"
+    (out / "emptydir").mkdir(parents=True)
+    (checkout / "evil").symlink_to(out)
+    rec = json.loads(_record(checkout).read_text())
+    rec["node"]["dirs"].append("evil/emptydir")
+    _record(checkout).write_text(json.dumps(rec))
+    zpatch("unapply", checkout)
+    assert (out / "emptydir").is_dir()
+
+
+def test_a_record_naming_another_node_folder_is_refused(zpatch, checkout):
+    zpatch("apply", checkout)
+    import hashlib
+    rec = json.loads(_record(checkout).read_text())
+    rec["node"] = {"path": "comfy", "files": {"sd.py": hashlib.sha256((checkout / "comfy/sd.py").read_bytes())
+                                               .hexdigest()}, "dirs": []}
+    _record(checkout).write_text(json.dumps(rec))
+    r = zpatch("unapply", checkout, expect=4)
+    assert "records the node in 'comfy'" in _error_line(r)
+    assert (checkout / "comfy/sd.py").exists()
+
+
+@pytest.mark.parametrize("field, value", [("path", "a\u0000b"), ("before", 123), ("dirs", [5]), ("op", "rm"),
+                                          ("root", "../x")])
+def test_damaged_journal_is_exit_4_not_a_crash(zpatch, checkout, field, value):
+    zdir = checkout / ".git/zpatch"
+    zdir.mkdir(parents=True)
+    change = {"root": ".", "store": ".", "path": "comfy/sd.py", "before": None, "after": None,
+              "executable": False, "prune": True}
+    journal = {"version": 1, "op": "apply", "pid": 1, "record_after": "0" * 64, "dirs": [], "sweep": [],
+               "changes": [change]}
+    (journal if field in ("dirs", "op") else change)[field] = value
+    (zdir / "journal.json").write_text(json.dumps(journal))
+    before = tree_snapshot(checkout)
+    for cmd in ("apply", "unapply", "status"):
+        r = zpatch(cmd, checkout, expect=4)
+        assert "journal of an interrupted zpatch run is damaged" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_status_writes_nothing_not_even_git_objects_or_the_index(zpatch, checkout):
+    zpatch("apply", checkout)
+    (checkout / "comfy/sd.py").write_text("edited\n")       # makes status classify by hand
+    git_files = lambda: {p: p.read_bytes() for p in (checkout / ".git").rglob("*") if p.is_file()}
+    before = git_files()
+    zpatch("status", checkout, expect=1)
+    assert git_files() == before
+
+
+def test_copies_in_patches_are_refused_because_they_cannot_be_reversed(zpatch, world, checkout):
+    body = ("diff --git a/nodes.py b/nodes3.py\nsimilarity index 100%\ncopy from nodes.py\ncopy to nodes3.py\n"
+            "diff --git a/comfy/sd.py b/comfy/sd.py\n--- a/comfy/sd.py\n+++ b/comfy/sd.py\n"
+            "@@ -1,4 +1,4 @@\n-# line 1 of sd.py\n+# line 1 X\n # line 2 of sd.py\n # line 3 of sd.py\n"
+            " # line 4 of sd.py\n")
+    add_patch(world, "comfyui", "0002-copy.patch", mailbox(body))
+    r = zpatch("apply", checkout, expect=3)
+    assert "copies cannot be reversed" in _error_line(r)
+
+
+def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
+    dest = tmp_path / "D"
+    dest.mkdir()
+    fd = os.open(dest, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = zpatch("checkout", dest, expect=10)
+        assert "another zpatch checkout is filling it" in _error_line(r)
+    finally:
+        os.close(fd)
+    assert list(dest.iterdir()) == []
+    zpatch("checkout", dest)
+
+
+def test_outside_any_checkout_the_hint_is_to_name_one(zpatch, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = zpatch("status", expect=4)
+    assert "not inside a ComfyUI checkout" in _error_line(r) and "zpatch checkout DIR" in r.stderr
+    assert "git clone" not in r.stderr
+
+
+def test_lock_outside_an_overlay_does_not_relock_the_installed_one(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from zimage_patcher.cli import main
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZPATCH_OVERLAY", raising=False)
+    r = CliRunner().invoke(main, ["lock"])
+    assert r.exit_code == 3 and "no overlay" in r.output

@@ -112,18 +112,17 @@ def classify(repo: Path, patches: list[Patch], files: list[str]) -> dict[str, st
     real applies into a scratch index holding the work tree's FILES: reverse every patch that
     comes off, newest first, then forward the rest in series order."""
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
-        env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-        git.run(["read-tree", "HEAD"], cwd=repo, env=env)
-        tracked = set(git.run(["ls-files", "-z", "--", *files], cwd=repo, env=env).stdout.split("\0"))
+        idx = git.ScratchIndex(repo, tmp, read_only=True)     # status writes nothing, not even objects
+        idx.read_tree("HEAD")
+        tracked = set(idx.run(["ls-files", "-z", "--", *files]).stdout.split("\0"))
         present = [f for f in files if f in tracked or (repo / f).exists()]
         if present:   # a pathspec matching nothing would make git add refuse them all
-            git.run(["add", "--all", "--", *present], cwd=repo, env=env)
+            idx.run(["add", "--all", "--", *present])
         state: dict[str, str] = {}
         for p in reversed(patches):
-            if git.run(["apply", "--cached", "--reverse", str(p.path)], cwd=repo, env=env, check=False).ok:
+            if idx.apply([p.path], reverse=True).ok:
                 state[p.name] = "applied"
         for p in patches:
             if p.name not in state:
-                ok = git.run(["apply", "--cached", str(p.path)], cwd=repo, env=env, check=False).ok
-                state[p.name] = "missing" if ok else "conflict"
+                state[p.name] = "missing" if idx.apply([p.path]).ok else "conflict"
         return {p.name: state[p.name] for p in patches}

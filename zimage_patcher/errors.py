@@ -61,7 +61,8 @@ class GitError(ZpatchError):
 
     def __init__(self, args: list[str], cwd, returncode: int, stderr: str):
         last = last_line(stderr)
-        super().__init__(f"git {' '.join(args[:3])} failed in {cwd}: {last}", Exit.ENVIRONMENT,
+        where = f" in {cwd}" if cwd else ""
+        super().__init__(f"git {' '.join(args[:3])} failed{where}: {last}", Exit.ENVIRONMENT,
                          details={"git_args": list(args), "returncode": returncode, "stderr": stderr[-4000:]})
 
 

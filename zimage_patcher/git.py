@@ -12,7 +12,9 @@ from .errors import Exit, GitError, ZpatchError, last_line
 
 # Stable output regardless of the user's locale; the user's global config stays in force
 # on purpose, because `url.<mirror>.insteadOf` is how offline mirrors are plugged in.
-_ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0"}
+# GIT_OPTIONAL_LOCKS=0: `git status` must not refresh (write) the user's index; a kill would leave
+# index.lock behind and `status` is promised read-only.
+_ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
 # Inside a git hook, `git rebase -x` or some CI steps these point git at another repository;
 # zpatch always names its repository by cwd. A deny-list, not an allow-list: the user's
 # GIT_CONFIG_GLOBAL (a mirror's insteadOf) must survive, and scratch indexes pass GIT_INDEX_FILE.
@@ -211,9 +213,16 @@ class ScratchIndex:
     """A throw-away index over REPO's object store: apply patches, read the result, never touch
     the work tree or the real index (what `git apply --cached` does under GIT_INDEX_FILE)."""
 
-    def __init__(self, repo: Path, tmpdir: str):
+    def __init__(self, repo: Path, tmpdir: str, *, read_only: bool = False):
+        """READ_ONLY: new objects go to TMPDIR too (the repository's store is only read), for
+        `status` on a read-only checkout."""
         self.repo = repo
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, "index")}
+        if read_only:
+            objects = run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
+            os.makedirs(os.path.join(tmpdir, "objects", "pack"))   # git wants a store that exists
+            self.env.update(GIT_OBJECT_DIRECTORY=os.path.join(tmpdir, "objects"),
+                            GIT_ALTERNATE_OBJECT_DIRECTORIES=str((Path(repo) / objects).resolve()))
 
     def run(self, args: list[str], **kw) -> GitResult:
         return run(args, cwd=self.repo, env=self.env, **kw)
@@ -240,6 +249,12 @@ class ScratchIndex:
             args.append("--3way")
         return self.run(args + [str(p) for p in patch_files], check=False)
 
+    def checkout_to(self, prefix: Path, paths: list[str]) -> None:
+        """Write PATHS as git would check them out (smudge filters, eol) under PREFIX, one process."""
+        if paths:
+            self.run(["checkout-index", "-f", "-z", "--stdin", f"--prefix={prefix}/"],
+                     input="".join(p + "\0" for p in paths))
+
     def entries(self, paths: list[str]) -> dict[str, tuple[str, str, int]]:
         """PATH -> (mode, blob, stage) for PATHS present in the index (stage > 0: unmerged)."""
         if not paths:
@@ -254,23 +269,16 @@ class ScratchIndex:
         return out
 
 
-def hash_objects(repo: Path, data: list[bytes]) -> list[str]:
-    """Write DATA as blobs into REPO's object store, byte for byte (no filters); their ids."""
-    ids = []
-    for blob in data:   # hash-object --stdin takes one blob; a series touches a handful of files
-        ids.append(run(["hash-object", "-w", "--no-filters", "--stdin"], cwd=repo, input=blob).stdout.strip())
+def hash_files(repo: Path, paths: list[str], *, filters: bool) -> list[str]:
+    """Write the work-tree files PATHS (relative to REPO) into its object store in one process:
+    as git would store them (FILTERS: clean filters, eol) or byte for byte. Their blob ids."""
+    if not paths:
+        return []
+    args = ["hash-object", "-w", "--stdin-paths"] + ([] if filters else ["--no-filters"])
+    ids = run(args, cwd=repo, input="".join(p + "\n" for p in paths)).stdout.split()
+    if len(ids) != len(paths):
+        raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(paths)} files", Exit.ENVIRONMENT)
     return ids
-
-
-def clean_blob(repo: Path, path: str, data: bytes) -> str:
-    """The blob git would store for DATA at PATH (clean filters, eol), written to the store."""
-    return run(["hash-object", "-w", f"--path={path}", "--stdin"], cwd=repo, input=data).stdout.strip()
-
-
-def smudged(repo: Path, path: str, blob: str) -> bytes:
-    """BLOB as git would check it out at PATH (smudge filters, eol): the work-tree bytes."""
-    r = run(["cat-file", "--filters", f"--path={path}", blob], cwd=repo, input=b"")
-    return r.stdout.encode("utf-8", "surrogateescape")
 
 
 def read_blob(repo: Path, blob: str) -> bytes | None:

@@ -153,7 +153,11 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
             if i + 1 < len(body) and (body[i + 1].startswith("+++ ") or body[i - 1].startswith("--- ")):
                 raise ZpatchError(f"{name}: file header {line!r} lacks the a/ or b/ prefix",
                                   Exit.BAD_OVERLAY, hint="zpatch applies -p1 patches; re-export with git")
-        elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
+        elif line.startswith(("copy from ", "copy to ")):
+            # git cannot reverse a copy (the source still exists), so unapply could never undo it
+            raise ZpatchError(f"{name}: refusing {line.strip()!r}: copies cannot be reversed", Exit.BAD_OVERLAY,
+                              hint="regenerate the patch without -C (git format-patch --no-renames or plain -M)")
+        elif line.startswith(("rename from ", "rename to ")):
             _check_path(name, line.split(" ", 2)[2])
         else:
             _check_mode(name, line)

@@ -13,7 +13,7 @@ from .errors import Exit, ZpatchError
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def find_root(explicit: str | os.PathLike | None = None) -> Path:
+def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = False) -> Path:
     """The overlay directory (the one holding upstream.lock).
 
     Order: --overlay, $ZPATCH_OVERLAY, the current directory or an ancestor (like git finds
@@ -29,6 +29,9 @@ def find_root(explicit: str | os.PathLike | None = None) -> Path:
     for d in (here, *here.parents):
         if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
             return d
+    if for_writing:   # never rewrite the source tree or bundle of the installed zpatch by accident
+        raise ZpatchError(f"{here}: no overlay (upstream.lock and patches/) here or above", Exit.BAD_OVERLAY,
+                          hint="run inside the overlay's repository or pass --overlay DIR")
     for d in (PACKAGE_DIR.parent, PACKAGE_DIR / "_bundle"):
         if (d / lockmod.LOCK_NAME).is_file():
             return d
@@ -158,9 +161,12 @@ def _layout_problems(ov: Overlay) -> list[tuple[str, ZpatchError]]:
                 full = f if s.upstream.path == "." else f"{s.upstream.path}/{f}"
                 hit = next((x for x in fences if x != s.upstream.path and (full + "/").startswith(x + "/")), None)
                 if hit:
+                    node = ov.lock.overlay and hit == ov.lock.overlay.path
                     out.append((s.upstream.name, ZpatchError(
                         f"{p.name}: touches {full}, inside {hit}, which is not {s.upstream.name}'s",
-                        Exit.BAD_OVERLAY, hint=f"move the change into the series of {hit}")))
+                        Exit.BAD_OVERLAY,
+                        hint=(f"the node's files come from {ov.lock.overlay.source}, not from patches" if node
+                              else f"move the change into the series of the upstream at {hit}"))))
                     break
     return out
 

@@ -62,6 +62,16 @@ def zpatch_dir(git_dir: Path) -> Path:
     return git_dir / "zpatch"
 
 
+def check_zdir(zdir: Path) -> None:
+    """zpatch's folder and its copies folder must be real directories: a symlink there would carry
+    the record, the lock and the garbage collection of copies out of the checkout."""
+    for d in (zdir, zdir / "patches"):
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            raise ZpatchError(f"{d}: is a symlink or not a directory; zpatch keeps its record only in a real "
+                              "folder inside the git dir", Exit.BAD_CHECKOUT,
+                              hint=f"remove {d} (zpatch recreates it), then rerun")
+
+
 def _damaged(path: Path, why: str) -> ZpatchError:
     return ZpatchError(f"{path}: zpatch's record of this checkout is damaged ({why})", Exit.BAD_CHECKOUT,
                        hint=f"inspect it; to forget it, move {path.parent} away, then make the files "
@@ -124,6 +134,7 @@ def parse(path: Path, data: bytes) -> Record:
 
 
 def load(zdir: Path) -> Record | None:
+    check_zdir(zdir)
     path = zdir / RECORD_NAME
     try:
         data = path.read_bytes()
@@ -192,6 +203,7 @@ def collect_garbage(zdir: Path, rec: Record | None) -> None:
     """Drop copies no record refers to (after the journal is gone, so recovery never needs them)."""
     keep = {p.sha256 for u in (rec.upstreams.values() if rec else []) for p in u.patches}
     d = zdir / "patches"
+    check_zdir(zdir)
     if d.is_dir():
         for f in d.iterdir():
             if f.name not in keep:

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from . import git, record, worktree
 from .errors import Exit, ZpatchError
 
 JOURNAL_NAME = "journal.json"
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 LOCK_NAME = "lock"
 
 
@@ -44,8 +47,14 @@ class CheckoutLock:
         self.zdir, self.checkout, self.fd = zdir, checkout, None
 
     def __enter__(self) -> "CheckoutLock":
-        self.zdir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.zdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        record.check_zdir(self.zdir)
+        try:
+            self.zdir.mkdir(exist_ok=True)
+            fd = os.open(self.zdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise ZpatchError(f"{self.zdir}: cannot write there ({e.strerror})", Exit.BAD_CHECKOUT,
+                              hint="apply and unapply need a writable checkout (not a read-only mount); "
+                                   "`zpatch status` works read-only")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -75,7 +84,18 @@ def pending(zdir: Path) -> dict | None:
             for d in (c.root, c.store):
                 if d != ".":
                     worktree.rel_parts(d)
-        if not isinstance(data.get("op"), str) or not isinstance(data.get("dirs", []), list):
+            for blob in (c.before, c.after):
+                if blob is not None and not (isinstance(blob, str) and _SHA1.fullmatch(blob)):
+                    raise ValueError
+            if not isinstance(c.executable, bool) or not isinstance(c.prune, bool):
+                raise ValueError
+        data.setdefault("sweep", [])
+        for d in (*data.get("dirs", []), *data["sweep"]):
+            worktree.rel_parts(d)
+        if data.get("op") not in ("apply", "unapply") or not isinstance(data.get("pid"), int):
+            raise ValueError
+        if data["record_after"] is not None and not (isinstance(data["record_after"], str)
+                                                     and _SHA256.fullmatch(data["record_after"])):
             raise ValueError
     except FileNotFoundError:
         return None
@@ -86,25 +106,29 @@ def pending(zdir: Path) -> dict | None:
     return data
 
 
-def _store_befores(checkout: Path, changes: list[Change], current: dict[tuple[str, str], bytes]) -> None:
-    """Keep every BEFORE in git's object store, so a rollback can always rewrite it."""
-    by_store: dict[str, list[tuple[Change, bytes]]] = {}
+def _store_befores(checkout: Path, changes: list[Change]) -> None:
+    """Keep every BEFORE in git's object store, byte for byte, so a rollback can always rewrite it.
+    git reads the files themselves (one process per repository); an id that differs from the one
+    planned means the file changed under us, or a sha256 repository: stop before writing anything."""
+    by_store: dict[str, list[Change]] = {}
     for c in changes:
         if c.before is not None:
-            by_store.setdefault(c.store, []).append((c, current[(c.root, c.path)]))
+            by_store.setdefault(c.store, []).append(c)
     for store, items in by_store.items():
-        ids = git.hash_objects(checkout / store, [data for _c, data in items])
-        for (c, _data), got in zip(items, ids):
+        base = "" if store == "." else store + "/"
+        rels = [c.full[len(base):] for c in items]
+        for c, got in zip(items, git.hash_files(checkout / store, rels, filters=False)):
             if got != c.before:
-                raise ZpatchError(f"{checkout / store}: git computed {got} for {c.path}, expected {c.before}; "
-                                  "repositories with the sha256 object format are not supported",
-                                  Exit.ENVIRONMENT)
+                raise ZpatchError(f"{checkout / c.full}: changed while zpatch was planning (or the repository uses "
+                                  "the sha256 object format, which zpatch does not support); nothing was written",
+                                  Exit.BAD_CHECKOUT, hint="rerun when nothing else is writing the checkout")
 
 
-def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], current: dict[tuple[str, str], bytes],
-           new_record: record.Record | None, copies: list[bytes]) -> None:
-    """Carry out CHANGES as one transaction (the caller holds the lock). NEW_RECORD None clears it."""
-    _store_befores(checkout, changes, current)
+def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], new_record: record.Record | None,
+           copies: list[bytes], *, sweep: list[str] = ()) -> None:
+    """Carry out CHANGES as one transaction (the caller holds the lock). NEW_RECORD None clears it.
+    SWEEP: folders to remove when empty once the record is committed (also done by a roll-forward)."""
+    _store_befores(checkout, changes)
     record.store_copies(zdir, copies)
     rec_bytes = new_record.to_bytes() if new_record else None
     # folders the writes will create: a rollback removes them again when empty
@@ -113,7 +137,7 @@ def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], current: 
     journal = {"version": 1, "op": op, "pid": os.getpid(),
                "record_after": record.digest(rec_bytes) if rec_bytes else None,
                "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
-               "dirs": dirs}
+               "dirs": dirs, "sweep": list(sweep)}
     record.write_atomic(zdir / JOURNAL_NAME, json.dumps(journal, indent=1).encode())
     for c in changes:   # paths relative to the checkout: no symlink anywhere on the way
         if c.after is None:
@@ -124,6 +148,7 @@ def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], current: 
         record.save(zdir, new_record)
     else:
         record.clear(zdir)
+    worktree.remove_empty_dirs(checkout, list(sweep))
     (zdir / JOURNAL_NAME).unlink()
     worktree.fault_point()
     record.collect_garbage(zdir, new_record)
@@ -155,6 +180,7 @@ def recover(checkout: Path, zdir: Path) -> str | None:
         # the record was replaced after the last file was written: the change is complete
         for c in j["changes"]:
             worktree.drop_temp(checkout, c.full)
+        worktree.remove_empty_dirs(checkout, j["sweep"])
         (zdir / JOURNAL_NAME).unlink()
         record.collect_garbage(zdir, record.load(zdir))
         return f"An interrupted `zpatch {j['op']}` (pid {j['pid']}) had finished its writes; recorded it."

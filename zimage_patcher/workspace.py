@@ -7,6 +7,8 @@ Nothing is written or deleted unless its bytes are what zpatch expects there.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import tempfile
@@ -45,14 +47,18 @@ class Target:
 
 
 def find_checkout(path: Path, ov: Overlay) -> Path:
-    """The checkout that PATH lies in, found the way git finds its top level: from inside
-    ComfyUI/comfy or inside the nested ComfyUI-GGUF, zpatch acts on the ComfyUI checkout."""
+    """The checkout that PATH lies in, found as git finds its top level (the nearest folder up with
+    a .git), without running git: from inside ComfyUI/comfy or inside the nested ComfyUI-GGUF,
+    zpatch acts on the ComfyUI checkout."""
     path = Path(path)
     if not path.is_dir():
         return path
-    top = git.toplevel(path)
+    here = path.resolve()
+    top = next((d for d in (here, *here.parents) if git.git_dir_of(d) is not None), None)
     if top is None:
-        return path
+        raise ZpatchError(f"{here}: not inside a ComfyUI checkout (no .git here or above)", Exit.BAD_CHECKOUT,
+                          hint="pass the checkout's path (zpatch apply /path/to/ComfyUI), "
+                               "or make one with `zpatch checkout DIR`")
     for s in ov.series:   # inside a nested upstream: climb to the checkout that holds it
         depth = len(PurePosixPath(s.upstream.path).parts) if s.upstream.path != "." else 0
         if depth and top.as_posix().endswith("/" + s.upstream.path):
@@ -103,8 +109,9 @@ class Workspace:
     zdir: Path
 
     @classmethod
-    def open(cls, ov: Overlay, checkout: Path) -> "Workspace":
-        checkout = find_checkout(Path(checkout), ov)
+    def open(cls, ov: Overlay, checkout: Path | None) -> "Workspace":
+        """CHECKOUT as named; None: the checkout around the current directory."""
+        checkout = find_checkout(Path.cwd(), ov) if checkout is None else Path(checkout)
         targets = resolve(ov, checkout)
         root = targets[0]
         gd = git.git_dir_of(root.repo) or git.git_dir(root.repo)
@@ -126,6 +133,11 @@ class Workspace:
         rec = record.load(self.zdir)
         if rec is None:
             return None
+        lo = self.ov.lock.overlay
+        if rec.node and (lo is None or rec.node.path != lo.path):
+            raise ZpatchError(f"{self.zdir / record.RECORD_NAME}: records the node in {rec.node.path!r}, but the "
+                              f"overlay installs it in {lo.path if lo else 'no folder'!r}", Exit.BAD_CHECKOUT,
+                              hint=f"unapply with the zpatch that applied it, or move {self.zdir} away")
         for t in self.targets:
             ur = rec.upstreams.get(t.name)
             if ur and _edited(t, ur):
@@ -169,9 +181,27 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
     created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
+        dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise ZpatchError(f"{dest}: cannot create it ({e.strerror})", Exit.BAD_CHECKOUT,
                           hint="choose a destination in a writable directory")
+    try:
+        fcntl.flock(dest_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # two checkouts into one folder: one wins
+    except OSError:
+        os.close(dest_fd)
+        raise ZpatchError(f"{dest}: another zpatch checkout is filling it", Exit.BUSY,
+                          hint="wait for it, then `zpatch status` it; or choose another directory")
+    try:
+        return _checkout_locked(ov, dest, created, offline, exclude, progress)
+    finally:
+        os.close(dest_fd)
+
+
+def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, exclude: list[str] | None,
+                     progress: bool) -> dict:
+    if any(dest.iterdir()):   # filled by a run that held the lock before us
+        raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
+                          hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
     try:
         mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
                                                  progress=progress) for s in ov.series}
@@ -285,19 +315,17 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                     undo: list[PatchRef], then: list[patchfile.Patch], three_way: bool,
                     base: str | None) -> tuple[dict[str, tuple[str, str] | None], dict[str, tuple[str, str]]]:
     """PATHS after reversing UNDO (zpatch's recorded copies) and applying THEN, computed in a
-    scratch index loaded with the work tree's bytes. Returns path -> (mode, blob) or None, and HEAD's entries."""
+    scratch index loaded with the work tree's bytes. Returns path -> (mode, blob, work-tree bytes) or
+    None, and HEAD's entries. A fixed number of git processes, however many files and patches."""
     head = git.tree_entries(t.repo, "HEAD", paths)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
         idx.read_tree("HEAD")
-        load = {}
-        for p in paths:
-            data = current[p]
-            if data is None:
-                if p in head:
-                    load[p] = None
-            elif head.get(p, (None, None))[1] != git.hash_object_bytes(data):
-                load[p] = (head[p][0] if p in head else "100644", git.clean_blob(t.repo, p, data))
+        load: dict[str, tuple[str, str] | None] = {p: None for p in paths if current[p] is None and p in head}
+        differ = [p for p in paths if current[p] is not None
+                  and head.get(p, (None, None))[1] != git.hash_object_bytes(current[p])]
+        for p, blob in zip(differ, git.hash_files(t.repo, differ, filters=True)):   # as `git add` would
+            load[p] = (head[p][0] if p in head else "100644", blob)
         idx.set_blobs(load)
         if undo:
             copies = [record.copy_path(ws.zdir, ref) for ref in undo]
@@ -325,29 +353,31 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                                        "pins" + ("" if not three_way else "; or move the upstream back to its pin"),
                                   details={"failures": fails, "conflicted_files": unmerged})
         entries = idx.entries(paths)
-    out = {}
-    for p in paths:
-        e = entries.get(p)
-        if e is None:
-            out[p] = None
-            continue
-        mode, blob, _stage = e
+        _check_modes(t, then, entries, head)
+        present = [p for p in paths if p in entries]
+        idx.checkout_to(Path(tmp) / "out", present)      # the bytes git would check out (filters, eol)
+        return {p: (entries[p][0], entries[p][1], (Path(tmp) / "out" / p).read_bytes()) if p in entries else None
+                for p in paths}, head
+
+
+def _check_modes(t: Target, then: list[patchfile.Patch], entries: dict, head: dict) -> None:
+    """What git made of the modes: only regular files, and only the mode upstream already has."""
+    for p, e in entries.items():
+        mode = e[0]
         want = head[p][0] if p in head else "100644"
         if mode != want:
             kind = {"120000": "a symlink", "160000": "a submodule (gitlink)"}.get(mode, f"mode {mode}")
             who = next((x.name for x in then if p in x.files), t.name)
             raise ZpatchError(f"{who}: would make {p} {kind}; zpatch writes regular files and keeps their modes",
                               Exit.BAD_OVERLAY, hint="regenerate the patch without the mode change")
-        out[p] = (mode, blob)
-    return out, head
 
 
 def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
-                 result: dict[str, tuple[str, str] | None]) -> tuple[list[txn.Change], dict[str, str | None]]:
+                 result: dict[str, tuple[str, str, bytes] | None]) -> tuple[list[txn.Change], dict[str, str | None]]:
     changes, after_ids = [], {}
     for p in paths:
         before = git.hash_object_bytes(current[p]) if current[p] is not None else None
-        data = git.smudged(t.repo, p, result[p][1]) if result[p] else None
+        data = result[p][2] if result[p] else None
         after = git.hash_object_bytes(data) if data is not None else None
         after_ids[p] = after
         if before != after:
@@ -356,11 +386,11 @@ def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
     return changes, after_ids
 
 
-def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[txn.Change], dict, NodeRecord | None]:
+def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[txn.Change], NodeRecord | None]:
     """The node's files: install this overlay's (INSTALL) and remove what zpatch installed before,
     refusing any file zpatch did not put there or that changed since."""
     lo, old = ws.ov.lock.overlay, rec.node if rec else None
-    changes, current = [], {}
+    changes = []
     want: dict[str, bytes] = {}
     if install and lo:
         src = ws.ov.overlay_source()
@@ -381,7 +411,6 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[t
                 raise ZpatchError(f"{ws.checkout / rel}: modified since zpatch installed it; refusing to "
                                   "overwrite or remove it", Exit.BAD_CHECKOUT,
                                   hint="copy your edit elsewhere, delete the file, then rerun")
-            current[(".", rel)] = now
         before = git.hash_object_bytes(now) if now is not None else None
         data = want.get(rel)
         after = git.hash_object_bytes(data) if data is not None else None
@@ -393,11 +422,11 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[t
         made = {d for rel in want for d in txn.parent_dirs(rel) if (d + "/").startswith(lo.path + "/")
                 and not (ws.checkout / d).exists()}
         node = NodeRecord(lo.path, dict(lo.sha256), sorted(made | set(old.dirs if old and old.path == lo.path else [])))
-    return changes, current, node
+    return changes, node
 
 
 
-def apply(ov: Overlay, checkout: Path, *, three_way: bool = False) -> dict:
+def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dict:
     ws = Workspace.open(ov, checkout)
     result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
               "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
@@ -415,7 +444,6 @@ def apply(ov: Overlay, checkout: Path, *, three_way: bool = False) -> dict:
             return result
         heads = _preflight(ws, rec, three_way)
         changes: list[txn.Change] = []
-        current: dict[tuple[str, str], bytes] = {}
         ups = {}
         for t in ws.targets:
             old = rec.upstreams.get(t.name) if rec else None
@@ -425,19 +453,17 @@ def apply(ov: Overlay, checkout: Path, *, three_way: bool = False) -> dict:
                                          three_way and heads[t.name] != t.pin, heads[t.name])
             ch, after = _changes_for(t, paths, cur, res)
             changes += ch
-            current.update({(t.rel, p): d for p, d in cur.items() if d is not None})
             ups[t.name] = UpstreamRecord(heads[t.name], [PatchRef(p.name, p.sha256) for p in t.series.patches],
                                          {f: after[f] for f in t.series.files},
                                          three_way=heads[t.name] != t.pin)
-        node_changes, node_current, node = _node_plan(ws, rec, install=True)
+        node_changes, node = _node_plan(ws, rec, install=True)
         changes += node_changes
-        current.update(node_current)
         new = Record(ups, node)
         if rec is not None and rec.to_bytes() == new.to_bytes() and not changes:
             result["upstreams"] = [_up_result(t, ups[t.name]) for t in ws.targets]
             return result
         copies = [p.data for t in ws.targets for p in t.series.patches]
-        txn.commit(ws.checkout, ws.zdir, "apply", changes, current, new, copies)
+        txn.commit(ws.checkout, ws.zdir, "apply", changes, new, copies)
     replaced = [t.name for t in ws.targets if rec and t.name in rec.upstreams
                 and rec.upstreams[t.name].patches != ups[t.name].patches]
     result.update(changed=True, replaced=replaced,
@@ -458,7 +484,7 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
 
 # ---------------------------------------------------------------- unapply
 
-def unapply(ov: Overlay, checkout: Path) -> dict:
+def unapply(ov: Overlay, checkout: Path | None) -> dict:
     ws = Workspace.open(ov, checkout)
     with ws.locked() as recovered:
         rec = ws.load_record()
@@ -472,10 +498,9 @@ def unapply(ov: Overlay, checkout: Path) -> dict:
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
                                   "that edit", Exit.BAD_CHECKOUT,
-                                  hint=f"save your edit (git -C {t.repo} diff > my.patch), restore the file "
-                                       "with git checkout, then rerun")
+                                  hint=f"keep a copy of your edit, make the file upstream's again (git -C {t.repo} "
+                                       f"checkout -- {edited[0]}, or delete it if a patch created it), then rerun")
         changes: list[txn.Change] = []
-        current: dict[tuple[str, str], bytes] = {}
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)
             if not ur:
@@ -491,44 +516,36 @@ def unapply(ov: Overlay, checkout: Path) -> dict:
                                       hint=f"restore with `git -C {t.repo} checkout -- {off[0]}`; move {ws.zdir} away")
             ch, _after = _changes_for(t, paths, cur, res)
             changes += ch
-            current.update({(t.rel, p): d for p, d in cur.items() if d is not None})
             result["upstreams"].append({"name": t.name, "path": t.rel, "reversed": [p.name for p in ur.patches]})
-        node_changes, node_current, _ = _node_plan(ws, rec, install=False)
+        node_changes, _ = _node_plan(ws, rec, install=False)
         changes += node_changes
-        current.update(node_current)
-        txn.commit(ws.checkout, ws.zdir, "unapply", changes, current, None, [])
+        sweep = _node_caches(ws.checkout, rec.node) if rec.node else []
+        txn.commit(ws.checkout, ws.zdir, "unapply", changes, None, [], sweep=sweep)
         if rec.node:
-            _sweep_node(ws.checkout, rec.node)
             result["node"] = rec.node.path
+            result["node_kept"] = (ws.checkout / rec.node.path).is_dir()   # it holds files that are not ours
     result["changed"] = True
     result["files_restored"] = [_full(c) for c in changes]
     return result
 
 
-def _sweep_node(checkout: Path, node: NodeRecord) -> None:
-    """After removing the node's files: the bytecode Python wrote for exactly those modules, then
-    the folders zpatch created, when empty. Nothing else is deleted, and never through a symlink."""
+def _node_caches(checkout: Path, node: NodeRecord) -> list[str]:
+    """Delete the bytecode Python wrote for exactly the node's modules (a cache, safe to lose even if
+    the unapply is rolled back); return the folders to remove when empty: the ones zpatch created
+    and those caches. Nothing else is deleted, and never through a symlink."""
     dirs = list(node.dirs)
     for f in node.files:
-        p = PurePosixPath(f)
-        if p.suffix != ".py":
-            continue
-        cache_rel = (PurePosixPath(node.path) / p.parent / "__pycache__").as_posix()
-        try:
-            cache_dir = worktree.check_path(checkout, cache_rel + "/x").parent
-        except ZpatchError:
-            continue
-        if cache_dir.is_dir() and not cache_dir.is_symlink():
-            for pyc in cache_dir.glob(f"{p.stem}.*.pyc"):
-                if pyc.is_file() and not pyc.is_symlink():
-                    pyc.unlink()
-            dirs.append(cache_rel)
-    worktree.remove_empty_dirs(checkout, dirs)
+        p = PurePosixPath(node.path) / f
+        if p.suffix == ".py":
+            cache = worktree.remove_pyc(checkout, p.parent.as_posix(), p.stem)
+            if cache:
+                dirs.append(cache)
+    return dirs
 
 
 # ---------------------------------------------------------------- status
 
-def status(ov: Overlay, checkout: Path) -> dict:
+def status(ov: Overlay, checkout: Path | None) -> dict:
     """Read-only: never takes the lock or writes; an interrupted run is reported, not repaired."""
     ws = Workspace.open(ov, checkout)
     journal = txn.pending(ws.zdir)

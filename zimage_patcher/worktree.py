@@ -29,8 +29,9 @@ def fault_point() -> None:
 
 
 def rel_parts(rel: str) -> tuple[str, ...]:
-    p = PurePosixPath(rel)
-    if not rel or p.is_absolute() or ".." in p.parts or any(x.lower() == ".git" for x in p.parts):
+    p = PurePosixPath(rel) if isinstance(rel, str) else None
+    if (p is None or not rel or not rel.isprintable() or p.is_absolute() or ".." in p.parts
+            or any(x.lower() == ".git" for x in p.parts)):
         raise ZpatchError(f"{rel!r}: not a safe relative path", Exit.BAD_CHECKOUT,
                           hint="the zpatch record or overlay names a path outside the checkout")
     return p.parts
@@ -128,13 +129,35 @@ def drop_temp(root: Path, rel: str) -> None:
         tmp.unlink()
 
 
+def _real_dir(root: Path, rel: str) -> Path | None:
+    """ROOT/REL when it and every folder on the way is a real directory (no symlink); else None."""
+    cur = root
+    for part in rel_parts(rel):
+        cur = cur / part
+        try:
+            if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                return None
+        except OSError:
+            return None
+    return cur
+
+
 def remove_empty_dirs(root: Path, dirs: list[str]) -> None:
     """Remove DIRS (relative to ROOT) that are empty, deepest first; never through a symlink."""
     for rel in sorted(set(dirs), key=lambda d: -len(rel_parts(d))):
-        path = root.joinpath(*rel_parts(rel))
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and not any(path.iterdir()):
+        path = _real_dir(root, rel)
+        if path is not None and not any(path.iterdir()):
             path.rmdir()
+
+
+def remove_pyc(root: Path, rel_dir: str, stem: str) -> str | None:
+    """Delete the bytecode Python wrote for module STEM in ROOT/REL_DIR/__pycache__ (a derived cache,
+    safe to lose); returns that cache folder (relative) for sweeping, or None."""
+    cache = f"{rel_dir}/__pycache__" if rel_dir else "__pycache__"
+    path = _real_dir(root, cache)
+    if path is None:
+        return None
+    for pyc in path.glob(f"{stem}.*.pyc"):
+        if stat.S_ISREG(os.lstat(pyc).st_mode):
+            pyc.unlink()
+    return cache

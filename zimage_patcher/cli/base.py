@@ -74,8 +74,8 @@ class Context:
     def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
 
-    def overlay_root(self) -> Path:
-        return patchset.find_root(self.overlay_dir)
+    def overlay_root(self, *, for_writing: bool = False) -> Path:
+        return patchset.find_root(self.overlay_dir, for_writing=for_writing)
 
     def load(self, verify: bool = True):
         return patchset.load(self.overlay_root(), verify_hashes=verify)
@@ -106,12 +106,13 @@ class Group(click.Group):
             return super().main(args, standalone_mode=False, **kw)
         except click.exceptions.Exit as e:
             sys.exit(e.exit_code)
-        except click.Abort:
+        except (click.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)
             sys.exit(int(Exit.INTERRUPTED))
         except click.ClickException as e:
             if "--json" in args:
-                click.echo(envelope(args[0] if args else "zpatch", False,
+                name = next((a for a in args if not a.startswith("-")), "zpatch")
+                click.echo(envelope(name, False,
                                     {"error": safe(e.format_message()), "exit_code": int(Exit.USAGE),
                                      "hint": "see --help", "details": {}}))
             else:

@@ -30,7 +30,7 @@ def lock_cmd(ctx):
     """Recompute the sha256 of every patch and node file into upstream.lock (after an intended edit).
     The new lock is read back before it replaces the old one, so it never writes a lock it cannot read."""
     from .. import patchset
-    root = ctx.overlay_root()
+    root = ctx.overlay_root(for_writing=True)
     changed = patchset.write_lock(root)
     ctx.emit({"overlay": str(root), "changed": changed},
              ("Updated upstream.lock: " + ", ".join(changed)) if changed else "upstream.lock is up to date.")

@@ -8,7 +8,12 @@ import click
 from ..errors import Exit
 from .base import command
 
-CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=".")
+# omitted: the checkout around the current directory, found as git finds its top level
+CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
+
+
+def _path(checkout: str | None) -> Path | None:
+    return Path(checkout) if checkout is not None else None
 
 
 def _plural(n: int, word: str) -> str:
@@ -70,7 +75,7 @@ def apply_cmd(ctx, checkout, three_way, allow_drift):
     A second run is a no-op that says so; after the overlay changed, the old patches are
     reversed from zpatch's own copies and the new ones applied."""
     from .. import workspace
-    res = workspace.apply(ctx.load(), Path(checkout), three_way=three_way or allow_drift)
+    res = workspace.apply(ctx.load(), _path(checkout), three_way=three_way or allow_drift)
     ctx.emit(res, apply_text(res, res["checkout"]))
 
 
@@ -80,13 +85,16 @@ def unapply_cmd(ctx, checkout):
     """Reverse what `apply` did: the patched files return to upstream's bytes and the node's files
     are removed. Refuses, changing nothing, when a file was edited since `apply`."""
     from .. import workspace
-    res = workspace.unapply(ctx.load(verify=False), Path(checkout))
+    res = workspace.unapply(ctx.load(verify=False), _path(checkout))
     lines = [res["recovered"]] if res.get("recovered") else []
     if not res["changed"]:
         lines.append("Nothing applied by zpatch here. Nothing to do.")
     else:
         parts = ", ".join(f"{u['name']} {_plural(len(u['reversed']), 'patch')}" for u in res["upstreams"])
-        node = f"; removed {res['node']}" if res["node"] else ""
+        node = ""
+        if res["node"]:
+            node = (f"; removed the node's files from {res['node']} (the folder stays: it holds files zpatch "
+                    "did not install)" if res.get("node_kept") else f"; removed {res['node']}")
         lines.append(f"Reversed {parts or 'no patches'}{node}.")
         lines.append(f"The files zpatch changed are upstream's again. Check: zpatch status {res['checkout']}")
     ctx.emit(res, "\n".join(lines))
@@ -99,7 +107,7 @@ def status_cmd(ctx, checkout):
     foreign changes (inside nested repositories too), and the custom node. Read-only.
     Exits 1 when anything differs from a cleanly applied overlay."""
     from .. import workspace
-    res = workspace.status(ctx.load(), Path(checkout))
+    res = workspace.status(ctx.load(), _path(checkout))
     lines = []
     if res["interrupted"]:
         lines.append(f"INTERRUPTED: a `zpatch {res['interrupted']['op']}` (pid {res['interrupted']['pid']}) "
