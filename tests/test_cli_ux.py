@@ -122,3 +122,14 @@ def test_readme_exit_code_table_is_the_one_zpatch_documents():
     r = CliRunner().invoke(main, ["status", "--help"])
     for code in EXIT_HELP:
         assert re.search(rf"^ +{int(code)} +\S", r.output, re.M), code
+
+
+def test_verbose_lists_every_file_and_error_details(zpatch, checkout, world):
+    out = zpatch("apply", checkout, "-v").stdout
+    assert "wrote    comfy/sd.py" in out and "wrote    custom_nodes/ComfyUI-GGUF/loader.py" in out
+    assert "restored comfy/sd.py" in zpatch("unapply", checkout, "-v").stdout
+    p = next((world.overlay / "patches/comfyui").glob("0001-*.patch"))
+    p.write_text(p.read_text().replace(" line 9 of sd.py\n", " line 9 of sd.py (stale)\n"))
+    world.relock()
+    r = zpatch("apply", checkout, "-v", expect=5)
+    assert '"failures"' in r.stderr and '"expected"' in r.stderr

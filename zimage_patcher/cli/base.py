@@ -194,6 +194,8 @@ def command(name: str, help_example: str):
                     click.echo(envelope(name, False, e.to_json()))
                 else:
                     report_error(e.message, e.hint)
+                    if ctx.verbosity > 0 and e.details:   # -v: the structured details too
+                        click.echo(safe(json.dumps(e.details, indent=2, sort_keys=True)), err=True)
                 sys.exit(int(e.exit_code))
             sys.exit(int(code or 0))
         return run

@@ -45,6 +45,14 @@ def checkout_cmd(ctx, dest, offline, exclude, then_apply):
     ctx.emit(res, "\n".join(lines))
 
 
+def _files(ctx, res: dict, *keys: str) -> str:
+    """-v: every path written, removed or restored, as git's porcelain lists them."""
+    if ctx.verbosity < 1:
+        return ""
+    verbs = {"files_written": "wrote", "files_removed": "removed", "files_restored": "restored"}
+    return "".join(f"\n  {verbs[k]:<8} {f}" for k in keys for f in res.get(k, []))
+
+
 def apply_text(res: dict, checkout) -> str:
     lines = [res["recovered"]] if res.get("recovered") else []
     counts = ", ".join(f"{u['name']} {_plural(len(u['applied']), 'patch')}" for u in res["upstreams"])
@@ -76,7 +84,7 @@ def apply_cmd(ctx, checkout, three_way, allow_drift):
     reversed from zpatch's own copies and the new ones applied."""
     from .. import workspace
     res = workspace.apply(ctx.load(), _path(checkout), three_way=three_way or allow_drift)
-    ctx.emit(res, apply_text(res, res["checkout"]))
+    ctx.emit(res, apply_text(res, res["checkout"]) + _files(ctx, res, "files_written", "files_removed"))
 
 
 @command("unapply", "zpatch unapply ./ComfyUI")
@@ -97,7 +105,7 @@ def unapply_cmd(ctx, checkout):
                     "did not install)" if res.get("node_kept") else f"; removed {res['node']}")
         lines.append(f"Reversed {parts or 'no patches'}{node}.")
         lines.append(f"The files zpatch changed are upstream's again. Check: zpatch status {res['checkout']}")
-    ctx.emit(res, "\n".join(lines))
+    ctx.emit(res, "\n".join(lines) + _files(ctx, res, "files_restored"))
 
 
 @command("status", "zpatch status ./ComfyUI --json")
