@@ -345,8 +345,10 @@ def test_control_characters_from_a_patch_never_reach_the_terminal(zpatch, world,
 # ---------------------------------------------------------------- 10. the caller's GIT_DIR
 
 def test_inherited_git_dir_and_work_tree_do_not_redirect_zpatch(zpatch, checkout, tmp_path, monkeypatch):
-    other = tmp_path / "other"
-    make_repo(other, {"comfy/sd.py": SD_PY})
+    other = tmp_path / "other"                  # a hook's repository: another one, with no commit yet
+    git("init", "-q", str(other))
+    (other / "comfy").mkdir()
+    (other / "comfy/sd.py").write_text(SD_PY)
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
     monkeypatch.setenv("GIT_INDEX_FILE", str(other / ".git/index"))
@@ -450,8 +452,7 @@ def test_damaged_journal_is_exit_4_not_a_crash(zpatch, checkout, field, value):
 
 
 def test_status_writes_nothing_not_even_git_objects_or_the_index(zpatch, checkout):
-    zpatch("apply", checkout)
-    (checkout / "comfy/sd.py").write_text("edited\n")       # makes status classify by hand
+    (checkout / "comfy/sd.py").write_text(SD_PY + "# edited by hand\n")   # status classifies it in git
     git_files = lambda: {p: p.read_bytes() for p in (checkout / ".git").rglob("*") if p.is_file()}
     before = git_files()
     zpatch("status", checkout, expect=1)
