@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from testing.fixtures import LOADER_PY, SD_PY, git, make_repo, replace_line, tree_snapshot, write
+from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ class ZpatchError(Exception):
     """
 
     def __init__(self, message: str, exit_code: Exit, hint: str | None = None, details: dict | None = None):
+        message = " ".join(message.split("\n")).strip()     # one line, whatever a quoted input held
         super().__init__(message)
         self.message = message
         self.exit_code = Exit(exit_code)

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from . import cache, diagnose, git, patchfile, record, txn, worktree
 from .errors import Exit, ZpatchError
-from .patchset import Overlay, Series, overlay_files, sha256_file
+from .patchset import Overlay, Series, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
 
 
@@ -150,15 +150,6 @@ class Workspace:
 def _edited(t: Target, ur: UpstreamRecord) -> list[str]:
     """Paths whose bytes differ from what zpatch left there."""
     return [f for f, want in ur.files.items() if worktree.blob_id(t.top, t.file(f)) != want]
-
-
-def _node_edited(checkout: Path, node: NodeRecord) -> list[str]:
-    out = []
-    for f, want in node.files.items():
-        data = worktree.read(checkout, f"{node.path}/{f}")
-        if data is not None and record.digest(data) != want:
-            out.append(f"{node.path}/{f}")
-    return out
 
 
 # ---------------------------------------------------------------- checkout
@@ -406,7 +397,7 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[t
         if now is not None:
             if rel not in had:
                 raise ZpatchError(f"{ws.checkout / rel}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
-                                  hint=f"move it away, then rerun")
+                                  hint="move it away, then rerun")
             if record.digest(now) != had[rel]:
                 raise ZpatchError(f"{ws.checkout / rel}: modified since zpatch installed it; refusing to "
                                   "overwrite or remove it", Exit.BAD_CHECKOUT,
