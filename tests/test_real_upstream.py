@@ -80,3 +80,30 @@ def test_patched_modules_import_under_torch(env, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=dest, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
     assert "IMPORT FAILED" not in r.stderr
+
+
+def test_real_overlay_is_in_exported_form(env):
+    """The CI gate on the real series: every patch is exactly what `zpatch export` writes for it."""
+    res = zpatch("export", "--check", env=env)
+    assert res["changed"] is False, res
+
+
+def test_real_edit_commit_export_round_trip_on_a_partial_source(env, tmp_path):
+    """The snapshot lacks one blob (DESIGN section 7): with it excluded, edit mode and plain git
+    commits work, and an unchanged series exports to the same bytes."""
+    dest = tmp_path / "ComfyUI"
+    res = zpatch("checkout", dest, "--exclude", EXCLUDE, "--apply", env=env)
+    gguf = dest / "custom_nodes" / "ComfyUI-GGUF"
+    res = zpatch("edit", dest, env=env)
+    assert [len(u["commits"]) for u in res["upstreams"]] == [1, 4]
+    assert zpatch("export", dest, "--check", env=env)["changed"] is False
+    (dest / "comfy/sd.py").write_text((dest / "comfy/sd.py").read_text() + "# a maintainer's edit\n")
+    subprocess.run(["git", "commit", "-q", "-a", "--amend", "--no-edit"], cwd=dest, check=True,
+                   capture_output=True)
+    res = zpatch("export", dest, "--check", env=env, expect=1)
+    assert [p["state"] for p in res["upstreams"][0]["patches"]] == ["changed"]
+    assert [p["state"] for p in res["upstreams"][1]["patches"]] == ["unchanged"] * 4
+    zpatch("unapply", dest, "--discard", env=env)
+    for repo in (dest, gguf):
+        assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
+                              text=True).stdout == ""

@@ -25,9 +25,9 @@ _TRACE = bool(os.environ.get("ZPATCH_TRACE"))
 
 
 # The one spelling of the options that make `git format-patch` output byte-stable: no commit id,
-# no version signature, full blob ids (3-way applies need them), no diffstat. The fixtures use it;
-# `export` will too.
-FORMAT_PATCH_OPTIONS = ("--zero-commit", "--no-signature", "--full-index", "--no-stat")
+# no version signature, full blob ids (3-way applies need them), no diffstat, "[PATCH]" unnumbered.
+# export and the test fixtures use it.
+FORMAT_PATCH_OPTIONS = ("--zero-commit", "--no-signature", "--full-index", "--no-stat", "--no-numbered")
 
 
 class GitResult:
@@ -224,8 +224,8 @@ class ScratchIndex:
             self.env.update(GIT_OBJECT_DIRECTORY=os.path.join(tmpdir, "objects"),
                             GIT_ALTERNATE_OBJECT_DIRECTORIES=str((Path(repo) / objects).resolve()))
 
-    def run(self, args: list[str], **kw) -> GitResult:
-        return run(args, cwd=self.repo, env=self.env, **kw)
+    def run(self, args: list[str], env: dict | None = None, **kw) -> GitResult:
+        return run(args, cwd=self.repo, env={**self.env, **(env or {})}, **kw)
 
     def read_tree(self, rev: str) -> None:
         self.run(["read-tree", rev])
@@ -254,6 +254,31 @@ class ScratchIndex:
         if paths:
             self.run(["checkout-index", "-f", "-z", "--stdin", f"--prefix={prefix}/"],
                      input="".join(p + "\0" for p in paths))
+
+    def commit_patches(self, base: str, patches: list[Path]) -> list[str]:
+        """Commit PATCHES one after another on BASE without a work tree, as `git am` would (same
+        authors, dates and messages; committer zpatch). Blobs missing from files the patches do not
+        touch are fine (write-tree --missing-ok), so partial mirrors and blobless clones work.
+        Raises CONFLICT naming the first patch that does not apply."""
+        self.read_tree(base)
+        parent, out = base, []
+        for p in patches:
+            r = self.apply([p])
+            if not r.ok:
+                raise ZpatchError(f"{Path(p).name}: does not apply on {parent[:12]}: {r.last_line()}", Exit.CONFLICT,
+                                  hint="`zpatch check` shows the failing hunk")
+            tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
+            info = mailinfo(self.repo, p)
+            who = {"GIT_AUTHOR_NAME": info.get("author", ""), "GIT_AUTHOR_EMAIL": info.get("email", ""),
+                   "GIT_AUTHOR_DATE": info.get("date", ""), "GIT_COMMITTER_DATE": info.get("date", ""),
+                   **_IDENTITY}
+            parent = self.run(["commit-tree", tree, "-p", parent, "-F", "-"], env=who,
+                              input=commit_message(self.repo, info)).stdout.strip()
+            out.append(parent)
+        return out
+
+    def format_patch(self, commit: str) -> bytes:
+        return format_patch(self.repo, commit, env=self.env)
 
     def entries(self, paths: list[str]) -> dict[str, tuple[str, str, int]]:
         """PATH -> (mode, blob, stage) for PATHS present in the index (stage > 0: unmerged)."""
@@ -284,3 +309,88 @@ def hash_files(repo: Path, paths: list[str], *, filters: bool) -> list[str]:
 def read_blob(repo: Path, blob: str) -> bytes | None:
     r = run(["cat-file", "blob", blob], cwd=repo, check=False, input=b"")
     return r.stdout.encode("utf-8", "surrogateescape") if r.ok else None
+
+
+# ---------------------------------------------------------------- commits: edit mode and export
+
+# A neutral configuration for the commands whose output is committed to the overlay, so a
+# maintainer's own settings (noprefix, mnemonic prefixes, another diff algorithm, a signature,
+# extra headers, more context) never change the bytes of a patch file.
+_NEUTRAL = ("diff.noprefix=false", "diff.mnemonicPrefix=false", "diff.renames=true", "diff.algorithm=myers",
+            "diff.context=3", "diff.interHunkContext=0", "diff.indentHeuristic=true", "diff.relative=false",
+            "diff.suppressBlankEmpty=false", "core.quotePath=true",
+            "format.numbered=false", "format.subjectPrefix=PATCH", "format.coverLetter=false",
+            "format.thread=false", "format.from=false", "format.forceInBodyFrom=false", "format.notes=false",
+            "i18n.logOutputEncoding=UTF-8", "log.showSignature=false")
+ZPATCH_NOTES = "refs/notes/zpatch"       # commit -> the patch file it came from (edit mode)
+EDIT_BASE = "refs/zpatch/base"           # the pin the edit branch starts from (Electron keeps such a ref)
+EDIT_BRANCH = "zpatch/edit"
+_IDENTITY = {"GIT_COMMITTER_NAME": "zpatch", "GIT_COMMITTER_EMAIL": "zpatch@localhost"}
+
+
+def _neutral(args: list[str]) -> list[str]:
+    out = []
+    for kv in _NEUTRAL:
+        out += ["-c", kv]
+    return out + args
+
+
+def format_patch(repo: Path, commit: str, env: dict | None = None) -> bytes:
+    """COMMIT as a mailbox patch, byte-stable: the one place the format options live."""
+    # the user's and the system's config cannot reach the bytes either (format.headers, say)
+    quiet = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", **(env or {})}
+    r = run(_neutral(["format-patch", "-1", "--stdout", *FORMAT_PATCH_OPTIONS, commit]), cwd=repo, input=b"",
+            env=quiet)
+    return r.stdout.encode("utf-8", "surrogateescape")
+
+
+def format_patch_name(repo: Path, commit: str, number: int) -> str:
+    """The file name `git format-patch` gives COMMIT as patch NUMBER (0001-Subject-words.patch)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="zpatch-name-") as tmp:
+        out = run(["format-patch", "-1", f"--start-number={number}", "-o", tmp, "--no-stat", commit], cwd=repo)
+        return Path(out.stdout.strip()).name
+
+
+def rev_parse(repo: Path, rev: str) -> str | None:
+    r = run(["rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, check=False)
+    return r.stdout.strip() if r.ok else None
+
+
+def rev_list(repo: Path, rng: str, *extra: str) -> list[str]:
+    """Commits of RNG, oldest first."""
+    return run(["rev-list", "--reverse", *extra, rng], cwd=repo).stdout.split()
+
+
+def note(repo: Path, commit: str) -> str | None:
+    r = run(["notes", f"--ref={ZPATCH_NOTES}", "show", commit], cwd=repo, check=False)
+    return r.stdout.strip() if r.ok else None
+
+
+def add_note(repo: Path, commit: str, text: str) -> None:
+    run(["notes", f"--ref={ZPATCH_NOTES}", "add", "-f", "-m", text, commit], cwd=repo, env=_IDENTITY)
+
+
+def patch_id(repo: Path, patch: bytes) -> str:
+    """git's stable patch id: the same for the same change, whatever the line numbers or message."""
+    out = run(["patch-id", "--stable"], cwd=repo, input=patch).stdout.split()
+    return out[0] if out else ""
+
+
+def mailinfo(repo: Path, patch: Path) -> dict[str, str]:
+    """Author, email, date, subject and message body of a mailbox patch, read as `git am` reads it."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="zpatch-mail-") as tmp:
+        msg, diff = os.path.join(tmp, "msg"), os.path.join(tmp, "patch")
+        out = run(["mailinfo", msg, diff], cwd=repo, input=Path(patch).read_bytes()).stdout
+        info = {}
+        for line in out.splitlines():
+            key, _, value = line.partition(": ")
+            info[key.lower()] = value
+        info["body"] = Path(msg).read_bytes().decode("utf-8", "surrogateescape")
+    return info
+
+
+def commit_message(repo: Path, info: dict[str, str]) -> str:
+    """The message `git am` would commit: subject, blank line, body, cleaned by git's stripspace."""
+    return run(["stripspace"], cwd=repo, input=info.get("subject", "") + "\n\n" + info.get("body", "")).stdout

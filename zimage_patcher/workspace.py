@@ -147,6 +147,20 @@ class Workspace:
         return rec
 
 
+def in_edit_mode(t: Target) -> bool:
+    """`zpatch edit` made the series commits on a branch (refs/zpatch/base marks it; see edit.py)."""
+    return git.rev_parse(t.repo, git.EDIT_BASE) is not None
+
+
+def _refuse_in_edit_mode(ws: "Workspace", command: str) -> None:
+    t = next((t for t in ws.targets if in_edit_mode(t)), None)
+    if t is not None:
+        raise ZpatchError(f"{t.repo}: is in edit mode (the patches are commits on {git.EDIT_BRANCH})",
+                          Exit.BAD_CHECKOUT,
+                          hint=f"`zpatch export {ws.checkout}` then `zpatch unapply {ws.checkout}` to leave it "
+                               f"before {command}")
+
+
 def _edited(t: Target, ur: UpstreamRecord) -> list[str]:
     """Paths whose bytes differ from what zpatch left there."""
     return [f for f, want in ur.files.items() if worktree.blob_id(t.top, t.file(f)) != want]
@@ -200,7 +214,7 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         raise
-    result = {"checkout": str(dest), "upstreams": [], "missing_objects": []}
+    result = {"checkout": str(dest), "upstreams": [], "missing_objects": [], "partial": []}
     try:
         # Parents first: the custom node's clone lands inside the ComfyUI work tree.
         for s in sorted(ov.series, key=lambda s: s.upstream.path.count("/") + (s.upstream.path != ".")):
@@ -219,6 +233,15 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
                     raise ZpatchError(f"--exclude {unknown[0]}: no such path in {up.name} at {up.commit[:12]}",
                                       Exit.USAGE, hint="name a file or folder of the upstream")
                 git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!/{m}" for m in mine]], cwd=repo)
+                absent = [m for m, blob in known.items()
+                          if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok]
+                if absent:
+                    # A source that lacks these blobs makes this a partial clone, and git commits over
+                    # a missing blob only in a promisor repository with the path out of the work tree:
+                    # say so, as a blobless clone does, so that edit mode and plain commits work.
+                    git.run(["config", "remote.origin.promisor", "true"], cwd=repo)
+                    git.run(["config", "remote.origin.partialclonefilter", "blob:none"], cwd=repo)
+                    result["partial"] += [f"{up.path}/{m}" if up.path != "." else m for m in absent]
             r = git.run(["checkout", "--quiet", "--detach", up.commit], cwd=repo, check=False)
             missing = _MISSING.findall(r.stderr)
             if not r.ok and not missing:
@@ -429,6 +452,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
             return result
     with ws.locked() as recovered:
         result["recovered"] = recovered
+        _refuse_in_edit_mode(ws, "apply")
         rec = ws.load_record()
         if _fast_noop(ws, rec):
             result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
@@ -475,12 +499,17 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
 
 # ---------------------------------------------------------------- unapply
 
-def unapply(ov: Overlay, checkout: Path | None) -> dict:
+def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dict:
     ws = Workspace.open(ov, checkout)
     with ws.locked() as recovered:
         rec = ws.load_record()
         result = {"checkout": str(ws.checkout), "changed": False, "recovered": recovered, "upstreams": [],
-                  "node": None, "files_restored": []}
+                  "node": None, "files_restored": [], "left_edit_mode": []}
+        if any(in_edit_mode(t) for t in ws.targets):
+            from . import edit      # edit builds on this module
+            result["left_edit_mode"] = [u["name"] for u in edit.leave(ws, discard=discard)]
+            result["changed"] = True
+            rec = ws.load_record()
         if rec is None:
             return result
         for t in ws.targets:
@@ -545,6 +574,10 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
            "interrupted": {"op": journal["op"], "pid": journal["pid"]} if journal else None}
     for t in ws.targets:
         head = git.head_commit(t.repo)
+        if in_edit_mode(t):
+            out["upstreams"].append(_edit_status(ws, t, head))
+            out["clean"] &= out["upstreams"][-1]["edit"]["exported"] and not out["upstreams"][-1]["foreign_changes"]
+            continue
         ur = rec.upstreams.get(t.name)
         recorded = {p.name: p.sha256 for p in ur.patches} if ur else {}
         modified_files = set(_edited(t, ur)) if ur else set()
@@ -580,9 +613,23 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
         vals = set(files.values())
         out["node"] = {"path": lo.path, "files": files,
                        "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}
-        if out["node"]["state"] != "installed":
-            out["clean"] = False
+        if out["node"]["state"] != "installed" and not any(u.get("edit") for u in out["upstreams"]):
+            out["clean"] = False       # in edit mode the node is not installed: it is edited in the overlay
     return out
+
+
+def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
+    """An upstream in edit mode: its commits as export would write them."""
+    from . import edit
+    sp = edit.plan(ws, t, allow_dirty=True)
+    states = {"unchanged": "committed", "changed": "changed", "new": "new"}
+    patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches]
+    patches += [{"name": n, "state": "dropped"} for n in sp.removed]
+    foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
+               if not _inside_nested(t, ws.targets, f)]
+    return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
+            "patches": patches, "foreign_changes": foreign,
+            "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches), "exported": not sp.changed}}
 
 
 def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:

@@ -1,6 +1,8 @@
 """check and lock: the commands that read or write the overlay itself (never a checkout)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .base import command
@@ -34,3 +36,43 @@ def lock_cmd(ctx):
     changed = patchset.write_lock(root)
     ctx.emit({"overlay": str(root), "changed": changed},
              ("Updated upstream.lock: " + ", ".join(changed)) if changed else "upstream.lock is up to date.")
+
+
+@command("export", "zpatch export ./ComfyUI --check")
+@click.argument("checkout", type=click.Path(file_okay=False), default=None, required=False)
+@click.option("--check", is_flag=True,
+              help="Write nothing; exit 1 when the patch files differ from what export would write.")
+@click.option("--offline", is_flag=True, help="With --check and no checkout: use the cache only.")
+def export_cmd(ctx, checkout, check, offline):
+    """Write each upstream's commits of `zpatch edit` back as patches/<upstream>/, its series and
+    upstream.lock: new commits become new patches, dropped ones are deleted, reordering rewrites the
+    series, and only patches whose bytes change are rewritten (byte-stable format-patch options under
+    a neutral git config). With --check and no CHECKOUT: every patch file must be exactly what
+    export writes for it (the CI and pre-commit gate)."""
+    from .. import edit
+    from ..errors import Exit
+    ov = ctx.load()
+    if checkout is None and check:
+        res = edit.canonical(ov, offline=offline)
+    else:
+        res = edit.export(ov, Path(checkout) if checkout else None, check=check)
+    lines = []
+    for u in res["upstreams"]:
+        moved = [p for p in u["patches"] if p["state"] != "unchanged"]
+        lines.append(f"{u['name']}: {len(u['patches'])} patch(es), {len(moved)} to write"
+                     + (", series reordered" if u["reordered"] else "")
+                     + (f", {len(u['removed'])} dropped" if u["removed"] else ""))
+        lines += [f"  {p['state']:<9} {p['name']}" for p in moved]
+        lines += [f"  warning: {p['name']} lacks {', '.join(p['missing_headers'])} in its message "
+                  "(`zpatch check` requires them; git commit --amend to add)"
+                  for p in u["patches"] if p.get("missing_headers")]
+        lines += [f"  dropped   {n}" for n in u["removed"]]
+    if not res["changed"]:
+        lines.append("The patch files are up to date." if check else "Nothing to export: the patch files are up to date.")
+    elif check:
+        lines.append("The patch files differ from the export: run `zpatch export "
+                     + (str(checkout) if checkout else "CHECKOUT") + "` (from an edit-mode checkout)")
+    else:
+        lines.append("Exported; upstream.lock updated. Review with `git diff`, then commit the overlay.")
+    ctx.emit(res, "\n".join(lines))
+    return Exit.FINDINGS if check and res["changed"] else Exit.OK

@@ -89,15 +89,19 @@ def apply_cmd(ctx, checkout, three_way, allow_drift):
 
 @command("unapply", "zpatch unapply ./ComfyUI")
 @click.argument("checkout", **CHECKOUT_ARG)
-def unapply_cmd(ctx, checkout):
+@click.option("--discard", is_flag=True, help="In edit mode: drop commits that were not exported.")
+def unapply_cmd(ctx, checkout, discard):
     """Reverse what `apply` did: the patched files return to upstream's bytes and the node's files
-    are removed. Refuses, changing nothing, when a file was edited since `apply`."""
+    are removed. Refuses, changing nothing, when a file was edited since `apply`. In edit mode it
+    leaves it: back to the pins, once the commits are exported."""
     from .. import workspace
-    res = workspace.unapply(ctx.load(verify=False), _path(checkout))
+    res = workspace.unapply(ctx.load(verify=False), _path(checkout), discard=discard)
     lines = [res["recovered"]] if res.get("recovered") else []
+    if res["left_edit_mode"]:
+        lines.append(f"Left edit mode ({', '.join(res['left_edit_mode'])}): back at the pins.")
     if not res["changed"]:
         lines.append("Nothing applied by zpatch here. Nothing to do.")
-    else:
+    elif res["upstreams"] or res["node"]:
         parts = ", ".join(f"{u['name']} {_plural(len(u['reversed']), 'patch')}" for u in res["upstreams"])
         node = ""
         if res["node"]:
@@ -121,7 +125,12 @@ def status_cmd(ctx, checkout):
         lines.append(f"INTERRUPTED: a `zpatch {res['interrupted']['op']}` (pid {res['interrupted']['pid']}) "
                      "died before finishing")
     for u in res["upstreams"]:
-        pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
+        if u.get("edit"):
+            e = u["edit"]
+            pin = (f"EDIT MODE: {e['commits']} commit(s) on {e['branch']}, "
+                   + ("exported" if e["exported"] else "not exported yet"))
+        else:
+            pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
         lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
         lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
         lines += [f"  foreign   {f['git_status']} {f['path']}" for f in u["foreign_changes"]]
@@ -142,10 +151,15 @@ def _status_advice(res: dict) -> list[str]:
     if res["interrupted"]:
         out.append(f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either first rolls the "
                    "interrupted change back)")
-    off = [u for u in res["upstreams"] if not u["at_pin"]]
+    editing = [u for u in res["upstreams"] if u.get("edit")]
+    if editing:
+        if not all(u["edit"]["exported"] for u in editing):
+            out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
+        out.append(f"  (edit mode: `zpatch unapply {co}` goes back to the pins once exported)")
+    off = [u for u in res["upstreams"] if not u["at_pin"] and not u.get("edit")]
     if off:
         out.append(f"  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --3way {co}` to merge)")
-    if states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing"):
+    if states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing" and not editing):
         out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
     if "conflict" in states:
         out.append("  (conflict: the patch does not apply to the files as they are; "
@@ -155,3 +169,19 @@ def _status_advice(res: dict) -> list[str]:
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
+
+
+@command("edit", "zpatch edit ./ComfyUI && git -C ./ComfyUI commit --amend")
+@click.argument("checkout", **CHECKOUT_ARG)
+def edit_cmd(ctx, checkout):
+    """Turn each upstream's patches into commits on a branch `zpatch/edit` over its pin, checked out,
+    so they can be changed with plain git (commit --amend, new commits, rebase -i, drop). A checkout
+    with the overlay applied is unapplied first. `zpatch export` writes the patches back."""
+    from .. import edit
+    res = edit.edit(ctx.load(), _path(checkout))
+    lines = []
+    for u in res["upstreams"]:
+        lines.append(f"{u['name']}: {len(u['commits'])} commit(s) on {u['branch']} over {u['base'][:12]}")
+        lines += [f"  {c['commit'][:12]} {c['patch']}" for c in u["commits"]]
+    lines.append(f"Edit with git in each repository, then: zpatch export {res['checkout']}")
+    ctx.emit(res, "\n".join(lines))

@@ -1,0 +1,210 @@
+"""Authoring the patches as commits: edit, plain git, export; byte-stable round trips; every refusal."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot
+
+
+@pytest.fixture
+def checkout(world, tmp_path):
+    return world.clone_checkout(tmp_path / "ComfyUI")
+
+
+def _error_line(r) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def overlay_snapshot(world) -> dict:
+    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
+            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
+
+
+def gguf(co):
+    return co / "custom_nodes/ComfyUI-GGUF"
+
+
+def test_edit_then_export_with_no_change_rewrites_nothing(zpatch, world, checkout):
+    zpatch("apply", checkout)
+    before = overlay_snapshot(world)
+    mtimes = {p: p.stat().st_mtime_ns for p in world.overlay.rglob("*") if p.is_file()}
+    res = zpatch.json("edit", checkout)
+    assert [len(u["commits"]) for u in res["upstreams"]] == [1, 3]
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=gguf(checkout)) == "zpatch/edit"
+    assert "loader line 35 external" in (gguf(checkout) / "loader.py").read_text()
+    assert not (checkout / "custom_nodes/ComfyUI-ZImage-Fix").exists()      # apply was undone first
+    assert zpatch.json("export", checkout, "--check")["changed"] is False
+    assert zpatch.json("export", checkout)["changed"] is False
+    assert overlay_snapshot(world) == before
+    assert {p: p.stat().st_mtime_ns for p in world.overlay.rglob("*") if p.is_file()} == mtimes
+    st = zpatch.json("status", checkout)
+    assert st["clean"] and [u["edit"]["exported"] for u in st["upstreams"]] == [True, True]
+
+
+def test_amend_new_drop_and_reorder_are_exported(zpatch, world, checkout):
+    zpatch("edit", checkout)
+    g = gguf(checkout)
+    d = world.overlay / "patches/comfyui-gguf"
+    old1 = (d / "0001-loader-gemma3.patch").read_bytes()
+    # amend patch 3 (the tip), add a new commit, then drop patch 2 and move the new one first
+    (g / "loader.py").write_text((g / "loader.py").read_text().replace("loader line 36\n", "loader line 36 amended\n"))
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
+    (g / "nodes.py").write_text("GGUF = 2\n")
+    git("commit", "-q", "-a", "-m", "nodes: bump\n\nOrigin: vendor\nForwarded: no\nLast-Update: 2026-11-26\n"
+        "Upstream-License: test", cwd=g)
+    base = git("rev-parse", "refs/zpatch/base", cwd=g)
+    c1, c2, c3, c4 = git("rev-list", "--reverse", f"{base}..HEAD", cwd=g).split()
+    # git rebase -i as a maintainer would use it: the notes follow the commits (notes.rewriteRef)
+    todo = g.parent / "todo.sh"
+    todo.write_text(f"#!/bin/sh\nprintf 'pick {c4}\\npick {c1}\\npick {c3}\\n' > \"$1\"\n")
+    todo.chmod(0o755)
+    env = {**os.environ, "GIT_SEQUENCE_EDITOR": str(todo)}
+    import subprocess
+    subprocess.run(["git", "rebase", "-q", "-i", base], cwd=g, env=env, check=True, capture_output=True)
+    check = zpatch("export", checkout, "--check", expect=1)
+    assert "The patch files differ" in check.stdout
+    res = zpatch.json("export", checkout)
+    u = res["upstreams"][1]
+    assert [(p["name"], p["state"]) for p in u["patches"]] == [
+        ("0001-nodes-bump.patch", "new"), ("0001-loader-gemma3.patch", "unchanged"),
+        ("0003-loader-external-tokenizer.patch", "changed")]
+    assert u["removed"] == ["0002-loader-tokenizer.patch"] and not u["reordered"]   # the kept ones keep their order
+    assert (d / "series").read_text().split() == ["0001-nodes-bump.patch", "0001-loader-gemma3.patch",
+                                                  "0003-loader-external-tokenizer.patch"]
+    assert not (d / "0002-loader-tokenizer.patch").exists()
+    assert (d / "0001-loader-gemma3.patch").read_bytes() == old1
+    assert b"loader line 36 amended" in (d / "0003-loader-external-tokenizer.patch").read_bytes()
+    assert zpatch.json("check")["clean"]                      # the lock followed; the new series applies
+    assert zpatch.json("export", checkout, "--check")["changed"] is False
+    # leaving edit mode, then applying the exported overlay, gives exactly the edited files
+    edited = (g / "loader.py").read_bytes()
+    zpatch("unapply", checkout)
+    assert git("rev-parse", "HEAD", cwd=g) == world.gguf_pin and (g / "loader.py").read_text() == LOADER_PY
+    assert git("rev-parse", "-q", "--verify", "refs/zpatch/base", cwd=g, check=False) == ""
+    zpatch("apply", checkout)
+    assert (g / "loader.py").read_bytes() == edited
+
+
+def test_unknown_mail_headers_survive_a_content_change(zpatch, world, checkout):
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_bytes(p.read_bytes().replace(b"\nSubject:", b"\nX-Zpatch-Review: alice\nSubject:", 1))
+    world.relock()
+    zpatch("edit", checkout)
+    assert zpatch.json("export", checkout, "--check")["changed"] is False
+    (checkout / "comfy/sd.py").write_text((checkout / "comfy/sd.py").read_text() + "# more\n")
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=checkout)
+    zpatch("export", checkout)
+    data = p.read_bytes()
+    assert b"\nX-Zpatch-Review: alice\n" in data and b"+# more" in data
+
+
+def test_export_check_without_a_checkout_is_the_canonical_form_gate(zpatch, world):
+    assert zpatch.json("export", "--check")["changed"] is False
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    # a hand edit that still applies: an abbreviated index line, as a plain `git diff` writes
+    text = p.read_text()
+    import re
+    p.write_text(re.sub(r"^index ([0-9a-f]{7})[0-9a-f]{33}\.\.([0-9a-f]{7})[0-9a-f]{33}", r"index \1..\2", text,
+                        flags=re.M))
+    world.relock()
+    res = zpatch.json("export", "--check", expect=1)
+    assert [p["state"] for p in res["upstreams"][0]["patches"]] == ["changed"]
+
+
+def test_export_refuses_dirty_merges_nested_paths_name_clashes_and_no_edit_mode(zpatch, world, checkout):
+    r = zpatch("export", checkout, expect=4)
+    assert "not in edit mode" in _error_line(r) and "zpatch edit" in r.stderr
+    zpatch("edit", checkout)
+    before = overlay_snapshot(world)
+    (checkout / "comfy/sd.py").write_text("dirty\n")
+    assert "has uncommitted changes; export writes commits only" in _error_line(zpatch("export", checkout, expect=4))
+    git("checkout", "-q", "--", "comfy/sd.py", cwd=checkout)
+    # a merge commit
+    base = git("rev-parse", "refs/zpatch/base", cwd=checkout)
+    git("checkout", "-q", "-b", "side", base, cwd=checkout)
+    (checkout / "side.txt").write_text("x\n")
+    git("add", "side.txt", cwd=checkout)
+    git("commit", "-q", "-m", "side", cwd=checkout)
+    git("checkout", "-q", "zpatch/edit", cwd=checkout)
+    git("merge", "-q", "--no-edit", "side", cwd=checkout)
+    assert "is a merge" in _error_line(zpatch("export", checkout, expect=4))
+    git("reset", "-q", "--hard", "HEAD~1", cwd=checkout)
+    # the parent commits into the node's folder (git itself refuses paths in the nested repository)
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix"
+    node.mkdir(parents=True)
+    (node / "sneaky.py").write_text("x\n")
+    git("add", "-f", "custom_nodes/ComfyUI-ZImage-Fix/sneaky.py", cwd=checkout)
+    git("commit", "-q", "-m", "sneaky", cwd=checkout)
+    assert "inside custom_nodes/ComfyUI-ZImage-Fix" in _error_line(zpatch("export", checkout, expect=4))
+    git("reset", "-q", "--hard", "HEAD~1", cwd=checkout)
+    # a new commit whose subject gives the name the first patch still has, moved first
+    (checkout / "nodes.py").write_text("NODES = 2\n")
+    git("commit", "-q", "-a", "-m", "sd: accept 4-D latents", cwd=checkout)
+    new, orig = git("rev-parse", "HEAD", cwd=checkout), git("rev-parse", "HEAD~1", cwd=checkout)
+    todo = checkout.parent / "todo.sh"
+    todo.write_text(f"#!/bin/sh\nprintf 'pick {new}\\npick {orig}\\n' > \"$1\"\n")
+    todo.chmod(0o755)
+    import subprocess
+    subprocess.run(["git", "rebase", "-q", "-i", base], cwd=checkout, check=True, capture_output=True,
+                   env={**os.environ, "GIT_SEQUENCE_EDITOR": str(todo)})
+    assert "a name another patch has" in _error_line(zpatch("export", checkout, expect=4))
+    assert overlay_snapshot(world) == before
+
+
+def test_edit_mode_blocks_apply_and_unapply_keeps_unexported_work(zpatch, world, checkout):
+    zpatch("edit", checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "is in edit mode" in _error_line(r) and "zpatch export" in r.stderr
+    (checkout / "nodes.py").write_text("NODES = 7\n")
+    git("commit", "-q", "-a", "-m", "nodes: seven", cwd=checkout)
+    r = zpatch("unapply", checkout, expect=4)
+    assert "not exported" in _error_line(r) and "--discard" in r.stderr
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout) == "zpatch/edit"
+    st = zpatch.json("status", checkout, expect=1)
+    assert st["upstreams"][0]["edit"]["exported"] is False
+    assert [p["state"] for p in st["upstreams"][0]["patches"]] == ["committed", "new"]
+    zpatch("unapply", checkout, "--discard")
+    assert git("rev-parse", "HEAD", cwd=checkout) == world.comfy_pin
+    assert (checkout / "comfy/sd.py").read_text() == SD_PY
+
+
+def test_edit_refuses_off_pin_dirty_and_twice_changing_nothing(zpatch, world, checkout):
+    (checkout / "nodes.py").write_text("mine\n")
+    before = tree_snapshot(checkout)
+    assert "has uncommitted changes" in _error_line(zpatch("edit", checkout, expect=4))
+    assert tree_snapshot(checkout) == before
+    git("checkout", "-q", "--", "nodes.py", cwd=checkout)
+    zpatch("edit", checkout)
+    assert "already in edit mode" in _error_line(zpatch("edit", checkout, expect=4))
+
+
+def test_crlf_series_round_trips_byte_for_byte(zpatch, world, checkout, tmp_path):
+    import shutil
+    from testing.fixtures import commit, make_patches
+    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
+    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
+    shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
+    make_patches(world.gguf_up, world.gguf_pin,
+                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})],
+                 world.overlay / "patches" / "comfyui-gguf")
+    world.relock()
+    co = world.clone_checkout(tmp_path / "C2")
+    git("checkout", "-q", "--detach", world.gguf_pin, cwd=gguf(co))
+    before = overlay_snapshot(world)
+    zpatch("edit", co)
+    assert b"line 20 x\r\n" in (gguf(co) / "loader.py").read_bytes()
+    assert zpatch.json("export", co)["changed"] is False
+    assert zpatch.json("export", "--check")["changed"] is False
+    assert overlay_snapshot(world) == before
+
+
+def test_pre_commit_hooks_are_declared():
+    import tomllib  # noqa: F401  (yaml is not a dependency: read the file as text)
+    from testing.upstream import ROOT
+    text = (ROOT / ".pre-commit-hooks.yaml").read_text()
+    assert "entry: zpatch check" in text and "entry: zpatch export --check" in text
+    assert os.path.exists(ROOT / ".pre-commit-hooks.yaml")
