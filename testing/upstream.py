@@ -20,17 +20,17 @@ def unreachable_reason() -> str | None:
     return probe(os.environ)
 
 
-def probe(environ) -> str | None:
+def probe(environ, urls: dict[str, str] | None = None) -> str | None:
     """None when every upstream URL answers through git as the user configured it: the whole
     environment passes through (GIT_CONFIG_GLOBAL, HOME, an insteadOf rule), as it does for zpatch."""
     env = {k: v for k, v in environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")}
     env["GIT_TERMINAL_PROMPT"] = "0"
-    for name, u in lock()["upstream"].items():
+    for name, url in (urls or {n: u["url"] for n, u in lock()["upstream"].items()}).items():
         try:
-            r = subprocess.run(["git", "ls-remote", "--exit-code", u["url"], "HEAD"], capture_output=True,
+            r = subprocess.run(["git", "ls-remote", "--exit-code", url, "HEAD"], capture_output=True,
                                text=True, timeout=30, env=env)
         except subprocess.TimeoutExpired:
-            return f"upstream {name} ({u['url']}) did not answer in 30 s"
+            return f"upstream {name} ({url}) did not answer in 30 s"
         if r.returncode != 0:
-            return f"upstream {name} ({u['url']}) unreachable; configure a url.insteadOf mirror to run this"
+            return f"upstream {name} ({url}) unreachable; configure a url.insteadOf mirror to run this"
     return None

@@ -133,3 +133,16 @@ def test_verbose_lists_every_file_and_error_details(zpatch, checkout, world):
     world.relock()
     r = zpatch("apply", checkout, "-v", expect=5)
     assert '"failures"' in r.stderr and '"expected"' in r.stderr
+
+
+def test_upstream_probe_honours_git_config_global_as_zpatch_does(world, tmp_path):
+    """`make test` once skipped the whole upstream suite when the mirror came through
+    GIT_CONFIG_GLOBAL: the probe must see git configured as the user configured it."""
+    from testing.fixtures import COMFY_URL, GGUF_URL
+    from testing.upstream import probe
+    urls = {"comfyui": COMFY_URL, "comfyui-gguf": GGUF_URL}        # example.invalid: never reachable
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    assert probe(bare, urls) is not None
+    assert probe({**bare, "GIT_CONFIG_GLOBAL": os.environ["GIT_CONFIG_GLOBAL"]}, urls) is None   # world's mirrors
