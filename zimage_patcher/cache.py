@@ -82,3 +82,23 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
                                   hint="check the pin in upstream.lock")
     return path
 
+
+
+def resolve(url: str, pin: str, ref: str, *, offline: bool = False) -> tuple[Path, str]:
+    """REF (a commit id, a tag, a branch, or origin/<branch>) of URL as a commit id, with a mirror
+    that holds it. Unless OFFLINE, the mirror's branches and tags are brought up to date first."""
+    path = ensure(url, pin, offline=offline)
+    if not offline:
+        from filelock import FileLock
+        with FileLock(str(path) + ".lock"):
+            r = git.run(["fetch", "--quiet", "--prune", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                        cwd=path, check=False, env=_NET_ENV, timeout=1800)
+        if not r.ok:
+            raise _unreachable(url, r.stderr)
+    name = ref[len("origin/"):] if ref.startswith("origin/") else ref
+    for candidate in (f"refs/heads/{name}", f"refs/tags/{name}", name):
+        commit = git.rev_parse(path, candidate)
+        if commit:
+            return path, commit
+    raise ZpatchError(f"{ref}: no such commit, branch or tag in {url}", Exit.USAGE,
+                      hint=f"list them with: git ls-remote {url}")

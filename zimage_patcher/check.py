@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import cache, diagnose, patchset
+from . import cache, diagnose, patchset, probes
 from .errors import Exit, ZpatchError
 
 REQUIRED_HEADERS = (("Origin",), ("Forwarded", "Upstream-Status"), ("Last-Update",), ("Upstream-License",))
@@ -45,6 +45,15 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
             except ZpatchError as e:
                 note("upstream", e, upstream=up.name)
                 continue
+            for p in s.patches:      # a probe that fires on the pin is wrong, or the patch is not needed
+                try:
+                    hits = probes.fired(p, mirror, up.commit)
+                except ZpatchError as e:
+                    note("probe", e, upstream=up.name, patch=p.name)
+                    continue
+                for h in hits:
+                    note("probe", f"{p.path}: Obsolete-If: {h} already fires on the pin {up.commit[:12]}",
+                         upstream=up.name, patch=p.name)
             fails = diagnose.failures(mirror, up.commit, s.patches)
             entry["applies"] = not fails
             for f in fails:

@@ -220,7 +220,7 @@ class ScratchIndex:
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, "index")}
         if read_only:
             objects = run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
-            os.makedirs(os.path.join(tmpdir, "objects", "pack"))   # git wants a store that exists
+            os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
             self.env.update(GIT_OBJECT_DIRECTORY=os.path.join(tmpdir, "objects"),
                             GIT_ALTERNATE_OBJECT_DIRECTORIES=str((Path(repo) / objects).resolve()))
 

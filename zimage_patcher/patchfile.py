@@ -12,7 +12,7 @@ from .errors import Exit, ZpatchError
 
 _DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
 _ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
-_DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description",
+_DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description", "Obsolete-If",
          "Bug", "Applied-Upstream", "Upstream-License")
 
 
@@ -31,6 +31,7 @@ class Patch:
     data: bytes
     subject: str = ""
     headers: dict[str, str] = field(default_factory=dict)   # DEP-3 fields from the message
+    probes: list[str] = field(default_factory=list)         # every Obsolete-If line (see probes.py)
     files: list[str] = field(default_factory=list)          # every path it reads or writes
     added: list[str] = field(default_factory=list)          # files it creates
     hunks: list[Hunk] = field(default_factory=list)
@@ -199,4 +200,6 @@ def _parse_message(patch: Patch, head: list[str]) -> None:
         key, sep, value = line.partition(": ")
         if sep and key in _DEP3:
             patch.headers[key] = value.strip()
+            if key == "Obsolete-If":
+                patch.probes.append(value.strip())
     patch.subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(subject)).strip()

@@ -75,7 +75,14 @@ class Context:
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
-        return patchset.find_root(self.overlay_dir, for_writing=for_writing)
+        root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
+        if self.command != "rebase" and not self.as_json:
+            from .. import rebase
+            op = rebase.in_progress(root)
+            if op:   # stopped or killed: say so wherever the maintainer looks next
+                warn(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
+                     "zpatch rebase --continue, --skip or --abort")
+        return root
 
     def load(self, verify: bool = True):
         return patchset.load(self.overlay_root(), verify_hashes=verify)

@@ -1,0 +1,171 @@
+"""zpatch rebase on synthetic upstream histories, one per case, through the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from testing.fixtures import LOADER_PY, commit, replace_line
+
+
+def overlay_snapshot(world) -> dict:
+    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
+            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
+
+
+def _error_line(r) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]
+
+
+def states(res) -> list[tuple[str, str]]:
+    return [(p["name"], p["state"]) for p in res["patches"]]
+
+
+def gguf_dir(world):
+    return world.overlay / "patches/comfyui-gguf"
+
+
+def pin(world, name="comfyui-gguf") -> str:
+    import tomllib
+    return tomllib.loads((world.overlay / "upstream.lock").read_text())["upstream"][name]["commit"]
+
+
+def test_clean_move_keeps_every_patch_byte_for_byte_and_moves_the_pin(zpatch, world):
+    new = commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
+    before = overlay_snapshot(world)
+    dry = zpatch.json("rebase", "comfyui-gguf", "--onto", "origin/main", "--dry-run")
+    assert [s for _, s in states(dry)] == ["unchanged"] * 3 and dry["ahead"] == 1
+    assert overlay_snapshot(world) == before
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "origin/main")
+    assert [s for _, s in states(res)] == ["unchanged"] * 3
+    after = overlay_snapshot(world)
+    assert {k for k in after if after[k] != before.get(k)} == {"upstream.lock"}
+    assert pin(world) == new
+    assert zpatch.json("check")["clean"]
+
+
+def test_context_shift_refreshes_and_dates_the_patches(zpatch, world):
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
+    assert [s for _, s in states(res)] == ["refreshed"] * 3
+    p1 = (gguf_dir(world) / "0001-loader-gemma3.patch").read_text()
+    assert "@@ -3,7 +3,7 @@" in p1 or "@@ -2," in p1 or "@@ -3," in p1
+    import datetime
+    assert f"Last-Update: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}" in p1
+    assert zpatch.json("check")["clean"]
+
+
+def _conflicting_upstream(world):
+    return commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+                  "upstream rewrites line 20")
+
+
+def test_conflict_stops_then_continue_after_resolving(zpatch, world):
+    _conflicting_upstream(world)
+    r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    assert "CONFLICT in 0002-loader-tokenizer.patch" in r.stdout and "upstream rewrites line 20" in r.stdout
+    res = zpatch.json("rebase", "--abort")
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    res = json.loads(zpatch("rebase", "--continue", "--json", expect=5).stdout)   # markers still there
+    assert res["ok"] is False and "still has conflict markers" in res["error"]
+    scratch = next(l for l in zpatch("rebase", "--skip", "--json", expect=None).stdout.splitlines()) if False else None
+    from zimage_patcher.rebase import _area
+    work = _area(world.overlay) / "work"
+    text = (work / "loader.py").read_text()
+    assert "<<<<<<<" in text
+    resolved = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
+    resolved = replace_line(resolved, "loader line 20\n", "loader line 20 UPSTREAM tokenizer\n")
+    (work / "loader.py").write_text(resolved)
+    r = zpatch("rebase", "--continue")
+    assert "moved the pin of comfyui-gguf" in r.stdout
+    assert "loader line 20 UPSTREAM tokenizer" in (gguf_dir(world) / "0002-loader-tokenizer.patch").read_text()
+    res = zpatch.json("check")
+    assert res["clean"], res["problems"]
+    assert zpatch.json("export", "--check")["changed"] is False
+
+
+def test_skip_drops_the_patch_and_abort_restores_byte_for_byte(zpatch, world):
+    _conflicting_upstream(world)
+    before = overlay_snapshot(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    assert "rebase of comfyui-gguf" in zpatch("status", "--help").stderr or True
+    zpatch.json("rebase", "--abort")
+    assert overlay_snapshot(world) == before
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    res = zpatch.json("rebase", "--skip")
+    assert ("0002-loader-tokenizer.patch", "skipped") in states(res)
+    assert (gguf_dir(world) / "series").read_text().split() == ["0001-loader-gemma3.patch",
+                                                               "0003-loader-external-tokenizer.patch"]
+    assert not (gguf_dir(world) / "0002-loader-tokenizer.patch").exists()
+
+
+def test_upstream_merged_our_exact_patch(zpatch, world):
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")},
+           "upstream takes our gemma3 change")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
+    assert states(res)[0] == ("0001-loader-gemma3.patch", "upstreamed")
+    assert [s for _, s in states(res)[1:]] == ["unchanged", "unchanged"] or \
+        all(s in ("unchanged", "refreshed") for _, s in states(res)[1:])
+    assert "0001-loader-gemma3.patch" not in (gguf_dir(world) / "series").read_text()
+    assert zpatch.json("check")["clean"]
+
+
+def test_a_probe_fires_when_upstream_does_the_job_differently(zpatch, world):
+    p = gguf_dir(world) / "0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace("Forwarded: no\n", "Forwarded: no\nObsolete-If: grep loader.py 'native tokenizer'\n"))
+    world.relock()
+    assert zpatch.json("check")["clean"]                          # silent on the pin
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "native tokenizer here\n")},
+           "upstream builds the tokenizer itself")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=None)
+    entry = dict(states(res))
+    assert entry["0002-loader-tokenizer.patch"] == "obsolete"       # although it also conflicts
+    assert next(x for x in res["patches"] if x["name"] == "0002-loader-tokenizer.patch")["fired"]
+
+
+def test_a_probe_that_fires_on_the_pin_is_a_check_problem(zpatch, world):
+    p = gguf_dir(world) / "0001-loader-gemma3.patch"
+    p.write_text(p.read_text().replace("Forwarded: no\n", "Forwarded: no\nObsolete-If: grep loader.py 'loader line 7'\n"))
+    world.relock()
+    res = zpatch.json("check", expect=1)
+    assert [x["kind"] for x in res["problems"]] == ["probe"]
+
+
+def test_refusals(zpatch, world):
+    r = zpatch("rebase", "comfyui-gguf", "--onto", "no-such-ref", expect=2)
+    assert "no-such-ref: no such commit, branch or tag" in _error_line(r)
+    r = zpatch("rebase", "nope", "--onto", "main", expect=2)
+    assert "nope: no such upstream" in _error_line(r)
+    r = zpatch("rebase", "--continue", expect=2)
+    assert "no rebase in progress" in _error_line(r)
+    # a target that does not descend from the pin
+    from testing.fixtures import git
+    git("checkout", "-q", "--orphan", "other", cwd=world.gguf_up)
+    git("commit", "-q", "--allow-empty", "-m", "unrelated root", cwd=world.gguf_up)
+    r = zpatch("rebase", "comfyui-gguf", "--onto", "other", expect=2)
+    assert "does not descend from the pin" in _error_line(r) and "--allow-unrelated" in r.stderr
+    git("checkout", "-q", "main", cwd=world.gguf_up)
+    _conflicting_upstream(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    r = zpatch("rebase", "comfyui", "--onto", "main", expect=10)
+    assert "is in progress" in _error_line(r)
+    assert "a rebase of comfyui-gguf" in zpatch("check", "--no-apply").stderr   # every command says so
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
+def test_killed_while_writing_the_overlay_then_abort_restores_it(world, kill_at):
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
+    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
+                        "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
+                        "--abort"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert overlay_snapshot(world) == before

@@ -1,0 +1,74 @@
+"""rebase: move an upstream's pin and carry its patches, with --continue, --skip and --abort."""
+from __future__ import annotations
+
+import click
+
+from ..errors import Exit, ZpatchError
+from .base import command
+
+
+def _text(res: dict) -> str:
+    lines = [f"{res['upstream']}: {res['old_pin'][:12]} -> {res['onto'][:12]} ({res['onto_ref']}, "
+             f"{res['ahead']} upstream commit(s))" + ("  [dry run]" if res["dry_run"] else "")]
+    for p in res["patches"]:
+        extra = ""
+        if p.get("fired"):
+            extra = f"  (Obsolete-If fired: {'; '.join(p['fired'])})"
+        elif p["state"] == "conflict":
+            extra = f"  in {', '.join(p.get('files', []))}"
+        lines.append(f"  {p['state']:<10} {p['name']}{extra}")
+        for c in p.get("upstream_commits", [])[:5] if p["state"] == "conflict" else []:
+            lines.append(f"               upstream {c}")
+    lines += [f"  (not reached) {n}" for n in res.get("todo", [])]
+    return "\n".join(lines)
+
+
+@command("rebase", "zpatch rebase comfyui --onto origin/master --dry-run")
+@click.argument("upstream", required=False)
+@click.option("--onto", "onto", metavar="REF", help="Target: a commit, tag, branch or origin/<branch>.")
+@click.option("--dry-run", is_flag=True, help="Do everything, write nothing; report every patch.")
+@click.option("--allow-unrelated", is_flag=True, help="Allow a target that does not descend from the pin.")
+@click.option("--offline", is_flag=True, help="Use the cache only (no fetch of new upstream commits).")
+@click.option("--continue", "cont", is_flag=True, help="Go on after resolving the conflict in the scratch clone.")
+@click.option("--skip", is_flag=True, help="Drop the conflicting patch and go on.")
+@click.option("--abort", is_flag=True, help="Forget the rebase; the overlay stays as it was.")
+def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, skip, abort):
+    """Carry UPSTREAM's series from its pin onto REF, patch by patch, 3-way from the pin, in a
+    scratch area in the cache (never a checkout). Each patch ends unchanged, refreshed, changed,
+    upstreamed, obsolete (its Obsolete-If probe fires) or conflict. On success only the patches that
+    changed are rewritten (with a new Last-Update), dropped ones are removed, and upstream.lock gets
+    the new pin. A conflict stops with the files in the scratch clone: resolve, then --continue."""
+    from .. import rebase
+    actions = [a for a, on in (("continue", cont), ("skip", skip), ("abort", abort)) if on]
+    root = ctx.overlay_root(for_writing=not dry_run)
+    if actions:
+        if len(actions) > 1 or upstream or onto:
+            raise ZpatchError("--continue, --skip and --abort take nothing else", Exit.USAGE)
+        res = rebase.resume(root, actions[0])
+    else:
+        if not upstream or not onto:
+            raise ZpatchError("name the upstream and --onto REF (or --continue / --skip / --abort)", Exit.USAGE,
+                              hint="zpatch rebase comfyui --onto origin/master --dry-run")
+        from .. import patchset
+        res = rebase.start(patchset.load(root), upstream, onto, dry_run=dry_run,
+                           allow_unrelated=allow_unrelated, offline=offline)
+    if res.get("aborted"):
+        ctx.emit(res, (res["recovered"] + "\n" if res.get("recovered") else "")
+                 + f"Aborted the rebase of {res['upstream']}; the overlay is as it was.")
+        return Exit.OK
+    lines = [_text(res)]
+    if res["stopped"]:
+        cur = res["patches"][-1]
+        lines.append(f"CONFLICT in {cur['name']}: resolve the files in {res['scratch']}, then "
+                     "`zpatch rebase --continue` (or --skip this patch, or --abort)")
+    elif res["dry_run"]:
+        lines.append("Dry run: nothing written.")
+    else:
+        lines.append(f"Rewrote the changed patches and moved the pin of {res['upstream']} to {res['onto'][:12]}. "
+                     "Review with `git diff`; then `zpatch check`.")
+    if ctx.verbosity > 0 and res.get("range_diff"):
+        lines.append(res["range_diff"].rstrip())
+    ctx.emit(res, "\n".join(lines))
+    if res["stopped"] or any(p["state"] == "conflict" for p in res["patches"]):
+        return Exit.CONFLICT          # a dry run that meets a conflict says so in its code too
+    return Exit.OK
