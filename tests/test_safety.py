@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -231,7 +232,7 @@ def _record(checkout):
     return checkout / ".git/zpatch/record.json"
 
 
-def test_tampered_patch_copy_is_refused_by_unapply(zpatch, checkout):
+def test_tampered_patch_copy_is_never_used_to_write(zpatch, checkout):
     zpatch("apply", checkout)
     rec = json.loads(_record(checkout).read_text())
     sha = rec["upstreams"]["comfyui"]["patches"][0]["sha256"]
@@ -239,10 +240,19 @@ def test_tampered_patch_copy_is_refused_by_unapply(zpatch, checkout):
     evil = ("diff --git a/nodes.py b/nodes.py\ndeleted file mode 100644\n--- a/nodes.py\n+++ /dev/null\n"
             "@@ -1 +0,0 @@\n-NODES = 1\n")
     copy.write_text(copy.read_text() + evil)
+    # HEAD moved since apply: unapply must reverse zpatch's copies, and checks them first
+    (checkout / "notes.txt").write_text("x\n")
+    git("add", "notes.txt", cwd=checkout)
+    git("commit", "-q", "-m", "a local commit", cwd=checkout)
     before = tree_snapshot(checkout)
     r = zpatch("unapply", checkout, expect=4)
     assert "does not match its sha256 (tampered)" in _error_line(r)
     assert tree_snapshot(checkout) == before
+    # on the HEAD it was applied to, unapply needs no copy at all: upstream's own files come back
+    git("reset", "-q", "--soft", "HEAD~1", cwd=checkout)
+    git("rm", "-q", "--cached", "notes.txt", cwd=checkout)
+    zpatch("unapply", checkout)
+    assert (checkout / "nodes.py").read_text() == "NODES = 1\n" and (checkout / "comfy/sd.py").read_text() == SD_PY
 
 
 @pytest.mark.parametrize("damage", ["absolute", "dotdot", "list", "garbage", "version", "nul"])
@@ -497,3 +507,140 @@ def test_lock_outside_an_overlay_does_not_relock_the_installed_one(tmp_path, mon
     monkeypatch.delenv("ZPATCH_OVERLAY", raising=False)
     r = CliRunner().invoke(main, ["lock"])
     assert r.exit_code == 3 and "no overlay" in r.output
+
+
+# ---------------------------------------------------------------- found by the second attack
+
+@pytest.mark.parametrize("autocrlf", ["true", "input"])
+def test_eol_conversion_never_blocks_unapply_or_reapply(zpatch, world, tmp_path, autocrlf):
+    """ComfyUI-GGUF stores CRLF; a maintainer's core.autocrlf must not make its patches irreversible."""
+    from testing.fixtures import commit, make_patches
+    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
+    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
+    shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
+    make_patches(world.gguf_up, world.gguf_pin,
+                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})],
+                 world.overlay / "patches" / "comfyui-gguf")
+    world.relock()
+    cfg = Path(os.environ["GIT_CONFIG_GLOBAL"])
+    cfg.write_text(cfg.read_text() + f"[core]\n\tautocrlf = {autocrlf}\n")
+    co = world.clone_checkout(tmp_path / "C")
+    git("checkout", "-q", "--detach", world.gguf_pin, cwd=co / "custom_nodes/ComfyUI-GGUF")
+    pristine = tree_snapshot(co)
+    zpatch("apply", co)
+    assert b"line 20 x\r\n" in (co / "custom_nodes/ComfyUI-GGUF/loader.py").read_bytes()
+    assert zpatch.json("status", co)["clean"]
+    zpatch("unapply", co)
+    assert tree_snapshot(co) == pristine
+    zpatch("apply", co)
+    world.build_overlay(comfy_edits=[("sd: v2", {"comfy/sd.py": replace_line(SD_PY, "line 12 of sd.py\n",
+                                                                            "line 12 V2\n")})])
+    zpatch("apply", co)                      # a re-apply swaps the series under autocrlf too
+    assert "V2" in (co / "comfy/sd.py").read_text()
+
+
+def test_an_upstream_the_overlay_no_longer_has_is_not_forgotten(zpatch, world, checkout):
+    zpatch("apply", checkout)
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace("[upstream.comfyui-gguf", "[upstream.gguf"))
+    before = tree_snapshot(checkout)
+    for cmd in ("unapply", "apply"):
+        r = zpatch(cmd, checkout, expect=4)
+        assert "records patches of upstream 'comfyui-gguf', which this overlay does not have" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+
+
+def test_one_file_put_back_by_hand_is_fine_for_unapply_and_apply(zpatch, world, checkout):
+    zpatch("apply", checkout)
+    gguf = checkout / "custom_nodes/ComfyUI-GGUF"
+    git("checkout", "--", "loader.py", cwd=gguf)          # tokenizer_util.py (created) stays patched
+    zpatch("apply", checkout)
+    assert "loader line 35 external" in (gguf / "loader.py").read_text()
+    git("checkout", "--", "loader.py", cwd=gguf)
+    zpatch("unapply", checkout)
+    assert (gguf / "loader.py").read_text() == LOADER_PY and not (gguf / "tokenizer_util.py").exists()
+
+
+def test_hunkless_git_patches_rename_empty_file_and_binary_apply_and_reverse(zpatch, world, tmp_path):
+    from testing.fixtures import FORMAT_PATCH_OPTIONS, HEADERS
+    work = tmp_path / "work"
+    git("clone", "-q", str(world.comfy_up), str(work))
+    git("mv", "nodes.py", "nodes_renamed.py", cwd=work)
+    (work / "empty.txt").write_text("")
+    (work / "blob.bin").write_bytes(bytes(range(256)))
+    git("add", "-A", cwd=work)
+    git("commit", "-q", "-m", "rename, empty file, binary" + HEADERS, cwd=work)
+    out = git("format-patch", *FORMAT_PATCH_OPTIONS, "--binary", "-o", str(tmp_path / "p"), "HEAD~1..HEAD", cwd=work)
+    d = world.overlay / "patches/comfyui"
+    name = "0002-rename-empty-file-binary.patch"
+    (d / name).write_bytes(Path(out).read_bytes())
+    (d / "series").write_text((d / "series").read_text() + name + "\n")
+    world.relock()
+    assert zpatch.json("check")["clean"]
+    co = world.clone_checkout(tmp_path / "C")
+    pristine = tree_snapshot(co)
+    zpatch("apply", co)
+    assert (co / "nodes_renamed.py").exists() and not (co / "nodes.py").exists()
+    assert (co / "blob.bin").read_bytes() == bytes(range(256)) and (co / "empty.txt").read_bytes() == b""
+    zpatch("unapply", co)
+    assert tree_snapshot(co) == pristine
+    assert zpatch.json("export", "--check")["changed"] is False
+
+
+def test_a_users_file_named_like_a_temp_file_is_kept(zpatch, checkout):
+    mine = checkout / "comfy/sd.py.zpatch-tmp"
+    mine.write_text("precious\n")
+    (checkout / "custom_nodes/ComfyUI-GGUF/loader.py.zpatch-tmp").mkdir()
+    zpatch("apply", checkout)
+    zpatch("unapply", checkout)
+    assert mine.read_text() == "precious\n"
+    assert (checkout / "custom_nodes/ComfyUI-GGUF/loader.py.zpatch-tmp").is_dir()
+
+
+def test_odd_things_in_zpatch_folders_and_paths_are_errors_not_crashes(zpatch, checkout, tmp_path, monkeypatch):
+    zpatch("apply", checkout)
+    (checkout / ".git/zpatch/patches/junkdir").mkdir()
+    zpatch("unapply", checkout)                                    # garbage collection leaves it alone
+    (checkout / ".git/zpatch/record.json.tmp").mkdir()
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=4)
+    assert "is in the way of zpatch's temporary file" in _error_line(r)
+    (checkout / ".git/zpatch/record.json.tmp").rmdir()
+    r = zpatch("apply", checkout)                                  # the interrupted write rolls back first
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    r = zpatch("status", expect=4)
+    assert "the current directory no longer exists" in _error_line(r)
+    monkeypatch.chdir(tmp_path)
+    r = zpatch("apply", "x" * 300, expect=4)
+    assert "Traceback" not in r.output
+
+
+def test_a_newline_in_a_file_name_cannot_forge_a_status_line(zpatch, checkout):
+    zpatch("apply", checkout)
+    (checkout / "evil\n  applied   0009-fake.patch").write_text("x")
+    out = zpatch("status", checkout, expect=1).stdout
+    assert "\n  applied   0009-fake.patch" not in out and "\\n  applied   0009-fake.patch" in out
+
+
+def test_lock_never_writes_through_a_symlink(zpatch, world, tmp_path):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep\n")
+    (world.overlay / "upstream.lock.tmp").symlink_to(target)
+    p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
+    p.write_text(p.read_text().replace("Last-Update: 2026-11-26", "Last-Update: 2026-11-27"))
+    r = zpatch("lock", expect=4)
+    assert "is in the way" in _error_line(r)
+    assert target.read_text() == "keep\n" and not (world.overlay / "upstream.lock").is_symlink()
+
+
+def test_json_ok_is_false_whenever_the_exit_code_is_two_or_more(zpatch, world, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZPATCH_CACHE", str(tmp_path / "cold"))
+    res = zpatch.json("check", "--offline", expect=6)
+    assert res["ok"] is False
+    from click.testing import CliRunner
+    from zimage_patcher.cli import main
+    r = CliRunner().invoke(main, ["apply", "--json=1", "x"])
+    assert r.exit_code == 2 and json.loads(r.stdout)["ok"] is False

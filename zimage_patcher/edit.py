@@ -11,7 +11,6 @@ Where things live in each upstream repository of the checkout:
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from . import cache, git, patchset, series as seriesmod, workspace
 from .errors import Exit, ZpatchError
 from .patchset import Overlay
+from .worktree import write_atomic
 
 
 def _dirty(t: workspace.Target) -> list[str]:
@@ -240,9 +240,10 @@ def _missing_headers(data: bytes) -> list[str]:
 
 
 def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".zpatch-tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    if path.is_symlink():
+        raise ZpatchError(f"{path}: is a symlink; export writes patches only as plain files", Exit.BAD_OVERLAY,
+                          hint="replace the link with a file")
+    write_atomic(path, data, sync=False)
 
 
 def canonical(ov: Overlay, *, offline: bool = False) -> dict:

@@ -163,7 +163,7 @@ def git_dir_of(repo: Path) -> Path | None:
     dot = repo / ".git"
     try:
         if dot.is_dir():
-            return dot
+            return dot if (dot / "HEAD").exists() else None   # an empty .git is no repository
         if dot.is_file():
             text = dot.read_bytes().decode("utf-8", "replace").strip()
             if text.startswith("gitdir:"):

@@ -1,7 +1,6 @@
 """upstream.lock: the pins and hashes of the overlay, parsed strictly and written deterministically."""
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -188,7 +187,9 @@ def write(root: Path, lock: Lock) -> bool:
             return False
     except OSError:
         pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from .worktree import write_atomic
+    if path.is_symlink():
+        raise ZpatchError(f"{path}: is a symlink; zpatch writes the lock only as a plain file", Exit.BAD_OVERLAY,
+                          hint="replace the link with the file it points to")
+    write_atomic(path, text.encode("utf-8"))
     return True

@@ -135,7 +135,9 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
     lines = [line.rstrip("\r") for line in text.split("\n")]
     first_diff = next((i for i, line in enumerate(lines) if line.startswith(("diff --git ", "--- "))
                        and not line.strip() == "---"), None)
-    if first_diff is None or not any(line.startswith("@@ ") for line in lines[first_diff:]):
+    has_hunks = first_diff is not None and any(line.startswith("@@ ") for line in lines[first_diff:])
+    has_git = first_diff is not None and any(line.startswith("diff --git ") for line in lines[first_diff:])
+    if not has_hunks and not has_git:   # a git diff may have no hunk: a rename, a binary, an empty file
         if any(_ED_STYLE.match(line) for line in lines) or any(l.startswith("*** ") for l in lines):
             raise ZpatchError(f"{name}: not a unified diff (ed-style or context diff)", Exit.BAD_OVERLAY,
                               hint="regenerate it with `git format-patch --full-index`")
@@ -143,14 +145,19 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
                           hint="regenerate it with `git format-patch --full-index`")
     _parse_message(patch, lines[:first_diff])
     body = lines[first_diff:]
+    git_files: list[tuple[str, str]] = []      # (a, b) of every `diff --git` header
     for i, line in enumerate(body):
         if line.startswith("diff --git "):
             m = _DIFF_GIT.match(line)
             if not m:
                 raise ZpatchError(f"{name}: cannot read header {line!r}", Exit.BAD_OVERLAY)
-            for p, prefix in zip(m.groups(), ("a/", "b/")):
-                _check_path(name, _strip(_unquote(p), prefix))
-        elif line.startswith(("--- ", "+++ ")) and not line.startswith(("--- a/", "+++ b/", "--- /dev/null", "+++ /dev/null")):
+            git_files.append(tuple(_check_path(name, _strip(_unquote(p), prefix))
+                                   for p, prefix in zip(m.groups(), ("a/", "b/"))))
+        elif line.startswith("new file mode") and git_files:
+            _check_mode(name, line)
+            patch.added.append(git_files[-1][1])
+        elif line.startswith(("--- ", "+++ ")) and not line.startswith(
+                ("--- a/", "+++ b/", '--- "a/', '+++ "b/', "--- /dev/null", "+++ /dev/null")):
             if i + 1 < len(body) and (body[i + 1].startswith("+++ ") or body[i - 1].startswith("--- ")):
                 raise ZpatchError(f"{name}: file header {line!r} lacks the a/ or b/ prefix",
                                   Exit.BAD_OVERLAY, hint="zpatch applies -p1 patches; re-export with git")
@@ -163,7 +170,7 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         else:
             _check_mode(name, line)
     try:
-        ps = unidiff.PatchSet(text.split("\n", first_diff)[-1] if first_diff else text)
+        ps = unidiff.PatchSet(text.split("\n", first_diff)[-1] if first_diff else text) if has_hunks else []
     except unidiff.UnidiffParseError as e:
         raise ZpatchError(f"{name}: malformed diff ({e})", Exit.BAD_OVERLAY,
                           hint="regenerate it with `git format-patch --full-index`")
@@ -173,13 +180,17 @@ def parse(name: str, data: bytes, path: Path | None = None) -> Patch:
         for p in (src, tgt):
             if p != "/dev/null" and p not in patch.files:
                 patch.files.append(p)
-        if pf.is_added_file:
+        if pf.is_added_file and tgt not in patch.added:
             patch.added.append(tgt)
         for n, h in enumerate(pf, 1):
             patch.hunks.append(Hunk(file=src if src != "/dev/null" else tgt, index=n,
                                     source_start=h.source_start,
                                     source_lines=[l.value[:-1] if l.value.endswith("\n") else l.value
                                                   for l in h.source_lines()]))
+    for a, b in git_files:      # files whose change has no hunk (renames, binaries, empty files)
+        for f in (a, b):
+            if f not in patch.files:
+                patch.files.append(f)
     if not patch.files:
         raise ZpatchError(f"{name}: touches no file", Exit.BAD_OVERLAY)
     return patch

@@ -13,6 +13,14 @@ from .errors import Exit, ZpatchError
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def cwd() -> Path:
+    try:
+        return Path.cwd().resolve()
+    except OSError:
+        raise ZpatchError("the current directory no longer exists", Exit.BAD_CHECKOUT,
+                          hint="cd to an existing directory, or pass the paths explicitly")
+
+
 def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = False) -> Path:
     """The overlay directory (the one holding upstream.lock).
 
@@ -25,7 +33,7 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
             raise ZpatchError(f"{root}: no {lockmod.LOCK_NAME} here", Exit.BAD_OVERLAY,
                               hint="point --overlay (or ZPATCH_OVERLAY) at the zimage-patcher repository")
         return root
-    here = Path.cwd().resolve()
+    here = cwd()
     for d in (here, *here.parents):
         if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
             return d

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Exit, ZpatchError
-from .worktree import fault_point, rel_parts
+from .worktree import fault_point, rel_parts, write_atomic
 
 RECORD_VERSION = 2
 RECORD_NAME = "record.json"
@@ -149,25 +148,6 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Temp, fsync, rename: readers see the old bytes or the new, never a mix."""
-    tmp = path.with_name(path.name + ".tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    fault_point()
-    os.replace(tmp, path)
-    fault_point()
-
-
 def store_copies(zdir: Path, blobs: list[bytes]) -> None:
     """Content-addressed copies: writing one that exists is a no-op, so this is safe to repeat."""
     d = zdir / "patches"
@@ -206,5 +186,5 @@ def collect_garbage(zdir: Path, rec: Record | None) -> None:
     check_zdir(zdir)
     if d.is_dir():
         for f in d.iterdir():
-            if f.name not in keep:
+            if f.name not in keep and f.is_file() and not f.is_symlink():   # only what zpatch could have written
                 f.unlink(missing_ok=True)

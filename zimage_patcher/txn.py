@@ -138,7 +138,7 @@ def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], new_recor
                "record_after": record.digest(rec_bytes) if rec_bytes else None,
                "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
                "dirs": dirs, "sweep": list(sweep)}
-    record.write_atomic(zdir / JOURNAL_NAME, json.dumps(journal, indent=1).encode())
+    worktree.write_atomic(zdir / JOURNAL_NAME, json.dumps(journal, indent=1).encode())
     for c in changes:   # paths relative to the checkout: no symlink anywhere on the way
         if c.after is None:
             worktree.remove(checkout, c.full, prune=c.prune)
@@ -179,14 +179,14 @@ def recover(checkout: Path, zdir: Path) -> str | None:
     if committed:
         # the record was replaced after the last file was written: the change is complete
         for c in j["changes"]:
-            worktree.drop_temp(checkout, c.full)
+            worktree.drop_temp(checkout, c.full, j["pid"])
         worktree.remove_empty_dirs(checkout, j["sweep"])
         (zdir / JOURNAL_NAME).unlink()
         record.collect_garbage(zdir, record.load(zdir))
         return f"An interrupted `zpatch {j['op']}` (pid {j['pid']}) had finished its writes; recorded it."
     # not committed: put every path back to its BEFORE, refusing anything neither side wrote
     for c in reversed(j["changes"]):
-        worktree.drop_temp(checkout, c.full)
+        worktree.drop_temp(checkout, c.full, j["pid"])
         now = worktree.blob_id(checkout, c.full)
         if now == c.before:
             continue

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from . import cache, diagnose, git, patchfile, record, txn, worktree
 from .errors import Exit, ZpatchError
-from .patchset import Overlay, Series, overlay_files
+from .patchset import Overlay, Series, cwd, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
 
 
@@ -111,7 +111,7 @@ class Workspace:
     @classmethod
     def open(cls, ov: Overlay, checkout: Path | None) -> "Workspace":
         """CHECKOUT as named; None: the checkout around the current directory."""
-        checkout = find_checkout(Path.cwd(), ov) if checkout is None else Path(checkout)
+        checkout = find_checkout(cwd(), ov) if checkout is None else Path(checkout)
         targets = resolve(ov, checkout)
         root = targets[0]
         gd = git.git_dir_of(root.repo) or git.git_dir(root.repo)
@@ -138,12 +138,15 @@ class Workspace:
             raise ZpatchError(f"{self.zdir / record.RECORD_NAME}: records the node in {rec.node.path!r}, but the "
                               f"overlay installs it in {lo.path if lo else 'no folder'!r}", Exit.BAD_CHECKOUT,
                               hint=f"unapply with the zpatch that applied it, or move {self.zdir} away")
+        unknown = sorted(set(rec.upstreams) - {t.name for t in self.targets})
+        if unknown:   # forgetting them would leave their patches in the files with no way back
+            raise ZpatchError(f"{self.zdir / record.RECORD_NAME}: records patches of upstream {unknown[0]!r}, which "
+                              "this overlay does not have", Exit.BAD_CHECKOUT,
+                              hint="unapply with the overlay that applied them (zpatch unapply --overlay DIR)")
         for t in self.targets:
             ur = rec.upstreams.get(t.name)
-            if ur and _edited(t, ur):
-                head = git.tree_blobs(t.repo, "HEAD", list(ur.files))
-                if all(worktree.blob_id(t.top, t.file(f)) == head.get(f) for f in ur.files):
-                    del rec.upstreams[t.name]
+            if ur and _edited(t, ur) and not git.changed_paths(t.repo, list(ur.files)):
+                del rec.upstreams[t.name]    # every file is upstream's again: nothing of ours is left
         return rec
 
 
@@ -164,6 +167,13 @@ def _refuse_in_edit_mode(ws: "Workspace", command: str) -> None:
 def _edited(t: Target, ur: UpstreamRecord) -> list[str]:
     """Paths whose bytes differ from what zpatch left there."""
     return [f for f, want in ur.files.items() if worktree.blob_id(t.top, t.file(f)) != want]
+
+
+def _user_edits(t: Target, ur: UpstreamRecord) -> list[str]:
+    """Paths changed since zpatch wrote them, and not simply put back to upstream's (git status,
+    which knows eol conversion, decides): those hold someone's work."""
+    changed = _edited(t, ur)
+    return sorted(git.changed_paths(t.repo, changed)) if changed else []
 
 
 # ---------------------------------------------------------------- checkout
@@ -297,7 +307,7 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
     for t in ws.targets:
         ur = rec.upstreams.get(t.name) if rec else None
         if ur:
-            edited = _edited(t, ur)
+            edited = _user_edits(t, ur)
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
                                   Exit.BAD_CHECKOUT,
@@ -326,24 +336,26 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
 
 
 def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[str, bytes | None],
-                    undo: list[PatchRef], then: list[patchfile.Patch], three_way: bool,
+                    undo: UpstreamRecord | None, then: list[patchfile.Patch], three_way: bool,
                     base: str | None) -> tuple[dict[str, tuple[str, str] | None], dict[str, tuple[str, str]]]:
-    """PATHS after reversing UNDO (zpatch's recorded copies) and applying THEN, computed in a
-    scratch index loaded with the work tree's bytes. Returns path -> (mode, blob, work-tree bytes) or
-    None, and HEAD's entries. A fixed number of git processes, however many files and patches."""
+    """PATHS after taking out what UNDO (zpatch's record) put in and applying THEN, computed in a
+    scratch index. Returns path -> (mode, blob, work-tree bytes) or None, and HEAD's entries.
+    A fixed number of git processes, however many files and patches.
+
+    The preflight has made sure every path holds upstream's bytes or zpatch's recorded ones, so when
+    the record was made on this HEAD, HEAD's own entries are the starting point: no work-tree bytes
+    go through git's eol filters (which would turn ComfyUI-GGUF's CRLF into LF under core.autocrlf),
+    and a file the user already put back needs nothing. Only on another HEAD are the recorded
+    copies reversed from the work tree's bytes."""
     head = git.tree_entries(t.repo, "HEAD", paths)
+    reverse = undo is not None and undo.patches and undo.commit != git.head_commit(t.repo)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
         idx.read_tree("HEAD")
-        load: dict[str, tuple[str, str] | None] = {p: None for p in paths if current[p] is None and p in head}
-        differ = [p for p in paths if current[p] is not None
-                  and head.get(p, (None, None))[1] != git.hash_object_bytes(current[p])]
-        for p, blob in zip(differ, git.hash_files(t.repo, differ, filters=True)):   # as `git add` would
-            load[p] = (head[p][0] if p in head else "100644", blob)
-        idx.set_blobs(load)
-        if undo:
-            copies = [record.copy_path(ws.zdir, ref) for ref in undo]
-            for ref, c in zip(undo, copies):
+        if reverse:
+            _load_work_tree(t, idx, paths, current, head)
+            copies = [record.copy_path(ws.zdir, ref) for ref in undo.patches]
+            for ref, c in zip(undo.patches, copies):
                 extra = set(patchfile.load(c, ref.name).files) - set(paths)
                 if extra:
                     raise ZpatchError(f"{c}: the recorded copy of {ref.name} touches {sorted(extra)[0]}, which the "
@@ -372,6 +384,20 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
         idx.checkout_to(Path(tmp) / "out", present)      # the bytes git would check out (filters, eol)
         return {p: (entries[p][0], entries[p][1], (Path(tmp) / "out" / p).read_bytes()) if p in entries else None
                 for p in paths}, head
+
+
+def _load_work_tree(t: Target, idx: git.ScratchIndex, paths: list[str], current: dict[str, bytes | None],
+                    head: dict[str, tuple[str, str]]) -> None:
+    """The work tree's bytes of PATHS into IDX, as git would store them; a file whose upstream blob
+    has CRLF keeps its bytes (git's own rule: never renormalize what the index holds with CRLF)."""
+    load: dict[str, tuple[str, str] | None] = {p: None for p in paths if current[p] is None and p in head}
+    differ = [p for p in paths if current[p] is not None
+              and head.get(p, (None, None))[1] != git.hash_object_bytes(current[p])]
+    crlf = {p for p in differ if p in head and b"\r\n" in (git.read_blob(t.repo, head[p][1]) or b"")}
+    for group, filters in (([p for p in differ if p not in crlf], True), ([p for p in differ if p in crlf], False)):
+        for p, blob in zip(group, git.hash_files(t.repo, group, filters=filters)):
+            load[p] = (head[p][0] if p in head else "100644", blob)
+    idx.set_blobs(load)
 
 
 def _check_modes(t: Target, then: list[patchfile.Patch], entries: dict, head: dict) -> None:
@@ -464,7 +490,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
             old = rec.upstreams.get(t.name) if rec else None
             paths = list(dict.fromkeys([*(old.files if old else []), *t.series.files]))
             cur = {p: worktree.read(t.top, t.file(p)) for p in paths}
-            res, _head = _scratch_result(ws, t, paths, cur, old.patches if old else [], t.series.patches,
+            res, _head = _scratch_result(ws, t, paths, cur, old, t.series.patches,
                                          three_way and heads[t.name] != t.pin, heads[t.name])
             ch, after = _changes_for(t, paths, cur, res)
             changes += ch
@@ -514,7 +540,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
             return result
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)
-            edited = _edited(t, ur) if ur else []
+            edited = _user_edits(t, ur) if ur else []
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
                                   "that edit", Exit.BAD_CHECKOUT,
@@ -527,13 +553,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
                 continue
             paths = list(ur.files)
             cur = {p: worktree.read(t.top, t.file(p)) for p in paths}
-            res, head = _scratch_result(ws, t, paths, cur, ur.patches, [], False, None)
-            if git.head_commit(t.repo) == ur.commit:
-                off = [p for p in paths if (res[p] or (None, None))[1] != head.get(p, (None, None))[1]]
-                if off:
-                    raise ZpatchError(f"{t.repo / off[0]}: reversing zpatch's copies does not give upstream's file "
-                                      "back; the record is damaged", Exit.BAD_CHECKOUT,
-                                      hint=f"restore with `git -C {t.repo} checkout -- {off[0]}`; move {ws.zdir} away")
+            res, head = _scratch_result(ws, t, paths, cur, ur, [], False, None)
             ch, _after = _changes_for(t, paths, cur, res)
             changes += ch
             result["upstreams"].append({"name": t.name, "path": t.rel, "reversed": [p.name for p in ur.patches]})

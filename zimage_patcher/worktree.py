@@ -91,8 +91,11 @@ def write(root: Path, rel: str, data: bytes, *, executable: bool = False) -> lis
         keep = stat.S_IMODE(os.lstat(target).st_mode)
     except FileNotFoundError:
         keep = None
-    tmp = target.with_name(target.name + TMP_SUFFIX)
-    if os.path.lexists(tmp):      # left by a killed run; never open through whatever sits there
+    tmp = target.with_name(f"{target.name}{TMP_SUFFIX}-{os.getpid()}")
+    if os.path.lexists(tmp):      # a killed run with our pid left it; never open through whatever sits there
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
         os.unlink(tmp)
     # a new file gets 0666/0777 minus the umask, as git gives it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o777 if executable else 0o666)
@@ -121,12 +124,16 @@ def remove(root: Path, rel: str, *, prune: bool = True) -> None:
         remove_empty_dirs(root, ["/".join(parts[:i]) for i in range(1, len(parts))])
 
 
-def drop_temp(root: Path, rel: str) -> None:
-    """Remove a temp file an interrupted write left next to REL (recovery)."""
+def drop_temp(root: Path, rel: str, pid: int) -> None:
+    """Remove the temp file an interrupted write of run PID left next to REL (recovery): a regular
+    file of exactly that name, nothing else."""
     target = check_path(root, rel)
-    tmp = target.with_name(target.name + TMP_SUFFIX)
-    if os.path.lexists(tmp) and not os.path.islink(tmp):
-        tmp.unlink()
+    tmp = target.with_name(f"{target.name}{TMP_SUFFIX}-{pid}")
+    try:
+        if stat.S_ISREG(os.lstat(tmp).st_mode):
+            tmp.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _real_dir(root: Path, rel: str) -> Path | None:
@@ -161,3 +168,25 @@ def remove_pyc(root: Path, rel_dir: str, stem: str) -> str | None:
         if stat.S_ISREG(os.lstat(pyc).st_mode):
             pyc.unlink()
     return cache
+
+
+def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    if os.path.lexists(tmp):
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    fault_point()
+    os.replace(tmp, path)
+    fault_point()

@@ -30,6 +30,12 @@ def safe(text: str) -> str:
                        else f"\\u{ord(m.group()):04x}", text)
 
 
+def field(value: object) -> str:
+    """A value inside one line of output (a file name, say): newlines and tabs escaped too, so a file
+    named "x\\n  applied  0003.patch" cannot forge a line of `status`."""
+    return safe(str(value)).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _colour() -> bool:
     return "NO_COLOR" not in os.environ and sys.stderr.isatty()
 
@@ -87,10 +93,11 @@ class Context:
     def load(self, verify: bool = True):
         return patchset.load(self.overlay_root(), verify_hashes=verify)
 
-    def emit(self, payload: dict, text: str) -> None:
-        """The command's result: the JSON envelope, or TEXT unless -q."""
+    def emit(self, payload: dict, text: str, *, ok: bool = True) -> None:
+        """The command's result: the JSON envelope, or TEXT unless -q. OK false when the command's
+        own exit code will be 2 or more (a check that could not reach an upstream, say)."""
         if self.as_json:
-            click.echo(envelope(self.command, True, payload))
+            click.echo(envelope(self.command, ok, payload))
         elif self.verbosity >= 0 and text:
             say(text)
 
@@ -117,7 +124,7 @@ class Group(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(int(Exit.INTERRUPTED))
         except click.ClickException as e:
-            if "--json" in args:
+            if any(a == "--json" or a.startswith("--json=") for a in args):
                 name = next((a for a in args if not a.startswith("-")), "zpatch")
                 click.echo(envelope(name, False,
                                     {"error": safe(e.format_message()), "exit_code": int(Exit.USAGE),
@@ -192,6 +199,11 @@ def command(name: str, help_example: str):
                 except RecursionError as e:
                     raise ZpatchError(f"input nested too deeply to read ({e})", Exit.BAD_OVERLAY,
                                       hint="the overlay files are malformed")
+                except OSError as e:      # the system refused a path the user gave: too long, gone, ...
+                    if os.environ.get("ZPATCH_TRACE"):
+                        traceback.print_exc()
+                    raise ZpatchError(f"{e.filename or 'a path'}: {e.strerror or e}", Exit.BAD_CHECKOUT,
+                                      hint="check the path and the current directory")
                 except Exception as e:   # the boundary: nothing escapes as a traceback
                     if os.environ.get("ZPATCH_TRACE"):
                         traceback.print_exc()

@@ -23,8 +23,9 @@ def check_cmd(ctx, offline, no_apply):
     for p in res["problems"]:
         lines.append(f"problem: {p['message']}" + (f"\n  hint: {p['hint']}" if p.get("hint") else ""))
     lines.append("Overlay OK." if res["clean"] else f"{len(res['problems'])} problem(s).")
-    ctx.emit(res, "\n".join(lines))
-    return check.exit_code(res)
+    code = check.exit_code(res)
+    ctx.emit(res, "\n".join(lines), ok=code < 2)
+    return code
 
 
 @command("lock", "zpatch lock")

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit
-from .base import command
+from .base import command, field
 
 # omitted: the checkout around the current directory, found as git finds its top level
 CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
@@ -50,7 +50,7 @@ def _files(ctx, res: dict, *keys: str) -> str:
     if ctx.verbosity < 1:
         return ""
     verbs = {"files_written": "wrote", "files_removed": "removed", "files_restored": "restored"}
-    return "".join(f"\n  {verbs[k]:<8} {f}" for k in keys for f in res.get(k, []))
+    return "".join(f"\n  {verbs[k]:<8} {field(f)}" for k in keys for f in res.get(k, []))
 
 
 def apply_text(res: dict, checkout) -> str:
@@ -133,7 +133,7 @@ def status_cmd(ctx, checkout):
             pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
         lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
         lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
-        lines += [f"  foreign   {f['git_status']} {f['path']}" for f in u["foreign_changes"]]
+        lines += [f"  foreign   {f['git_status']} {field(f['path'])}" for f in u["foreign_changes"]]
     if res["node"]:
         lines.append(f"node {res['node']['path']}: {res['node']['state']}")
     lines += _status_advice(res)
