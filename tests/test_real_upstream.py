@@ -107,3 +107,64 @@ def test_real_edit_commit_export_round_trip_on_a_partial_source(env, tmp_path):
     for repo in (dest, gguf):
         assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True,
                               text=True).stdout == ""
+
+
+# What upstream would write if it did each real patch's job itself (its own words, not ours).
+UPSTREAM_DOES_IT = {
+    "0001-Let-video-VAEs-decode-4-D-image-latents.patch":
+        ("comfy/sd.py", "        if self.latent_dim == 3 and samples.ndim == 4:  # image latent\n"),
+    "0001-Fix-reading-scalar-GGUF-metadata-with-current-NumPy.patch":
+        ("loader.py", "        return field_type(field.parts[field.data[-1]][0])\n"),
+    "0002-Add-Gemma-3-text-encoder-support.patch":
+        ("loader.py", 'TXT_ARCH_LIST = {"t5", "llama", "gemma3"}\n'),
+    "0003-Rebuild-the-Gemma-3-tokenizer-from-GGUF-metadata.patch":
+        ("loader.py", "    spm.trainer_spec.model_type = model.TrainerSpec.BPE\n"),
+    "0004-Load-an-external-tokenizer.model-for-Gemma-3.patch":
+        ("loader.py", '    tok = os.path.join(folder, "tokenizer.model")\n'),
+}
+
+
+def test_every_real_patch_has_a_probe_silent_on_the_pin_that_fires_when_upstream_does_the_job(env, tmp_path):
+    from zimage_patcher import cache, patchset, probes
+    os.environ.update({k: v for k, v in env.items() if k == "ZPATCH_CACHE"})
+    ov = patchset.load(ROOT)
+    seen = set()
+    for s in ov.series:
+        mirror = cache.ensure(s.upstream.url, s.upstream.commit)
+        work = tmp_path / s.upstream.name
+        subprocess.run(["git", "clone", "-q", "--shared", "--no-checkout", str(mirror), str(work)], check=True)
+        for p in s.patches:
+            assert p.probes, f"{p.name} has no Obsolete-If probe"
+            assert probes.fired(p, mirror, s.upstream.commit) == [], p.name
+            path, line = UPSTREAM_DOES_IT[p.name]
+            blob = subprocess.run(["git", "show", f"{s.upstream.commit}:{path}"], cwd=work, capture_output=True,
+                                  check=True).stdout
+            sha = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=work, input=blob + line.encode(),
+                                 capture_output=True, check=True).stdout.decode().strip()
+            idx = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "idx")}
+            subprocess.run(["git", "read-tree", s.upstream.commit], cwd=work, env=idx, check=True)
+            subprocess.run(["git", "update-index", "--cacheinfo", f"100644,{sha},{path}"], cwd=work, env=idx, check=True)
+            tree = subprocess.run(["git", "write-tree", "--missing-ok"], cwd=work, env=idx, capture_output=True,
+                                  check=True, text=True).stdout.strip()
+            did = subprocess.run(["git", "commit-tree", tree, "-p", s.upstream.commit, "-m", "upstream does it"],
+                                 cwd=work, env={**idx, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",
+                                                "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@x"},
+                                 capture_output=True, check=True, text=True).stdout.strip()
+            assert probes.fired(p, work, did), f"{p.name}: probe silent although upstream did the job"
+            seen.add(p.name)
+    assert seen == set(UPSTREAM_DOES_IT)
+
+
+def test_real_dry_run_rebase_onto_the_newest_snapshot_commits(env):
+    """Per patch, what the newest upstream commits mean for the real series (recorded in
+    bench/results/rebase-real.md by bench/rebase_bench.py)."""
+    gguf = zpatch("rebase", "comfyui-gguf", "--onto", "origin/main", "--dry-run", env=env)
+    assert gguf["ahead"] >= 1 and len(gguf["patches"]) == 4
+    assert {p["state"] for p in gguf["patches"]} <= {"unchanged", "refreshed", "changed"}
+    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "comfyui", "--onto", "origin/master",
+                        "--dry-run", "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
+    comfy = json.loads(r.stdout)
+    assert r.returncode in (0, 5) and comfy["ahead"] >= 1
+    for p in comfy["patches"]:
+        if p["state"] == "conflict":
+            assert p["files"] and p["upstream_commits"], p     # names the file and the upstream commits
