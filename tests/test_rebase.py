@@ -169,3 +169,42 @@ def test_killed_while_writing_the_overlay_then_abort_restores_it(world, kill_at)
                         "--abort"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert overlay_snapshot(world) == before
+
+
+def test_upstream_deleted_or_renamed_the_patched_file_is_a_conflict_naming_the_commit(zpatch, world):
+    from testing.fixtures import git
+    git("mv", "loader.py", "gguf_loader.py", cwd=world.gguf_up)
+    git("commit", "-q", "-m", "upstream renames loader.py", cwd=world.gguf_up)
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=5)
+    first = res["patches"][0]
+    assert first["state"] == "conflict" and first["files"] == ["loader.py"]
+    assert any("upstream renames loader.py" in c for c in first["upstream_commits"])
+
+
+def test_crlf_series_is_refreshed_byte_exactly(zpatch, world):
+    import shutil
+    from testing.fixtures import make_patches
+    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
+    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
+    shutil.rmtree(gguf_dir(world))
+    make_patches(world.gguf_up, world.gguf_pin,
+                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})], gguf_dir(world))
+    world.relock()
+    commit(world.gguf_up, {"loader.py": "# new first line\r\n" + crlf}, "upstream inserts a CRLF line")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
+    assert [s for _, s in states(res)] == ["refreshed"]
+    data = next(gguf_dir(world).glob("0001-*.patch")).read_bytes()
+    assert b"+# loader line 20 x\r\n" in data and b" # loader line 21\r\n" in data
+    assert zpatch.json("check")["clean"] and zpatch.json("export", "--check")["changed"] is False
+
+
+def test_a_source_missing_blobs_outside_the_series_still_rebases(zpatch, world):
+    """DESIGN section 7: a partial mirror (the ComfyUI snapshot lacks one large blob) must rebase
+    when the series does not touch the missing file."""
+    from testing.fixtures import git
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    blob = git("rev-parse", f"{world.gguf_pin}:nodes.py", cwd=world.gguf_up)
+    (world.gguf_up / ".git/objects" / blob[:2] / blob[2:]).unlink()
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
+    assert [s for _, s in states(res)] == ["refreshed"] * 3
+    assert pin(world) == git("rev-parse", "main", cwd=world.gguf_up)
