@@ -208,3 +208,44 @@ def test_a_source_missing_blobs_outside_the_series_still_rebases(zpatch, world):
     res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
     assert [s for _, s in states(res)] == ["refreshed"] * 3
     assert pin(world) == git("rev-parse", "main", cwd=world.gguf_up)
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.45, 0.6, 0.8])
+def test_killed_at_a_random_moment_then_continue_or_abort(world, tmp_path, delay):
+    """Whatever the moment: --abort gives the overlay back byte for byte, and --continue (or a rerun)
+    ends exactly where an uninterrupted rebase ends."""
+    import shutil
+    import signal
+    import time
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
+    reference = tmp_path / "reference"
+    shutil.copytree(world.overlay, reference)
+    subprocess.run([*cmd[:-1], str(reference), "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
+    want = {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
+    for finish in ("--abort", "--continue"):
+        p = subprocess.Popen([*cmd, "comfyui-gguf", "--onto", "main"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        r = subprocess.run([*cmd, finish], capture_output=True, text=True)
+        if r.returncode == 2 and "no rebase in progress" in r.stderr:
+            pass                                  # it had finished (or not begun) before the kill
+        else:
+            assert r.returncode == 0, r.stderr
+        now = overlay_snapshot(world)
+        if finish == "--abort":
+            assert now in (before, want)
+            if now == want:                      # it had finished: put the overlay back for --continue
+                for rel, data in before.items():
+                    (world.overlay / rel).write_bytes(data)
+        else:
+            if now == before:                    # killed before it wrote its state: run it again
+                subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
+                now = overlay_snapshot(world)
+            assert now == want

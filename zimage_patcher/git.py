@@ -268,14 +268,16 @@ class ScratchIndex:
                 raise ZpatchError(f"{Path(p).name}: does not apply on {parent[:12]}: {r.last_line()}", Exit.CONFLICT,
                                   hint="`zpatch check` shows the failing hunk")
             tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
-            info = mailinfo(self.repo, p)
-            who = {"GIT_AUTHOR_NAME": info.get("author", ""), "GIT_AUTHOR_EMAIL": info.get("email", ""),
-                   "GIT_AUTHOR_DATE": info.get("date", ""), "GIT_COMMITTER_DATE": info.get("date", ""),
-                   **_IDENTITY}
-            parent = self.run(["commit-tree", tree, "-p", parent, "-F", "-"], env=who,
-                              input=commit_message(self.repo, info)).stdout.strip()
+            parent = self.commit_tree(tree, parent, p)
             out.append(parent)
         return out
+
+    def commit_tree(self, tree: str, parent: str, patch: Path) -> str:
+        """TREE as a commit on PARENT with PATCH's author, date and message, as `git am` makes it."""
+        info, msg = patch_message(self.repo, patch)
+        who = {"GIT_AUTHOR_NAME": info.get("author", ""), "GIT_AUTHOR_EMAIL": info.get("email", ""),
+               "GIT_AUTHOR_DATE": info.get("date", ""), "GIT_COMMITTER_DATE": info.get("date", ""), **_IDENTITY}
+        return self.run(["commit-tree", tree, "-p", parent, "-F", "-"], env=who, input=msg).stdout.strip()
 
     def format_patch(self, commit: str) -> bytes:
         return format_patch(self.repo, commit, env=self.env)
@@ -389,6 +391,20 @@ def mailinfo(repo: Path, patch: Path) -> dict[str, str]:
             info[key.lower()] = value
         info["body"] = Path(msg).read_bytes().decode("utf-8", "surrogateescape")
     return info
+
+
+_MESSAGES: dict[str, tuple[dict, str]] = {}
+
+
+def patch_message(repo: Path, patch: Path) -> tuple[dict[str, str], str]:
+    """mailinfo and the commit message of PATCH, computed once per content (a rebase asks for each
+    patch twice: for the old series and the new)."""
+    import hashlib
+    key = hashlib.sha256(Path(patch).read_bytes()).hexdigest()
+    if key not in _MESSAGES:
+        info = mailinfo(repo, patch)
+        _MESSAGES[key] = (info, commit_message(repo, info))
+    return _MESSAGES[key]
 
 
 def commit_message(repo: Path, info: dict[str, str]) -> str:

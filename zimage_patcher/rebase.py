@@ -73,21 +73,11 @@ def _today() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _message(repo: Path, p: Patch, *, touched: bool) -> tuple[dict, str]:
-    info = git.mailinfo(repo, p.path)
-    msg = git.commit_message(repo, info)
-    if touched:   # a patch that moved says when (DEP-3 Last-Update)
-        msg = re.sub(r"^Last-Update: .*$", f"Last-Update: {_today()}", msg, flags=re.M)
-    return info, msg
-
-
-def _commit(idx: git.ScratchIndex, parent: str, repo: Path, p: Patch, *, touched: bool) -> str:
-    tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
-    info, msg = _message(repo, p, touched=touched)
-    who = {"GIT_AUTHOR_NAME": info.get("author", ""), "GIT_AUTHOR_EMAIL": info.get("email", ""),
-           "GIT_AUTHOR_DATE": info.get("date", ""), "GIT_COMMITTER_DATE": info.get("date", ""),
-           "GIT_COMMITTER_NAME": "zpatch", "GIT_COMMITTER_EMAIL": "zpatch@localhost"}
-    return idx.run(["commit-tree", tree, "-p", parent, "-F", "-"], env=who, input=msg).stdout.strip()
+def _stamp(data: bytes) -> bytes:
+    """DATA with its message's DEP-3 Last-Update set to today: a patch that moved says when."""
+    head, sep, diff = data.partition(b"\ndiff --git ")
+    head = re.sub(rb"^Last-Update: .*$", f"Last-Update: {_today()}".encode(), head, count=1, flags=re.M)
+    return head + sep + diff
 
 
 def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
@@ -118,14 +108,12 @@ def _carry(repo: Path, idx: git.ScratchIndex, tip: str, p: Patch, old_pin: str, 
         return {"state": "obsolete", "fired": fired}
     if tree == git.run(["rev-parse", f"{tip}^{{tree}}"], cwd=repo, env=idx.env).stdout.strip():
         return {"state": "upstreamed", "fired": []}
-    commit = _commit(idx, tip, repo, p, touched=False)
+    commit = idx.commit_tree(tree, tip, p.path)
     data = _keep_headers(idx.format_patch(commit), p.data)
     if data == p.data:
         return {"state": "unchanged", "commit": commit, "data": data}
     same = git.patch_id(repo, data) == git.patch_id(repo, p.data)
-    commit = _commit(idx, tip, repo, p, touched=True)
-    return {"state": "refreshed" if same else "changed", "commit": commit,
-            "data": _keep_headers(idx.format_patch(commit), p.data)}
+    return {"state": "refreshed" if same else "changed", "commit": commit, "data": _stamp(data)}
 
 
 def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unrelated: bool = False,
@@ -229,6 +217,8 @@ def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
     if dry_run:
         return result
     _write_overlay(ov, s, op)
+    (_area(ov.root) / OP_NAME).unlink()          # done: from here no command restores the backups
+    fault_point()
     shutil.rmtree(_area(ov.root), ignore_errors=True)
     result["written"] = True
     return result
@@ -296,6 +286,7 @@ def resume(ov_root: Path, action: str) -> dict:
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
     said = recover(ov_root)
     if action == "abort":
+        (_area(ov_root) / OP_NAME).unlink()
         shutil.rmtree(_area(ov_root), ignore_errors=True)
         return {"aborted": True, "upstream": op["upstream"], "recovered": said}
     return _resume(patchset.load(ov_root, verify_hashes=False), op, action=action)
@@ -315,9 +306,10 @@ def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
             idx = _store(ov, mirror)
         op["todo"].pop(0)
         _save(ov.root, op)
-    elif action is not None and op["todo"]:
-        raise ZpatchError("the rebase is not stopped at a conflict", Exit.USAGE,
-                          hint="zpatch rebase --abort to drop it")
+    elif action == "skip":
+        raise ZpatchError("the rebase is not stopped at a conflict: there is no patch to skip", Exit.USAGE,
+                          hint="zpatch rebase --continue resumes it; --abort drops it")
+    # --continue without a conflict: a run that was killed picks up where its state says
     return _run(ov, s, mirror, idx, op, dry_run=False)
 
 
@@ -340,12 +332,8 @@ def _resolved(ov: Overlay, op: dict, p: Patch) -> dict:
     tree = git.run(["write-tree", "--missing-ok"], cwd=repo).stdout.strip()
     if tree == git.run(["rev-parse", f"{op['tip']}^{{tree}}"], cwd=repo).stdout.strip():
         return {"name": p.name, "state": "upstreamed", "resolved": True}
-    info, msg = _message(repo, p, touched=True)
-    who = {"GIT_AUTHOR_NAME": info.get("author", ""), "GIT_AUTHOR_EMAIL": info.get("email", ""),
-           "GIT_AUTHOR_DATE": info.get("date", ""), "GIT_COMMITTER_DATE": info.get("date", ""),
-           "GIT_COMMITTER_NAME": "zpatch", "GIT_COMMITTER_EMAIL": "zpatch@localhost"}
-    commit = git.run(["commit-tree", tree, "-p", op["tip"], "-F", "-"], cwd=repo, env=who, input=msg).stdout.strip()
-    data = _keep_headers(git.format_patch(repo, commit), p.data)
+    commit = git.ScratchIndex(repo, str(_area(ov.root))).commit_tree(tree, op["tip"], p.path)
+    data = _stamp(_keep_headers(git.format_patch(repo, commit), p.data))
     _keep(ov.root, p.name, data)
     op["tip"] = commit
     return {"name": p.name, "state": "changed", "commit": commit, "resolved": True,
