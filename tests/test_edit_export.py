@@ -202,9 +202,15 @@ def test_crlf_series_round_trips_byte_for_byte(zpatch, world, checkout, tmp_path
     assert overlay_snapshot(world) == before
 
 
-def test_pre_commit_hooks_are_declared():
-    import tomllib  # noqa: F401  (yaml is not a dependency: read the file as text)
+def test_pre_commit_hooks_run_the_two_gates():
+    """The hooks file declares both gates, and each entry is a command zpatch accepts."""
+    import re
+    import shlex
+    from click.testing import CliRunner
+    from zimage_patcher.cli import main
     from testing.upstream import ROOT
-    text = (ROOT / ".pre-commit-hooks.yaml").read_text()
-    assert "entry: zpatch check" in text and "entry: zpatch export --check" in text
-    assert os.path.exists(ROOT / ".pre-commit-hooks.yaml")
+    entries = re.findall(r"^  entry: (.+)$", (ROOT / ".pre-commit-hooks.yaml").read_text(), re.M)
+    assert entries == ["zpatch check --no-apply", "zpatch export --check"]
+    for e in entries:
+        r = CliRunner().invoke(main, [*shlex.split(e)[1:], "--help"])
+        assert r.exit_code == 0, r.output

@@ -73,7 +73,6 @@ def test_conflict_stops_then_continue_after_resolving(zpatch, world):
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
     res = json.loads(zpatch("rebase", "--continue", "--json", expect=5).stdout)   # markers still there
     assert res["ok"] is False and "still has conflict markers" in res["error"]
-    scratch = next(l for l in zpatch("rebase", "--skip", "--json", expect=None).stdout.splitlines()) if False else None
     from zimage_patcher.rebase import _area
     work = _area(world.overlay) / "work"
     text = (work / "loader.py").read_text()
@@ -93,7 +92,6 @@ def test_skip_drops_the_patch_and_abort_restores_byte_for_byte(zpatch, world):
     _conflicting_upstream(world)
     before = overlay_snapshot(world)
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
-    assert "rebase of comfyui-gguf" in zpatch("status", "--help").stderr or True
     zpatch.json("rebase", "--abort")
     assert overlay_snapshot(world) == before
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
@@ -109,8 +107,8 @@ def test_upstream_merged_our_exact_patch(zpatch, world):
            "upstream takes our gemma3 change")
     res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
     assert states(res)[0] == ("0001-loader-gemma3.patch", "upstreamed")
-    assert [s for _, s in states(res)[1:]] == ["unchanged", "unchanged"] or \
-        all(s in ("unchanged", "refreshed") for _, s in states(res)[1:])
+    # upstream now is the old pin plus patch 1, exactly what patches 2 and 3 were made on: same bytes
+    assert [s for _, s in states(res)[1:]] == ["unchanged", "unchanged"]
     assert "0001-loader-gemma3.patch" not in (gguf_dir(world) / "series").read_text()
     assert zpatch.json("check")["clean"]
 
