@@ -17,22 +17,24 @@ class Exit(enum.IntEnum):
     ENVIRONMENT = 8     # a tool zpatch needs (git, python for the smoke) is missing or broken
     INTERNAL = 9        # a bug in zpatch: an unexpected exception (never "found something")
     BUSY = 10           # another zpatch holds this checkout's lock
+    UPSTREAMED = 11     # drift: a patch is no longer needed (upstream has it, or its probe fired)
     INTERRUPTED = 130   # Ctrl-C, as shells report SIGINT
 
 
 EXIT_HELP = {
     Exit.OK: "success, or nothing to do",
-    Exit.FINDINGS: "`check` or `status` found something to act on",
+    Exit.FINDINGS: "`check` or `status` found something to act on; `drift`: upstream moved and the series carries forward",
     Exit.USAGE: "bad command line",
     Exit.BAD_OVERLAY: "overlay invalid: `upstream.lock`, a series or a patch malformed, tampered or hostile",
     Exit.BAD_CHECKOUT: "checkout invalid: missing, not a repository, off its pin, user changes in the way, "
                        "or its zpatch record damaged",
-    Exit.CONFLICT: "a patch does not apply",
+    Exit.CONFLICT: "a patch does not apply (`rebase`, `drift`: a conflict on the new upstream commit)",
     Exit.UNREACHABLE: "an upstream cannot be reached (or, with `--offline`, is not cached)",
-    Exit.SMOKE_FAILED: "the smoke generation failed",
+    Exit.SMOKE_FAILED: "the smoke generation failed (`drift --smoke`: on the rebased series)",
     Exit.ENVIRONMENT: "a required tool (git, the smoke Python) is missing or failed",
     Exit.INTERNAL: "internal error in zpatch (a bug: please report it with the message)",
-    Exit.BUSY: "another zpatch is working on the same checkout; retry when it has finished",
+    Exit.BUSY: "another zpatch is working on the same checkout (or a rebase is in progress); retry when it has finished",
+    Exit.UPSTREAMED: "`drift`: a patch is no longer needed (upstream has it, or its Obsolete-If probe fired)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); an interrupted apply is rolled back by the next command",
 }
 

@@ -82,7 +82,7 @@ def _stamp(data: bytes) -> bytes:
 
 def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
     """Upstream commits between the old pin and the target that touched FILES, newest first."""
-    out = git.run(["log", "--format=%h %s", f"{old}..{new}", "--", *files], cwd=repo).stdout
+    out = git.run(["log", "--format=%H %s", f"{old}..{new}", "--", *files], cwd=repo).stdout
     return out.splitlines()[:20]
 
 
@@ -118,7 +118,7 @@ def _carry(repo: Path, idx: git.ScratchIndex, tip: str, p: Patch, old_pin: str, 
 
 def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unrelated: bool = False,
           offline: bool = False) -> dict:
-    op = in_progress(ov.root)
+    op = None if dry_run else in_progress(ov.root)     # a dry run touches no state: drift runs beside one
     if op is not None:
         raise ZpatchError(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", Exit.BUSY,
                           hint="zpatch rebase --continue, --skip or --abort")

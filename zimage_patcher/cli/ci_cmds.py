@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import Exit
+from ..errors import Exit, ZpatchError
 from .base import command, report_error
 
 
@@ -68,3 +68,35 @@ def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
             report_error(err["error"], err.get("hint"))
         return Exit(err["exit_code"])
     return Exit.OK
+
+
+@command("drift", "zpatch drift --markdown >> \"$GITHUB_STEP_SUMMARY\"")
+@click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.")
+@click.option("--to", "to", default=None, metavar="REF", help="Target instead of origin/<tracked branch>.")
+@click.option("--markdown", is_flag=True, help="Print the report as Markdown (a step summary, an issue body).")
+@click.option("--smoke", is_flag=True, help="Also run the CPU smoke on the rebased series.")
+@click.option("--offline", is_flag=True, help="Use the cache as it is (no fetch).")
+@click.option("--python", "python", default=None, metavar="PY", help="Interpreter for the smoke.")
+def drift_cmd(ctx, only, to, markdown, smoke, offline, python):
+    """Per upstream: how far its tracked branch moved past the pin, which upstream commits touched
+    patched files, and what a rebase would do to each patch. Classes and exit codes: current 0,
+    moved-clean 1, upstreamed 11, moved-conflict 5, smoke-failed 7 (the worst upstream decides).
+    Never changes a checkout, patches/ or upstream.lock."""
+    from .. import drift
+    ov = ctx.load()
+    if only and only not in [s.upstream.name for s in ov.series]:
+        raise ZpatchError(f"{only}: no such upstream in upstream.lock", Exit.USAGE,
+                          hint="one of: " + ", ".join(s.upstream.name for s in ov.series))
+    report = drift.run(ov, only=only, to=to, offline=offline, smoke=smoke, python=python)
+    if markdown and not ctx.as_json:
+        click.echo(drift.markdown(report), nl=False)
+    else:
+        lines = []
+        for u in report["upstreams"]:
+            lines.append(f"{u['name']}: {u['class']} ({u['ahead']} commit(s) past the pin on {u['ref']}, "
+                         f"{len(u['touching'])} touched patched files)")
+            lines += [f"  {p['state']:<10} {p['name']}" + ("  (and conflicts)" if p.get("also_conflict") else "")
+                      for p in u["patches"] if u["class"] != "current"]
+        lines.append(f"Drift: {report['class']}.")
+        ctx.emit(report, "\n".join(lines))
+    return Exit(report["exit_code"])

@@ -18,7 +18,7 @@ def _text(res: dict) -> str:
             extra = f"  in {', '.join(p.get('files', []))}"
         lines.append(f"  {p['state']:<10} {p['name']}{extra}")
         for c in p.get("upstream_commits", [])[:5] if p["state"] == "conflict" else []:
-            lines.append(f"               upstream {c}")
+            lines.append(f"               upstream {c[:12]}{c[40:]}")
     lines += [f"  (not reached) {n}" for n in res.get("todo", [])]
     return "\n".join(lines)
 
