@@ -214,3 +214,43 @@ def test_pre_commit_hooks_run_the_two_gates():
     for e in entries:
         r = CliRunner().invoke(main, [*shlex.split(e)[1:], "--help"])
         assert r.exit_code == 0, r.output
+
+
+# ---------------------------------------------------------------- found by the attack on edit/export/rebase
+
+def test_edit_with_a_file_in_the_way_changes_nothing_and_export_needs_the_edit_branch(zpatch, world, checkout):
+    from testing.fixtures import tree_snapshot
+    (gguf(checkout) / "tokenizer_util.py").write_text("mine\n")      # a patch creates this file
+    before = tree_snapshot(checkout)
+    r = zpatch("edit", checkout, expect=4)
+    assert "tokenizer_util.py: exists, and a patch creates it" in _error_line(r)
+    assert tree_snapshot(checkout) == before
+    assert git("for-each-ref", "refs/zpatch", "refs/notes", cwd=gguf(checkout)) == ""
+    (gguf(checkout) / "tokenizer_util.py").unlink()
+    zpatch("edit", checkout)
+    git("checkout", "-q", "--detach", "refs/zpatch/base", cwd=gguf(checkout))
+    before = overlay_snapshot(world)
+    r = zpatch("export", checkout, expect=4)
+    assert "HEAD is not on zpatch/edit" in _error_line(r)
+    assert overlay_snapshot(world) == before
+
+
+def test_repository_config_cannot_change_exported_bytes(zpatch, world, checkout):
+    zpatch("edit", checkout)
+    for kv in ("format.attach=true", "diff.orderFile=/dev/null", "format.useAutoBase=true", "format.suffix=.txt",
+               "diff.noprefix=true", "diff.context=7"):
+        k, v = kv.split("=")
+        git("config", k, v, cwd=gguf(checkout))
+    assert zpatch.json("export", checkout, "--check")["changed"] is False
+
+
+def test_a_symlinked_series_folder_is_refused_before_anything_is_written(zpatch, world, checkout, tmp_path):
+    d = world.overlay / "patches/comfyui-gguf"
+    outside = tmp_path / "outdir"
+    d.rename(outside)
+    d.symlink_to(outside)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    res = zpatch.json("check", "--no-apply", expect=1)
+    assert any("is a symlink" in p["message"] for p in res["problems"])
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=3)
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == before

@@ -247,3 +247,65 @@ def test_killed_at_a_random_moment_then_continue_or_abort(world, tmp_path, delay
                 subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
                 now = overlay_snapshot(world)
             assert now == want
+
+
+# ---------------------------------------------------------------- found by the attack on edit/export/rebase
+
+def test_action_flags_take_no_other_option(zpatch, world):
+    _conflicting_upstream(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    before = overlay_snapshot(world)
+    for extra in (("--dry-run",), ("--offline",), ("comfyui-gguf",)):
+        r = zpatch("rebase", "--continue", *extra, expect=2)
+        assert "take no other argument or option" in _error_line(r)
+    assert overlay_snapshot(world) == before
+
+
+def test_a_second_rebase_command_waits_its_turn(zpatch, world):
+    import fcntl
+    from zimage_patcher.rebase import _area
+    lock = _area(world.overlay).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=10)
+        assert "another zpatch rebase is running" in _error_line(r)
+    finally:
+        os.close(fd)
+
+
+def test_continue_refuses_when_git_could_not_even_merge_and_nothing_was_resolved(zpatch, world):
+    from testing.fixtures import git
+    git("rm", "-q", "loader.py", cwd=world.gguf_up)
+    git("commit", "-q", "-m", "upstream deletes loader.py", cwd=world.gguf_up)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    r = zpatch("rebase", "--continue", expect=5)
+    assert "nothing to continue with" in _error_line(r)
+    assert "--skip" in r.stderr
+
+
+@pytest.mark.parametrize("probe, why", [("grep loader.py 'a\x00b'", "control characters"),
+                                        ("grep loader.py '" + "a" * 600 + "'", "too long"),
+                                        ("missing ./loader.py", "not a path inside"),
+                                        ("grep ':(top)loader.py' x", "not a path inside")])
+def test_hostile_probes_are_refused(zpatch, world, probe, why):
+    p = gguf_dir(world) / "0001-loader-gemma3.patch"
+    p.write_text(p.read_text().replace("Forwarded: no\n", f"Forwarded: no\nObsolete-If: {probe}\n"))
+    world.relock()
+    res = zpatch.json("check", expect=1)
+    assert any(why in x["message"] for x in res["problems"]), res["problems"]
+
+
+def test_abort_after_a_kill_inside_the_lock_write_leaves_no_stray_file(world):
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    for kill_at in range(1, 12):
+        env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
+        r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
+                            "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
+                        "--abort"], capture_output=True, text=True, check=True)
+        assert overlay_snapshot(world) == before, kill_at

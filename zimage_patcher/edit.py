@@ -12,6 +12,7 @@ Where things live in each upstream repository of the checkout:
 from __future__ import annotations
 
 import tempfile
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,16 @@ def edit(ov: Overlay, checkout: Path | None) -> dict:
             raise ZpatchError(f"{t.repo}: {t.name} is not at its pin {t.pin[:12]}", Exit.BAD_CHECKOUT,
                               hint=f"git -C {t.repo} checkout --detach {t.pin}")
     rec = ws.load_record()
+    for t in ws.targets:
+        if git.rev_parse(t.repo, f"refs/heads/{git.EDIT_BRANCH}"):
+            raise ZpatchError(f"{t.repo}: a branch {git.EDIT_BRANCH} already exists", Exit.BAD_CHECKOUT,
+                              hint=f"rename or delete it (git -C {t.repo} branch -m {git.EDIT_BRANCH} my-old-edit)")
+        ours = set(rec.upstreams[t.name].files) if rec and t.name in rec.upstreams else set()
+        head = git.tree_blobs(t.repo, "HEAD", t.series.files)
+        for f in t.series.files:   # a file a patch creates must not be there already (git switch would refuse)
+            if f not in head and f not in ours and os.path.lexists(t.repo / f):
+                raise ZpatchError(f"{t.repo / f}: exists, and a patch creates it", Exit.BAD_CHECKOUT,
+                                  hint=f"move it away (mv {t.repo / f} {t.repo / f}.bak), then rerun")
     for t in ws.targets:   # files zpatch applied are its own to take back; anything else must be clean
         ours = set(rec.upstreams[t.name].files) if rec and t.name in rec.upstreams else set()
         dirty = [f for f in _dirty(t) if f not in ours]
@@ -56,10 +67,16 @@ def edit(ov: Overlay, checkout: Path | None) -> dict:
             for c, p in zip(commits, t.series.patches):
                 git.add_note(t.repo, c, p.name)
             tip = commits[-1] if commits else t.pin
+            r = git.run(["switch", "--quiet", "-c", git.EDIT_BRANCH, tip], cwd=t.repo, check=False)
+            if not r.ok:    # nothing of edit mode may be left half made: undo the upstreams done so far
+                _leave_one(t)
+                for done in result["upstreams"]:
+                    _leave_one(next(x for x in ws.targets if x.name == done["name"]))
+                raise ZpatchError(f"{t.repo}: git could not check out the edit branch: {r.last_line()}",
+                                  Exit.BAD_CHECKOUT, hint="make the checkout clean, then rerun `zpatch edit`")
             git.run(["config", "--replace-all", "notes.rewriteRef", git.ZPATCH_NOTES, "^refs/notes/zpatch$"],
                     cwd=t.repo)
             git.run(["update-ref", git.EDIT_BASE, t.pin], cwd=t.repo)
-            git.run(["switch", "--quiet", "-C", git.EDIT_BRANCH, tip], cwd=t.repo)
             result["upstreams"].append({"name": t.name, "path": t.rel, "base": t.pin, "branch": git.EDIT_BRANCH,
                                         "commits": [{"commit": c, "patch": p.name}
                                                     for c, p in zip(commits, t.series.patches)]})
@@ -151,6 +168,11 @@ def plan(ws: workspace.Workspace, t: workspace.Target, *, allow_dirty: bool = Fa
         raise ZpatchError(f"{t.repo}: the edit branch starts at {base[:12]}, but upstream.lock pins {t.pin[:12]}",
                           Exit.BAD_CHECKOUT, hint="the pin moved since `zpatch edit`: leave edit mode "
                                                   "(zpatch unapply) and edit again")
+    branch = git.run(["symbolic-ref", "-q", "HEAD"], cwd=t.repo, check=False).stdout.strip()
+    if branch != f"refs/heads/{git.EDIT_BRANCH}":
+        raise ZpatchError(f"{t.repo}: HEAD is not on {git.EDIT_BRANCH} (edit mode is half made, or you switched away)",
+                          Exit.BAD_CHECKOUT, hint=f"git -C {t.repo} switch {git.EDIT_BRANCH}, or leave edit mode: "
+                                                  "zpatch unapply --discard")
     if not git.run(["merge-base", "--is-ancestor", base, "HEAD"], cwd=t.repo, check=False).ok:
         raise ZpatchError(f"{t.repo}: HEAD does not descend from the edit base {base[:12]}", Exit.BAD_CHECKOUT,
                           hint=f"git -C {t.repo} switch {git.EDIT_BRANCH}")
@@ -287,10 +309,20 @@ def leave(ws: workspace.Workspace, *, discard: bool = False) -> list[dict]:
     for t in ws.targets:
         if not workspace.in_edit_mode(t):
             continue
-        git.run(["switch", "--quiet", "--detach", t.pin], cwd=t.repo)
-        git.run(["branch", "-D", git.EDIT_BRANCH], cwd=t.repo, check=False)
-        git.run(["update-ref", "-d", git.EDIT_BASE], cwd=t.repo)
-        git.run(["update-ref", "-d", git.ZPATCH_NOTES], cwd=t.repo, check=False)
+        r = git.run(["switch", "--quiet", "--detach", t.pin], cwd=t.repo, check=False)
+        if not r.ok:
+            raise ZpatchError(f"{t.repo}: git could not go back to the pin: {r.last_line()}", Exit.BAD_CHECKOUT,
+                              hint="move the files git names out of the way, then rerun")
+        _leave_one(t)
         out.append({"name": t.name, "path": t.rel, "left_edit_mode": True})
     return out
+
+
+def _leave_one(t: workspace.Target) -> None:
+    """Edit mode's refs, branch, notes and config gone from T (HEAD already back on the pin)."""
+    git.run(["switch", "--quiet", "--detach", t.pin], cwd=t.repo, check=False)
+    git.run(["branch", "-D", git.EDIT_BRANCH], cwd=t.repo, check=False)
+    git.run(["update-ref", "-d", git.EDIT_BASE], cwd=t.repo, check=False)
+    git.run(["update-ref", "-d", git.ZPATCH_NOTES], cwd=t.repo, check=False)
+    git.run(["config", "--unset-all", "notes.rewriteRef", "^refs/notes/zpatch$"], cwd=t.repo, check=False)
 

@@ -324,6 +324,13 @@ _NEUTRAL = ("diff.noprefix=false", "diff.mnemonicPrefix=false", "diff.renames=tr
             "format.numbered=false", "format.subjectPrefix=PATCH", "format.coverLetter=false",
             "format.thread=false", "format.from=false", "format.forceInBodyFrom=false", "format.notes=false",
             "i18n.logOutputEncoding=UTF-8", "log.showSignature=false")
+# flags that beat any config, the repository's own included (format.attach, format.useAutoBase,
+# diff.orderFile, an external diff or textconv driver), and no config from the user, the system or
+# the environment (GIT_CONFIG_COUNT / GIT_CONFIG_PARAMETERS) at all
+_NEUTRAL_FLAGS = ("--no-attach", "--no-thread", "--no-base", f"-O{os.devnull}", "--no-ext-diff", "--no-textconv",
+                  "--no-notes")
+_QUIET = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_COUNT": "0",
+          "GIT_CONFIG_PARAMETERS": ""}
 ZPATCH_NOTES = "refs/notes/zpatch"       # commit -> the patch file it came from (edit mode)
 EDIT_BASE = "refs/zpatch/base"           # the pin the edit branch starts from (Electron keeps such a ref)
 EDIT_BRANCH = "zpatch/edit"
@@ -340,9 +347,8 @@ def _neutral(args: list[str]) -> list[str]:
 def format_patch(repo: Path, commit: str, env: dict | None = None) -> bytes:
     """COMMIT as a mailbox patch, byte-stable: the one place the format options live."""
     # the user's and the system's config cannot reach the bytes either (format.headers, say)
-    quiet = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", **(env or {})}
-    r = run(_neutral(["format-patch", "-1", "--stdout", *FORMAT_PATCH_OPTIONS, commit]), cwd=repo, input=b"",
-            env=quiet)
+    r = run(_neutral(["format-patch", "-1", "--stdout", *FORMAT_PATCH_OPTIONS, *_NEUTRAL_FLAGS, commit]), cwd=repo,
+            input=b"", env={**_QUIET, **(env or {})})
     return r.stdout.encode("utf-8", "surrogateescape")
 
 
@@ -350,7 +356,8 @@ def format_patch_name(repo: Path, commit: str, number: int) -> str:
     """The file name `git format-patch` gives COMMIT as patch NUMBER (0001-Subject-words.patch)."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix="zpatch-name-") as tmp:
-        out = run(["format-patch", "-1", f"--start-number={number}", "-o", tmp, "--no-stat", commit], cwd=repo)
+        out = run(_neutral(["format-patch", "-1", f"--start-number={number}", "-o", tmp, "--suffix=.patch",
+                            *FORMAT_PATCH_OPTIONS, *_NEUTRAL_FLAGS, commit]), cwd=repo, env=_QUIET)
         return Path(out.stdout.strip()).name
 
 

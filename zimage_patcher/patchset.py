@@ -107,6 +107,14 @@ def load_series(root: Path, up: lockmod.Upstream) -> tuple[Path, list[str]]:
     return directory, names
 
 
+def _no_link(path: Path) -> None:
+    """The overlay's own files are plain files in plain folders: export and rebase rewrite them, and
+    a link would carry those writes elsewhere."""
+    if path.is_symlink():
+        raise ZpatchError(f"{path}: is a symlink; the overlay's lock, series folders and patches must be plain",
+                          Exit.BAD_OVERLAY, hint="replace the link with the file or folder it points to")
+
+
 @dataclass
 class Problem:
     kind: str                  # lock, series, patch, hash, layout, overlay
@@ -120,6 +128,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
     `load` raises the first, `check` reports them all. Series whose patches did not all parse are
     left out of the Overlay (nothing can be applied from them)."""
     try:
+        _no_link(root / lockmod.LOCK_NAME)
         lk = lockmod.parse(root / lockmod.LOCK_NAME)
     except ZpatchError as e:
         return None, [Problem("lock", e)]
@@ -127,6 +136,8 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
     all_series = []
     for up in lk.upstreams:
         try:
+            _no_link(root / up.patches)
+            _no_link(root / up.patches / series.SERIES_NAME)
             directory, names = load_series(root, up)
         except ZpatchError as e:
             problems.append(Problem("series", e, up.name))
@@ -134,6 +145,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
         patches = []
         for n in names:
             try:
+                _no_link(directory / n)
                 patches.append(patchfile.load(directory / n, n))
             except ZpatchError as e:
                 problems.append(Problem("patch", e, up.name, n))

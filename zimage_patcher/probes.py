@@ -28,9 +28,14 @@ class Probe:
     text: str           # as written, for reports
 
     def fires(self, repo: Path, commit: str) -> bool:
-        if self.kind == "missing":
-            return not git.run(["cat-file", "-e", f"{commit}:{self.path}"], cwd=repo, check=False).ok
-        r = git.run(["grep", "-q", "-E", "-e", self.pattern, commit, "--", self.path], cwd=repo, check=False)
+        if self.kind == "missing":   # the tree's listing, not the blob: a partial mirror lacks blobs, not names
+            return not git.run(["ls-tree", commit, "--", f":(literal){self.path}"], cwd=repo).stdout.strip()
+        try:
+            r = git.run(["grep", "-q", "-E", "-e", self.pattern, commit, "--", f":(literal){self.path}"], cwd=repo,
+                        check=False, timeout=20)
+        except ZpatchError:
+            raise ZpatchError(f"Obsolete-If: {self.text[:80]}: git grep took over 20 s", Exit.BAD_OVERLAY,
+                              hint="simplify the regular expression (no nested repetition)")
         if r.returncode not in (0, 1):
             raise ZpatchError(f"Obsolete-If: {self.text}: git grep failed: {r.last_line()}", Exit.BAD_OVERLAY,
                               hint="fix the regular expression (POSIX extended syntax)")
@@ -40,6 +45,9 @@ class Probe:
 def parse(patch: Patch) -> list[Probe]:
     out = []
     for text in patch.probes:
+        if len(text) > 500 or not text.isprintable():
+            raise ZpatchError(f"{patch.name}: Obsolete-If: {text[:60]!r}...: too long or with control characters",
+                              Exit.BAD_OVERLAY, hint="a probe is one short line")
         try:
             words = shlex.split(text)
         except ValueError as e:
@@ -54,6 +62,8 @@ def parse(patch: Patch) -> list[Probe]:
                               Exit.BAD_OVERLAY, hint="see the README's section on obsolescence probes")
         try:
             rel_parts(path)
+            if path != path.strip("/") or "/./" in f"/{path}/" or path.startswith(":"):
+                raise ZpatchError("not normal", Exit.BAD_OVERLAY)
         except ZpatchError:
             raise ZpatchError(f"{patch.name}: Obsolete-If: {path!r} is not a path inside the upstream",
                               Exit.BAD_OVERLAY, hint="name a file of the upstream, relative to its root")

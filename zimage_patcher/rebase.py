@@ -43,6 +43,28 @@ def _area(root: Path) -> Path:
     return cache.cache_home() / "rebase" / key
 
 
+class _AreaLock:
+    """One rebase command at a time per overlay: flock beside the area (released when the process dies)."""
+
+    def __init__(self, root: Path):
+        self.path = _area(root).with_suffix(".lock")
+
+    def __enter__(self):
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise ZpatchError("another zpatch rebase is running on this overlay", Exit.BUSY,
+                              hint="wait for it, then zpatch rebase --continue or --abort")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
 def in_progress(root: Path) -> dict | None:
     try:
         return json.loads((_area(root) / OP_NAME).read_text(encoding="utf-8"))
@@ -112,12 +134,27 @@ def _carry(repo: Path, idx: git.ScratchIndex, tip: str, p: Patch, old_pin: str, 
     data = _keep_headers(idx.format_patch(commit), p.data)
     if data == p.data:
         return {"state": "unchanged", "commit": commit, "data": data}
-    same = git.patch_id(repo, data) == git.patch_id(repo, p.data)
-    return {"state": "refreshed" if same else "changed", "commit": commit, "data": _stamp(data)}
+    return {"state": "refreshed" if _change(data) == _change(p.data) else "changed", "commit": commit,
+            "data": _stamp(data)}
+
+
+def _change(data: bytes) -> list[bytes]:
+    """What a patch does: its files and the lines it adds and removes, without context, offsets or
+    index lines (those moving is a refresh, not a change)."""
+    diff = data[data.find(b"\ndiff --git "):]
+    return [line for line in diff.split(b"\n") if line.startswith((b"diff --git ", b"+", b"-"))
+            and not line.startswith((b"+++ ", b"--- "))]
 
 
 def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unrelated: bool = False,
           offline: bool = False) -> dict:
+    if dry_run:
+        return _start(ov, name, onto, dry_run=True, allow_unrelated=allow_unrelated, offline=offline)
+    with _AreaLock(ov.root):
+        return _start(ov, name, onto, dry_run=False, allow_unrelated=allow_unrelated, offline=offline)
+
+
+def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated: bool, offline: bool) -> dict:
     op = None if dry_run else in_progress(ov.root)     # a dry run touches no state: drift runs beside one
     if op is not None:
         raise ZpatchError(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", Exit.BUSY,
@@ -205,8 +242,9 @@ def _stop(ov: Overlay, s: Series, op: dict, p: Patch, res: dict) -> dict:
     repo = _scratch_clone(ov, s, mirror)
     git.run(["checkout", "--quiet", "--force", "--detach", op["tip"]], cwd=repo)
     git.run(["apply", "--3way", str(p.path)], cwd=repo, check=False)
+    merged = bool(git.run(["ls-files", "-u"], cwd=repo).stdout.strip())
     op["current"] = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
-                     "fired": res.get("fired", [])}
+                     "fired": res.get("fired", []), "markers": merged}
     _save(ov.root, op)
     return _report(ov, s, op, stopped=True, scratch=repo)
 
@@ -249,7 +287,8 @@ def _write_overlay(ov: Overlay, s: Series, op: dict) -> None:
         if "data_sha256" not in e:
             (d / e["name"]).unlink(missing_ok=True)
             fault_point()
-    (d / "series").write_text("".join(e["name"] + "\n" for e in kept), encoding="utf-8")
+    if [e["name"] for e in kept] != [p.name for p in s.patches]:    # keep quilt's comments when nothing moved
+        (d / "series").write_text("".join(e["name"] + "\n" for e in kept), encoding="utf-8")
     fault_point()
     lk = lockmod.parse(lock_path)
     for u in lk.upstreams:
@@ -276,6 +315,9 @@ def recover(root: Path) -> str | None:
             (d / e["name"]).unlink()
     for f in backup.iterdir():
         shutil.copy2(f, ov_lock if f.name == "upstream.lock" else d / f.name)
+    stray = ov_lock.with_name(ov_lock.name + ".tmp")         # a kill inside the lock's own write
+    if stray.is_file() and not stray.is_symlink():
+        stray.unlink()
     op["writing"] = False
     _save(root, op)
     return "Put back patches/, the series and upstream.lock as they were before an interrupted rebase wrote them."
@@ -283,6 +325,11 @@ def recover(root: Path) -> str | None:
 
 def resume(ov_root: Path, action: str) -> dict:
     """--continue, --skip or --abort of the rebase in progress for the overlay at OV_ROOT."""
+    with _AreaLock(ov_root):
+        return _resume_locked(ov_root, action)
+
+
+def _resume_locked(ov_root: Path, action: str) -> dict:
     op = in_progress(ov_root)
     if op is None:
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
@@ -304,7 +351,7 @@ def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
         if action == "skip":
             op["done"].append({"name": p.name, "state": "skipped"})
         else:
-            op["done"].append(_resolved(ov, op, p))
+            op["done"].append(_resolved(ov, op, p, cur))
             idx = _store(ov, mirror)
         op["todo"].pop(0)
         _save(ov.root, op)
@@ -315,7 +362,7 @@ def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
     return _run(ov, s, mirror, idx, op, dry_run=False)
 
 
-def _resolved(ov: Overlay, op: dict, p: Patch) -> dict:
+def _resolved(ov: Overlay, op: dict, p: Patch, cur: dict) -> dict:
     """--continue: the maintainer's resolution in the scratch work tree becomes the patch."""
     repo = _area(ov.root) / "work"
     for f in p.files:
@@ -333,6 +380,12 @@ def _resolved(ov: Overlay, op: dict, p: Patch) -> dict:
         raise ZpatchError(f"{repo}: unmerged paths remain", Exit.CONFLICT, hint="git add the resolved files")
     tree = git.run(["write-tree", "--missing-ok"], cwd=repo).stdout.strip()
     if tree == git.run(["rev-parse", f"{op['tip']}^{{tree}}"], cwd=repo).stdout.strip():
+        if not cur.get("markers"):
+            op["current"] = cur     # put back: nothing was resolved
+            raise ZpatchError(f"{p.name}: nothing to continue with: git could not even merge it (a file it changes "
+                              "was deleted or rewritten upstream), and the files are upstream's", Exit.CONFLICT,
+                              hint=f"carry the patch's change into the files in {repo} by hand, then --continue; "
+                                   "or --skip it")
         return {"name": p.name, "state": "upstreamed", "resolved": True}
     commit = git.ScratchIndex(repo, str(_area(ov.root))).commit_tree(tree, op["tip"], p.path)
     data = _stamp(_keep_headers(git.format_patch(repo, commit), p.data))

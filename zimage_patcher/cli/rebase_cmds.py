@@ -42,8 +42,9 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
     actions = [a for a, on in (("continue", cont), ("skip", skip), ("abort", abort)) if on]
     root = ctx.overlay_root(for_writing=not dry_run)
     if actions:
-        if len(actions) > 1 or upstream or onto:
-            raise ZpatchError("--continue, --skip and --abort take nothing else", Exit.USAGE)
+        if len(actions) > 1 or upstream or onto or dry_run or allow_unrelated or offline:
+            raise ZpatchError("--continue, --skip and --abort take no other argument or option", Exit.USAGE,
+                              hint="zpatch rebase --continue")
         res = rebase.resume(root, actions[0])
     else:
         if not upstream or not onto:
