@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from testing.fixtures import LOADER_PY, commit, replace_line
 
 DATA = Path(__file__).parent / "data"

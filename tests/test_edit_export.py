@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot
+from testing.fixtures import LOADER_PY, SD_PY, git, tree_snapshot
 
 
 @pytest.fixture

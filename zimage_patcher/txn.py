@@ -128,6 +128,11 @@ def commit(checkout: Path, zdir: Path, op: str, changes: list[Change], new_recor
            copies: list[bytes], *, sweep: list[str] = ()) -> None:
     """Carry out CHANGES as one transaction (the caller holds the lock). NEW_RECORD None clears it.
     SWEEP: folders to remove when empty once the record is committed (also done by a roll-forward)."""
+    for name in (JOURNAL_NAME, record.RECORD_NAME):   # an obstacle found now, not after the first write
+        tmp = zdir / (name + ".tmp")
+        if os.path.lexists(tmp) and not (tmp.is_file() and not tmp.is_symlink()):
+            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
     _store_befores(checkout, changes)
     record.store_copies(zdir, copies)
     rec_bytes = new_record.to_bytes() if new_record else None
