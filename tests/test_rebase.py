@@ -270,7 +270,7 @@ def test_a_second_rebase_command_waits_its_turn(zpatch, world):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=10)
-        assert "another zpatch rebase is running" in _error_line(r)
+        assert "another zpatch rebase (pid " in _error_line(r)
     finally:
         os.close(fd)
 

@@ -32,7 +32,7 @@ from .edit import _keep_headers
 from .errors import Exit, ZpatchError
 from .patchfile import Patch
 from .patchset import Overlay, Series
-from .worktree import fault_point
+from .worktree import Exclusive, fault_point
 
 OP_NAME = "op.json"
 
@@ -43,26 +43,13 @@ def _area(root: Path) -> Path:
     return cache.cache_home() / "rebase" / key
 
 
-class _AreaLock:
-    """One rebase command at a time per overlay: flock beside the area (released when the process dies)."""
-
-    def __init__(self, root: Path):
-        self.path = _area(root).with_suffix(".lock")
-
-    def __enter__(self):
-        import fcntl
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            raise ZpatchError("another zpatch rebase is running on this overlay", Exit.BUSY,
-                              hint="wait for it, then zpatch rebase --continue or --abort")
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)
+def _locked(root: Path) -> Exclusive:
+    """One rebase command at a time per overlay: a lock beside its scratch area."""
+    path = _area(root).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Exclusive(path, lambda pid: ZpatchError(
+        f"another zpatch rebase (pid {pid}) is running on this overlay", Exit.BUSY,
+        hint="wait for it, then zpatch rebase --continue or --abort"))
 
 
 def in_progress(root: Path) -> dict | None:
@@ -150,7 +137,7 @@ def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unr
           offline: bool = False) -> dict:
     if dry_run:
         return _start(ov, name, onto, dry_run=True, allow_unrelated=allow_unrelated, offline=offline)
-    with _AreaLock(ov.root):
+    with _locked(ov.root):
         return _start(ov, name, onto, dry_run=False, allow_unrelated=allow_unrelated, offline=offline)
 
 
@@ -325,7 +312,7 @@ def recover(root: Path) -> str | None:
 
 def resume(ov_root: Path, action: str) -> dict:
     """--continue, --skip or --abort of the rebase in progress for the overlay at OV_ROOT."""
-    with _AreaLock(ov_root):
+    with _locked(ov_root):
         return _resume_locked(ov_root, action)
 
 

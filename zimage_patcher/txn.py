@@ -6,8 +6,6 @@ forward when the record had already been replaced.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import re
@@ -39,38 +37,24 @@ class Change:
         return _join(self.root, self.path)
 
 
-class CheckoutLock:
-    """One zpatch at a time per checkout: flock on <git-dir>/zpatch/lock. The kernel drops the lock
-    when its process dies, so a killed run never leaves the checkout locked (unlike index.lock)."""
+class CheckoutLock(worktree.Exclusive):
+    """One zpatch at a time per checkout: <git-dir>/zpatch/lock."""
 
     def __init__(self, zdir: Path, checkout: Path):
-        self.zdir, self.checkout, self.fd = zdir, checkout, None
+        self.zdir = zdir
+        super().__init__(zdir / LOCK_NAME, lambda pid: ZpatchError(
+            f"{checkout}: another zpatch (pid {pid}) is working on this checkout", Exit.BUSY,
+            hint="wait for it to finish, then rerun"))
 
     def __enter__(self) -> "CheckoutLock":
         record.check_zdir(self.zdir)
         try:
             self.zdir.mkdir(exist_ok=True)
-            fd = os.open(self.zdir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            return super().__enter__()
         except OSError as e:
             raise ZpatchError(f"{self.zdir}: cannot write there ({e.strerror})", Exit.BAD_CHECKOUT,
                               hint="apply and unapply need a writable checkout (not a read-only mount); "
                                    "`zpatch status` works read-only")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise ZpatchError(f"{self.checkout}: another zpatch (pid {holder}) is working on this checkout",
-                                  Exit.BUSY, hint="wait for it to finish, then rerun")
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.fd)     # closing releases the flock
 
 
 def pending(zdir: Path) -> dict | None:

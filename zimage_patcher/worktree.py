@@ -190,3 +190,32 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
     fault_point()
     os.replace(tmp, path)
     fault_point()
+
+
+class Exclusive:
+    """One process at a time: flock on PATH, which the kernel releases when the holder dies (so a
+    killed run never leaves a stale lock, unlike git's index.lock). The holder's pid is written into
+    the file for the message of the one that has to wait: BUSY(pid) builds that error."""
+
+    def __init__(self, path: Path, busy):
+        self.path, self.busy, self.fd = path, busy, None
+
+    def __enter__(self) -> "Exclusive":
+        import errno
+        import fcntl
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise self.busy(holder)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)     # closing releases the flock
