@@ -184,3 +184,16 @@ def tree_snapshot(root: Path) -> dict[str, bytes | str]:
                 continue   # stat refreshes in the index and content-addressed objects are not user data
             out[rel] = p.read_bytes()
     return out
+
+
+def gone(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until every process of group PGID has exited: a git child forked by a killed zpatch may
+    hold a copy of its lock's descriptor for a moment after the parent died."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)

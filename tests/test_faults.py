@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.fixtures import SD_PY, replace_line, tree_snapshot
+from testing.fixtures import SD_PY, gone, replace_line, tree_snapshot
 
 from zimage_patcher import patchset
 from zimage_patcher.workspace import Workspace
@@ -112,6 +112,7 @@ def test_kills_at_random_moments_including_inside_git(world, tmp_path):
         except ProcessLookupError:
             pass
         p.wait()
+        gone(p.pid)
         said = recover_only(world.overlay, co)
         snap = tree_snapshot(co)
         assert snap in (before, after), (trial, said, _diff(snap, before), _diff(snap, after))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from testing.fixtures import LOADER_PY, commit, replace_line
+from testing.fixtures import LOADER_PY, commit, gone, replace_line
 
 
 def overlay_snapshot(world) -> dict:
@@ -231,6 +231,7 @@ def test_killed_at_a_random_moment_then_continue_or_abort(world, tmp_path, delay
         except ProcessLookupError:
             pass
         p.wait()
+        gone(p.pid)
         r = subprocess.run([*cmd, finish], capture_output=True, text=True)
         if r.returncode == 2 and "no rebase in progress" in r.stderr:
             pass                                  # it had finished (or not begun) before the kill
