@@ -254,3 +254,24 @@ def test_a_symlinked_series_folder_is_refused_before_anything_is_written(zpatch,
     assert any("is a symlink" in p["message"] for p in res["problems"])
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=3)
     assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+
+
+def test_an_empty_commit_is_named_not_blamed_on_the_overlay(zpatch, world, checkout):
+    zpatch("edit", checkout)
+    git("commit", "-q", "--allow-empty", "-m", "nothing here", cwd=checkout)
+    before = overlay_snapshot(world)
+    r = zpatch("export", checkout, expect=4)
+    assert "cannot become a patch" in _error_line(r) and "rebase -i" in r.stderr
+    assert overlay_snapshot(world) == before
+
+
+def test_a_non_ascii_message_keeps_format_patch_mime_headers(zpatch, world, checkout):
+    zpatch("edit", checkout)
+    (checkout / "comfy/sd.py").write_text((checkout / "comfy/sd.py").read_text() + "# more\n")
+    git("commit", "-q", "-a", "--amend", "-m", "sd: accept 4-D latents — café" +
+        "\n\nOrigin: vendor\nForwarded: no\nLast-Update: 2026-11-26\nUpstream-License: test", cwd=checkout)
+    zpatch("export", checkout)
+    data = (world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch").read_bytes()
+    assert b"Content-Type: text/plain; charset=UTF-8" in data
+    assert zpatch.json("export", "--check")["changed"] is False     # what format-patch writes, exactly
+    assert "Edit mode, everything exported" in zpatch("status", checkout).stdout

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cache, git, patchset, series as seriesmod, workspace
+from . import cache, git, patchfile, patchset, series as seriesmod, workspace
 from .errors import Exit, ZpatchError
 from .patchset import Overlay
 from .worktree import write_atomic
@@ -133,10 +133,11 @@ def _fields(head: bytes) -> list[tuple[bytes, list[bytes]]]:
 
 def _keep_headers(new: bytes, old: bytes) -> bytes:
     """NEW (as format-patch wrote it) with the mail headers of OLD that git am drops put back byte for
-    byte and in their place: the fields git writes come from NEW, every other field from OLD."""
+    byte and in their place: a field NEW has comes from NEW (From, Date, Subject, MIME headers...),
+    a field only OLD has is kept, and NEW's other fields follow."""
     new_head, sep, rest = new.partition(b"\n\n")
     old_head = old.partition(b"\n\n")[0]
-    fresh = dict((k, v) for k, v in _fields(new_head) if k in _KNOWN)
+    fresh = dict(_fields(new_head))
     out: list[bytes] = []
     for key, lines in _fields(old_head):
         out += fresh.pop(key, None) or ([] if key in _KNOWN else lines)
@@ -201,6 +202,11 @@ def plan(ws: workspace.Workspace, t: workspace.Target, *, allow_dirty: bool = Fa
     used: set[str] = set()
     for i, (c, src) in enumerate(zip(commits, notes), 1):
         data = git.format_patch(t.repo, c)
+        try:
+            patchfile.parse(f"commit {c[:12]}", data)     # what check will demand of the file
+        except ZpatchError as e:
+            raise ZpatchError(f"{t.repo}: commit {c[:12]} cannot become a patch: {e.message}", Exit.BAD_CHECKOUT,
+                              hint=f"amend or drop it (git -C {t.repo} rebase -i {base[:12]})")
         if src in existing and claimed[src] == c:
             old = existing[src]
             data = _keep_headers(data, old.data)

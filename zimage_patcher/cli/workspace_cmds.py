@@ -144,6 +144,8 @@ def status_cmd(ctx, checkout):
 def _status_advice(res: dict) -> list[str]:
     """What to do next, one line per kind of difference (git status style)."""
     if res["clean"]:
+        if any(u.get("edit") for u in res["upstreams"]):
+            return [f"Edit mode, everything exported. Leave it with `zpatch unapply {res['checkout']}`."]
         return ["All applied and clean."]
     co = res["checkout"]
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
