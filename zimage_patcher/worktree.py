@@ -14,18 +14,23 @@ from .errors import Exit, ZpatchError
 TMP_SUFFIX = ".zpatch-tmp"
 
 _KILL_AT = os.environ.get("ZPATCH_TEST_KILL_AT")   # fault injection for the test suite, see fault_point
+_SLOW_AT = os.environ.get("ZPATCH_TEST_SLOW_AT")
 _points = 0
 
 
 def fault_point() -> None:
     """Mark a write point. The crash tests set ZPATCH_TEST_KILL_AT=N to SIGKILL the process at the
-    Nth point, as a power cut or an OOM kill would; unset (always, for users) it costs a compare."""
+    Nth point, as a power cut or an OOM kill would, and the concurrency test ZPATCH_TEST_SLOW_AT=N
+    to hold the lock there for a second; unset (always, for users) they cost a compare."""
     global _points
-    if _KILL_AT is None:
+    if _KILL_AT is None and _SLOW_AT is None:
         return
     _points += 1
-    if _points == int(_KILL_AT):
+    if _KILL_AT is not None and _points == int(_KILL_AT):
         os.kill(os.getpid(), signal.SIGKILL)
+    if _SLOW_AT is not None and _points == int(_SLOW_AT):
+        import time
+        time.sleep(1.0)
 
 
 def rel_parts(rel: str) -> tuple[str, ...]:
