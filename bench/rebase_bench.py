@@ -23,15 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.apply_bench import sh  # noqa: E402  (one helper that runs a command and stops on failure)
+
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
-
-
-def sh(cmd, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode:
-        raise SystemExit(f"{cmd}: {r.stdout}{r.stderr}")
-    return r
 
 
 def synthetic(tmp: Path):

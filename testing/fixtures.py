@@ -156,6 +156,18 @@ class World:
              "patches": "patches/comfyui-gguf"}],
             {"source": "node/ComfyUI-ZImage-Fix", "path": "custom_nodes/ComfyUI-ZImage-Fix"})
 
+    def make_gguf_crlf(self) -> str:
+        """Move ComfyUI-GGUF to CRLF files, as the real one has, with a one-patch series that changes
+        line 20; returns the CRLF loader.py."""
+        crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
+        self.gguf_pin = commit(self.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
+        shutil.rmtree(self.overlay / "patches" / "comfyui-gguf")
+        make_patches(self.gguf_up, self.gguf_pin,
+                     [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})],
+                     self.overlay / "patches" / "comfyui-gguf")
+        self.relock()
+        return crlf
+
     def clone_checkout(self, dest: Path) -> Path:
         """A user's own install: plain git clones, no zpatch involved."""
         git("clone", "-q", str(self.comfy_up), str(dest))

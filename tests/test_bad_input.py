@@ -256,15 +256,7 @@ def test_symlink_in_the_checkout_leading_out_of_the_tree(zpatch, checkout, tmp_p
 
 def test_conflict_in_a_crlf_file_points_at_the_line_that_differs(zpatch, world, tmp_path):
     """ComfyUI-GGUF is CRLF: the report must compare exact bytes, not stumble on the CR."""
-    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
-    import shutil
-    from testing.fixtures import commit, make_patches
-    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
-    shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
-    make_patches(world.gguf_up, world.gguf_pin,
-                 [("loader: crlf edit", {"loader.py": crlf.replace("# loader line 20\r\n", "# loader line 20 x\r\n")})],
-                 world.overlay / "patches" / "comfyui-gguf")
-    world.relock()
+    world.make_gguf_crlf()
     assert zpatch.json("check")["clean"]
     p = next((world.overlay / "patches/comfyui-gguf").glob("0001-*.patch"))
     p.write_bytes(p.read_bytes().replace(b" # loader line 19\r\n", b" # loader line 19 (stale)\r\n"))

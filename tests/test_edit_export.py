@@ -183,15 +183,7 @@ def test_edit_refuses_off_pin_dirty_and_twice_changing_nothing(zpatch, world, ch
 
 
 def test_crlf_series_round_trips_byte_for_byte(zpatch, world, checkout, tmp_path):
-    import shutil
-    from testing.fixtures import commit, make_patches
-    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
-    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
-    shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
-    make_patches(world.gguf_up, world.gguf_pin,
-                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})],
-                 world.overlay / "patches" / "comfyui-gguf")
-    world.relock()
+    world.make_gguf_crlf()
     co = world.clone_checkout(tmp_path / "C2")
     git("checkout", "-q", "--detach", world.gguf_pin, cwd=gguf(co))
     before = overlay_snapshot(world)

@@ -180,14 +180,7 @@ def test_upstream_deleted_or_renamed_the_patched_file_is_a_conflict_naming_the_c
 
 
 def test_crlf_series_is_refreshed_byte_exactly(zpatch, world):
-    import shutil
-    from testing.fixtures import make_patches
-    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
-    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
-    shutil.rmtree(gguf_dir(world))
-    make_patches(world.gguf_up, world.gguf_pin,
-                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})], gguf_dir(world))
-    world.relock()
+    crlf = world.make_gguf_crlf()
     commit(world.gguf_up, {"loader.py": "# new first line\r\n" + crlf}, "upstream inserts a CRLF line")
     res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
     assert [s for _, s in states(res)] == ["refreshed"]

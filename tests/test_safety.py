@@ -514,14 +514,7 @@ def test_lock_outside_an_overlay_does_not_relock_the_installed_one(tmp_path, mon
 @pytest.mark.parametrize("autocrlf", ["true", "input"])
 def test_eol_conversion_never_blocks_unapply_or_reapply(zpatch, world, tmp_path, autocrlf):
     """ComfyUI-GGUF stores CRLF; a maintainer's core.autocrlf must not make its patches irreversible."""
-    from testing.fixtures import commit, make_patches
-    crlf = "".join(f"# loader line {i}\r\n" for i in range(1, 41))
-    world.gguf_pin = commit(world.gguf_up, {"loader.py": crlf}, "CRLF like upstream")
-    shutil.rmtree(world.overlay / "patches" / "comfyui-gguf")
-    make_patches(world.gguf_up, world.gguf_pin,
-                 [("loader: crlf edit", {"loader.py": crlf.replace("line 20\r\n", "line 20 x\r\n")})],
-                 world.overlay / "patches" / "comfyui-gguf")
-    world.relock()
+    world.make_gguf_crlf()
     cfg = Path(os.environ["GIT_CONFIG_GLOBAL"])
     cfg.write_text(cfg.read_text() + f"[core]\n\tautocrlf = {autocrlf}\n")
     co = world.clone_checkout(tmp_path / "C")

@@ -5,7 +5,6 @@ in a bare cache repository as well as in a checkout, and never touches a work tr
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -56,21 +55,20 @@ def failures(repo: Path, base: str, patches: list[Patch], *, stop_at_first: bool
 
     A failing patch is skipped and the rest continue, so `check` names every broken patch."""
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
-        env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-        git.run(["read-tree", base], cwd=repo, env=env)
+        idx = git.ScratchIndex(repo, tmp, read_only=True)     # nothing lands in the cache's store
+        idx.read_tree(base)
         out = []
         base_modes = {}
         for p in patches:
             files = [f for f in p.files if f not in base_modes]
             base_modes.update({f: e[0] for f, e in git.tree_entries(repo, base, files).items()})
-            r = git.run(["apply", "--cached", "--whitespace=nowarn", str(p.path)], cwd=repo, env=env,
-                        check=False)
+            r = idx.apply([p.path])
             if not r.ok:
-                out.append(_hunk_report(repo, env, p, r.stderr))
+                out.append(_hunk_report(repo, idx.env, p, r.stderr))
                 if stop_at_first:
                     break
                 continue
-            bad = _mode_change(repo, env, p, base_modes)
+            bad = _mode_change(repo, idx.env, p, base_modes)
             if bad:
                 out.append(bad)
                 if stop_at_first:

@@ -213,11 +213,11 @@ class ScratchIndex:
     """A throw-away index over REPO's object store: apply patches, read the result, never touch
     the work tree or the real index (what `git apply --cached` does under GIT_INDEX_FILE)."""
 
-    def __init__(self, repo: Path, tmpdir: str, *, read_only: bool = False):
+    def __init__(self, repo: Path, tmpdir: str, *, read_only: bool = False, index: str = "index"):
         """READ_ONLY: new objects go to TMPDIR too (the repository's store is only read), for
-        `status` on a read-only checkout."""
+        `status` on a read-only checkout and for the cache. INDEX: the index file's name in TMPDIR."""
         self.repo = repo
-        self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, "index")}
+        self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, index)}
         if read_only:
             objects = run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
             os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
@@ -378,12 +378,6 @@ def note(repo: Path, commit: str) -> str | None:
 
 def add_note(repo: Path, commit: str, text: str) -> None:
     run(["notes", f"--ref={ZPATCH_NOTES}", "add", "-f", "-m", text, commit], cwd=repo, env=_IDENTITY)
-
-
-def patch_id(repo: Path, patch: bytes) -> str:
-    """git's stable patch id: the same for the same change, whatever the line numbers or message."""
-    out = run(["patch-id", "--stable"], cwd=repo, input=patch).stdout.split()
-    return out[0] if out else ""
 
 
 def mailinfo(repo: Path, patch: Path) -> dict[str, str]:

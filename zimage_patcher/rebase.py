@@ -171,9 +171,8 @@ def _store(ov: Overlay, mirror: Path) -> git.ScratchIndex:
     """The rebase's own index and object store in its area (commits survive a stop), reading the
     cache mirror and the conflict clone through alternates; nothing is written to the cache."""
     area = _area(ov.root)
-    idx = git.ScratchIndex(mirror, str(area), read_only=True)
     # an index of this process's own: a run killed inside git leaves its index.lock behind
-    idx.env["GIT_INDEX_FILE"] = str(area / f"index-{os.getpid()}")
+    idx = git.ScratchIndex(mirror, str(area), read_only=True, index=f"index-{os.getpid()}")
     work = area / "work" / ".git" / "objects"
     if work.is_dir():
         idx.env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] += os.pathsep + str(work)
