@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from zimage_patcher import lock, patchfile, record, series, txn
+from zimage_patcher import lock, operation, patchfile, record, series
 from zimage_patcher.errors import Exit, ZpatchError
 
 SEED = 20261126
@@ -103,9 +103,43 @@ def test_fuzz_record_and_journal(world, tmp_path):
     zdir.mkdir()
 
     def pend(data):
-        (zdir / txn.JOURNAL_NAME).write_bytes(data)
-        txn.pending(zdir)
+        (zdir / operation.JOURNAL_NAME).write_bytes(data)
+        operation.pending(zdir / operation.JOURNAL_NAME)
     _only_zpatch_errors(pend, list(mutants(journal, 800, rng)))
+    overlay_journal = json.dumps({"version": 2, "op": "rebase", "pid": 1, "commit_after": "e" * 64, "dirs": [],
+                                  "changes": [{"root": ".", "store": None, "path": "patches/x/0001-x.patch",
+                                               "before": "c" * 40, "after": "d" * 40, "executable": False,
+                                               "prune": False}]}).encode()
+    _only_zpatch_errors(pend, list(mutants(overlay_journal, 500, rng)))
+
+
+def test_fuzz_rebase_state(world, zpatch, tmp_path):
+    """A rebase stopped at a conflict, its op.json mutated: --abort, --continue and check answer with
+    a documented code (a damaged state is named, with the way out), never a traceback."""
+    from testing.fixtures import LOADER_PY, commit, replace_line
+    from zimage_patcher import rebase
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "upstream edits the patched line")
+    files = {f: f.read_bytes() for f in world.overlay.rglob("*") if f.is_file() and ".git" not in f.parts}
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    state = rebase._area(world.overlay) / rebase.OP_NAME
+    original = state.read_bytes()
+    rng = random.Random(SEED + 5)
+    codes = {}
+    for data in mutants(original, 120, rng):
+        state.write_bytes(data)
+        for args in (("rebase", "--continue"), ("rebase", "--skip"), ("check", "--no-apply")):   # check only warns
+            r = zpatch(*args, expect=None)
+            assert r.exit_code in ((0,) if args[0] == "check" else (0, 1, 2, 3, 4, 5)), (args, r.exit_code, r.output)
+            codes[r.exit_code] = codes.get(r.exit_code, 0) + 1
+            if args[0] == "rebase" and r.exit_code == 0:
+                break                         # a harmless mutant finished the rebase: start again
+        if not state.exists():                # the mutant let the rebase finish: start it again
+            for f, data in files.items():
+                f.write_bytes(data)
+            zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    assert 4 in codes, codes                  # damaged states were met, and named
+    zpatch("rebase", "--abort", expect=None)
 
 
 def test_fuzz_cli_over_mutated_overlays(world, zpatch, tmp_path):

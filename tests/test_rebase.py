@@ -155,18 +155,46 @@ def test_refusals(zpatch, world):
     assert "a rebase of comfyui-gguf" in zpatch("check", "--no-apply").stderr   # every command says so
 
 
-@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
-def test_killed_while_writing_the_overlay_then_abort_restores_it(world, kill_at):
+@pytest.mark.parametrize("finish", ["--abort", "--continue"])
+def test_killed_at_every_write_point_then_abort_or_continue(world, tmp_path, finish):
+    """SIGKILL at each write point in turn (its state, the formatted patches, the transaction over
+    the overlay, the lock): --abort gives the overlay back byte for byte unless the kill came after the
+    commit point (then the rebase is complete), and --continue ends exactly where an uninterrupted
+    rebase ends."""
+    import shutil
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
-    env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
-    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
-                        "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
-    assert r.returncode == -9, r.stderr
-    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
-                        "--abort"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert overlay_snapshot(world) == before
+    cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
+    reference = tmp_path / "reference"
+    shutil.copytree(world.overlay, reference)
+    subprocess.run([*cmd[:-1], str(reference), "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
+    want = {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
+    assert want != before
+    for kill_at in range(1, 200):
+        env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
+        r = subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr
+        r = subprocess.run([*cmd, finish], capture_output=True, text=True)
+        nothing = r.returncode == 2 and "no rebase in progress" in r.stderr    # killed before its state existed
+        assert nothing or r.returncode == 0, (kill_at, r.stderr)
+        assert not list(world.overlay.rglob("*.tmp")), kill_at
+        now = overlay_snapshot(world)
+        if finish == "--abort" or nothing:
+            assert now in (before, want), kill_at
+        else:
+            assert now == want, kill_at
+        assert "in progress" not in subprocess.run([*cmd[:3], "check", "--overlay", str(world.overlay), "--no-apply"],
+                                                   capture_output=True, text=True).stderr, kill_at
+        for rel, data in before.items():        # the next trial starts from the old overlay again
+            (world.overlay / rel).write_bytes(data)
+        for rel in set(now) - set(before):
+            (world.overlay / rel).unlink()
+    else:
+        raise AssertionError("the rebase never completed")
+    assert kill_at > 15, "the rebase should have many write points"
+    assert overlay_snapshot(world) == want
 
 
 def test_upstream_deleted_or_renamed_the_patched_file_is_a_conflict_naming_the_commit(zpatch, world):
@@ -289,17 +317,3 @@ def test_hostile_probes_are_refused(zpatch, world, probe, why):
     world.relock()
     res = zpatch.json("check", expect=1)
     assert any(why in x["message"] for x in res["problems"]), res["problems"]
-
-
-def test_abort_after_a_kill_inside_the_lock_write_leaves_no_stray_file(world):
-    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
-    before = overlay_snapshot(world)
-    for kill_at in range(1, 12):
-        env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
-        r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
-                            "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
-        if r.returncode == 0:
-            break
-        subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay),
-                        "--abort"], capture_output=True, text=True, check=True)
-        assert overlay_snapshot(world) == before, kill_at

@@ -352,6 +352,17 @@ def format_patch(repo: Path, commit: str, env: dict | None = None) -> bytes:
     return r.stdout.encode("utf-8", "surrogateescape")
 
 
+def format_patches(repo: Path, rng: str, env: dict | None = None) -> list[bytes]:
+    """Every commit of RNG (oldest first) as format_patch would write it, from one process: each
+    into a file of its own, so no message line can be mistaken for the start of the next patch."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="zpatch-format-") as tmp:
+        run(_neutral(["format-patch", "-o", tmp, "--suffix=.patch", *FORMAT_PATCH_OPTIONS, *_NEUTRAL_FLAGS, rng]),
+            cwd=repo, input=b"", env={**_QUIET, **(env or {})})
+        files = sorted(Path(tmp).iterdir(), key=lambda f: int(f.name.split("-", 1)[0]))
+        return [f.read_bytes() for f in files]
+
+
 def format_patch_name(repo: Path, commit: str, number: int) -> str:
     """The file name `git format-patch` gives COMMIT as patch NUMBER (0001-Subject-words.patch)."""
     import tempfile
@@ -369,6 +380,13 @@ def rev_parse(repo: Path, rev: str) -> str | None:
 def rev_list(repo: Path, rng: str, *extra: str) -> list[str]:
     """Commits of RNG, oldest first."""
     return run(["rev-list", "--reverse", *extra, rng], cwd=repo).stdout.split()
+
+
+def behind_ahead(repo: Path, base: str, target: str) -> tuple[int, int]:
+    """Commits of BASE not in TARGET, and of TARGET not in BASE, from one walk: (0, n) means
+    TARGET descends from BASE, n commits ahead."""
+    left, right = run(["rev-list", "--count", "--left-right", f"{base}...{target}"], cwd=repo).stdout.split()
+    return int(left), int(right)
 
 
 def note(repo: Path, commit: str) -> str | None:

@@ -173,23 +173,30 @@ def dumps(lock: Lock) -> str:
     return "\n".join(out)
 
 
-def write(root: Path, lock: Lock) -> bool:
-    """Write LOCK to ROOT/upstream.lock when it differs, atomically, and only after reading the new
-    text back to the same lock (never a file zpatch cannot read). True when it wrote."""
+def render(root: Path, lock: Lock) -> bytes:
+    """The bytes of ROOT/upstream.lock for LOCK, refused unless they read back to the same lock
+    (never a file zpatch cannot read) and unless the file is a plain one."""
     path = root / LOCK_NAME
     text = dumps(lock)
     back = parse_text(path, text)
     if (back.upstreams, back.overlay, back.version) != (lock.upstreams, lock.overlay, lock.version):
         raise ZpatchError(f"{path}: the lock zpatch would write does not read back the same; not written",
                           Exit.BAD_OVERLAY, hint="a name or path in the overlay cannot be stored; rename it")
+    if path.is_symlink():
+        raise ZpatchError(f"{path}: is a symlink; zpatch writes the lock only as a plain file", Exit.BAD_OVERLAY,
+                          hint="replace the link with the file it points to")
+    return text.encode("utf-8")
+
+
+def write(root: Path, lock: Lock) -> bool:
+    """Write LOCK to ROOT/upstream.lock when it differs, atomically. True when it wrote."""
+    data = render(root, lock)
+    path = root / LOCK_NAME
     try:
-        if path.read_bytes() == text.encode("utf-8"):
+        if path.read_bytes() == data:
             return False
     except OSError:
         pass
     from .worktree import write_atomic
-    if path.is_symlink():
-        raise ZpatchError(f"{path}: is a symlink; zpatch writes the lock only as a plain file", Exit.BAD_OVERLAY,
-                          hint="replace the link with the file it points to")
-    write_atomic(path, text.encode("utf-8"))
+    write_atomic(path, data)
     return True

@@ -11,25 +11,26 @@ each patch ends as one of:
   skipped     dropped by `--skip`
 
 A conflict stops the rebase: the patch is applied 3-way in a sparse scratch clone in the cache, with
-conflict markers, and the state is saved in op.json beside it. `--continue` takes the resolved files,
-`--skip` drops the patch, `--abort` forgets everything. The overlay (patches, series, upstream.lock) is
-written only when the last patch is through: backups first, then the files, then the lock; a kill
-there is rolled back by the next rebase command. `--dry-run` does all of it and writes nothing.
+conflict markers, and the state (operation.py's: upstream, old pin, target, todo, done) is saved in
+op.json beside it. `--continue` takes the resolved files, `--skip` drops the patch, `--abort` forgets
+everything. The overlay (patches, series, upstream.lock) is written only when the last patch is
+through, as one transaction of operation.py, the one `apply` uses, whose commit point is the lock: a
+kill there is rolled back (or forward) by the next rebase command. `--dry-run` writes nothing.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from . import cache, git, lock as lockmod, patchset, probes
+from . import cache, git, lock as lockmod, operation, patchset, probes, worktree
 from .edit import _keep_headers
 from .errors import Exit, ZpatchError
+from .operation import Change
 from .patchfile import Patch
 from .patchset import Overlay, Series
 from .worktree import Exclusive, fault_point
@@ -52,22 +53,42 @@ def _locked(root: Path) -> Exclusive:
         hint="wait for it, then zpatch rebase --continue or --abort"))
 
 
+_STATES = ("carried", "unchanged", "refreshed", "changed", "upstreamed", "obsolete", "conflict", "skipped")
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+
+
+def _check_state(op: dict) -> None:
+    """What the rest of this module reads from op.json, so a damaged one is refused, not a crash."""
+    def sha1(v, optional=False):
+        if not (optional and v is None) and not (isinstance(v, str) and _SHA1.fullmatch(v)):
+            raise ValueError(v)
+    for key in ("old_pin", "onto", "tip"):
+        sha1(op[key])
+    sha1(op.get("old_tip"), optional=True)
+    if not isinstance(op["onto_ref"], str) or type(op["ahead"]) is not int or type(op["dry_run"]) is not bool:
+        raise ValueError
+    for e in op["done"]:
+        if e["state"] not in _STATES:
+            raise ValueError(e)
+        sha1(e.get("commit"), optional=True)
+        if "data_sha256" in e and not re.fullmatch(r"[0-9a-f]{64}", e["data_sha256"]):
+            raise ValueError(e)
+        if not all(isinstance(x, str) for k in ("fired", "files", "upstream_commits") for x in e.get(k, [])):
+            raise ValueError(e)
+    cur = op.get("current")
+    if cur is not None and not (isinstance(cur["name"], str) and all(isinstance(x, str) for k in
+                                ("fired", "files", "upstream_commits") for x in cur.get(k, []))):
+        raise ValueError(cur)
+    if op.get("lock_after") is not None and not re.fullmatch(r"[0-9a-f]{64}", op["lock_after"]):
+        raise ValueError
+
+
 def in_progress(root: Path) -> dict | None:
-    try:
-        return json.loads((_area(root) / OP_NAME).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        raise ZpatchError(f"{_area(root) / OP_NAME}: the state of a rebase in progress is damaged", Exit.BAD_CHECKOUT,
-                          hint=f"zpatch rebase --abort (or remove {_area(root)})")
+    return operation.load_state(_area(root) / OP_NAME, "rebase", _check_state)
 
 
 def _save(root: Path, op: dict) -> None:
-    path = _area(root) / OP_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(OP_NAME + ".tmp")
-    tmp.write_text(json.dumps(op, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    operation.save_state(_area(root) / OP_NAME, "rebase", op)
 
 
 def _series(ov: Overlay, name: str) -> Series:
@@ -95,34 +116,64 @@ def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
     return out.splitlines()[:20]
 
 
-def _carry(repo: Path, idx: git.ScratchIndex, tip: str, p: Patch, old_pin: str, onto: str) -> dict:
-    """Try P on TIP (ONTO plus the patches carried so far). Probes and the upstream commits to blame
-    are read on ONTO, upstream's own tree. Returns {state, commit?, data?, fired?, files?}."""
+class _Tip:
+    """The series tip as it grows, and what the scratch index holds: after a patch applies, the index
+    already is the next tip's tree, so no process re-reads it (a rebase costs little more than one
+    `git apply` per patch)."""
+
+    def __init__(self, idx: git.ScratchIndex, commit: str):
+        self.idx, self.commit = idx, commit
+        self.tree = idx.run(["rev-parse", f"{commit}^{{tree}}"]).stdout.strip()
+        self.loaded: str | None = None       # the commit whose tree the index holds, None: unknown
+
+    def load(self) -> None:
+        if self.loaded != self.commit:
+            self.idx.read_tree(self.commit)
+            self.loaded = self.commit
+
+    def advance(self, commit: str, tree: str) -> None:
+        self.commit = self.loaded = commit
+        self.tree = tree
+
+
+def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str) -> dict:
+    """Try P on the tip (ONTO plus the patches carried so far). Probes and the upstream commits to
+    blame are read on ONTO, upstream's own tree. Returns {state, commit?, fired?, files?}; the patch
+    text of a commit is formatted later, for the whole series at once (_format)."""
     fired = probes.fired(p, repo, onto)
-    idx.read_tree(tip)
-    exact = idx.apply([p.path]).ok
-    conflicted: list[str] = []
-    if not exact:
-        idx.read_tree(tip)
+    idx = tip.idx
+    tip.load()
+    if not idx.apply([p.path]).ok:       # a failed apply writes nothing: the index is still the tip
         r = idx.apply([p.path], three_way=True)
+        tip.loaded = None                # it may hold the merge, conflicted or not
         conflicted = [f for f, e in idx.entries(p.files).items() if e[2]]
         if not r.ok or conflicted:
-            idx.read_tree(tip)
+            tip.load()
             if idx.run(["apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
                 return {"state": "obsolete" if fired else "upstreamed", "fired": fired}
-            return {"state": "obsolete" if fired else "conflict", "fired": fired,
-                    "files": conflicted or p.files, "upstream_commits": _touching(repo, old_pin, onto, p.files)}
+            # obsolete or not, say what conflicts: `drift` reports both
+            return {"state": "obsolete" if fired else "conflict", "fired": fired, "files": conflicted or p.files,
+                    "upstream_commits": _touching(repo, old_pin, onto, p.files)}
     tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
     if fired:
+        tip.loaded = None
         return {"state": "obsolete", "fired": fired}
-    if tree == git.run(["rev-parse", f"{tip}^{{tree}}"], cwd=repo, env=idx.env).stdout.strip():
+    if tree == tip.tree:
+        tip.loaded = tip.commit
         return {"state": "upstreamed", "fired": []}
-    commit = idx.commit_tree(tree, tip, p.path)
-    data = _keep_headers(idx.format_patch(commit), p.data)
+    commit = idx.commit_tree(tree, tip.commit, p.path)
+    tip.advance(commit, tree)
+    return {"state": "carried", "commit": commit}
+
+
+def _classify(entry: dict, data: bytes, p: Patch) -> bytes:
+    """Set ENTRY's state from its new text DATA against the old patch P; the bytes to keep."""
+    data = _keep_headers(data, p.data)
     if data == p.data:
-        return {"state": "unchanged", "commit": commit, "data": data}
-    return {"state": "refreshed" if _change(data) == _change(p.data) else "changed", "commit": commit,
-            "data": _stamp(data)}
+        entry["state"] = "unchanged"
+        return data
+    entry["state"] = "refreshed" if _change(data) == _change(p.data) else "changed"
+    return _stamp(data)
 
 
 def _change(data: bytes) -> list[bytes]:
@@ -149,13 +200,13 @@ def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated:
     s = _series(ov, name)
     up = s.upstream
     mirror, target = cache.resolve(up.url, up.commit, onto, offline=offline)
-    if not git.run(["merge-base", "--is-ancestor", up.commit, target], cwd=mirror, check=False).ok \
-            and not allow_unrelated:
+    behind, ahead = git.behind_ahead(mirror, up.commit, target)
+    if behind and not allow_unrelated:
         raise ZpatchError(f"{onto} ({target[:12]}) does not descend from the pin {up.commit[:12]} of {name}",
                           Exit.USAGE, hint="a rebase onto an older or unrelated commit needs --allow-unrelated")
     op = {"version": 1, "upstream": name, "old_pin": up.commit, "onto": target, "onto_ref": onto,
           "tip": target, "todo": [p.name for p in s.patches], "done": [], "dry_run": dry_run,
-          "ahead": len(git.rev_list(mirror, f"{up.commit}..{target}"))}
+          "ahead": ahead}
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="zpatch-rebase-") as tmp:
             idx = git.ScratchIndex(mirror, tmp, read_only=True)
@@ -186,22 +237,47 @@ def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict, *,
         # and the range-diff needs the old commits
         old = idx.commit_patches(op["old_pin"], [p.path for p in s.patches])
         op["old_tip"] = old[-1] if old else op["old_pin"]
+    tip = _Tip(idx, op["tip"])
     while op["todo"]:
         p = by_name[op["todo"][0]]
-        res = _carry(repo, idx, op["tip"], p, op["old_pin"], op["onto"])
-        entry = {"name": p.name, **{k: v for k, v in res.items() if k != "data"}}
+        res = _carry(repo, tip, p, op["old_pin"], op["onto"])
         if res["state"] == "conflict" and not dry_run:
+            _format(ov, idx, op, by_name, dry_run=False)     # the report names what the others became
             return _stop(ov, s, op, p, res)
         if "commit" in res:
             op["tip"] = res["commit"]
-            entry["data_sha256"] = hashlib.sha256(res["data"]).hexdigest()
-            if not dry_run:
-                _keep(ov.root, p.name, res["data"])
-        op["done"].append(entry)
+        op["done"].append({"name": p.name, **res})
         op["todo"].pop(0)
         if not dry_run:
             _save(ov.root, op)
+    _format(ov, idx, op, by_name, dry_run=dry_run)
     return _finish(ov, s, repo, idx, op, dry_run=dry_run)
+
+
+def _format(ov: Overlay, idx: git.ScratchIndex, op: dict, by_name: dict[str, Patch], *, dry_run: bool) -> None:
+    """The new text of every carried patch, from one `git format-patch` of the new series, and each
+    one's final state (unchanged, refreshed or changed). The series' commits form one chain from ONTO
+    to the tip, in the order of `done`."""
+    carried = [e for e in op["done"] if "commit" in e]
+    first = next((i for i, e in enumerate(carried) if "data_sha256" not in e), None)
+    if first is None:
+        return
+    todo = carried[first:]          # formatted in order: the ones before were done by an earlier stop
+    base = carried[first - 1]["commit"] if first else op["onto"]
+    texts = git.format_patches(idx.repo, f"{base}..{op['tip']}", env=idx.env)
+    if len(texts) != len(todo):
+        raise ZpatchError(f"the rebased series has {len(texts)} commits for {len(todo)} patches",
+                          Exit.INTERNAL, hint="zpatch rebase --abort, then report this")
+    for e, data in zip(todo, texts):
+        if e.get("resolved"):
+            data = _stamp(_keep_headers(data, by_name[e["name"]].data))
+        else:
+            data = _classify(e, data, by_name[e["name"]])
+        e["data_sha256"] = hashlib.sha256(data).hexdigest()
+        if not dry_run:
+            _keep(ov.root, e["name"], data)
+    if not dry_run:
+        _save(ov.root, op)
 
 
 def _keep(root: Path, name: str, data: bytes) -> None:
@@ -242,71 +318,74 @@ def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
     result["range_diff"] = rd.stdout if rd.ok else ""
     if dry_run:
         return result
-    _write_overlay(ov, s, op)
-    (_area(ov.root) / OP_NAME).unlink()          # done: from here no command restores the backups
-    fault_point()
-    shutil.rmtree(_area(ov.root), ignore_errors=True)
+    changes, lock_data = _overlay_changes(ov, s, op)
+    op["lock_after"] = operation.digest(lock_data)    # from here, that lock on disk means the rebase is done
+    _save(ov.root, op)
+    operation.commit(ov.root, _area(ov.root) / operation.JOURNAL_NAME, "rebase", changes,
+                     ov.root / lockmod.LOCK_NAME, lock_data)
+    _forget(ov.root)
     result["written"] = True
     return result
 
 
-def _write_overlay(ov: Overlay, s: Series, op: dict) -> None:
-    """Backups of the files it replaces, then the patches, the series, and the lock (with the new pin)
-    last; recover() puts the backups back if this is cut short."""
-    d = s.directory
-    area = _area(ov.root)
-    backup = area / "backup"
-    backup.mkdir(exist_ok=True)
-    lock_path = ov.root / lockmod.LOCK_NAME
-    for f in [d / "series", lock_path, *(d / p.name for p in s.patches)]:
-        shutil.copy2(f, backup / (f.name if f != lock_path else "upstream.lock"))
-    op["writing"] = True
-    _save(ov.root, op)
-    fault_point()
-    kept = [e for e in op["done"] if "data_sha256" in e]
-    for e in kept:
-        src = area / "out" / e["name"]
-        if e["state"] != "unchanged":
-            shutil.copy2(src, d / e["name"])
-            fault_point()
+def _overlay_changes(ov: Overlay, s: Series, op: dict) -> tuple[list[Change], bytes]:
+    """What the rebase writes into the overlay: the patches that moved, the ones dropped, the series
+    when its list changed, and (the commit point) upstream.lock with the new pin and hashes."""
+    d, out = s.upstream.patches, _area(ov.root) / "out"
+
+    def change(name: str, data: bytes | None) -> Change | None:
+        rel = f"{d}/{name}"
+        now = worktree.read(ov.root, rel)
+        before = None if now is None else git.hash_object_bytes(now)
+        after = None if data is None else git.hash_object_bytes(data)
+        return None if before == after else Change(".", None, rel, before, after, data, prune=False)
+
+    changes, hashes = [], {}
     for e in op["done"]:
         if "data_sha256" not in e:
-            (d / e["name"]).unlink(missing_ok=True)
-            fault_point()
-    if [e["name"] for e in kept] != [p.name for p in s.patches]:    # keep quilt's comments when nothing moved
-        (d / "series").write_text("".join(e["name"] + "\n" for e in kept), encoding="utf-8")
-    fault_point()
-    lk = lockmod.parse(lock_path)
+            changes.append(change(e["name"], None))
+            continue
+        if e["state"] != "unchanged":
+            data = (out / e["name"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != e["data_sha256"]:
+                raise ZpatchError(f"{out / e['name']}: not the patch this rebase made", Exit.BAD_CHECKOUT,
+                                  hint="zpatch rebase --abort, then rebase again")
+            changes.append(change(e["name"], data))
+        elif hashlib.sha256(worktree.read(ov.root, f"{d}/{e['name']}") or b"").hexdigest() != e["data_sha256"]:
+            raise ZpatchError(f"{ov.root / d / e['name']}: changed while the rebase was stopped; the lock would "
+                              "not match it", Exit.BAD_CHECKOUT,
+                              hint="put the file back (git checkout -- it) and --continue, or --abort")
+        hashes[e["name"]] = e["data_sha256"]
+    if list(hashes) != [p.name for p in s.patches]:     # keep quilt's comments when nothing moved
+        changes.append(change("series", "".join(n + "\n" for n in hashes).encode()))
+    lk = lockmod.parse(ov.root / lockmod.LOCK_NAME)
     for u in lk.upstreams:
         if u.name == s.upstream.name:
-            u.commit = op["onto"]
-    lockmod.write(ov.root, lk)
-    fault_point()
-    patchset.write_lock(ov.root)
-    fault_point()
+            u.commit, u.sha256 = op["onto"], hashes
+    return [c for c in changes if c], lockmod.render(ov.root, lk)
 
 
-def recover(root: Path) -> str | None:
-    """A rebase killed while writing the overlay: put the backups back. Returns what it did."""
-    op = in_progress(root)
-    if not op or not op.get("writing"):
-        return None
-    ov_lock = root / lockmod.LOCK_NAME
-    backup = _area(root) / "backup"
-    lk = lockmod.parse(backup / "upstream.lock")
-    up = next(u for u in lk.upstreams if u.name == op["upstream"])
-    d = root / up.patches
-    for e in op["done"]:
-        if (d / e["name"]).exists() and not (backup / e["name"]).exists():
-            (d / e["name"]).unlink()
-    for f in backup.iterdir():
-        shutil.copy2(f, ov_lock if f.name == "upstream.lock" else d / f.name)
-    stray = ov_lock.with_name(ov_lock.name + ".tmp")         # a kill inside the lock's own write
-    if stray.is_file() and not stray.is_symlink():
-        stray.unlink()
-    op["writing"] = False
-    _save(root, op)
-    return "Put back patches/, the series and upstream.lock as they were before an interrupted rebase wrote them."
+def _forget(root: Path) -> None:
+    """The rebase is over (done or aborted): no command finds its state again."""
+    (_area(root) / OP_NAME).unlink(missing_ok=True)
+    fault_point()
+    shutil.rmtree(_area(root), ignore_errors=True)
+
+
+def recover(root: Path, op: dict) -> tuple[str | None, bool]:
+    """A rebase killed while writing the overlay: roll its transaction back, or forward when the lock
+    had been written. Returns what it did and whether the rebase is thereby complete."""
+    said = operation.recover(root, _area(root) / operation.JOURNAL_NAME, root / lockmod.LOCK_NAME)
+    if not op.get("lock_after"):
+        return said, False
+    try:
+        done = operation.digest((root / lockmod.LOCK_NAME).read_bytes()) == op["lock_after"]
+    except OSError:
+        done = False
+    if not done:
+        op["lock_after"] = None
+        _save(root, op)
+    return said, done
 
 
 def resume(ov_root: Path, action: str) -> dict:
@@ -319,10 +398,16 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
     op = in_progress(ov_root)
     if op is None:
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
-    said = recover(ov_root)
+    said, done = recover(ov_root, op)
+    if done:     # killed after its commit point: nothing is left to continue, skip or abort
+        ov = patchset.load(ov_root, verify_hashes=False)
+        _forget(ov_root)
+        result = _report(ov, _series(ov, op["upstream"]), op, stopped=False)
+        result.update(written=True, aborted=False, finished_before=action,
+                      recovered=said or "An interrupted rebase had written the overlay already; it is complete.")
+        return result
     if action == "abort":
-        (_area(ov_root) / OP_NAME).unlink()
-        shutil.rmtree(_area(ov_root), ignore_errors=True)
+        _forget(ov_root)
         return {"aborted": True, "upstream": op["upstream"], "recovered": said}
     return _resume(patchset.load(ov_root, verify_hashes=False), op, action=action)
 
@@ -374,11 +459,8 @@ def _resolved(ov: Overlay, op: dict, p: Patch, cur: dict) -> dict:
                                    "or --skip it")
         return {"name": p.name, "state": "upstreamed", "resolved": True}
     commit = git.ScratchIndex(repo, str(_area(ov.root))).commit_tree(tree, op["tip"], p.path)
-    data = _stamp(_keep_headers(git.format_patch(repo, commit), p.data))
-    _keep(ov.root, p.name, data)
     op["tip"] = commit
-    return {"name": p.name, "state": "changed", "commit": commit, "resolved": True,
-            "data_sha256": hashlib.sha256(data).hexdigest()}
+    return {"name": p.name, "state": "changed", "commit": commit, "resolved": True}
 
 
 def _report(ov: Overlay, s: Series, op: dict, *, stopped: bool, scratch: Path | None = None) -> dict:

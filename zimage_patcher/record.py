@@ -4,7 +4,7 @@ Layout under <git-dir>/zpatch/:
   record.json         the typed record below; replacing it is the commit point of apply/unapply
   patches/<sha256>    a content-addressed copy of every applied patch, so `unapply` reverses exactly
                       what went in even after the overlay moved on (quilt keeps .pc/ for this)
-  journal.json, lock  the transaction in progress and the checkout lock (txn.py)
+  journal.json, lock  the transaction in progress and the checkout lock (operation.py)
 
 Everything read back is checked: types, relative paths that stay inside, copies against their
 sha256. A damaged record is an error naming the file, never a reason to write elsewhere.

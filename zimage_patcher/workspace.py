@@ -2,7 +2,7 @@
 operations on it (checkout, apply, unapply, status).
 
 apply and unapply compute the whole result first, in scratch indexes, so every failure is known
-before the first write; then txn.commit carries it out under the checkout lock with a journal.
+before the first write; then operation.commit carries it out under the checkout lock with a journal.
 Nothing is written or deleted unless its bytes are what zpatch expects there.
 """
 from __future__ import annotations
@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import cache, diagnose, git, patchfile, record, txn, worktree
+from . import cache, diagnose, git, patchfile, operation, record, worktree
 from .errors import Exit, ZpatchError
 from .patchset import Overlay, Series, cwd, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
+from .operation import Change
 
 
 @dataclass
@@ -101,6 +102,29 @@ def resolve(ov: Overlay, checkout: Path) -> list[Target]:
     return targets
 
 
+LOCK_NAME = "lock"
+
+
+class CheckoutLock(worktree.Exclusive):
+    """One zpatch at a time per checkout: <git-dir>/zpatch/lock."""
+
+    def __init__(self, zdir: Path, checkout: Path):
+        self.zdir = zdir
+        super().__init__(zdir / LOCK_NAME, lambda pid: ZpatchError(
+            f"{checkout}: another zpatch (pid {pid}) is working on this checkout", Exit.BUSY,
+            hint="wait for it to finish, then rerun"))
+
+    def __enter__(self) -> "CheckoutLock":
+        record.check_zdir(self.zdir)
+        try:
+            self.zdir.mkdir(exist_ok=True)
+            return super().__enter__()
+        except OSError as e:
+            raise ZpatchError(f"{self.zdir}: cannot write there ({e.strerror})", Exit.BAD_CHECKOUT,
+                              hint="apply and unapply need a writable checkout (not a read-only mount); "
+                                   "`zpatch status` works read-only")
+
+
 @dataclass
 class Workspace:
     ov: Overlay
@@ -121,11 +145,27 @@ class Workspace:
     def node_rel(self) -> str | None:
         return self.ov.lock.overlay.path if self.ov.lock.overlay else None
 
+    @property
+    def journal(self) -> Path:
+        return self.zdir / operation.JOURNAL_NAME
+
     @contextmanager
     def locked(self):
         """The checkout lock, and recovery of a run that died; yields what recovery said."""
-        with txn.CheckoutLock(self.zdir, self.checkout):
-            yield txn.recover(self.checkout, self.zdir)
+        with CheckoutLock(self.zdir, self.checkout):
+            said = operation.recover(self.checkout, self.journal, self.zdir / record.RECORD_NAME)
+            if said:
+                record.collect_garbage(self.zdir, record.load(self.zdir))
+            yield said
+
+    def commit(self, kind: str, changes: list[Change], new: Record | None, copies: list[bytes],
+               sweep: list[str] = ()) -> None:
+        """CHANGES as one transaction whose commit point is the record (the patch copies it names
+        are stored first; the ones it no longer names are collected after)."""
+        operation.commit(self.checkout, self.journal, kind, changes, self.zdir / record.RECORD_NAME,
+                         new.to_bytes() if new else None, sweep=sweep,
+                         prepare=lambda: record.store_copies(self.zdir, copies))
+        record.collect_garbage(self.zdir, new)
 
     def load_record(self) -> Record | None:
         """The record, without upstreams the user reverted by hand (every recorded file back to
@@ -413,7 +453,7 @@ def _check_modes(t: Target, then: list[patchfile.Patch], entries: dict, head: di
 
 
 def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
-                 result: dict[str, tuple[str, str, bytes] | None]) -> tuple[list[txn.Change], dict[str, str | None]]:
+                 result: dict[str, tuple[str, str, bytes] | None]) -> tuple[list[Change], dict[str, str | None]]:
     changes, after_ids = [], {}
     for p in paths:
         before = git.hash_object_bytes(current[p]) if current[p] is not None else None
@@ -421,12 +461,12 @@ def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
         after = git.hash_object_bytes(data) if data is not None else None
         after_ids[p] = after
         if before != after:
-            changes.append(txn.Change(t.rel, t.rel, p, before, after, data, executable=result[p][0] == "100755"
+            changes.append(Change(t.rel, t.rel, p, before, after, data, executable=result[p][0] == "100755"
                                       if result[p] else False))
     return changes, after_ids
 
 
-def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[txn.Change], NodeRecord | None]:
+def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[Change], NodeRecord | None]:
     """The node's files: install this overlay's (INSTALL) and remove what zpatch installed before,
     refusing any file zpatch did not put there or that changed since."""
     lo, old = ws.ov.lock.overlay, rec.node if rec else None
@@ -455,11 +495,11 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[t
         data = want.get(rel)
         after = git.hash_object_bytes(data) if data is not None else None
         if before != after:
-            changes.append(txn.Change(".", ".", rel, before, after, data, prune=False))
+            changes.append(Change(".", ".", rel, before, after, data, prune=False))
     node = None
     if install and lo:
         # the folders this install creates, so unapply removes exactly those (when empty)
-        made = {d for rel in want for d in txn.parent_dirs(rel) if (d + "/").startswith(lo.path + "/")
+        made = {d for rel in want for d in operation.parent_dirs(rel) if (d + "/").startswith(lo.path + "/")
                 and not (ws.checkout / d).exists()}
         node = NodeRecord(lo.path, dict(lo.sha256), sorted(made | set(old.dirs if old and old.path == lo.path else [])))
     return changes, node
@@ -470,7 +510,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
     ws = Workspace.open(ov, checkout)
     result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
               "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
-    if not (ws.zdir / txn.JOURNAL_NAME).exists():
+    if not ws.journal.exists():
         # the no-op fast path reads files only: no lock, no git. A run in flight has a journal.
         rec = ws.load_record()
         if _fast_noop(ws, rec):
@@ -484,7 +524,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
             result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
             return result
         heads = _preflight(ws, rec, three_way)
-        changes: list[txn.Change] = []
+        changes: list[Change] = []
         ups = {}
         for t in ws.targets:
             old = rec.upstreams.get(t.name) if rec else None
@@ -504,7 +544,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
             result["upstreams"] = [_up_result(t, ups[t.name]) for t in ws.targets]
             return result
         copies = [p.data for t in ws.targets for p in t.series.patches]
-        txn.commit(ws.checkout, ws.zdir, "apply", changes, new, copies)
+        ws.commit("apply", changes, new, copies)
     replaced = [t.name for t in ws.targets if rec and t.name in rec.upstreams
                 and rec.upstreams[t.name].patches != ups[t.name].patches]
     result.update(changed=True, replaced=replaced,
@@ -514,7 +554,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
     return result
 
 
-def _full(c: txn.Change) -> str:
+def _full(c: Change) -> str:
     return c.path if c.root == "." else f"{c.root}/{c.path}"
 
 
@@ -546,7 +586,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
                                   "that edit", Exit.BAD_CHECKOUT,
                                   hint=f"keep a copy of your edit, make the file upstream's again (git -C {t.repo} "
                                        f"checkout -- {edited[0]}, or delete it if a patch created it), then rerun")
-        changes: list[txn.Change] = []
+        changes: list[Change] = []
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)
             if not ur:
@@ -560,7 +600,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
         node_changes, _ = _node_plan(ws, rec, install=False)
         changes += node_changes
         sweep = _node_caches(ws.checkout, rec.node) if rec.node else []
-        txn.commit(ws.checkout, ws.zdir, "unapply", changes, None, [], sweep=sweep)
+        ws.commit("unapply", changes, None, [], sweep=sweep)
         if rec.node:
             result["node"] = rec.node.path
             result["node_kept"] = (ws.checkout / rec.node.path).is_dir()   # it holds files that are not ours
@@ -588,7 +628,7 @@ def _node_caches(checkout: Path, node: NodeRecord) -> list[str]:
 def status(ov: Overlay, checkout: Path | None) -> dict:
     """Read-only: never takes the lock or writes; an interrupted run is reported, not repaired."""
     ws = Workspace.open(ov, checkout)
-    journal = txn.pending(ws.zdir)
+    journal = operation.pending(ws.journal)
     rec = ws.load_record() or Record({})
     out = {"checkout": str(ws.checkout), "upstreams": [], "node": None, "clean": journal is None,
            "interrupted": {"op": journal["op"], "pid": journal["pid"]} if journal else None}

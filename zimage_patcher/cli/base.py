@@ -84,7 +84,11 @@ class Context:
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
         if self.command != "rebase" and not self.as_json:
             from .. import rebase
-            op = rebase.in_progress(root)
+            try:
+                op = rebase.in_progress(root)
+            except ZpatchError as e:     # not this command's business: say it, and go on
+                warn(f"{e.message} ({e.hint})")
+                op = None
             if op:   # stopped or killed: say so wherever the maintainer looks next
                 warn(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
                      "zpatch rebase --continue, --skip or --abort")

@@ -57,8 +57,13 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
         ctx.emit(res, (res["recovered"] + "\n" if res.get("recovered") else "")
                  + f"Aborted the rebase of {res['upstream']}; the overlay is as it was.")
         return Exit.OK
-    lines = [_text(res)]
-    if res["stopped"]:
+    lines = [res["recovered"]] if res.get("recovered") else []
+    lines.append(_text(res))
+    if res.get("finished_before") == "abort":
+        lines.append(f"Nothing left to abort: the pin of {res['upstream']} is {res['onto'][:12]} now. To undo it, "
+                     "restore patches/ and upstream.lock from version control (git checkout -- patches "
+                     "upstream.lock).")
+    elif res["stopped"]:
         cur = res["patches"][-1]
         lines.append(f"CONFLICT in {cur['name']}: resolve the files in {res['scratch']}, then "
                      "`zpatch rebase --continue` (or --skip this patch, or --abort)")
