@@ -91,22 +91,48 @@ def main() -> None:
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
 
+        who = {**os.environ, "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
+
         def git_rebase():
             subprocess.run(["git", "rebase", "-q", "--onto", "main", w.gguf_pin], cwd=clone, check=True,
-                           capture_output=True, env={**os.environ, "GIT_COMMITTER_NAME": "b",
-                                                     "GIT_COMMITTER_EMAIL": "b@x"})
+                           capture_output=True, env=who)
 
-        times = {"zpatch": [], "git": []}
+        pipeline = tmp / "pipeline"
+        git("clone", "-q", "--no-checkout", str(w.gguf_up), str(pipeline))
+
+        def git_same_job():
+            """What zpatch does, as raw git commands in a clone: the old series as commits on the pin,
+            rebased onto the target, formatted back into patch files, and the range-diff."""
+            def run(*args):
+                subprocess.run(["git", *args], cwd=pipeline, check=True, capture_output=True, env=who)
+            run("checkout", "-q", "--detach", w.gguf_pin)
+            run("am", "-q", "--keep-cr", *map(str, patches))
+            run("tag", "-f", "old-tip")
+            run("rebase", "-q", "--onto", "main", w.gguf_pin)
+            shutil.rmtree(tmp / "formatted", ignore_errors=True)
+            run("format-patch", "-q", "-o", str(tmp / "formatted"), "--zero-commit", "--full-index", "--no-stat",
+                "main..HEAD")
+            run("range-diff", f"{w.gguf_pin}..old-tip", "main..HEAD")
+
+        def zpatch_start():
+            subprocess.run([*ZPATCH, "rebase", "--help"], check=True, capture_output=True)
+
+        times = {"zpatch": [], "git": [], "pipeline": [], "start": []}
         for _ in range(RUNS):
-            for name, fn in (("zpatch", zpatch_rebase), ("git", git_rebase)):
+            for name, fn in (("zpatch", zpatch_rebase), ("git", git_rebase), ("pipeline", git_same_job),
+                             ("start", zpatch_start)):
                 reset()
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-        z, g = statistics.median(times["zpatch"]), statistics.median(times["git"])
+        z, g, pl, st = (statistics.median(times[k]) for k in ("zpatch", "git", "pipeline", "start"))
         out += ["| case | git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|",
                 f"| 10 patches over 500 upstream commits (`git rebase --onto` vs `zpatch rebase --onto`) "
-                f"| {g:.3f} | {z:.3f} | {z / g:.2f}x |"]
+                f"| {g:.3f} | {z:.3f} | {z / g:.2f}x |",
+                f"| the same job as raw git commands (`am` on the pin, `rebase --onto`, `format-patch`, `range-diff`) "
+                f"vs `zpatch rebase --onto` | {pl:.3f} | {z:.3f} | {z / pl:.2f}x |",
+                f"| zpatch's floor: `zpatch rebase --help` (Python, click and the CLI's imports) vs `git rebase --onto` "
+                f"| {g:.3f} | {st:.3f} | {st / g:.2f}x |"]
         # export of an unchanged series
         reset()
         co = w.clone_checkout(tmp / "co")

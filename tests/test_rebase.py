@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -51,8 +52,13 @@ def test_clean_move_keeps_every_patch_byte_for_byte_and_moves_the_pin(zpatch, wo
 
 def test_context_shift_refreshes_and_dates_the_patches(zpatch, world):
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
-    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main")
-    assert [s for _, s in states(res)] == ["refreshed"] * 3
+    dry = zpatch("rebase", "comfyui-gguf", "--onto", "main", "--dry-run").stdout
+    assert "Dry run: nothing written." in dry and "range-diff" not in dry     # -v shows it on a dry run
+    out = zpatch("rebase", "comfyui-gguf", "--onto", "main").stdout
+    # a per-patch summary, then git's range-diff of the series before and after
+    assert [l.split()[0] for l in out.splitlines() if l.startswith("  ") and ".patch" in l] == ["refreshed"] * 3
+    assert "moved the pin" in out and "(git range-diff):" in out
+    assert sum(1 for l in out.splitlines() if re.match(r"\d+:  [0-9a-f]+ [=!] \d+:  [0-9a-f]+ ", l)) == 3
     p1 = (gguf_dir(world) / "0001-loader-gemma3.patch").read_text()
     assert "@@ -3,7 +3,7 @@" in p1 or "@@ -2," in p1 or "@@ -3," in p1
     import datetime

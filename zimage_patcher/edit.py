@@ -116,36 +116,6 @@ class SeriesPlan:
         return self.series_changed or any(p.state != "unchanged" for p in self.patches)
 
 
-_KNOWN = (b"From ", b"From:", b"Date:", b"Subject:")
-
-
-def _fields(head: bytes) -> list[tuple[bytes, list[bytes]]]:
-    """A mail header block as (key, lines) fields; continuation lines stay with their field."""
-    fields: list[tuple[bytes, list[bytes]]] = []
-    for line in head.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1][1].append(line)
-        else:
-            key = next((k for k in _KNOWN if line.startswith(k)), line.split(b":", 1)[0])
-            fields.append((key, [line]))
-    return fields
-
-
-def _keep_headers(new: bytes, old: bytes) -> bytes:
-    """NEW (as format-patch wrote it) with the mail headers of OLD that git am drops put back byte for
-    byte and in their place: a field NEW has comes from NEW (From, Date, Subject, MIME headers...),
-    a field only OLD has is kept, and NEW's other fields follow."""
-    new_head, sep, rest = new.partition(b"\n\n")
-    old_head = old.partition(b"\n\n")[0]
-    fresh = dict(_fields(new_head))
-    out: list[bytes] = []
-    for key, lines in _fields(old_head):
-        out += fresh.pop(key, None) or ([] if key in _KNOWN else lines)
-    for lines in fresh.values():
-        out += lines
-    return b"\n".join(out) + sep + rest
-
-
 def _check_fences(t: workspace.Target, commit: str, fences: list[str]) -> None:
     """A commit of the parent may not write into a nested repository or the node's folder."""
     files = git.run(["diff-tree", "--no-commit-id", "--name-only", "-r", "-z", commit], cwd=t.repo).stdout
@@ -209,7 +179,7 @@ def plan(ws: workspace.Workspace, t: workspace.Target, *, allow_dirty: bool = Fa
                               hint=f"amend or drop it (git -C {t.repo} rebase -i {base[:12]})")
         if src in existing and claimed[src] == c:
             old = existing[src]
-            data = _keep_headers(data, old.data)
+            data = patchfile.keep_headers(data, old.data)
             p = PatchOut(src, old.data if data == old.data else data,
                          "unchanged" if data == old.data else "changed", c)
         else:
@@ -286,7 +256,7 @@ def canonical(ov: Overlay, *, offline: bool = False) -> dict:
             idx = git.ScratchIndex(mirror, tmp, read_only=True)
             commits = idx.commit_patches(s.upstream.commit, [p.path for p in s.patches])
             for c, p in zip(commits, s.patches):
-                data = _keep_headers(idx.format_patch(c), p.data)
+                data = patchfile.keep_headers(idx.format_patch(c), p.data)
                 state = "unchanged" if data == p.data else "changed"
                 entry["patches"].append({"name": p.name, "state": state, "commit": None})
                 result["changed"] |= state != "unchanged"

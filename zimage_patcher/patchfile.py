@@ -214,3 +214,35 @@ def _parse_message(patch: Patch, head: list[str]) -> None:
             if key == "Obsolete-If":
                 patch.probes.append(value.strip())
     patch.subject = re.sub(r"^\[PATCH[^\]]*\]\s*", "", " ".join(subject)).strip()
+
+
+# ---------------------------------------------------------------- mail headers (edit, export, rebase)
+
+_KNOWN = (b"From ", b"From:", b"Date:", b"Subject:")
+
+
+def _fields(head: bytes) -> list[tuple[bytes, list[bytes]]]:
+    """A mail header block as (key, lines) fields; continuation lines stay with their field."""
+    fields: list[tuple[bytes, list[bytes]]] = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1][1].append(line)
+        else:
+            key = next((k for k in _KNOWN if line.startswith(k)), line.split(b":", 1)[0])
+            fields.append((key, [line]))
+    return fields
+
+
+def keep_headers(new: bytes, old: bytes) -> bytes:
+    """NEW (as format-patch wrote it) with the mail headers of OLD that git am drops put back byte for
+    byte and in their place: a field NEW has comes from NEW (From, Date, Subject, MIME headers...),
+    a field only OLD has is kept, and NEW's other fields follow."""
+    new_head, sep, rest = new.partition(b"\n\n")
+    old_head = old.partition(b"\n\n")[0]
+    fresh = dict(_fields(new_head))
+    out: list[bytes] = []
+    for key, lines in _fields(old_head):
+        out += fresh.pop(key, None) or ([] if key in _KNOWN else lines)
+    for lines in fresh.values():
+        out += lines
+    return b"\n".join(out) + sep + rest

@@ -27,8 +27,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import cache, git, lock as lockmod, operation, patchset, probes, worktree
-from .edit import _keep_headers
+from . import cache, git, lock as lockmod, operation, patchfile, patchset, probes, worktree
 from .errors import Exit, ZpatchError
 from .operation import Change
 from .patchfile import Patch
@@ -168,7 +167,7 @@ def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str) -> dict:
 
 def _classify(entry: dict, data: bytes, p: Patch) -> bytes:
     """Set ENTRY's state from its new text DATA against the old patch P; the bytes to keep."""
-    data = _keep_headers(data, p.data)
+    data = patchfile.keep_headers(data, p.data)
     if data == p.data:
         entry["state"] = "unchanged"
         return data
@@ -270,7 +269,7 @@ def _format(ov: Overlay, idx: git.ScratchIndex, op: dict, by_name: dict[str, Pat
                           Exit.INTERNAL, hint="zpatch rebase --abort, then report this")
     for e, data in zip(todo, texts):
         if e.get("resolved"):
-            data = _stamp(_keep_headers(data, by_name[e["name"]].data))
+            data = _stamp(patchfile.keep_headers(data, by_name[e["name"]].data))
         else:
             data = _classify(e, data, by_name[e["name"]])
         e["data_sha256"] = hashlib.sha256(data).hexdigest()
@@ -409,7 +408,9 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
     if action == "abort":
         _forget(ov_root)
         return {"aborted": True, "upstream": op["upstream"], "recovered": said}
-    return _resume(patchset.load(ov_root, verify_hashes=False), op, action=action)
+    result = _resume(patchset.load(ov_root, verify_hashes=False), op, action=action)
+    result["recovered"] = said
+    return result
 
 
 def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:

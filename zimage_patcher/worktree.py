@@ -202,7 +202,8 @@ class Exclusive:
     killed run never leaves a stale lock, unlike git's index.lock). The holder's pid is written into
     the file for the message of the one that has to wait: BUSY(pid) builds that error."""
 
-    def __init__(self, path: Path, busy):
+    def __init__(self, path: Path, busy=None):
+        """BUSY None: wait for the holder instead of failing (the cache, where waiting is the job)."""
         self.path, self.busy, self.fd = path, busy, None
 
     def __enter__(self) -> "Exclusive":
@@ -210,7 +211,7 @@ class Exclusive:
         import fcntl
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if self.busy else 0))
         except OSError as e:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(fd)

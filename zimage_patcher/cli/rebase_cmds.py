@@ -72,8 +72,8 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
     else:
         lines.append(f"Rewrote the changed patches and moved the pin of {res['upstream']} to {res['onto'][:12]}. "
                      "Review with `git diff`; then `zpatch check`.")
-    if ctx.verbosity > 0 and res.get("range_diff"):
-        lines.append(res["range_diff"].rstrip())
+    if res.get("range_diff") and (ctx.verbosity > 0 or not res["dry_run"]):
+        lines += ["", "The series before and after (git range-diff):", res["range_diff"].rstrip()]
     ctx.emit(res, "\n".join(lines))
     if res["stopped"] or any(p["state"] == "conflict" for p in res["patches"]):
         return Exit.CONFLICT          # a dry run that meets a conflict says so in its code too
