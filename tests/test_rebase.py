@@ -94,6 +94,27 @@ def test_conflict_stops_then_continue_after_resolving(zpatch, world):
     assert zpatch.json("export", "--check")["changed"] is False
 
 
+def test_a_conflict_names_the_hunk_and_only_the_upstream_commits_that_touched_its_lines(zpatch, world):
+    text = replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")
+    commit(world.gguf_up, {"loader.py": text}, "upstream rewrites line 20")
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + text}, "upstream inserts a first line")
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + replace_line(text, "loader line 38\n", "x\n")},
+           "upstream rewrites line 38, far from the patch's hunk")
+    commit(world.gguf_up, {"other.py": "y\n"}, "unrelated upstream work")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=5)
+    p2 = next(p for p in res["patches"] if p["name"] == "0002-loader-tokenizer.patch")
+    assert p2["state"] == "conflict"
+    [hunk] = p2["hunks"]
+    assert hunk["file"] == "loader.py" and hunk["hunk"] == 1
+    lo, hi = hunk["lines"]
+    assert lo <= 21 <= hi and hi - lo <= 8          # line 20 of the pin is line 21 on the target
+    assert [c.split(" ", 1)[1] for c in hunk["upstream_commits"]] == ["upstream rewrites line 20"]
+    assert [c.split(" ", 1)[1] for c in p2["upstream_commits"]] == ["upstream rewrites line 20"]
+    out = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5).stdout
+    assert "hunk #1 of loader.py (lines " in out and "upstream rewrites line 20" in out
+    assert "line 38" not in out and "inserts a first line" not in out
+
+
 def test_skip_drops_the_patch_and_abort_restores_byte_for_byte(zpatch, world):
     _conflicting_upstream(world)
     before = overlay_snapshot(world)
@@ -323,3 +344,15 @@ def test_hostile_probes_are_refused(zpatch, world, probe, why):
     world.relock()
     res = zpatch.json("check", expect=1)
     assert any(why in x["message"] for x in res["problems"]), res["problems"]
+
+
+def test_a_series_changed_while_the_rebase_is_stopped_is_named_not_guessed(zpatch, world):
+    _conflicting_upstream(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    series = gguf_dir(world) / "series"
+    kept = series.read_bytes()
+    series.write_bytes(b"".join(l + b"\n" for l in reversed(kept.split(b"\n")) if l))     # reordered
+    r = zpatch("rebase", "--continue", expect=4)
+    assert "another series of comfyui-gguf" in _error_line(r) and "--abort" in r.output
+    series.write_bytes(kept)
+    zpatch("rebase", "--skip")

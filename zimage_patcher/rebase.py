@@ -78,6 +78,12 @@ def _check_state(op: dict) -> None:
     if cur is not None and not (isinstance(cur["name"], str) and all(isinstance(x, str) for k in
                                 ("fired", "files", "upstream_commits") for x in cur.get(k, []))):
         raise ValueError(cur)
+    for e in [*op["done"], *([cur] if cur else [])]:
+        for h in e.get("hunks", []):
+            if not (isinstance(h["file"], str) and type(h["hunk"]) is int and len(h["lines"]) == 2
+                    and all(type(n) is int for n in h["lines"])
+                    and all(isinstance(c, str) for c in h["upstream_commits"])):
+                raise ValueError(h)
     if op.get("lock_after") is not None and not re.fullmatch(r"[0-9a-f]{64}", op["lock_after"]):
         raise ValueError
 
@@ -115,6 +121,51 @@ def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
     return out.splitlines()[:20]
 
 
+_HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.M)
+
+
+def _map_line(x: int, hunks: list[tuple[int, int, int, int]]) -> tuple[int, int]:
+    """Old line X through a zero-context diff: its new line, or the new lines that replaced it."""
+    delta = 0
+    for s, l, t, m in hunks:
+        if l == 0:                        # M lines inserted after old line S
+            if x <= s:
+                break
+            delta = t + m - (s + 1)
+        else:                             # old lines S..S+L-1 became new lines T..T+M-1
+            if x < s:
+                break
+            if x < s + l:
+                return (t, t + m - 1) if m else (max(t, 1), max(t, 1))
+            delta = (t + m if m else t + 1) - (s + l)
+    return x + delta, x + delta
+
+
+def _blame(repo: Path, env: dict, p: Patch, pre: str, old_pin: str, onto: str, files: list[str]) -> list[dict]:
+    """Each hunk of P in FILES: its lines on the target (mapped from PRE, the old series just before
+    P, through git's diff to ONTO), and the upstream commits between the old pin and the target that
+    touched those lines (`git log -L`); a hunk upstream left alone gets no commits."""
+    out = []
+    for f in files:
+        hunks = [h for h in p.hunks if h.file == f]
+        blob = git.show_blob(repo, onto, f)
+        if not hunks or blob is None:
+            continue
+        lines = max(blob.count(b"\n") + (not blob.endswith(b"\n")), 1)
+        diff = git.run(["-c", "diff.algorithm=myers", "diff", "--no-ext-diff", "--no-color", "-U0", pre, onto,
+                        "--", f], cwd=repo, env=env, check=False).stdout
+        moves = [(int(a), int(b or 1), int(c), int(d or 1)) for a, b, c, d in _HUNK_HEADER.findall(diff)]
+        for h in hunks:
+            first = _map_line(h.source_start, moves)
+            last = _map_line(h.source_start + max(len(h.source_lines), 1) - 1, moves)
+            lo, hi = min(first[0], lines), min(max(first[1], last[1]), lines)
+            log = git.run(["log", "-s", "--format=%H %s", f"-L{lo},{hi}:{f}", f"{old_pin}..{onto}"], cwd=repo,
+                          check=False)
+            commits = [l for l in log.stdout.splitlines() if re.match(r"[0-9a-f]{40} ", l)] if log.ok else []
+            out.append({"file": f, "hunk": h.index, "lines": [lo, hi], "upstream_commits": commits[:10]})
+    return out
+
+
 class _Tip:
     """The series tip as it grows, and what the scratch index holds: after a patch applies, the index
     already is the next tip's tree, so no process re-reads it (a rebase costs little more than one
@@ -135,7 +186,7 @@ class _Tip:
         self.tree = tree
 
 
-def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str) -> dict:
+def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str) -> dict:
     """Try P on the tip (ONTO plus the patches carried so far). Probes and the upstream commits to
     blame are read on ONTO, upstream's own tree. Returns {state, commit?, fired?, files?}; the patch
     text of a commit is formatted later, for the whole series at once (_format)."""
@@ -150,9 +201,14 @@ def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str) -> dict:
             tip.load()
             if idx.run(["apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
                 return {"state": "obsolete" if fired else "upstreamed", "fired": fired}
-            # obsolete or not, say what conflicts: `drift` reports both
-            return {"state": "obsolete" if fired else "conflict", "fired": fired, "files": conflicted or p.files,
-                    "upstream_commits": _touching(repo, old_pin, onto, p.files)}
+            # obsolete or not, say what conflicts (`drift` reports both), and which upstream commits
+            # touched the lines of its hunks (or, when none did, its files)
+            files = conflicted or p.files
+            hunks = _blame(repo, idx.env, p, pre, old_pin, onto, files)
+            commits = list(dict.fromkeys(c for h in hunks for c in h["upstream_commits"]))
+            return {"state": "obsolete" if fired else "conflict", "fired": fired, "files": files,
+                    "hunks": [h for h in hunks if h["upstream_commits"]],
+                    "upstream_commits": commits or _touching(repo, old_pin, onto, files)}
     tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
     if fired:
         tip.loaded = None
@@ -237,9 +293,11 @@ def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict, *,
         old = idx.commit_patches(op["old_pin"], [p.path for p in s.patches])
         op["old_tip"] = old[-1] if old else op["old_pin"]
     tip = _Tip(idx, op["tip"])
+    order = [p.name for p in s.patches]
     while op["todo"]:
         p = by_name[op["todo"][0]]
-        res = _carry(repo, tip, p, op["old_pin"], op["onto"])
+        pre = f"{op['old_tip']}~{len(order) - order.index(p.name)}"     # the old series just before P
+        res = _carry(repo, tip, p, op["old_pin"], op["onto"], pre)
         if res["state"] == "conflict" and not dry_run:
             _format(ov, idx, op, by_name, dry_run=False)     # the report names what the others became
             return _stop(ov, s, op, p, res)
@@ -305,7 +363,7 @@ def _stop(ov: Overlay, s: Series, op: dict, p: Patch, res: dict) -> dict:
     git.run(["apply", "--3way", str(p.path)], cwd=repo, check=False)
     merged = bool(git.run(["ls-files", "-u"], cwd=repo).stdout.strip())
     op["current"] = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
-                     "fired": res.get("fired", []), "markers": merged}
+                     "hunks": res.get("hunks", []), "fired": res.get("fired", []), "markers": merged}
     _save(ov.root, op)
     return _report(ov, s, op, stopped=True, scratch=repo)
 
@@ -415,6 +473,11 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
 
 def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
     s = _series(ov, op["upstream"])
+    names = [e["name"] for e in op["done"]] + op["todo"]
+    if names != [p.name for p in s.patches] or (op.get("current") and op["todo"][:1] != [op["current"]["name"]]):
+        raise ZpatchError(f"the rebase in progress was made for another series of {s.upstream.name} than "
+                          f"{s.directory / 'series'} lists now", Exit.BAD_CHECKOUT,
+                          hint="put the series back as it was, or zpatch rebase --abort and start again")
     mirror = cache.mirror_path(s.upstream.url)
     idx = _store(ov, mirror)
     if action is not None and op.get("current"):

@@ -17,8 +17,13 @@ def _text(res: dict) -> str:
         elif p["state"] == "conflict":
             extra = f"  in {', '.join(p.get('files', []))}"
         lines.append(f"  {p['state']:<10} {p['name']}{extra}")
-        for c in p.get("upstream_commits", [])[:5] if p["state"] == "conflict" else []:
-            lines.append(f"               upstream {c[:12]}{c[40:]}")
+        if p["state"] != "conflict":
+            continue
+        for h in p.get("hunks", []):      # the upstream commits that touched the lines of each hunk
+            lines.append(f"    hunk #{h['hunk']} of {h['file']} (lines {h['lines'][0]}-{h['lines'][1]} upstream):")
+            lines += [f"      upstream {c[:12]}{c[40:]}" for c in h["upstream_commits"][:5]]
+        if not p.get("hunks"):
+            lines += [f"    upstream {c[:12]}{c[40:]}" for c in p.get("upstream_commits", [])[:5]]
     lines += [f"  (not reached) {n}" for n in res.get("todo", [])]
     return "\n".join(lines)
 
