@@ -97,6 +97,10 @@ _EMOJI = {"current": "current", "moved-clean": "moved, carries forward", "upstre
           "moved-conflict": "CONFLICT", "smoke-failed": "SMOKE FAILED"}
 
 
+def _commit_line(c: str) -> str:
+    return f"- `{c.split(' ', 1)[0][:12]}` {_md(c.split(' ', 1)[1] if ' ' in c else '')}"
+
+
 def markdown(report: dict) -> str:
     """The report for a CI step summary, an issue or a pull request body."""
     out = [f"## Upstream drift: {report['class']}", ""]
@@ -116,11 +120,15 @@ def markdown(report: dict) -> str:
                 note += (" and conflicts" if p["state"] == "obsolete" else "") + \
                     f" in {', '.join(f'`{f}`' for f in p.get('files', []))}"
             out.append(f"| `{p['name']}` | {note} |")
-        blame = [c for p in u["patches"] for c in p.get("upstream_commits", [])]
-        if blame:
-            out += ["", "Upstream commits that touched the conflicting files:", ""]
-            out += [f"- `{c.split(' ', 1)[0][:12]}` {_md(c.split(' ', 1)[1] if ' ' in c else '')}"
-                    for c in dict.fromkeys(blame)]
+        for p in u["patches"]:
+            if p.get("hunks"):       # the commits that touched the lines of each conflicting hunk
+                for h in p["hunks"]:
+                    out += ["", f"`{p['name']}` hunk #{h['hunk']} of `{h['file']}` (lines {h['lines'][0]}-"
+                                f"{h['lines'][1]} upstream) was changed by:", ""]
+                    out += [_commit_line(c) for c in h["upstream_commits"]]
+            elif p.get("upstream_commits"):
+                out += ["", f"Upstream commits that touched the files of `{p['name']}`:", ""]
+                out += [_commit_line(c) for c in p["upstream_commits"]]
         if u["touching"]:
             out += ["", f"<details><summary>{len(u['touching'])} upstream commit(s) touched patched files</summary>", ""]
             out += [f"- `{c['commit'][:12]}` {_md(c.get('subject', ''))}" for c in u["touching"][:50]]
