@@ -356,3 +356,21 @@ def test_a_series_changed_while_the_rebase_is_stopped_is_named_not_guessed(zpatc
     assert "another series of comfyui-gguf" in _error_line(r) and "--abort" in r.output
     series.write_bytes(kept)
     zpatch("rebase", "--skip")
+
+
+def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tmp_path):
+    from zimage_patcher.rebase import _area
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
+    r = subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], capture_output=True,
+                       env={**os.environ, "ZPATCH_TEST_KILL_AT": "3"})     # killed with its state saved
+    assert r.returncode == -9 and (_area(world.overlay) / "op.json").is_file()
+    (_area(world.overlay) / "before").symlink_to(elsewhere)
+    r = zpatch("rebase", "--continue", expect=4)
+    assert "is a symlink" in _error_line(r)
+    assert not list(elsewhere.iterdir()) and overlay_snapshot(world) == before
+    zpatch("rebase", "--abort")
+    assert overlay_snapshot(world) == before

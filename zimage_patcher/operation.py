@@ -97,6 +97,9 @@ def _keep_befores(root: Path, keep: Path, changes: list[Change]) -> None:
                 got.append(None if data is None else git.hash_object_bytes(data))
                 if got[-1] == c.before:
                     keep.mkdir(exist_ok=True)
+                    if keep.is_symlink():
+                        raise ZpatchError(f"{keep}: is a symlink; zpatch keeps the before bytes only in a real "
+                                          "folder", Exit.BAD_CHECKOUT, hint=f"remove {keep}, then rerun")
                     worktree.write_atomic(keep / c.before, data)
         else:
             base = "" if store == "." else store + "/"
