@@ -267,3 +267,16 @@ def test_a_non_ascii_message_keeps_format_patch_mime_headers(zpatch, world, chec
     assert b"Content-Type: text/plain; charset=UTF-8" in data
     assert zpatch.json("export", "--check")["changed"] is False     # what format-patch writes, exactly
     assert "Edit mode, everything exported" in zpatch("status", checkout).stdout
+
+
+def test_stripspace_is_gits():
+    """commit messages are cleaned in Python: byte for byte what `git stripspace` makes of them."""
+    import random
+    from zimage_patcher import git
+    rng = random.Random(7)
+    alphabet = [" ", "\t", "\r", "\n", "\n", "\n", "\v", "\f", "a", "b", "#", "é", "\x00", "\x1b"]
+    cases = ["", "\n", "a", "a\n\n\nb  \n\n", "  \n\ta\r\n"]
+    cases += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(400)]
+    for case in cases:
+        # bytes in, so git's answer comes back without Python's newline translation
+        assert git.stripspace(case) == git.run(["stripspace"], input=case.encode()).stdout, repr(case)

@@ -422,10 +422,28 @@ def patch_message(repo: Path, patch: Path) -> tuple[dict[str, str], str]:
     key = hashlib.sha256(Path(patch).read_bytes()).hexdigest()
     if key not in _MESSAGES:
         info = mailinfo(repo, patch)
-        _MESSAGES[key] = (info, commit_message(repo, info))
+        _MESSAGES[key] = (info, commit_message(info))
     return _MESSAGES[key]
 
 
-def commit_message(repo: Path, info: dict[str, str]) -> str:
-    """The message `git am` would commit: subject, blank line, body, cleaned by git's stripspace."""
-    return run(["stripspace"], cwd=repo, input=info.get("subject", "") + "\n\n" + info.get("body", "")).stdout
+def commit_message(info: dict[str, str]) -> str:
+    """The message `git am` would commit: subject, blank line, body, cleaned as git's stripspace
+    cleans it (here, to spare a process per patch; tests/test_edit_export.py compares the two)."""
+    return stripspace(info.get("subject", "") + "\n\n" + info.get("body", ""))
+
+
+def stripspace(text: str) -> str:
+    """git stripspace: trailing whitespace off every line (git's isspace: space, tab, CR, LF), runs of
+    blank lines made one, none at the start or the end, and a final newline."""
+    out: list[str] = []
+    blank = False
+    for line in text.split("\n"):
+        line = line.rstrip(" \t\r")
+        if not line:
+            blank = True
+            continue
+        if blank and out:
+            out.append("")
+        blank = False
+        out.append(line)
+    return "".join(line + "\n" for line in out)
