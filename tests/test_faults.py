@@ -92,6 +92,26 @@ def test_kill_at_every_write_point(world, tmp_path, op):
     assert outcomes["before"] and outcomes["after"], outcomes   # both sides of the commit point were hit
 
 
+def test_a_killed_recovery_is_recovered_too(world, tmp_path):
+    """Kill apply at each write point, then kill the recovery itself: the third run still ends at
+    exactly the state after, with no temp file of either killed run left behind (found by an attack)."""
+    base, before, after = prepare(world, tmp_path, "apply")
+    n = 0
+    while True:
+        n += 1
+        co = tmp_path / f"trial{n}"
+        shutil.copytree(base, co, symlinks=True)
+        if cli(world.overlay, "apply", co, kill_at=n).returncode == 0:
+            break
+        for m in (1, 2, 3):
+            cli(world.overlay, "apply", co, kill_at=m)
+        r = cli(world.overlay, "apply", co)
+        assert r.returncode == 0, (n, r.stderr)
+        assert tree_snapshot(co) == after, (n, _diff(tree_snapshot(co), after))
+        shutil.rmtree(co)
+    assert n > 10
+
+
 def _diff(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))[:5]
 

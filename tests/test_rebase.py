@@ -374,3 +374,112 @@ def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tm
     assert not list(elsewhere.iterdir()) and overlay_snapshot(world) == before
     zpatch("rebase", "--abort")
     assert overlay_snapshot(world) == before
+
+
+# ---------------------------------------------------------------- found by the attack on the shared transaction
+
+def _cli(world, *args, kill_at=None, slow_at=None):
+    env = dict(os.environ)
+    if kill_at:
+        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
+    if slow_at:
+        env["ZPATCH_TEST_SLOW_AT"] = str(slow_at)
+    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(world.overlay),
+                           *args[1:]], capture_output=True, text=True, env=env)
+
+
+def test_an_edit_to_a_carried_patch_while_stopped_is_never_overwritten(zpatch, world):
+    _conflicting_upstream(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    p1 = gguf_dir(world) / "0001-loader-gemma3.patch"
+    p1.write_bytes(p1.read_bytes() + b"USER NOTE\n")
+    zpatch("rebase", "--skip", expect=4)
+    assert b"USER NOTE" in p1.read_bytes()
+    zpatch("rebase", "--abort")
+    assert b"USER NOTE" in p1.read_bytes()
+
+
+def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_finished(world):
+    """Half-written, the overlay looks tampered: a new rebase, lock and export must say a rebase is in
+    progress (exit 10), not send the user to `zpatch lock` (which would bless the half-written state)."""
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    for kill_at in range(8, 60):
+        if _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at).returncode == 0:
+            break
+        from zimage_patcher.rebase import _area
+        if not (_area(world.overlay) / "journal.json").exists():
+            _cli(world, "rebase", "--abort")
+            continue
+        for args in (("rebase", "comfyui-gguf", "--onto", "main"), ("lock",)):
+            r = _cli(world, *args)
+            assert r.returncode == 10 and "in progress" in r.stderr, (kill_at, args, r.stderr)
+        r = _cli(world, "rebase", "--abort")
+        assert r.returncode == 0 and overlay_snapshot(world) == before, (kill_at, r.stderr)
+        return
+    raise AssertionError("no kill landed inside the overlay write")
+
+
+def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world):
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    before = overlay_snapshot(world)
+    assert _cli(world, "rebase", "comfyui-gguf", "--onto", "main").returncode == 0
+    want = overlay_snapshot(world)
+    _restore(world, before)
+    for kill_at in range(1, 60):
+        if _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at).returncode == 0:
+            break
+        for m in (1, 2):
+            _cli(world, "rebase", "--abort", kill_at=m)
+        r = _cli(world, "rebase", "--abort")
+        assert r.returncode in (0, 2), r.stderr
+        now = overlay_snapshot(world)
+        assert not [k for k in now if ".zpatch-tmp" in k or k.endswith(".tmp")], (kill_at, sorted(now))
+        assert now in (before, want), kill_at       # after the commit point the rebase is complete
+        _restore(world, before)
+    assert kill_at > 15
+
+
+def _restore(world, snap: dict) -> None:
+    for p in [p for p in world.overlay.rglob("*") if p.is_file() and ".git" not in p.parts]:
+        if p.relative_to(world.overlay).as_posix() not in snap:
+            p.unlink()
+    for rel, data in snap.items():
+        (world.overlay / rel).write_bytes(data)
+
+
+def test_a_half_made_scratch_clone_is_made_again(zpatch, world):
+    from zimage_patcher.rebase import _area
+    _conflicting_upstream(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    # as a kill inside `git clone` leaves it: a partial clone, and no conflict saved in the state yet
+    work = _area(world.overlay) / "work"
+    import shutil
+    shutil.rmtree(work)
+    (work.with_name("work.partial") / ".git").mkdir(parents=True)
+    state = _area(world.overlay) / "op.json"
+    op = json.loads(state.read_text())
+    del op["current"]
+    state.write_text(json.dumps(op))
+    r = zpatch("rebase", "--continue", expect=5)                     # meets the conflict again
+    assert "CONFLICT in 0002-loader-tokenizer.patch" in r.stdout
+    assert "<<<<<<<" in (work / "loader.py").read_text() and not work.with_name("work.partial").exists()
+    zpatch("rebase", "--skip")
+
+
+def test_a_damaged_state_can_always_be_aborted_and_names_missing_commits(zpatch, world):
+    from zimage_patcher.rebase import _area, OP_NAME
+    _conflicting_upstream(world)
+    before = overlay_snapshot(world)
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    state = _area(world.overlay) / OP_NAME
+    op = json.loads(state.read_text())
+    op["tip"] = "2" * 40
+    state.write_text(json.dumps(op))
+    r = zpatch("rebase", "--skip", expect=4)
+    assert "names commits that do not exist" in _error_line(r)
+    state.write_text("{")
+    r = zpatch("rebase", "--continue", expect=4)
+    assert "is damaged" in _error_line(r) and "--abort" in r.output
+    zpatch("rebase", "--abort")
+    assert not state.exists() and overlay_snapshot(world) == before

@@ -196,14 +196,14 @@ def recover(root: Path, journal: Path, point: Path) -> str | None:
     if committed:
         # the commit point was replaced after the last file was written: the change is complete
         for c in j["changes"]:
-            worktree.drop_temp(root, c.full, j["pid"])
+            worktree.drop_temp(root, c.full)
         worktree.remove_empty_dirs(root, j["sweep"])
         journal.unlink()
         shutil.rmtree(keep, ignore_errors=True)
         return f"An interrupted `zpatch {j['op']}` (pid {j['pid']}) had finished its writes; recorded it."
     # not committed: put every path back to its BEFORE, refusing anything neither side wrote
     for c in reversed(j["changes"]):
-        worktree.drop_temp(root, c.full, j["pid"])
+        worktree.drop_temp(root, c.full)
         now_blob = worktree.blob_id(root, c.full)
         if now_blob == c.before:
             continue
@@ -252,7 +252,7 @@ def load_state(path: Path, kind: str, check=None) -> dict | None:
         return None
     except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError):
         raise ZpatchError(f"{path}: the state of a {kind} in progress is damaged", Exit.BAD_CHECKOUT,
-                          hint=f"zpatch {kind} --abort (or remove {path.parent})")
+                          hint=f"zpatch {kind} --abort forgets it (and puts back any half-written files)")
     return data
 
 

@@ -86,10 +86,22 @@ def _check_state(op: dict) -> None:
                 raise ValueError(h)
     if op.get("lock_after") is not None and not re.fullmatch(r"[0-9a-f]{64}", op["lock_after"]):
         raise ValueError
+    if op["dry_run"] or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                for v in op.get("started_from", {}).values()):
+        raise ValueError      # a dry run saves no state
 
 
 def in_progress(root: Path) -> dict | None:
     return operation.load_state(_area(root) / OP_NAME, "rebase", _check_state)
+
+
+def refuse_in_progress(root: Path, command: str) -> None:
+    """COMMAND would change the overlay (or read it half-written): not while a rebase is in progress."""
+    op = in_progress(root)
+    if op is not None or (_area(root) / operation.JOURNAL_NAME).exists():
+        what = f"a rebase of {op['upstream']} onto {op['onto'][:12]}" if op else "a rebase"
+        raise ZpatchError(f"{what} is in progress; `zpatch {command}` would change the overlay under it",
+                          Exit.BUSY, hint="finish it first: zpatch rebase --continue, --skip or --abort")
 
 
 def _save(root: Path, op: dict) -> None:
@@ -261,6 +273,7 @@ def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated:
                           Exit.USAGE, hint="a rebase onto an older or unrelated commit needs --allow-unrelated")
     op = {"version": 1, "upstream": name, "old_pin": up.commit, "onto": target, "onto_ref": onto,
           "tip": target, "todo": [p.name for p in s.patches], "done": [], "dry_run": dry_run,
+          "started_from": {p.name: p.sha256 for p in s.patches},
           "ahead": ahead}
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="zpatch-rebase-") as tmp:
@@ -344,14 +357,19 @@ def _keep(root: Path, name: str, data: bytes) -> None:
 
 
 def _scratch_clone(ov: Overlay, s: Series, mirror: Path) -> Path:
-    """A sparse clone of the cache mirror (objects shared), only the series' files in its work tree."""
+    """A sparse clone of the cache mirror (objects shared), only the series' files in its work tree.
+    Built under another name and renamed when complete: a kill halfway leaves no clone to trust."""
     repo = _area(ov.root) / "work"
     if not (repo / ".git").is_dir():
-        git.run(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(repo)])
-        with open(repo / ".git/objects/info/alternates", "a", encoding="utf-8") as f:
+        part = repo.with_name("work.partial")
+        shutil.rmtree(part, ignore_errors=True)
+        shutil.rmtree(repo, ignore_errors=True)
+        git.run(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(part)])
+        with open(part / ".git/objects/info/alternates", "a", encoding="utf-8") as f:
             f.write(str(_area(ov.root) / "objects") + "\n")     # the commits of the patches carried so far
         files = sorted({f for p in s.patches for f in p.files})
-        git.run(["sparse-checkout", "set", "--no-cone", *[f"/{f}" for f in files]], cwd=repo)
+        git.run(["sparse-checkout", "set", "--no-cone", *[f"/{f}" for f in files]], cwd=part)
+        os.replace(part, repo)
     return repo
 
 
@@ -398,7 +416,13 @@ def _overlay_changes(ov: Overlay, s: Series, op: dict) -> tuple[list[Change], by
         return None if before == after else Change(".", None, rel, before, after, data, prune=False)
 
     changes, hashes = [], {}
-    for e in op["done"]:
+    for e in op["done"]:      # an edit made while the rebase was stopped is never overwritten
+        now = hashlib.sha256(worktree.read(ov.root, f"{d}/{e['name']}") or b"").hexdigest()
+        if now != op.get("started_from", {}).get(e["name"], now):
+            raise ZpatchError(f"{ov.root / d / e['name']}: changed while the rebase was stopped; writing the "
+                              "rebased patch would lose that edit", Exit.BAD_CHECKOUT,
+                              hint="save your edit elsewhere, put the file back (git checkout -- it), then "
+                                   "zpatch rebase --continue; or --abort")
         if "data_sha256" not in e:
             changes.append(change(e["name"], None))
             continue
@@ -408,10 +432,7 @@ def _overlay_changes(ov: Overlay, s: Series, op: dict) -> tuple[list[Change], by
                 raise ZpatchError(f"{out / e['name']}: not the patch this rebase made", Exit.BAD_CHECKOUT,
                                   hint="zpatch rebase --abort, then rebase again")
             changes.append(change(e["name"], data))
-        elif hashlib.sha256(worktree.read(ov.root, f"{d}/{e['name']}") or b"").hexdigest() != e["data_sha256"]:
-            raise ZpatchError(f"{ov.root / d / e['name']}: changed while the rebase was stopped; the lock would "
-                              "not match it", Exit.BAD_CHECKOUT,
-                              hint="put the file back (git checkout -- it) and --continue, or --abort")
+
         hashes[e["name"]] = e["data_sha256"]
     if list(hashes) != [p.name for p in s.patches]:     # keep quilt's comments when nothing moved
         changes.append(change("series", "".join(n + "\n" for n in hashes).encode()))
@@ -452,7 +473,15 @@ def resume(ov_root: Path, action: str) -> dict:
 
 
 def _resume_locked(ov_root: Path, action: str) -> dict:
-    op = in_progress(ov_root)
+    try:
+        op = in_progress(ov_root)
+    except ZpatchError:
+        if action != "abort":
+            raise
+        # a damaged state: the journal alone says how to put the overlay back
+        said = operation.recover(ov_root, _area(ov_root) / operation.JOURNAL_NAME, ov_root / lockmod.LOCK_NAME)
+        _forget(ov_root)
+        return {"aborted": True, "upstream": None, "recovered": said}
     if op is None:
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
     said, done = recover(ov_root, op)
@@ -471,6 +500,16 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
     return result
 
 
+def _check_objects(root: Path, idx: git.ScratchIndex, op: dict) -> None:
+    """Every commit the state names exists (a damaged op.json is named, not a git error later)."""
+    shas = [op["old_pin"], op["onto"], op["tip"], *([op["old_tip"]] if op.get("old_tip") else []),
+            *(e["commit"] for e in op["done"] if e.get("commit"))]
+    out = idx.run(["cat-file", "--batch-check=%(objecttype)"], input="".join(c + "\n" for c in shas)).stdout
+    if out.split() != ["commit"] * len(shas):
+        raise ZpatchError(f"{_area(root) / OP_NAME}: the state of the rebase in progress names commits that do not "
+                          "exist", Exit.BAD_CHECKOUT, hint="zpatch rebase --abort, then rebase again")
+
+
 def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
     s = _series(ov, op["upstream"])
     names = [e["name"] for e in op["done"]] + op["todo"]
@@ -480,6 +519,7 @@ def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
                           hint="put the series back as it was, or zpatch rebase --abort and start again")
     mirror = cache.mirror_path(s.upstream.url)
     idx = _store(ov, mirror)
+    _check_objects(ov.root, idx, op)
     if action is not None and op.get("current"):
         cur = op.pop("current")
         p = next(p for p in s.patches if p.name == cur["name"])

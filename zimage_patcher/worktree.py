@@ -4,6 +4,7 @@ either the old or the new bytes, never half a file."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 from pathlib import Path, PurePosixPath
@@ -129,16 +130,24 @@ def remove(root: Path, rel: str, *, prune: bool = True) -> None:
         remove_empty_dirs(root, ["/".join(parts[:i]) for i in range(1, len(parts))])
 
 
-def drop_temp(root: Path, rel: str, pid: int) -> None:
-    """Remove the temp file an interrupted write of run PID left next to REL (recovery): a regular
-    file of exactly that name, nothing else."""
+def drop_temp(root: Path, rel: str) -> None:
+    """Remove the temp files interrupted writes left next to REL (recovery, under the lock): regular
+    files named REL's name + TMP_SUFFIX-<pid>, of any pid (a killed recovery leaves its own), nothing
+    else."""
     target = check_path(root, rel)
-    tmp = target.with_name(f"{target.name}{TMP_SUFFIX}-{pid}")
+    pattern = re.compile(re.escape(target.name + TMP_SUFFIX) + r"-\d+")
     try:
-        if stat.S_ISREG(os.lstat(tmp).st_mode):
-            tmp.unlink()
-    except FileNotFoundError:
-        pass
+        names = os.listdir(target.parent)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        if pattern.fullmatch(name):
+            tmp = target.with_name(name)
+            try:
+                if stat.S_ISREG(os.lstat(tmp).st_mode):
+                    tmp.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _real_dir(root: Path, rel: str) -> Path | None:

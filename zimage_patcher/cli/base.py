@@ -82,6 +82,9 @@ class Context:
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
+        if for_writing and self.command != "rebase":
+            from .. import rebase
+            rebase.refuse_in_progress(root, self.command)
         if self.command != "rebase" and not self.as_json:
             from .. import rebase
             try:

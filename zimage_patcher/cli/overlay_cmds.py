@@ -53,6 +53,9 @@ def export_cmd(ctx, checkout, check, offline):
     from .. import edit
     from ..errors import Exit
     ov = ctx.load()
+    if not check:
+        from .. import rebase
+        rebase.refuse_in_progress(ov.root, "export")
     if checkout is None and check:
         res = edit.canonical(ov, offline=offline)
     else:

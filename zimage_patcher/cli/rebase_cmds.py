@@ -56,11 +56,14 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
             raise ZpatchError("name the upstream and --onto REF (or --continue / --skip / --abort)", Exit.USAGE,
                               hint="zpatch rebase comfyui --onto origin/master --dry-run")
         from .. import patchset
+        if not dry_run:      # before the overlay is read: half-written by a killed rebase, it looks tampered
+            rebase.refuse_in_progress(root, "rebase")
         res = rebase.start(patchset.load(root), upstream, onto, dry_run=dry_run,
                            allow_unrelated=allow_unrelated, offline=offline)
     if res.get("aborted"):
         ctx.emit(res, (res["recovered"] + "\n" if res.get("recovered") else "")
-                 + f"Aborted the rebase of {res['upstream']}; the overlay is as it was.")
+                 + f"Aborted the rebase{' of ' + res['upstream'] if res['upstream'] else ''}; "
+                   "the overlay is as it was.")
         return Exit.OK
     lines = [res["recovered"]] if res.get("recovered") else []
     lines.append(_text(res))
@@ -75,6 +78,9 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
     elif res["dry_run"]:
         lines.append("Dry run: nothing written.")
     else:
+        gone = [p["name"] for p in res["patches"] if p["state"] in ("upstreamed", "obsolete", "skipped")]
+        if gone:
+            lines.append(f"Removed from the overlay and its series: {', '.join(gone)}.")
         lines.append(f"Rewrote the changed patches and moved the pin of {res['upstream']} to {res['onto'][:12]}. "
                      "Review with `git diff`; then `zpatch check`.")
     if res.get("range_diff") and (ctx.verbosity > 0 or not res["dry_run"]):
