@@ -49,7 +49,7 @@ def _locked(root: Path) -> Exclusive:
     path.parent.mkdir(parents=True, exist_ok=True)
     return Exclusive(path, lambda pid: ZpatchError(
         f"another zpatch rebase (pid {pid}) is running on this overlay", Exit.BUSY,
-        hint="wait for it, then zpatch rebase --continue or --abort"))
+        hint="wait for it; if it stops at a conflict, then zpatch rebase --continue, --skip or --abort"))
 
 
 _STATES = ("carried", "unchanged", "refreshed", "changed", "upstreamed", "obsolete", "conflict", "skipped")
