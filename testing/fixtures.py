@@ -209,3 +209,16 @@ def gone(pgid: int, timeout: float = 10.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.01)
+
+
+def overlay_snapshot(world) -> dict:
+    """Every file of WORLD's overlay and its bytes, for nothing-changed assertions."""
+    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
+            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
+
+
+def error_line(r) -> str:
+    """The one `error:` line a failed command printed (exactly one, or the test fails)."""
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.output
+    return lines[0]

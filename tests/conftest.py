@@ -57,3 +57,9 @@ class Zpatch:
 @pytest.fixture
 def zpatch(world):
     return Zpatch(world.overlay)
+
+
+@pytest.fixture
+def checkout(world, tmp_path):
+    """A user's own ComfyUI install (plain git clones at the pins)."""
+    return world.clone_checkout(tmp_path / "ComfyUI")

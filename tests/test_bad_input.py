@@ -5,30 +5,19 @@ import time
 
 import pytest
 
-from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
-
-
-def _error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, r.output
-    return lines[0]
-
-
-@pytest.fixture
-def checkout(world, tmp_path):
-    return world.clone_checkout(tmp_path / "ComfyUI")
+from testing.fixtures import LOADER_PY, SD_PY, error_line, git, replace_line, tree_snapshot, write
 
 
 def test_missing_checkout(zpatch, tmp_path):
     r = zpatch("apply", tmp_path / "nope", expect=4)
-    assert "nope: no such directory" in _error_line(r)
+    assert "nope: no such directory" in error_line(r)
     assert "zpatch checkout" in r.stderr
 
 
 def test_not_a_git_repository(zpatch, tmp_path):
     (tmp_path / "plain").mkdir()
     r = zpatch("apply", tmp_path / "plain", expect=4)
-    assert "not a git repository" in _error_line(r)
+    assert "not a git repository" in error_line(r)
 
 
 def test_nested_node_missing(zpatch, checkout):
@@ -36,7 +25,7 @@ def test_nested_node_missing(zpatch, checkout):
     shutil.rmtree(checkout / "custom_nodes/ComfyUI-GGUF")
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "ComfyUI-GGUF: comfyui-gguf is missing" in _error_line(r)
+    assert "ComfyUI-GGUF: comfyui-gguf is missing" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -47,7 +36,7 @@ def test_nested_node_not_its_own_repository(zpatch, world, tmp_path):
     write(dest / "custom_nodes/ComfyUI-GGUF", {"loader.py": LOADER_PY})
     before = tree_snapshot(dest)
     r = zpatch("apply", dest, expect=4)
-    assert "not its own git repository (git would act on" in _error_line(r)
+    assert "not its own git repository (git would act on" in error_line(r)
     assert tree_snapshot(dest) == before
 
 
@@ -58,7 +47,7 @@ def test_upstream_off_its_pin(zpatch, world, checkout):
     git("checkout", "-q", "--detach", moved, cwd=checkout / "custom_nodes/ComfyUI-GGUF")
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert f"pinned at {world.gguf_pin[:12]}" in _error_line(r)
+    assert f"pinned at {world.gguf_pin[:12]}" in error_line(r)
     assert "--3way" in r.stderr
     assert tree_snapshot(checkout) == before
 
@@ -68,7 +57,7 @@ def test_uncommitted_change_in_a_patched_file(zpatch, checkout):
     loader.write_text(LOADER_PY + "# my local fix\n")
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "loader.py: has uncommitted changes and a patch touches it" in _error_line(r)
+    assert "loader.py: has uncommitted changes and a patch touches it" in error_line(r)
     assert "stash" in r.stderr
     assert tree_snapshot(checkout) == before
 
@@ -86,7 +75,7 @@ def test_malformed_lock(zpatch, world, checkout, mutate, message):
     lock.write_text(mutate(lock.read_text()))
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    line = _error_line(r)
+    line = error_line(r)
     assert "upstream.lock" in line and message in line
     assert tree_snapshot(checkout) == before
 
@@ -95,13 +84,13 @@ def test_series_names_a_missing_patch(zpatch, world, checkout):
     series = world.overlay / "patches/comfyui/series"
     series.write_text(series.read_text() + "0009-ghost.patch\n")
     r = zpatch("apply", checkout, expect=3)
-    assert "names 0009-ghost.patch, which does not exist" in _error_line(r)
+    assert "names 0009-ghost.patch, which does not exist" in error_line(r)
 
 
 def test_patch_not_in_series(zpatch, world, checkout):
     (world.overlay / "patches/comfyui/0002-stray.patch").write_text("x")
     r = zpatch("apply", checkout, expect=3)
-    assert "0002-stray.patch: patch file is not listed in the series" in _error_line(r)
+    assert "0002-stray.patch: patch file is not listed in the series" in error_line(r)
 
 
 def test_tampered_patch(zpatch, world, checkout):
@@ -109,7 +98,7 @@ def test_tampered_patch(zpatch, world, checkout):
     p.write_text(p.read_text().replace("line 10 PATCHED", "line 10 EVIL"))
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    assert "0001-sd-accept-4-D-latents.patch: sha256" in _error_line(r)
+    assert "0001-sd-accept-4-D-latents.patch: sha256" in error_line(r)
     assert "zpatch lock" in r.stderr
     assert tree_snapshot(checkout) == before
 
@@ -136,7 +125,7 @@ def test_hostile_patches_are_refused(zpatch, world, checkout, kind):
     world.relock()
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    line = _error_line(r)
+    line = error_line(r)
     assert "0002-hostile.patch" in line and message in line
     assert tree_snapshot(checkout) == before
     # check reports it too, without touching anything
@@ -152,7 +141,7 @@ def test_failing_third_patch_leaves_nothing_applied(zpatch, world, checkout):
     git("commit", "-q", "-am", "upstream edit near hunk 3", cwd=loader.parent)
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, "--3way", expect=5)
-    line = _error_line(r)
+    line = error_line(r)
     assert "0003-loader-external-tokenizer.patch" in line and "loader.py" in line
     assert tree_snapshot(checkout) == before
     assert (checkout / "comfy/sd.py").read_text() == SD_PY     # the other upstream was rolled back too
@@ -172,7 +161,7 @@ def test_conflict_names_patch_file_hunk_expected_and_found(zpatch, world, tmp_pa
     dest = world.clone_checkout(tmp_path / "C")
     before = tree_snapshot(dest)
     r = zpatch("apply", dest, expect=5)
-    assert "expected '# line 9 of sd.py (stale)', found '# line 9 of sd.py'" in _error_line(r)
+    assert "expected '# line 9 of sd.py (stale)', found '# line 9 of sd.py'" in error_line(r)
     assert tree_snapshot(dest) == before
 
 
@@ -208,19 +197,19 @@ def test_unreachable_upstream_fails_fast_naming_url_and_remedy(zpatch, world, tm
     t0 = time.monotonic()
     r = zpatch("checkout", tmp_path / "X", expect=6)
     assert time.monotonic() - t0 < 30
-    line = _error_line(r)
+    line = error_line(r)
     assert "cannot reach https://127.0.0.1:9/nobody/ComfyUI" in line
     assert "insteadOf" in r.stderr and "--offline" in r.stderr
     assert not (tmp_path / "X").exists()
     r = zpatch("checkout", tmp_path / "Y", "--offline", expect=6)
-    assert "is not in the cache" in _error_line(r)
+    assert "is not in the cache" in error_line(r)
 
 
 def test_checkout_into_non_empty_directory_is_refused(zpatch, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("mine")
     r = zpatch("checkout", tmp_path / "busy", expect=4)
-    assert "already exists and is not empty" in _error_line(r)
+    assert "already exists and is not empty" in error_line(r)
     assert (tmp_path / "busy" / "file").read_text() == "mine"
 
 
@@ -228,7 +217,7 @@ def test_existing_foreign_node_folder_is_not_overwritten(zpatch, checkout):
     write(checkout / "custom_nodes/ComfyUI-ZImage-Fix", {"__init__.py": "# someone else's\n"})
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "exists and was not installed by zpatch" in _error_line(r)
+    assert "exists and was not installed by zpatch" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -250,7 +239,7 @@ def test_symlink_in_the_checkout_leading_out_of_the_tree(zpatch, checkout, tmp_p
     (checkout / "comfy").symlink_to(outside)
     before = (outside / "sd.py").read_bytes()
     r = zpatch("apply", checkout, expect=4)
-    assert "comfy: is a symlink" in _error_line(r)
+    assert "comfy: is a symlink" in error_line(r)
     assert (outside / "sd.py").read_bytes() == before
 
 

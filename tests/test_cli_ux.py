@@ -19,11 +19,6 @@ from zimage_patcher.errors import EXIT_HELP
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def checkout(world, tmp_path):
-    return world.clone_checkout(tmp_path / "ComfyUI")
-
-
 def test_commands_find_the_checkout_from_inside_it(world, zpatch, checkout, monkeypatch):
     for inside in (checkout / "comfy", checkout / "custom_nodes/ComfyUI-GGUF",
                    checkout / "custom_nodes/ComfyUI-GGUF"):

@@ -9,15 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testing.fixtures import LOADER_PY, commit, replace_line
+from testing.fixtures import LOADER_PY, commit, overlay_snapshot, replace_line
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def overlay_snapshot(world) -> dict:
-    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
-            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
 
 
 def drift(zpatch, *args, expect):

@@ -3,25 +3,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from testing.fixtures import LOADER_PY, SD_PY, git, tree_snapshot
-
-
-@pytest.fixture
-def checkout(world, tmp_path):
-    return world.clone_checkout(tmp_path / "ComfyUI")
-
-
-def _error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, r.output
-    return lines[0]
-
-
-def overlay_snapshot(world) -> dict:
-    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
-            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
+from testing.fixtures import LOADER_PY, SD_PY, error_line, git, overlay_snapshot, tree_snapshot
 
 
 def gguf(co):
@@ -117,11 +99,11 @@ def test_export_check_without_a_checkout_is_the_canonical_form_gate(zpatch, worl
 
 def test_export_refuses_dirty_merges_nested_paths_name_clashes_and_no_edit_mode(zpatch, world, checkout):
     r = zpatch("export", checkout, expect=4)
-    assert "not in edit mode" in _error_line(r) and "zpatch edit" in r.stderr
+    assert "not in edit mode" in error_line(r) and "zpatch edit" in r.stderr
     zpatch("edit", checkout)
     before = overlay_snapshot(world)
     (checkout / "comfy/sd.py").write_text("dirty\n")
-    assert "has uncommitted changes; export writes commits only" in _error_line(zpatch("export", checkout, expect=4))
+    assert "has uncommitted changes; export writes commits only" in error_line(zpatch("export", checkout, expect=4))
     git("checkout", "-q", "--", "comfy/sd.py", cwd=checkout)
     # a merge commit
     base = git("rev-parse", "refs/zpatch/base", cwd=checkout)
@@ -131,7 +113,7 @@ def test_export_refuses_dirty_merges_nested_paths_name_clashes_and_no_edit_mode(
     git("commit", "-q", "-m", "side", cwd=checkout)
     git("checkout", "-q", "zpatch/edit", cwd=checkout)
     git("merge", "-q", "--no-edit", "side", cwd=checkout)
-    assert "is a merge" in _error_line(zpatch("export", checkout, expect=4))
+    assert "is a merge" in error_line(zpatch("export", checkout, expect=4))
     git("reset", "-q", "--hard", "HEAD~1", cwd=checkout)
     # the parent commits into the node's folder (git itself refuses paths in the nested repository)
     node = checkout / "custom_nodes/ComfyUI-ZImage-Fix"
@@ -139,7 +121,7 @@ def test_export_refuses_dirty_merges_nested_paths_name_clashes_and_no_edit_mode(
     (node / "sneaky.py").write_text("x\n")
     git("add", "-f", "custom_nodes/ComfyUI-ZImage-Fix/sneaky.py", cwd=checkout)
     git("commit", "-q", "-m", "sneaky", cwd=checkout)
-    assert "inside custom_nodes/ComfyUI-ZImage-Fix" in _error_line(zpatch("export", checkout, expect=4))
+    assert "inside custom_nodes/ComfyUI-ZImage-Fix" in error_line(zpatch("export", checkout, expect=4))
     git("reset", "-q", "--hard", "HEAD~1", cwd=checkout)
     # a new commit whose subject gives the name the first patch still has, moved first
     (checkout / "nodes.py").write_text("NODES = 2\n")
@@ -151,18 +133,18 @@ def test_export_refuses_dirty_merges_nested_paths_name_clashes_and_no_edit_mode(
     import subprocess
     subprocess.run(["git", "rebase", "-q", "-i", base], cwd=checkout, check=True, capture_output=True,
                    env={**os.environ, "GIT_SEQUENCE_EDITOR": str(todo)})
-    assert "a name another patch has" in _error_line(zpatch("export", checkout, expect=4))
+    assert "a name another patch has" in error_line(zpatch("export", checkout, expect=4))
     assert overlay_snapshot(world) == before
 
 
 def test_edit_mode_blocks_apply_and_unapply_keeps_unexported_work(zpatch, world, checkout):
     zpatch("edit", checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "is in edit mode" in _error_line(r) and "zpatch export" in r.stderr
+    assert "is in edit mode" in error_line(r) and "zpatch export" in r.stderr
     (checkout / "nodes.py").write_text("NODES = 7\n")
     git("commit", "-q", "-a", "-m", "nodes: seven", cwd=checkout)
     r = zpatch("unapply", checkout, expect=4)
-    assert "not exported" in _error_line(r) and "--discard" in r.stderr
+    assert "not exported" in error_line(r) and "--discard" in r.stderr
     assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout) == "zpatch/edit"
     st = zpatch.json("status", checkout, expect=1)
     assert st["upstreams"][0]["edit"]["exported"] is False
@@ -175,11 +157,11 @@ def test_edit_mode_blocks_apply_and_unapply_keeps_unexported_work(zpatch, world,
 def test_edit_refuses_off_pin_dirty_and_twice_changing_nothing(zpatch, world, checkout):
     (checkout / "nodes.py").write_text("mine\n")
     before = tree_snapshot(checkout)
-    assert "has uncommitted changes" in _error_line(zpatch("edit", checkout, expect=4))
+    assert "has uncommitted changes" in error_line(zpatch("edit", checkout, expect=4))
     assert tree_snapshot(checkout) == before
     git("checkout", "-q", "--", "nodes.py", cwd=checkout)
     zpatch("edit", checkout)
-    assert "already in edit mode" in _error_line(zpatch("edit", checkout, expect=4))
+    assert "already in edit mode" in error_line(zpatch("edit", checkout, expect=4))
 
 
 def test_crlf_series_round_trips_byte_for_byte(zpatch, world, checkout, tmp_path):
@@ -215,7 +197,7 @@ def test_edit_with_a_file_in_the_way_changes_nothing_and_export_needs_the_edit_b
     (gguf(checkout) / "tokenizer_util.py").write_text("mine\n")      # a patch creates this file
     before = tree_snapshot(checkout)
     r = zpatch("edit", checkout, expect=4)
-    assert "tokenizer_util.py: exists, and a patch creates it" in _error_line(r)
+    assert "tokenizer_util.py: exists, and a patch creates it" in error_line(r)
     assert tree_snapshot(checkout) == before
     assert git("for-each-ref", "refs/zpatch", "refs/notes", cwd=gguf(checkout)) == ""
     (gguf(checkout) / "tokenizer_util.py").unlink()
@@ -223,7 +205,7 @@ def test_edit_with_a_file_in_the_way_changes_nothing_and_export_needs_the_edit_b
     git("checkout", "-q", "--detach", "refs/zpatch/base", cwd=gguf(checkout))
     before = overlay_snapshot(world)
     r = zpatch("export", checkout, expect=4)
-    assert "HEAD is not on zpatch/edit" in _error_line(r)
+    assert "HEAD is not on zpatch/edit" in error_line(r)
     assert overlay_snapshot(world) == before
 
 
@@ -253,7 +235,7 @@ def test_an_empty_commit_is_named_not_blamed_on_the_overlay(zpatch, world, check
     git("commit", "-q", "--allow-empty", "-m", "nothing here", cwd=checkout)
     before = overlay_snapshot(world)
     r = zpatch("export", checkout, expect=4)
-    assert "cannot become a patch" in _error_line(r) and "rebase -i" in r.stderr
+    assert "cannot become a patch" in error_line(r) and "rebase -i" in r.stderr
     assert overlay_snapshot(world) == before
 
 

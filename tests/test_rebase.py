@@ -9,18 +9,7 @@ import sys
 
 import pytest
 
-from testing.fixtures import LOADER_PY, commit, gone, replace_line
-
-
-def overlay_snapshot(world) -> dict:
-    return {p.relative_to(world.overlay).as_posix(): p.read_bytes()
-            for p in sorted(world.overlay.rglob("*")) if p.is_file()}
-
-
-def _error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, r.output
-    return lines[0]
+from testing.fixtures import LOADER_PY, commit, error_line, gone, overlay_snapshot, replace_line
 
 
 def states(res) -> list[tuple[str, str]]:
@@ -64,6 +53,16 @@ def test_context_shift_refreshes_and_dates_the_patches(zpatch, world):
     import datetime
     assert f"Last-Update: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}" in p1
     assert zpatch.json("check")["clean"]
+
+
+def _rebased_copy(world, tmp_path) -> dict:
+    """The overlay as an uninterrupted `rebase comfyui-gguf --onto main` leaves it, made on a copy."""
+    import shutil
+    reference = tmp_path / "reference"
+    shutil.copytree(world.overlay, reference)
+    subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(reference),
+                    "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
+    return {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
 
 
 def _conflicting_upstream(world):
@@ -163,22 +162,22 @@ def test_a_probe_that_fires_on_the_pin_is_a_check_problem(zpatch, world):
 
 def test_refusals(zpatch, world):
     r = zpatch("rebase", "comfyui-gguf", "--onto", "no-such-ref", expect=2)
-    assert "no-such-ref: no such commit, branch or tag" in _error_line(r)
+    assert "no-such-ref: no such commit, branch or tag" in error_line(r)
     r = zpatch("rebase", "nope", "--onto", "main", expect=2)
-    assert "nope: no such upstream" in _error_line(r)
+    assert "nope: no such upstream" in error_line(r)
     r = zpatch("rebase", "--continue", expect=2)
-    assert "no rebase in progress" in _error_line(r)
+    assert "no rebase in progress" in error_line(r)
     # a target that does not descend from the pin
     from testing.fixtures import git
     git("checkout", "-q", "--orphan", "other", cwd=world.gguf_up)
     git("commit", "-q", "--allow-empty", "-m", "unrelated root", cwd=world.gguf_up)
     r = zpatch("rebase", "comfyui-gguf", "--onto", "other", expect=2)
-    assert "does not descend from the pin" in _error_line(r) and "--allow-unrelated" in r.stderr
+    assert "does not descend from the pin" in error_line(r) and "--allow-unrelated" in r.stderr
     git("checkout", "-q", "main", cwd=world.gguf_up)
     _conflicting_upstream(world)
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
     r = zpatch("rebase", "comfyui", "--onto", "main", expect=10)
-    assert "is in progress" in _error_line(r)
+    assert "is in progress" in error_line(r)
     assert "a rebase of comfyui-gguf" in zpatch("check", "--no-apply").stderr   # every command says so
 
 
@@ -188,14 +187,10 @@ def test_killed_at_every_write_point_then_abort_or_continue(world, tmp_path, fin
     the overlay, the lock): --abort gives the overlay back byte for byte unless the kill came after the
     commit point (then the rebase is complete), and --continue ends exactly where an uninterrupted
     rebase ends."""
-    import shutil
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
     cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
-    reference = tmp_path / "reference"
-    shutil.copytree(world.overlay, reference)
-    subprocess.run([*cmd[:-1], str(reference), "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
-    want = {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
+    want = _rebased_copy(world, tmp_path)
     assert want != before
     for kill_at in range(1, 200):
         env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
@@ -260,16 +255,12 @@ def test_a_source_missing_blobs_outside_the_series_still_rebases(zpatch, world):
 def test_killed_at_a_random_moment_then_continue_or_abort(world, tmp_path, delay):
     """Whatever the moment: --abort gives the overlay back byte for byte, and --continue (or a rerun)
     ends exactly where an uninterrupted rebase ends."""
-    import shutil
     import signal
     import time
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
     cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
-    reference = tmp_path / "reference"
-    shutil.copytree(world.overlay, reference)
-    subprocess.run([*cmd[:-1], str(reference), "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
-    want = {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
+    want = _rebased_copy(world, tmp_path)
     for finish in ("--abort", "--continue"):
         p = subprocess.Popen([*cmd, "comfyui-gguf", "--onto", "main"], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
@@ -306,7 +297,7 @@ def test_action_flags_take_no_other_option(zpatch, world):
     before = overlay_snapshot(world)
     for extra in (("--dry-run",), ("--offline",), ("comfyui-gguf",)):
         r = zpatch("rebase", "--continue", *extra, expect=2)
-        assert "take no other argument or option" in _error_line(r)
+        assert "take no other argument or option" in error_line(r)
     assert overlay_snapshot(world) == before
 
 
@@ -319,7 +310,7 @@ def test_a_second_rebase_command_waits_its_turn(zpatch, world):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=10)
-        assert "another zpatch rebase (pid " in _error_line(r)
+        assert "another zpatch rebase (pid " in error_line(r)
     finally:
         os.close(fd)
 
@@ -330,7 +321,7 @@ def test_continue_refuses_when_git_could_not_even_merge_and_nothing_was_resolved
     git("commit", "-q", "-m", "upstream deletes loader.py", cwd=world.gguf_up)
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
     r = zpatch("rebase", "--continue", expect=5)
-    assert "nothing to continue with" in _error_line(r)
+    assert "nothing to continue with" in error_line(r)
     assert "--skip" in r.stderr
 
 
@@ -353,7 +344,7 @@ def test_a_series_changed_while_the_rebase_is_stopped_is_named_not_guessed(zpatc
     kept = series.read_bytes()
     series.write_bytes(b"".join(l + b"\n" for l in reversed(kept.split(b"\n")) if l))     # reordered
     r = zpatch("rebase", "--continue", expect=4)
-    assert "another series of comfyui-gguf" in _error_line(r) and "--abort" in r.output
+    assert "another series of comfyui-gguf" in error_line(r) and "--abort" in r.output
     series.write_bytes(kept)
     zpatch("rebase", "--skip")
 
@@ -370,7 +361,7 @@ def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tm
     assert r.returncode == -9 and (_area(world.overlay) / "op.json").is_file()
     (_area(world.overlay) / "before").symlink_to(elsewhere)
     r = zpatch("rebase", "--continue", expect=4)
-    assert "is a symlink" in _error_line(r)
+    assert "is a symlink" in error_line(r)
     assert not list(elsewhere.iterdir()) and overlay_snapshot(world) == before
     zpatch("rebase", "--abort")
     assert overlay_snapshot(world) == before
@@ -420,12 +411,10 @@ def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_fin
     raise AssertionError("no kill landed inside the overlay write")
 
 
-def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world):
+def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world, tmp_path):
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
-    assert _cli(world, "rebase", "comfyui-gguf", "--onto", "main").returncode == 0
-    want = overlay_snapshot(world)
-    _restore(world, before)
+    want = _rebased_copy(world, tmp_path)
     for kill_at in range(1, 60):
         if _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at).returncode == 0:
             break
@@ -477,9 +466,9 @@ def test_a_damaged_state_can_always_be_aborted_and_names_missing_commits(zpatch,
     op["tip"] = "2" * 40
     state.write_text(json.dumps(op))
     r = zpatch("rebase", "--skip", expect=4)
-    assert "names commits that do not exist" in _error_line(r)
+    assert "names commits that do not exist" in error_line(r)
     state.write_text("{")
     r = zpatch("rebase", "--continue", expect=4)
-    assert "is damaged" in _error_line(r) and "--abort" in r.output
+    assert "is damaged" in error_line(r) and "--abort" in r.output
     zpatch("rebase", "--abort")
     assert not state.exists() and overlay_snapshot(world) == before

@@ -10,18 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.fixtures import LOADER_PY, SD_PY, git, replace_line, tree_snapshot, write
-
-
-@pytest.fixture
-def checkout(world, tmp_path):
-    return world.clone_checkout(tmp_path / "ComfyUI")
-
-
-def _error_line(r) -> str:
-    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(lines) == 1, r.output
-    return lines[0]
+from testing.fixtures import LOADER_PY, SD_PY, error_line, git, replace_line, tree_snapshot, write
 
 
 def add_patch(world, upstream: str, name: str, text: str) -> None:
@@ -51,7 +40,7 @@ def test_special_modes_are_refused_however_spelled(zpatch, world, checkout, tmp_
     add_patch(world, "comfyui", "0002-hostile.patch", mailbox(LINK_IN_TREE.format(mode=mode)))
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    assert "0002-hostile.patch" in _error_line(r)
+    assert "0002-hostile.patch" in error_line(r)
     assert tree_snapshot(checkout) == before and not os.path.lexists(checkout / "link")
     assert any("0002-hostile.patch" in p["message"] for p in zpatch.json("check", "--no-apply", expect=1)["problems"])
 
@@ -63,7 +52,7 @@ def test_symlinked_node_folder_by_patch_is_refused(zpatch, world, checkout, tmp_
     add_patch(world, "comfyui", "0002-hostile.patch",
               mailbox(SYMLINK_NODE.format(mode="0120000", target=elsewhere)))
     r = zpatch("apply", checkout, expect=3)
-    assert "0002-hostile.patch" in _error_line(r)
+    assert "0002-hostile.patch" in error_line(r)
     assert list(elsewhere.iterdir()) == []
     assert not os.path.lexists(checkout / "custom_nodes/ComfyUI-ZImage-Fix")
 
@@ -75,7 +64,7 @@ def test_exec_bit_added_by_a_patch_is_refused_after_git_reads_it(zpatch, world, 
     add_patch(world, "comfyui", "0002-chmod.patch", mailbox(body + sd))
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    assert "would make nodes.py mode 100755" in _error_line(r)
+    assert "would make nodes.py mode 100755" in error_line(r)
     assert tree_snapshot(checkout) == before
     res = zpatch.json("check", expect=1)
     assert any("would make nodes.py mode 100755" in p["message"] for p in res["problems"])
@@ -87,7 +76,7 @@ def test_a_series_may_not_write_into_a_nested_repository(zpatch, world, checkout
     add_patch(world, "comfyui", "0002-nested.patch", mailbox(body))
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=3)
-    assert "inside custom_nodes/ComfyUI-GGUF" in _error_line(r)
+    assert "inside custom_nodes/ComfyUI-GGUF" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -96,7 +85,7 @@ def test_quoted_path_escapes_are_decoded_before_judging(zpatch, world, checkout)
             '+++ "b/..\\057outside"\n@@ -0,0 +1 @@\n+x\n')
     add_patch(world, "comfyui", "0002-quoted.patch", mailbox(body))
     r = zpatch("apply", checkout, expect=3)
-    assert "'..' leaves the tree" in _error_line(r)
+    assert "'..' leaves the tree" in error_line(r)
 
 
 # ---------------------------------------------------------------- 2. all or nothing within an upstream
@@ -107,7 +96,7 @@ def test_third_patch_failing_on_the_pin_leaves_nothing_and_tools_still_work(zpat
     world.relock()
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=5)
-    assert "0003-loader-external-tokenizer.patch" in _error_line(r) and "nothing was changed" in r.stderr
+    assert "0003-loader-external-tokenizer.patch" in error_line(r) and "nothing was changed" in r.stderr
     assert tree_snapshot(checkout) == before
     assert "Nothing applied" in zpatch("unapply", checkout).stdout
     world.build_overlay()
@@ -124,7 +113,7 @@ def test_edited_node_file_is_not_overwritten_by_a_reapply(zpatch, world, checkou
     write(world.overlay / "node/ComfyUI-ZImage-Fix", {"nodes.py": "X = 2\n"})
     world.relock()
     r = zpatch("apply", checkout, expect=4)
-    assert "nodes.py: modified since zpatch installed it" in _error_line(r)
+    assert "nodes.py: modified since zpatch installed it" in error_line(r)
     assert mine.read_text() == "X = 'my fix'\n"
 
 
@@ -136,7 +125,7 @@ def test_users_file_where_the_overlay_now_adds_one_is_kept(zpatch, world, checko
     world.relock()
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "extra.py: exists and was not installed by zpatch" in _error_line(r)
+    assert "extra.py: exists and was not installed by zpatch" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -146,7 +135,7 @@ def test_untracked_file_where_a_patch_creates_one_is_kept_with_and_without_3way(
     before = tree_snapshot(checkout)
     for extra in ([], ["--3way"]):
         r = zpatch("apply", checkout, *extra, expect=4)
-        assert "tokenizer_util.py: exists, but is neither upstream's nor zpatch's" in _error_line(r)
+        assert "tokenizer_util.py: exists, but is neither upstream's nor zpatch's" in error_line(r)
         assert tree_snapshot(checkout) == before
 
 
@@ -159,7 +148,7 @@ def test_3way_conflict_deletes_nothing_it_did_not_write(zpatch, world, checkout)
     (gguf / "ignored.txt").write_text("keep\n")
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, "--3way", expect=5)
-    assert "3-way merge left conflicts in loader.py" in _error_line(r)
+    assert "3-way merge left conflicts in loader.py" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -175,7 +164,7 @@ def test_symlinked_node_folder_is_never_followed_by_unapply_or_apply(zpatch, wor
     node.symlink_to(outside)
     snap = tree_snapshot(outside)
     r = zpatch("unapply", checkout, expect=4)
-    assert "ComfyUI-ZImage-Fix: is a symlink" in _error_line(r)
+    assert "ComfyUI-ZImage-Fix: is a symlink" in error_line(r)
     r = zpatch("apply", checkout, expect=4)
     assert tree_snapshot(outside) == snap
 
@@ -204,7 +193,7 @@ def test_a_second_zpatch_on_a_locked_checkout_exits_busy_and_changes_nothing(zpa
     try:
         before = tree_snapshot(checkout)
         r = zpatch("apply", checkout, expect=10)
-        assert "another zpatch (pid 4242) is working on this checkout" in _error_line(r)
+        assert "another zpatch (pid 4242) is working on this checkout" in error_line(r)
         assert tree_snapshot(checkout) == before
         assert zpatch.json("unapply", checkout, expect=10)["exit_code"] == 10
     finally:
@@ -246,7 +235,7 @@ def test_tampered_patch_copy_is_never_used_to_write(zpatch, checkout):
     git("commit", "-q", "-m", "a local commit", cwd=checkout)
     before = tree_snapshot(checkout)
     r = zpatch("unapply", checkout, expect=4)
-    assert "does not match its sha256 (tampered)" in _error_line(r)
+    assert "does not match its sha256 (tampered)" in error_line(r)
     assert tree_snapshot(checkout) == before
     # on the HEAD it was applied to, unapply needs no copy at all: upstream's own files come back
     git("reset", "-q", "--soft", "HEAD~1", cwd=checkout)
@@ -276,7 +265,7 @@ def test_damaged_record_is_an_error_never_a_write_elsewhere(zpatch, checkout, tm
     before = tree_snapshot(checkout)
     for cmd in ("unapply", "apply", "status"):
         r = zpatch(cmd, checkout, expect=4)
-        assert "record of this checkout is damaged" in _error_line(r)
+        assert "record of this checkout is damaged" in error_line(r)
     assert (victim / "keep.txt").read_text() == "keep\n"
     assert tree_snapshot(checkout) == before
 
@@ -305,10 +294,10 @@ def test_malformed_overlay_gives_one_line_and_exit_3(zpatch, world, checkout, ca
     before = tree_snapshot(checkout)
     if case == "long-url":
         r = zpatch("checkout", checkout.parent / "fresh", expect=6)     # a clean "cannot reach", no OSError
-        assert "cannot reach https://example.invalid/aaaa" in _error_line(r)
+        assert "cannot reach https://example.invalid/aaaa" in error_line(r)
     else:
         r = zpatch("apply", checkout, expect=3)
-        _error_line(r)
+        error_line(r)
         assert "Traceback" not in r.output
     assert tree_snapshot(checkout) == before
 
@@ -316,10 +305,10 @@ def test_malformed_overlay_gives_one_line_and_exit_3(zpatch, world, checkout, ca
 def test_non_utf8_head_and_checkout_under_a_file(zpatch, checkout, tmp_path):
     (tmp_path / "afile").write_text("x")
     r = zpatch("checkout", tmp_path / "afile/sub", expect=4)
-    assert "cannot create it" in _error_line(r)
+    assert "cannot create it" in error_line(r)
     (checkout / ".git/HEAD").write_bytes(b"ref: refs/heads/\xff\xfe\n")
     r = zpatch("apply", checkout, expect=4)
-    assert "a HEAD that cannot be read" in _error_line(r) and "Traceback" not in r.output
+    assert "a HEAD that cannot be read" in error_line(r) and "Traceback" not in r.output
 
 
 def test_unexpected_exception_exits_9_with_the_envelope(zpatch, checkout, monkeypatch):
@@ -329,7 +318,7 @@ def test_unexpected_exception_exits_9_with_the_envelope(zpatch, checkout, monkey
         raise RuntimeError("simulated bug")
     monkeypatch.setattr(workspace, "apply", boom)
     r = zpatch("apply", checkout, expect=9)
-    assert "internal error in zpatch apply: RuntimeError: simulated bug" in _error_line(r)
+    assert "internal error in zpatch apply: RuntimeError: simulated bug" in error_line(r)
     res = zpatch.json("apply", checkout, expect=9)
     assert res["ok"] is False and res["exit_code"] == 9 and "last-error.log" in res["hint"]
 
@@ -377,7 +366,7 @@ def test_lock_never_writes_a_lock_it_cannot_read(zpatch, world):
     shutil.copy(next(d.glob("0001-*.patch")), d / "0002-bad\x1bname.patch")
     before = (world.overlay / "upstream.lock").read_bytes()
     r = zpatch("lock", expect=3)
-    assert "\\x1b" in _error_line(r)
+    assert "\\x1b" in error_line(r)
     assert (world.overlay / "upstream.lock").read_bytes() == before
     lock = world.overlay / "upstream.lock"
     lock.write_text(lock.read_text().replace("version = 1", "version = true"))
@@ -388,7 +377,7 @@ def test_lock_refuses_the_overlay_bundled_in_an_installed_zpatch(zpatch, world, 
     bundle = tmp_path / "lib/python3.11/site-packages/zimage_patcher/_bundle"
     shutil.copytree(world.overlay, bundle)
     r = zpatch("lock", "--overlay", bundle, expect=3)
-    assert "bundled into an installed zpatch" in _error_line(r) and "reinstall" in r.stderr
+    assert "bundled into an installed zpatch" in error_line(r) and "reinstall" in r.stderr
 
 
 def test_a_symlinked_nested_repository_folder_is_refused_even_inside_the_checkout(zpatch, checkout):
@@ -397,7 +386,7 @@ def test_a_symlinked_nested_repository_folder_is_refused_even_inside_the_checkou
     gguf.symlink_to("../gguf-real")
     before = tree_snapshot(checkout / "gguf-real")
     r = zpatch("apply", checkout, expect=4)
-    assert "custom_nodes/ComfyUI-GGUF: is a symlink" in _error_line(r)
+    assert "custom_nodes/ComfyUI-GGUF: is a symlink" in error_line(r)
     assert tree_snapshot(checkout / "gguf-real") == before
 
 
@@ -414,7 +403,7 @@ def test_symlinked_zpatch_folders_are_refused_and_nothing_outside_is_touched(zpa
     before = tree_snapshot(checkout)
     for cmd in ("apply", "unapply", "status"):
         r = zpatch(cmd, checkout, expect=4)
-        assert "is a symlink or not a directory" in _error_line(r)
+        assert "is a symlink or not a directory" in error_line(r)
     assert sorted(p.name for p in victim.iterdir()) == ["thesis.txt"]
     assert tree_snapshot(checkout) == before
 
@@ -439,7 +428,7 @@ def test_a_record_naming_another_node_folder_is_refused(zpatch, checkout):
                                                .hexdigest()}, "dirs": []}
     _record(checkout).write_text(json.dumps(rec))
     r = zpatch("unapply", checkout, expect=4)
-    assert "records the node in 'comfy'" in _error_line(r)
+    assert "records the node in 'comfy'" in error_line(r)
     assert (checkout / "comfy/sd.py").exists()
 
 
@@ -457,7 +446,7 @@ def test_damaged_journal_is_exit_4_not_a_crash(zpatch, checkout, field, value):
     before = tree_snapshot(checkout)
     for cmd in ("apply", "unapply", "status"):
         r = zpatch(cmd, checkout, expect=4)
-        assert "journal of an interrupted zpatch run is damaged" in _error_line(r)
+        assert "journal of an interrupted zpatch run is damaged" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -476,7 +465,7 @@ def test_copies_in_patches_are_refused_because_they_cannot_be_reversed(zpatch, w
             " # line 4 of sd.py\n")
     add_patch(world, "comfyui", "0002-copy.patch", mailbox(body))
     r = zpatch("apply", checkout, expect=3)
-    assert "copies cannot be reversed" in _error_line(r)
+    assert "copies cannot be reversed" in error_line(r)
 
 
 def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
@@ -486,7 +475,7 @@ def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         r = zpatch("checkout", dest, expect=10)
-        assert "another zpatch checkout is filling it" in _error_line(r)
+        assert "another zpatch checkout is filling it" in error_line(r)
     finally:
         os.close(fd)
     assert list(dest.iterdir()) == []
@@ -496,7 +485,7 @@ def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
 def test_outside_any_checkout_the_hint_is_to_name_one(zpatch, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = zpatch("status", expect=4)
-    assert "not inside a ComfyUI checkout" in _error_line(r) and "zpatch checkout DIR" in r.stderr
+    assert "not inside a ComfyUI checkout" in error_line(r) and "zpatch checkout DIR" in r.stderr
     assert "git clone" not in r.stderr
 
 
@@ -539,7 +528,7 @@ def test_an_upstream_the_overlay_no_longer_has_is_not_forgotten(zpatch, world, c
     before = tree_snapshot(checkout)
     for cmd in ("unapply", "apply"):
         r = zpatch(cmd, checkout, expect=4)
-        assert "records patches of upstream 'comfyui-gguf', which this overlay does not have" in _error_line(r)
+        assert "records patches of upstream 'comfyui-gguf', which this overlay does not have" in error_line(r)
     assert tree_snapshot(checkout) == before
 
 
@@ -597,7 +586,7 @@ def test_odd_things_in_zpatch_folders_and_paths_are_errors_not_crashes(zpatch, c
     (checkout / ".git/zpatch/record.json.tmp").mkdir()
     before = tree_snapshot(checkout)
     r = zpatch("apply", checkout, expect=4)
-    assert "is in the way of zpatch's temporary file" in _error_line(r)
+    assert "is in the way of zpatch's temporary file" in error_line(r)
     assert tree_snapshot(checkout) == before                       # found before the first write
     (checkout / ".git/zpatch/record.json.tmp").rmdir()
     zpatch("apply", checkout)
@@ -606,7 +595,7 @@ def test_odd_things_in_zpatch_folders_and_paths_are_errors_not_crashes(zpatch, c
     monkeypatch.chdir(gone)
     gone.rmdir()
     r = zpatch("status", expect=4)
-    assert "the current directory no longer exists" in _error_line(r)
+    assert "the current directory no longer exists" in error_line(r)
     monkeypatch.chdir(tmp_path)
     r = zpatch("apply", "x" * 300, expect=4)
     assert "Traceback" not in r.output
@@ -626,7 +615,7 @@ def test_lock_never_writes_through_a_symlink(zpatch, world, tmp_path):
     p = world.overlay / "patches/comfyui/0001-sd-accept-4-D-latents.patch"
     p.write_text(p.read_text().replace("Last-Update: 2026-11-26", "Last-Update: 2026-11-27"))
     r = zpatch("lock", expect=4)
-    assert "is in the way" in _error_line(r)
+    assert "is in the way" in error_line(r)
     assert target.read_text() == "keep\n" and not (world.overlay / "upstream.lock").is_symlink()
 
 

@@ -260,10 +260,8 @@ def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unr
 
 
 def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated: bool, offline: bool) -> dict:
-    op = None if dry_run else in_progress(ov.root)     # a dry run touches no state: drift runs beside one
-    if op is not None:
-        raise ZpatchError(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", Exit.BUSY,
-                          hint="zpatch rebase --continue, --skip or --abort")
+    if not dry_run:      # a dry run touches no state: drift runs beside one
+        refuse_in_progress(ov.root, "rebase")
     s = _series(ov, name)
     up = s.upstream
     mirror, target = cache.resolve(up.url, up.commit, onto, offline=offline)
@@ -450,10 +448,15 @@ def _forget(root: Path) -> None:
     shutil.rmtree(_area(root), ignore_errors=True)
 
 
+def _roll(root: Path) -> str | None:
+    """Finish the overlay transaction a killed rebase left: back, or forward past its lock."""
+    return operation.recover(root, _area(root) / operation.JOURNAL_NAME, root / lockmod.LOCK_NAME)
+
+
 def recover(root: Path, op: dict) -> tuple[str | None, bool]:
     """A rebase killed while writing the overlay: roll its transaction back, or forward when the lock
     had been written. Returns what it did and whether the rebase is thereby complete."""
-    said = operation.recover(root, _area(root) / operation.JOURNAL_NAME, root / lockmod.LOCK_NAME)
+    said = _roll(root)
     if not op.get("lock_after"):
         return said, False
     try:
@@ -479,7 +482,7 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
         if action != "abort":
             raise
         # a damaged state: the journal alone says how to put the overlay back
-        said = operation.recover(ov_root, _area(ov_root) / operation.JOURNAL_NAME, ov_root / lockmod.LOCK_NAME)
+        said = _roll(ov_root)
         _forget(ov_root)
         return {"aborted": True, "upstream": None, "recovered": said}
     if op is None:
