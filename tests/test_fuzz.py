@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,27 @@ def test_fuzz_cli_over_mutated_overlays(world, zpatch, tmp_path):
         world.relock()
     assert codes.get(3) and codes.get(0), codes
     print("exit codes seen:", codes)
+
+
+def test_fuzz_probes():
+    """Probe lines and the upstream sources a `defines` probe parses are both untrusted."""
+    from types import SimpleNamespace
+    from zimage_patcher import probes
+    rng = random.Random(SEED + 5)
+    source = Path(probes.__file__).read_bytes()
+    sources = list(mutants(source, 300, rng)) + [b"(" * 200_000, b"x = 1\x00", b"\xff\xfe", b"def f(:"]
+    names = ["Probe.fires(repo)", "defines", "Probe.kind", "_binding", "ast"]
+    answers = []
+
+    def read(src):
+        answers.append(probes.defines(src, rng.choice(names), where="fuzzed.py"))
+    _only_zpatch_errors(read, sources)
+    assert True in answers and False in answers        # the mutants still define some names, not all
+    line = b"defines comfy/sd.py 'VAE.decode(vae_options)'"
+    lines = list(mutants(line, 400, rng)) + list(mutants(b"grep loader.py '\"gemma3\"'", 400, rng))
+
+    def parse(data):
+        text = data.decode("utf-8", "replace")
+        for p in probes.parse(SimpleNamespace(name="0001-x.patch", probes=[text])):
+            assert p.kind in ("grep", "missing", "defines") and ".." not in p.path.split("/")
+    _only_zpatch_errors(parse, lines)

@@ -152,6 +152,31 @@ def test_a_probe_fires_when_upstream_does_the_job_differently(zpatch, world):
     assert next(x for x in res["patches"] if x["name"] == "0002-loader-tokenizer.patch")["fired"]
 
 
+def test_a_defines_probe_reads_upstreams_python_without_running_it(zpatch, world):
+    p = gguf_dir(world) / "0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace(
+        "Forwarded: no\n", "Forwarded: no\nObsolete-If: defines loader.py 'Loader.tokenizer(reader)'\n"))
+    world.relock()
+    assert zpatch.json("check")["clean"]                          # silent on the pin
+    # upstream grows the class, but not yet the parameter: still silent (and the code would raise if run)
+    body = "raise SystemExit('upstream code ran')\nclass Loader:\n    def tokenizer(self, path):\n        pass\n"
+    commit(world.gguf_up, {"loader.py": LOADER_PY + body}, "upstream adds a tokenizer method")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=None)
+    assert dict(states(res))["0002-loader-tokenizer.patch"] != "obsolete"
+    commit(world.gguf_up, {"loader.py": LOADER_PY + body.replace("(self, path)", "(self, path, *, reader=None)")},
+           "upstream's tokenizer takes an open reader")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=None)
+    entry = next(x for x in res["patches"] if x["name"] == "0002-loader-tokenizer.patch")
+    assert entry["state"] == "obsolete" and entry["fired"] == ["defines loader.py 'Loader.tokenizer(reader)'"]
+    # an upstream file this Python cannot parse: the probe is named, the overlay untouched
+    before = overlay_snapshot(world)
+    commit(world.gguf_up, {"loader.py": LOADER_PY + "def broken(:\n"}, "upstream breaks its syntax")
+    r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=3)
+    assert "Obsolete-If: defines: loader.py at" in error_line(r) and "does not parse" in error_line(r)
+    assert "grep" in r.stderr and overlay_snapshot(world) == before
+    assert "no rebase in progress" in error_line(zpatch("rebase", "--abort", expect=2))     # nothing left behind
+
+
 def test_a_probe_that_fires_on_the_pin_is_a_check_problem(zpatch, world):
     p = gguf_dir(world) / "0001-loader-gemma3.patch"
     p.write_text(p.read_text().replace("Forwarded: no\n", "Forwarded: no\nObsolete-If: grep loader.py 'loader line 7'\n"))
@@ -328,7 +353,11 @@ def test_continue_refuses_when_git_could_not_even_merge_and_nothing_was_resolved
 @pytest.mark.parametrize("probe, why", [("grep loader.py 'a\x00b'", "control characters"),
                                         ("grep loader.py '" + "a" * 600 + "'", "too long"),
                                         ("missing ./loader.py", "not a path inside"),
-                                        ("grep ':(top)loader.py' x", "not a path inside")])
+                                        ("grep ':(top)loader.py' x", "not a path inside"),
+                                        ("defines loader.txt Loader", "takes a .py file"),
+                                        ("defines loader.py 'Loader.__import__(\"os\")'", "dotted name"),
+                                        ("defines loader.py 'a..b'", "dotted name"),
+                                        ("defines ../loader.py a", "not a path inside")])
 def test_hostile_probes_are_refused(zpatch, world, probe, why):
     p = gguf_dir(world) / "0001-loader-gemma3.patch"
     p.write_text(p.read_text().replace("Forwarded: no\n", f"Forwarded: no\nObsolete-If: {probe}\n"))

@@ -2,15 +2,26 @@
 
     Obsolete-If: grep <path> <extended regex>    upstream's <path> has a line matching the regex
     Obsolete-If: missing <path>                  upstream no longer has <path>
+    Obsolete-If: defines <file.py> <name>        upstream's module defines <name>: a dotted path
+                                                 through classes (`CLIPType.GEMMA3`, `VAE.decode`),
+                                                 optionally with a parameter (`VAE.decode(vae_options)`)
 
 A patch may carry several; any one firing makes it obsolete. They are read against a commit of the
 upstream (its tree in the cache, no checkout), so `rebase` and `drift` can say "upstream implemented
 this" even when the patch also conflicts. `check` requires every probe to be silent on the pin: a
 probe that fires there is wrong, or the patch is already unnecessary.
+
+`defines` answers "does upstream's module have this name" the way importing it would, but by
+reading the source with Python's own parser: no upstream code runs, so a probe is as safe to
+evaluate in the drift job (which holds a token) as on a laptop, and needs neither torch nor a
+checkout. Probes that run a command or import upstream are deliberately not offered.
 """
 from __future__ import annotations
 
+import ast
+import re
 import shlex
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +31,20 @@ from .patchfile import Patch
 from .worktree import rel_parts
 
 
+NAME = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\(([A-Za-z_]\w*)\))?", re.ASCII)
+
+
 @dataclass
 class Probe:
-    kind: str           # grep | missing
+    kind: str           # grep | missing | defines
     path: str
-    pattern: str | None
+    pattern: str | None  # grep: the regex; defines: the dotted name, perhaps with "(param)"
     text: str           # as written, for reports
 
     def fires(self, repo: Path, commit: str) -> bool:
+        if self.kind == "defines":
+            source = git.show_blob(repo, commit, self.path)
+            return source is not None and defines(source, self.pattern, where=f"{self.path} at {commit[:12]}")
         if self.kind == "missing":   # the tree's listing, not the blob: a partial mirror lacks blobs, not names
             return not git.run(["ls-tree", commit, "--", f":(literal){self.path}"], cwd=repo).stdout.strip()
         try:
@@ -57,9 +74,16 @@ def parse(patch: Patch) -> list[Probe]:
             kind, path, pattern = words
         elif len(words) == 2 and words[0] == "missing":
             kind, path, pattern = words[0], words[1], None
+        elif len(words) == 3 and words[0] == "defines":
+            kind, path, pattern = words
+            if not path.endswith(".py") or not NAME.fullmatch(pattern):
+                raise ZpatchError(f"{patch.name}: Obsolete-If: {text!r}: `defines` takes a .py file and a dotted "
+                                  "name, perhaps with one parameter", Exit.BAD_OVERLAY,
+                                  hint="for example: Obsolete-If: defines comfy/sd.py 'VAE.decode(vae_options)'")
         else:
-            raise ZpatchError(f"{patch.name}: Obsolete-If: {text!r} is neither `grep PATH REGEX` nor `missing PATH`",
-                              Exit.BAD_OVERLAY, hint="see the README's section on obsolescence probes")
+            raise ZpatchError(f"{patch.name}: Obsolete-If: {text!r} is not `grep PATH REGEX`, `missing PATH` "
+                              "or `defines FILE.py NAME`", Exit.BAD_OVERLAY,
+                              hint="see the README's section on obsolescence probes")
         try:
             rel_parts(path)
             if path != path.strip("/") or "/./" in f"/{path}/" or path.startswith(":"):
@@ -74,3 +98,57 @@ def parse(patch: Patch) -> list[Probe]:
 def fired(patch: Patch, repo: Path, commit: str) -> list[str]:
     """The probes of PATCH that fire on COMMIT of REPO, as written."""
     return [p.text for p in parse(patch) if p.fires(repo, commit)]
+
+
+def defines(source: bytes, name: str, where: str = "the module") -> bool:
+    """Whether the module SOURCE defines NAME ("a.b.c" or "a.b(param)"): each part a def, class,
+    assignment or import at module level or in the class before it (inside if/try/with blocks too,
+    never inside a function's body); "(param)" asks that the last part be a function taking PARAM."""
+    dotted, param = NAME.fullmatch(name).groups()
+    try:
+        with warnings.catch_warnings():      # upstream's invalid escapes are not the user's business
+            warnings.simplefilter("ignore")
+            body = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ZpatchError(f"Obsolete-If: defines: {where} does not parse with this Python: "
+                          f"{type(e).__name__}: {str(e)[:80]}", Exit.BAD_OVERLAY,
+                          hint="use a `grep` probe for this file, or run zpatch with a newer Python")
+    node = None
+    for part in dotted.split("."):
+        if node is not None:
+            if not isinstance(node, ast.ClassDef):
+                return False
+            body = node.body
+        node = _binding(body, part)
+        if node is None:
+            return False
+    if param is None:
+        return True
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return False
+    a = node.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+    return param in names
+
+
+def _binding(body: list[ast.stmt], name: str) -> ast.AST | None:
+    """The last statement of BODY (and of the blocks nested in it, not of functions) that binds NAME."""
+    found = None
+    for st in body:
+        if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            hit = st.name == name
+        elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+            hit = any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id == name
+                      for t in targets for n in ast.walk(t))
+        elif isinstance(st, (ast.Import, ast.ImportFrom)):
+            hit = any((a.asname or a.name.split(".")[0]) == name for a in st.names)
+        else:
+            hit = False
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for sub in getattr(st, block, None) or []:
+                    inner = _binding(sub.body if isinstance(sub, ast.ExceptHandler) else [sub], name)
+                    found = inner or found
+        if hit:
+            found = st
+    return found

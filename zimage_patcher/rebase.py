@@ -281,7 +281,14 @@ def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated:
     shutil.rmtree(area, ignore_errors=True)
     area.mkdir(parents=True)
     _save(ov.root, op)
-    return _resume(ov, op)
+    try:
+        return _resume(ov, op)
+    except ZpatchError:
+        # refused before any write to the overlay (a probe that cannot be read, say): as if never started,
+        # so the user fixes the cause and reruns instead of aborting first
+        if operation.pending(_area(ov.root) / operation.JOURNAL_NAME) is None:
+            _forget(ov.root)
+        raise
 
 
 def _store(ov: Overlay, mirror: Path) -> git.ScratchIndex:
