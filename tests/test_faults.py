@@ -184,3 +184,31 @@ def test_concurrent_runs_never_both_write(world, tmp_path):
         else:   # the checkout is pristine and zpatch knows it: apply works from here
             assert cli(world.overlay, "apply", co).returncode == 0
             assert tree_snapshot(co) == after
+
+
+def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_back(world, tmp_path):
+    """Killed mid-apply, then the user edits a file the run had written: the rollback refuses (exit 4),
+    keeps the edit, and its hint is a command that restores the bytes from before the run."""
+    base, before, after = prepare(world, tmp_path, "apply")
+    for n in range(1, 60):
+        co = tmp_path / f"trial{n}"
+        shutil.copytree(base, co, symlinks=True)
+        r = cli(world.overlay, "apply", co, kill_at=n)
+        assert r.returncode != 0, "no kill left a written file before the commit point"
+        journal = co / ".git/zpatch/journal.json"
+        written = [p for p in ("comfy/sd.py", "comfy/supported_models.py")
+                   if tree_snapshot(co).get(p) != before.get(p)]
+        if journal.exists() and written and not (co / ".git/zpatch/record.json").exists():
+            break
+        shutil.rmtree(co)
+    edited = co / written[0]
+    edited.write_text("my edit after the crash\n")
+    r = cli(world.overlay, "apply", co)
+    assert r.returncode == 4 and f"{edited}: changed after `zpatch apply`" in r.stderr, r.stderr
+    assert edited.read_text() == "my edit after the crash\n" and journal.exists()
+    hint = next(l for l in r.stderr.splitlines() if l.startswith("hint:"))
+    command = hint.split("then ", 1)[1].rsplit(" and rerun", 1)[0]
+    subprocess.run(command, shell=True, check=True)          # the user follows the hint
+    r = cli(world.overlay, "apply", co)
+    assert r.returncode == 0, r.stderr
+    assert tree_snapshot(co) == after

@@ -424,20 +424,24 @@ def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_fin
     progress (exit 10), not send the user to `zpatch lock` (which would bless the half-written state)."""
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
-    for kill_at in range(8, 60):
+    from zimage_patcher.rebase import _area
+    for kill_at in range(8, 80):
         if _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at).returncode == 0:
             break
-        from zimage_patcher.rebase import _area
         if not (_area(world.overlay) / "journal.json").exists():
             _cli(world, "rebase", "--abort")
             continue
         for args in (("rebase", "comfyui-gguf", "--onto", "main"), ("lock",)):
             r = _cli(world, *args)
             assert r.returncode == 10 and "in progress" in r.stderr, (kill_at, args, r.stderr)
+        r = _cli(world, "check", "--json")     # reads on, but sends the user to the rebase, not to `lock`
+        hints = [p["hint"] for p in json.loads(r.stdout)["problems"]]
+        assert not any("zpatch lock" in (h or "") for h in hints), (kill_at, hints)
         r = _cli(world, "rebase", "--abort")
         assert r.returncode == 0 and overlay_snapshot(world) == before, (kill_at, r.stderr)
-        return
-    raise AssertionError("no kill landed inside the overlay write")
+        if any("zpatch rebase --continue, or --abort" in (h or "") for h in hints):
+            return       # a kill left patches that differ from the lock, and check said why
+    raise AssertionError("no kill left a half-written overlay")
 
 
 def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world, tmp_path):

@@ -25,6 +25,7 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
         note(p.kind, p.error, **({"upstream": p.upstream} if p.upstream else {}),
              **({"patch": p.patch} if p.patch else {}))
     if ov is None:
+        _during_rebase(root, problems)
         return {"overlay": str(root), "clean": False, "problems": problems, "series": []}
     complete = {s.upstream.name: s for s in ov.series}
     report = []
@@ -59,7 +60,22 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
             for f in fails:
                 note("conflict", f"{up.name}: " + diagnose.one_line(f), upstream=up.name, patch=f["patch"],
                      failure=f)
+    _during_rebase(root, problems)
     return {"overlay": str(root), "clean": not problems, "problems": problems, "series": report}
+
+
+def _during_rebase(root: Path, problems: list[dict]) -> None:
+    """A rebase stopped or killed while writing leaves patches that differ from the lock: following the
+    usual "run `zpatch lock`" hint would bless a half-written overlay, so point at the rebase instead."""
+    from . import rebase
+    try:
+        busy = rebase.in_progress(root) is not None
+    except ZpatchError:
+        busy = True      # a damaged state is still a rebase in progress
+    if busy:
+        for p in problems:
+            if p["hint"] and "zpatch lock" in p["hint"]:
+                p["hint"] = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
 
 
 def exit_code(result: dict) -> Exit:

@@ -162,6 +162,17 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
     shutil.rmtree(keep, ignore_errors=True)
 
 
+def _put_back(root: Path, keep: Path, c: Change) -> str:
+    """How the user restores C's BEFORE by hand, as a command to copy."""
+    import shlex
+    target = shlex.quote(str(root / c.full))
+    if c.before is None:
+        return f"remove {target} (it did not exist before)"
+    if c.store is None:
+        return f"cp {shlex.quote(str(keep / c.before))} {target}"
+    return f"git -C {shlex.quote(str(root / c.store))} cat-file blob {c.before} > {target}"
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -208,9 +219,9 @@ def recover(root: Path, journal: Path, point: Path) -> str | None:
         if now_blob == c.before:
             continue
         if now_blob != c.after:
-            raise ZpatchError(f"{root / c.full}: changed while an interrupted `zpatch {j['op']}` was undone; "
-                              "refusing to overwrite it", Exit.BAD_CHECKOUT,
-                              hint=f"save your edit, restore the file, then rerun (journal: {journal})")
+            raise ZpatchError(f"{root / c.full}: changed after `zpatch {j['op']}` (pid {j['pid']}) was interrupted; "
+                              "refusing to overwrite it to roll that run back", Exit.BAD_CHECKOUT,
+                              hint=f"save your edit elsewhere, then {_put_back(root, keep, c)} and rerun")
         if c.before is None:
             worktree.remove(root, c.full, prune=c.prune)
         else:
