@@ -241,7 +241,7 @@ def _write(path: Path, data: bytes) -> None:
     if path.is_symlink():
         raise ZpatchError(f"{path}: is a symlink; export writes patches only as plain files", Exit.BAD_OVERLAY,
                           hint="replace the link with a file")
-    write_atomic(path, data, sync=False)
+    write_atomic(path, data)        # synced: the lock written after it names its hash
 
 
 def canonical(ov: Overlay, *, offline: bool = False) -> dict:

@@ -296,15 +296,22 @@ class ScratchIndex:
         return out
 
 
-def hash_files(repo: Path, paths: list[str], *, filters: bool) -> list[str]:
+def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = False) -> list[str]:
     """Write the work-tree files PATHS (relative to REPO) into its object store in one process:
-    as git would store them (FILTERS: clean filters, eol) or byte for byte. Their blob ids."""
+    as git would store them (FILTERS: clean filters, eol) or byte for byte. Their blob ids.
+    DURABLE: the objects survive a power cut once this returns. git skips writing an object it has,
+    and a loose one may have been written unsynced (by a scratch apply, say): so sync the loose files
+    themselves and their folders (packs git syncs as it writes them)."""
     if not paths:
         return []
     args = ["hash-object", "-w", "--stdin-paths"] + ([] if filters else ["--no-filters"])
     ids = run(args, cwd=repo, input="".join(p + "\n" for p in paths)).stdout.split()
     if len(ids) != len(paths):
         raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(paths)} files", Exit.ENVIRONMENT)
+    if durable:
+        from .worktree import sync_files
+        objects = Path(repo, run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip())
+        sync_files([objects / i[:2] / i[2:] for i in ids])
     return ids
 
 

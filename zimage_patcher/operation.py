@@ -103,7 +103,7 @@ def _keep_befores(root: Path, keep: Path, changes: list[Change]) -> None:
                     worktree.write_atomic(keep / c.before, data)
         else:
             base = "" if store == "." else store + "/"
-            got = git.hash_files(root / store, [c.full[len(base):] for c in items], filters=False)
+            got = git.hash_files(root / store, [c.full[len(base):] for c in items], filters=False, durable=True)
         for c, blob in zip(items, got):
             if blob != c.before:
                 raise ZpatchError(f"{root / c.full}: changed while zpatch was planning (or the repository uses "
@@ -145,16 +145,21 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
              "commit_after": digest(point_data) if point_data is not None else None,
              "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
              "dirs": dirs, "sweep": list(sweep)}
+    # the journal's folders may be new (`.git/zpatch`, a rebase's area): their names must last too
+    worktree.sync_dirs([journal.parent.parent, journal.parent.parent.parent])
     worktree.write_atomic(journal, json.dumps(entry, indent=1).encode())
     for c in changes:   # paths relative to the root: no symlink anywhere on the way
         if c.after is None:
             worktree.remove(root, c.full, prune=c.prune)
         else:
             worktree.write(root, c.full, c.data, executable=c.executable)
+    # every rename and unlink on disk before the commit point can say they happened
+    worktree.sync_dirs(root / d for c in changes for d in (".", *parent_dirs(c.full)))
     if point_data is not None:
         worktree.write_atomic(point, point_data)
     else:
         point.unlink(missing_ok=True)
+        worktree.sync_dirs([point.parent])
         worktree.fault_point()
     worktree.remove_empty_dirs(root, list(sweep))
     journal.unlink()

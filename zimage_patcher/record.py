@@ -154,8 +154,8 @@ def store_copies(zdir: Path, blobs: list[bytes]) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for blob in blobs:
         path = d / digest(blob)
-        if not path.is_file():   # rename makes it kill-safe; no fsync: 1000 patches, 1000 syncs
-            write_atomic(path, blob, sync=False)
+        if not path.is_file():   # the record names it: durable before the record is (0.3 ms a patch here)
+            write_atomic(path, blob)
 
 
 def copy_path(zdir: Path, ref: PatchRef) -> Path:

@@ -184,8 +184,39 @@ def remove_pyc(root: Path, rel_dir: str, stem: str) -> str | None:
     return cache
 
 
+def sync_dirs(paths) -> None:
+    """fsync each folder in PATHS that exists: a rename or unlink inside it survives a power cut only
+    once its folder is synced (rename(2) orders nothing on disk by itself)."""
+    for path in sorted(set(map(str, paths))):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_files(paths) -> None:
+    """fsync each regular file in PATHS that exists, then the folders that hold them."""
+    held = set()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        held.add(Path(path).parent)
+    sync_dirs([*held, *(p.parent for p in held)])
+
+
 def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new."""
+    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
+    SYNC: also durable across a power cut once it returns (the file, then its folder)."""
     tmp = path.with_name(path.name + ".tmp")
     if os.path.lexists(tmp):
         if not stat.S_ISREG(os.lstat(tmp).st_mode):
@@ -203,6 +234,8 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
         os.close(fd)
     fault_point()
     os.replace(tmp, path)
+    if sync:
+        sync_dirs([path.parent])
     fault_point()
 
 
