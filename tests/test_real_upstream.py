@@ -168,3 +168,24 @@ def test_real_dry_run_rebase_onto_the_newest_snapshot_commits(env):
     for p in comfy["patches"]:
         if p["state"] == "conflict":
             assert p["files"] and p["upstream_commits"], p     # names the file and the upstream commits
+
+
+def test_defines_probes_read_the_real_upstream_modules(env, tmp_path):
+    """`defines` parses the real comfy/sd.py and loader.py with this Python and answers what importing
+    them would: on the pins, and on the tip of the real series (patch 0003 gives gguf_sd_loader a
+    `reader` parameter)."""
+    from zimage_patcher import cache, git, patchset, probes
+    os.environ.update({k: v for k, v in env.items() if k == "ZPATCH_CACHE"})
+    ov = patchset.load(ROOT)
+    by_name = {s.upstream.name: s for s in ov.series}
+    sd = by_name["comfyui"]
+    src = git.show_blob(cache.ensure(sd.upstream.url, sd.upstream.commit), sd.upstream.commit, "comfy/sd.py")
+    assert probes.defines(src, "VAE.decode(vae_options)") and probes.defines(src, "CLIPType.LUMINA2")
+    assert not probes.defines(src, "VAE.decode(no_such_parameter)") and not probes.defines(src, "NoSuchClass")
+    gg = by_name["comfyui-gguf"]
+    mirror = cache.ensure(gg.upstream.url, gg.upstream.commit)
+    src = git.show_blob(mirror, gg.upstream.commit, "loader.py")
+    assert probes.defines(src, "gguf_sd_loader(is_text_model)") and not probes.defines(src, "gguf_sd_loader(reader)")
+    idx = git.ScratchIndex(mirror, str(tmp_path), read_only=True)       # the cache is only read
+    tip = idx.commit_patches(gg.upstream.commit, [p.path for p in gg.patches])[-1]
+    assert probes.defines(git.show_blob(mirror, tip, "loader.py", env=idx.env), "gguf_sd_loader(reader)")
