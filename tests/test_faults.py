@@ -186,7 +186,8 @@ def test_concurrent_runs_never_both_write(world, tmp_path):
             assert tree_snapshot(co) == after
 
 
-def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_back(world, tmp_path):
+@pytest.mark.parametrize("target", ["comfy/sd.py", "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"])
+def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_back(world, tmp_path, target):
     """Killed mid-apply, then the user edits a file the run had written: the rollback refuses (exit 4),
     keeps the edit, and its hint is a command that restores the bytes from before the run."""
     base, before, after = prepare(world, tmp_path, "apply")
@@ -196,8 +197,7 @@ def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_ba
         r = cli(world.overlay, "apply", co, kill_at=n)
         assert r.returncode != 0, "no kill left a written file before the commit point"
         journal = co / ".git/zpatch/journal.json"
-        written = [p for p in ("comfy/sd.py", "comfy/supported_models.py")
-                   if tree_snapshot(co).get(p) != before.get(p)]
+        written = [target] if tree_snapshot(co).get(target) != before.get(target) else []
         if journal.exists() and written and not (co / ".git/zpatch/record.json").exists():
             break
         shutil.rmtree(co)
@@ -212,3 +212,22 @@ def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_ba
     r = cli(world.overlay, "apply", co)
     assert r.returncode == 0, r.stderr
     assert tree_snapshot(co) == after
+
+
+def test_a_run_killed_before_its_journal_leaves_no_litter_for_the_opposite_command(world, tmp_path):
+    """Found by an attack: apply killed before its journal existed, then unapply ("nothing to do"),
+    left `.git/zpatch/*.tmp` behind; and the other way round."""
+    base, before, after = prepare(world, tmp_path, "apply")
+    for first, then in (("apply", "unapply"), ("unapply", "apply")):
+        for n in range(1, 12):
+            co = tmp_path / f"{first}{n}"
+            shutil.copytree(base, co, symlinks=True)
+            if first == "unapply":
+                assert cli(world.overlay, "apply", co).returncode == 0
+            if cli(world.overlay, first, co, kill_at=n).returncode == 0:
+                break
+            assert cli(world.overlay, then, co).returncode == 0
+            litter = [p for p in (co / ".git/zpatch").rglob("*") if p.name.endswith(".tmp") or "zpatch-tmp" in p.name]
+            litter += [p for p in co.rglob("*.zpatch-tmp-*")]
+            assert not litter, (first, n, litter)
+            shutil.rmtree(co)

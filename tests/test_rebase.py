@@ -168,18 +168,105 @@ def test_a_defines_probe_reads_upstreams_python_without_running_it(zpatch, world
     res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=None)
     entry = next(x for x in res["patches"] if x["name"] == "0002-loader-tokenizer.patch")
     assert entry["state"] == "obsolete" and entry["fired"] == ["defines loader.py 'Loader.tokenizer(reader)'"]
-    # an upstream file this Python cannot parse: the probe is named, the overlay untouched
-    before = overlay_snapshot(world)
+    # an upstream file this Python cannot parse: named with the patch, which is carried on regardless
     commit(world.gguf_up, {"loader.py": LOADER_PY + "def broken(:\n"}, "upstream breaks its syntax")
-    r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=3)
-    assert "Obsolete-If: defines: loader.py at" in error_line(r) and "does not parse" in error_line(r)
-    assert "grep" in r.stderr and overlay_snapshot(world) == before
-    assert "no rebase in progress" in error_line(zpatch("rebase", "--abort", expect=2))     # nothing left behind
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", expect=None)
+    entry = next(x for x in res["patches"] if x["name"] == "0002-loader-tokenizer.patch")
+    assert entry["state"] == "refreshed" and "does not parse" in entry["probe_errors"][0], entry
+    out = zpatch("rebase", "comfyui-gguf", "--onto", "main").stdout
+    assert "warning: probe not read: Obsolete-If: defines 'Loader.tokenizer(reader)': upstream's loader.py" in out \
+        or "warning: probe not read: Obsolete-If: defines: upstream's loader.py at" in out, out
+    assert "moved the pin" in out
+    assert "does not parse" in zpatch.json("check", expect=1)["problems"][0]["message"]     # on the new pin
 
 
-def test_a_probe_that_fires_on_the_pin_is_a_check_problem(zpatch, world):
+def _with_probe(world, probe: str, patch="0002-loader-tokenizer.patch"):
+    p = gguf_dir(world) / patch
+    p.write_text(p.read_text().replace("Forwarded: no\n", f"Forwarded: no\nObsolete-If: {probe}\n"))
+    world.relock()
+
+
+def _entry(res, name="0002-loader-tokenizer.patch"):
+    return next(x for x in res["patches"] if x["name"] == name)
+
+
+def test_probes_read_files_not_links_folders_or_missing_blobs(zpatch, world):
+    """Found by an attack: a symlink's blob is its target text (`evil.py -> Loader=1` made the patch
+    obsolete), a blob the cache lacks read as "not defined"; both now say why the probe was not read."""
+    _with_probe(world, "defines evil.py Loader")
+    os.symlink("Loader=1", world.gguf_up / "evil.py")
+    commit(world.gguf_up, {"other.py": "x = 1\n"}, "upstream adds a link whose target text is Python")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run")
+    assert _entry(res)["state"] == "unchanged" and "is a symlink" in _entry(res)["probe_errors"][0]
+    # a folder named like the module is not a module file: silent, no error
+    (world.gguf_up / "evil.py").unlink()
+    commit(world.gguf_up, {"evil.py/__init__.py": "Loader = 1\n"}, "upstream makes it a folder")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run")
+    assert _entry(res)["state"] == "unchanged" and "probe_errors" not in _entry(res)
+    # the blob is gone from the cache's mirror (as in a partial clone): said, not taken for "not defined"
+    commit(world.gguf_up, {"mod.py": "Loader = 1\n"}, "upstream adds mod.py")
+    _with_probe(world, "defines mod.py Loader", patch="0001-loader-gemma3.patch")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run")     # fills the cache: it fires
+    assert _entry(res, "0001-loader-gemma3.patch")["state"] == "obsolete"
+    from zimage_patcher import cache
+    from testing.fixtures import GGUF_URL
+    mirror = cache.mirror_path(GGUF_URL)
+    blob = subprocess.run(["git", "rev-parse", "main:mod.py"], cwd=world.gguf_up, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    run = lambda *a, **k: subprocess.run(["git", *a], cwd=mirror, capture_output=True, text=True, check=True, **k)
+    run("repack", "-a", "-d", "-q")
+    objects = [l.split()[0] for l in run("rev-list", "--objects", "--all").stdout.splitlines()]
+    old = list((mirror / "objects/pack").glob("pack-*"))
+    run("pack-objects", "-q", str(mirror / "objects/pack/pack"), input="".join(o + "\n" for o in objects if o != blob))
+    for f in old:
+        f.unlink()
+    assert subprocess.run(["git", "cat-file", "-e", blob], cwd=mirror).returncode != 0
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run", "--offline")
+    e = _entry(res, "0001-loader-gemma3.patch")
+    assert e["state"] != "obsolete" and "is not in the cache (a partial clone lacks its content)" in e["probe_errors"][0]
+
+
+def test_a_rebase_killed_at_its_first_write_leaves_nothing_after_abort(world):
+    from zimage_patcher.rebase import _area
+    commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
+    r = _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=1)
+    assert r.returncode == -9 and _area(world.overlay).exists()
+    r = _cli(world, "rebase", "--abort")
+    assert r.returncode == 2 and "no rebase in progress" in r.stderr
+    assert not _area(world.overlay).exists()
+
+
+def test_a_long_elif_chain_is_read_not_a_crash(zpatch, world):
+    """Found by an attack: a definition after some thousand elif branches (which nest a level each)."""
+    _with_probe(world, "defines mod.py Loader")
+    commit(world.gguf_up, {"mod.py": "if a:\n    pass\n" + "elif a:\n    pass\n" * 1500 + "Loader = 1\n"},
+           "upstream writes a long dispatch")
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run")
+    assert _entry(res)["state"] == "obsolete" and _entry(res)["fired"] == ["defines mod.py Loader"]
+
+
+def test_a_rebase_that_fails_before_writing_leaves_nothing_in_progress(zpatch, world, monkeypatch):
+    from zimage_patcher import rebase
+    from zimage_patcher.errors import Exit, ZpatchError
+    commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
+    before = overlay_snapshot(world)
+
+    def fail(*a, **k):
+        raise ZpatchError("injected failure while carrying a patch", Exit.ENVIRONMENT)
+    with monkeypatch.context() as m:
+        m.setattr(rebase, "_carry", fail)
+        r = zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=8)
+    assert "injected failure" in error_line(r) and overlay_snapshot(world) == before
+    assert "no rebase in progress" in error_line(zpatch("rebase", "--abort", expect=2))
+    assert [s for _, s in states(zpatch.json("rebase", "comfyui-gguf", "--onto", "main"))] == ["unchanged"] * 3
+
+
+@pytest.mark.parametrize("spelling", ["Obsolete-If: ", "obsolete-if: ", "Obsolete-If:"])
+def test_a_probe_that_fires_on_the_pin_is_a_check_problem(zpatch, world, spelling):
+    """However the field name is cased (DEP-3 ignores case), with or without a space: an attack found
+    lower-case probes silently ignored."""
     p = gguf_dir(world) / "0001-loader-gemma3.patch"
-    p.write_text(p.read_text().replace("Forwarded: no\n", "Forwarded: no\nObsolete-If: grep loader.py 'loader line 7'\n"))
+    p.write_text(p.read_text().replace("Forwarded: no\n", f"Forwarded: no\n{spelling}grep loader.py 'loader line 7'\n"))
     world.relock()
     res = zpatch.json("check", expect=1)
     assert [x["kind"] for x in res["problems"]] == ["probe"]
@@ -419,10 +506,14 @@ def test_an_edit_to_a_carried_patch_while_stopped_is_never_overwritten(zpatch, w
     assert b"USER NOTE" in p1.read_bytes()
 
 
-def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_finished(world):
+@pytest.mark.parametrize("adopts", [False, True])
+def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_finished(world, adopts):
     """Half-written, the overlay looks tampered: a new rebase, lock and export must say a rebase is in
-    progress (exit 10), not send the user to `zpatch lock` (which would bless the half-written state)."""
-    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    progress (exit 10), and check must not send the user to `zpatch lock` (which would bless the
+    half-written state) or to restoring a patch by hand (an attack found that hint when upstream adopts
+    a patch, whose file the rebase removes)."""
+    text = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n") if adopts else LOADER_PY
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + text}, "upstream inserts a line")
     before = overlay_snapshot(world)
     from zimage_patcher.rebase import _area
     for kill_at in range(8, 80):
@@ -435,8 +526,10 @@ def test_a_rebase_killed_while_writing_the_overlay_blocks_every_writer_until_fin
             r = _cli(world, *args)
             assert r.returncode == 10 and "in progress" in r.stderr, (kill_at, args, r.stderr)
         r = _cli(world, "check", "--json")     # reads on, but sends the user to the rebase, not to `lock`
-        hints = [p["hint"] for p in json.loads(r.stdout)["problems"]]
-        assert not any("zpatch lock" in (h or "") for h in hints), (kill_at, hints)
+        res = json.loads(r.stdout)
+        hints = [p["hint"] for p in res["problems"]]
+        assert res["rebase_in_progress"] is True
+        assert not any("zpatch lock" in (h or "") or "restore" in (h or "") for h in hints), (kill_at, hints)
         r = _cli(world, "rebase", "--abort")
         assert r.returncode == 0 and overlay_snapshot(world) == before, (kill_at, r.stderr)
         if any("zpatch rebase --continue, or --abort" in (h or "") for h in hints):

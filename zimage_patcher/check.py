@@ -25,8 +25,8 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
         note(p.kind, p.error, **({"upstream": p.upstream} if p.upstream else {}),
              **({"patch": p.patch} if p.patch else {}))
     if ov is None:
-        _during_rebase(root, problems)
-        return {"overlay": str(root), "clean": False, "problems": problems, "series": []}
+        busy = _during_rebase(root, problems)
+        return {"overlay": str(root), "clean": False, "problems": problems, "series": [], "rebase_in_progress": busy}
     complete = {s.upstream.name: s for s in ov.series}
     report = []
     for up in ov.lock.upstreams:
@@ -47,11 +47,9 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
                 note("upstream", e, upstream=up.name)
                 continue
             for p in s.patches:      # a probe that fires on the pin is wrong, or the patch is not needed
-                try:
-                    hits = probes.fired(p, mirror, up.commit)
-                except ZpatchError as e:
+                hits, errors = probes.evaluate(p, mirror, up.commit)
+                for e in errors:
                     note("probe", e, upstream=up.name, patch=p.name)
-                    continue
                 for h in hits:
                     note("probe", f"{p.path}: Obsolete-If: {h} already fires on the pin {up.commit[:12]}",
                          upstream=up.name, patch=p.name)
@@ -60,13 +58,19 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
             for f in fails:
                 note("conflict", f"{up.name}: " + diagnose.one_line(f), upstream=up.name, patch=f["patch"],
                      failure=f)
-    _during_rebase(root, problems)
-    return {"overlay": str(root), "clean": not problems, "problems": problems, "series": report}
+    busy = _during_rebase(root, problems)
+    return {"overlay": str(root), "clean": not problems, "problems": problems, "series": report,
+            "rebase_in_progress": busy}
 
 
-def _during_rebase(root: Path, problems: list[dict]) -> None:
-    """A rebase stopped or killed while writing leaves patches that differ from the lock: following the
-    usual "run `zpatch lock`" hint would bless a half-written overlay, so point at the rebase instead."""
+REBASE_HINT = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
+_OVERLAY_KINDS = ("lock", "series", "patch", "hash", "layout", "overlay")
+
+
+def _during_rebase(root: Path, problems: list[dict]) -> bool:
+    """A rebase stopped or killed while writing leaves patches that differ from the lock: the usual
+    hints ("run `zpatch lock`", "restore the file") would bless or undo it by hand, so point at the
+    rebase instead. Returns whether one is in progress."""
     from . import rebase
     try:
         busy = rebase.in_progress(root) is not None
@@ -74,8 +78,9 @@ def _during_rebase(root: Path, problems: list[dict]) -> None:
         busy = True      # a damaged state is still a rebase in progress
     if busy:
         for p in problems:
-            if p["hint"] and "zpatch lock" in p["hint"]:
-                p["hint"] = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
+            if p["kind"] in _OVERLAY_KINDS or (p["hint"] and "zpatch lock" in p["hint"]):
+                p["hint"] = REBASE_HINT
+    return busy
 
 
 def exit_code(result: dict) -> Exit:

@@ -119,6 +119,8 @@ def markdown(report: dict) -> str:
             if p.get("also_conflict") or p["state"] == "conflict":
                 note += (" and conflicts" if p["state"] == "obsolete" else "") + \
                     f" in {', '.join(f'`{f}`' for f in p.get('files', []))}"
+            if p.get("probe_errors"):
+                note += f" (probe not read: {'; '.join(p['probe_errors'])})".replace("|", "\\|")
             out.append(f"| `{p['name']}` | {note} |")
         for p in u["patches"]:
             if p.get("hunks"):       # the commits that touched the lines of each conflicting hunk

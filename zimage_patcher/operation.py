@@ -172,7 +172,7 @@ def _put_back(root: Path, keep: Path, c: Change) -> str:
     import shlex
     target = shlex.quote(str(root / c.full))
     if c.before is None:
-        return f"remove {target} (it did not exist before)"
+        return f"rm -- {target}"       # it did not exist before the run
     if c.store is None:
         return f"cp {shlex.quote(str(keep / c.before))} {target}"
     return f"git -C {shlex.quote(str(root / c.store))} cat-file blob {c.before} > {target}"

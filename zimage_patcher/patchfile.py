@@ -14,6 +14,7 @@ _DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
 _ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
 _DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description", "Obsolete-If",
          "Bug", "Applied-Upstream", "Upstream-License")
+_DEP3_KEYS = {k.lower(): k for k in _DEP3}
 
 
 @dataclass
@@ -208,8 +209,9 @@ def _parse_message(patch: Patch, head: list[str]) -> None:
             subject.append(line.strip())
             continue
         in_subject = False
-        key, sep, value = line.partition(": ")
-        if sep and key in _DEP3:
+        key, sep, value = line.partition(":")
+        key = _DEP3_KEYS.get(key.lower()) if sep else None    # DEP-3 field names ignore case
+        if key:
             patch.headers[key] = value.strip()
             if key == "Obsolete-If":
                 patch.probes.append(value.strip())

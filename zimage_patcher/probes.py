@@ -31,6 +31,7 @@ from .patchfile import Patch
 from .worktree import rel_parts
 
 
+MAX_SOURCE = 4_000_000      # bytes: Python's parser needs some 400 bytes of memory per byte of source
 NAME = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\(([A-Za-z_]\w*)\))?", re.ASCII)
 
 
@@ -42,11 +43,26 @@ class Probe:
     text: str           # as written, for reports
 
     def fires(self, repo: Path, commit: str) -> bool:
-        if self.kind == "defines":
-            source = git.show_blob(repo, commit, self.path)
-            return source is not None and defines(source, self.pattern, where=f"{self.path} at {commit[:12]}")
+        entry = self._entry(repo, commit)
         if self.kind == "missing":   # the tree's listing, not the blob: a partial mirror lacks blobs, not names
-            return not git.run(["ls-tree", commit, "--", f":(literal){self.path}"], cwd=repo).stdout.strip()
+            return entry is None
+        if entry is None or entry[1] != "blob":      # absent, or a folder or submodule: not a file to read
+            return False
+        mode, _, blob = entry
+        where = f"upstream's {self.path} at {commit[:12]}"
+        if mode == "120000":         # its blob is the link's target text, not the file it points to
+            raise ZpatchError(f"Obsolete-If: {self.text}: {where} is a symlink", Exit.BAD_OVERLAY,
+                              hint="name the file the link points to")
+        if self.kind == "defines":
+            source = git.read_blob(repo, blob)
+            if source is None:
+                raise self._unreadable(where)
+            if len(source) > MAX_SOURCE:
+                raise ZpatchError(f"Obsolete-If: {self.text}: {where} is over {MAX_SOURCE // 1_000_000} MB",
+                                  Exit.BAD_OVERLAY, hint="use a `grep` probe for a file that large")
+            return defines(source, self.pattern, where=where)
+        if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok:
+            raise self._unreadable(where)      # git grep would just find nothing in it
         try:
             r = git.run(["grep", "-q", "-E", "-e", self.pattern, commit, "--", f":(literal){self.path}"], cwd=repo,
                         check=False, timeout=20)
@@ -57,6 +73,21 @@ class Probe:
             raise ZpatchError(f"Obsolete-If: {self.text}: git grep failed: {r.last_line()}", Exit.BAD_OVERLAY,
                               hint="fix the regular expression (POSIX extended syntax)")
         return r.returncode == 0
+
+    def _entry(self, repo: Path, commit: str) -> tuple[str, str, str] | None:
+        """(mode, type, object id) of the probe's path at COMMIT; None when the tree has no such path."""
+        out = git.run(["ls-tree", "-z", commit, "--", f":(literal){self.path}"], cwd=repo).stdout
+        for item in out.split("\0"):
+            meta, _, name = item.partition("\t")
+            if name == self.path:
+                mode, kind, oid = meta.split()
+                return mode, kind, oid
+        return None
+
+    def _unreadable(self, where: str) -> ZpatchError:
+        return ZpatchError(f"Obsolete-If: {self.text}: {where} is not in the cache (a partial clone lacks its "
+                           "content)", Exit.UNREACHABLE,
+                           hint="fetch the upstream without a blob filter, or use a `missing` probe")
 
 
 def parse(patch: Patch) -> list[Probe]:
@@ -95,9 +126,29 @@ def parse(patch: Patch) -> list[Probe]:
     return out
 
 
+def evaluate(patch: Patch, repo: Path, commit: str) -> tuple[list[str], list[ZpatchError]]:
+    """The probes of PATCH that fire on COMMIT of REPO (as written), and the errors of those that
+    could not be read (a malformed probe, an unreadable file): one bad probe does not hide the others."""
+    try:
+        found = parse(patch)
+    except ZpatchError as e:
+        return [], [e]
+    hits, errors = [], []
+    for p in found:
+        try:
+            if p.fires(repo, commit):
+                hits.append(p.text)
+        except ZpatchError as e:
+            errors.append(e)
+    return hits, errors
+
+
 def fired(patch: Patch, repo: Path, commit: str) -> list[str]:
-    """The probes of PATCH that fire on COMMIT of REPO, as written."""
-    return [p.text for p in parse(patch) if p.fires(repo, commit)]
+    """The probes of PATCH that fire on COMMIT of REPO, as written; raises the first error."""
+    hits, errors = evaluate(patch, repo, commit)
+    if errors:
+        raise errors[0]
+    return hits
 
 
 def defines(source: bytes, name: str, where: str = "the module") -> bool:
@@ -132,23 +183,34 @@ def defines(source: bytes, name: str, where: str = "the module") -> bool:
 
 
 def _binding(body: list[ast.stmt], name: str) -> ast.AST | None:
-    """The last statement of BODY (and of the blocks nested in it, not of functions) that binds NAME."""
+    """The last statement in source order of BODY, and of the blocks nested in it (if, try, with,
+    for, while, match; not functions), that binds NAME. A work list, not recursion: upstream's long
+    elif chains nest a level per branch."""
     found = None
-    for st in body:
+    todo = list(body)
+    while todo:
+        st = todo.pop()
         if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             hit = st.name == name
-        elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = st.targets if isinstance(st, ast.Assign) else [st.target]
+        elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor, ast.With,
+                             ast.AsyncWith)):
+            if isinstance(st, ast.Assign):
+                targets = st.targets
+            elif isinstance(st, (ast.With, ast.AsyncWith)):
+                targets = [i.optional_vars for i in st.items if i.optional_vars is not None]
+            else:
+                targets = [st.target]
             hit = any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and n.id == name
                       for t in targets for n in ast.walk(t))
         elif isinstance(st, (ast.Import, ast.ImportFrom)):
             hit = any((a.asname or a.name.split(".")[0]) == name for a in st.names)
         else:
             hit = False
-            for block in ("body", "orelse", "finalbody", "handlers"):
-                for sub in getattr(st, block, None) or []:
-                    inner = _binding(sub.body if isinstance(sub, ast.ExceptHandler) else [sub], name)
-                    found = inner or found
-        if hit:
+        if hit and (found is None or (st.lineno, st.col_offset) > (found.lineno, found.col_offset)):
             found = st
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                break
+            for sub in getattr(st, block, None) or []:
+                todo.extend(sub.body if isinstance(sub, (ast.ExceptHandler, ast.match_case)) else [sub])
     return found

@@ -72,11 +72,11 @@ def _check_state(op: dict) -> None:
         sha1(e.get("commit"), optional=True)
         if "data_sha256" in e and not re.fullmatch(r"[0-9a-f]{64}", e["data_sha256"]):
             raise ValueError(e)
-        if not all(isinstance(x, str) for k in ("fired", "files", "upstream_commits") for x in e.get(k, [])):
+        if not all(isinstance(x, str) for k in ("fired", "files", "upstream_commits", "probe_errors") for x in e.get(k, [])):
             raise ValueError(e)
     cur = op.get("current")
     if cur is not None and not (isinstance(cur["name"], str) and all(isinstance(x, str) for k in
-                                ("fired", "files", "upstream_commits") for x in cur.get(k, []))):
+                                ("fired", "files", "upstream_commits", "probe_errors") for x in cur.get(k, []))):
         raise ValueError(cur)
     for e in [*op["done"], *([cur] if cur else [])]:
         for h in e.get("hunks", []):
@@ -202,7 +202,14 @@ def _carry(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str) -
     """Try P on the tip (ONTO plus the patches carried so far). Probes and the upstream commits to
     blame are read on ONTO, upstream's own tree. Returns {state, commit?, fired?, files?}; the patch
     text of a commit is formatted later, for the whole series at once (_format)."""
-    fired = probes.fired(p, repo, onto)
+    fired, errors = probes.evaluate(p, repo, onto)
+    res = _carry_on(repo, tip, p, old_pin, onto, pre, fired)
+    if errors:     # reported with the patch, never a reason to stop carrying it (`check` insists on them)
+        res["probe_errors"] = [e.message for e in errors]
+    return res
+
+
+def _carry_on(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str, fired: list[str]) -> dict:
     idx = tip.idx
     tip.load()
     if not idx.apply([p.path]).ok:       # a failed apply writes nothing: the index is still the tip
@@ -283,9 +290,9 @@ def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated:
     _save(ov.root, op)
     try:
         return _resume(ov, op)
-    except ZpatchError:
-        # refused before any write to the overlay (a probe that cannot be read, say): as if never started,
-        # so the user fixes the cause and reruns instead of aborting first
+    except Exception:
+        # refused (or a bug) before any write to the overlay: as if never started, so the user fixes the
+        # cause and reruns instead of aborting first
         if operation.pending(_area(ov.root) / operation.JOURNAL_NAME) is None:
             _forget(ov.root)
         raise
@@ -386,7 +393,8 @@ def _stop(ov: Overlay, s: Series, op: dict, p: Patch, res: dict) -> dict:
     git.run(["apply", "--3way", str(p.path)], cwd=repo, check=False)
     merged = bool(git.run(["ls-files", "-u"], cwd=repo).stdout.strip())
     op["current"] = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
-                     "hunks": res.get("hunks", []), "fired": res.get("fired", []), "markers": merged}
+                     "hunks": res.get("hunks", []), "fired": res.get("fired", []), "markers": merged,
+                     **({"probe_errors": res["probe_errors"]} if res.get("probe_errors") else {})}
     _save(ov.root, op)
     return _report(ov, s, op, stopped=True, scratch=repo)
 
@@ -493,6 +501,8 @@ def _resume_locked(ov_root: Path, action: str) -> dict:
         _forget(ov_root)
         return {"aborted": True, "upstream": None, "recovered": said}
     if op is None:
+        if operation.pending(_area(ov_root) / operation.JOURNAL_NAME) is None:
+            shutil.rmtree(_area(ov_root), ignore_errors=True)   # what a rebase killed at its first write left
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
     said, done = recover(ov_root, op)
     if done:     # killed after its commit point: nothing is left to continue, skip or abort

@@ -156,6 +156,10 @@ class Workspace:
             said = operation.recover(self.checkout, self.journal, self.zdir / record.RECORD_NAME)
             if said:
                 record.collect_garbage(self.zdir, record.load(self.zdir))
+            # temp files of a run killed before its journal existed: nothing to roll, only litter
+            for tmp in [*self.zdir.glob("*.tmp"), *self.zdir.glob("patches/*.tmp")]:
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink()
             yield said
 
     def commit(self, kind: str, changes: list[Change], new: Record | None, copies: list[bytes],
@@ -510,8 +514,9 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
     ws = Workspace.open(ov, checkout)
     result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
               "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
-    if not ws.journal.exists():
-        # the no-op fast path reads files only: no lock, no git. A run in flight has a journal.
+    if not ws.journal.exists() and not ws.journal.with_name(ws.journal.name + ".tmp").exists():
+        # the no-op fast path reads files only: no lock, no git. A run in flight has a journal (or was
+        # killed writing it: the locked path below sweeps what it left).
         rec = ws.load_record()
         if _fast_noop(ws, rec):
             result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]

@@ -79,22 +79,27 @@ class Context:
 
     def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
+        self.rebase_busy = False     # set by overlay_root: an invalid overlay is then the rebase's doing
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
         if for_writing and self.command != "rebase":
             from .. import rebase
             rebase.refuse_in_progress(root, self.command)
-        if self.command != "rebase" and not self.as_json:
+        if self.command != "rebase":
             from .. import rebase
             try:
                 op = rebase.in_progress(root)
             except ZpatchError as e:     # not this command's business: say it, and go on
-                warn(f"{e.message} ({e.hint})")
+                self.rebase_busy = True
+                if not self.as_json:
+                    warn(f"{e.message} ({e.hint})")
                 op = None
             if op:   # stopped or killed: say so wherever the maintainer looks next
-                warn(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
-                     "zpatch rebase --continue, --skip or --abort")
+                self.rebase_busy = True
+                if not self.as_json:
+                    warn(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
+                         "zpatch rebase --continue, --skip or --abort")
         return root
 
     def load(self, verify: bool = True):
@@ -216,6 +221,9 @@ def command(name: str, help_example: str):
                         traceback.print_exc()
                     raise _internal(name, e)
             except ZpatchError as e:
+                if ctx.rebase_busy and e.exit_code == Exit.BAD_OVERLAY:
+                    from ..check import REBASE_HINT
+                    e.hint = REBASE_HINT      # not "zpatch lock" or "restore the file": that undoes the rebase by hand
                 if as_json:
                     click.echo(envelope(name, False, e.to_json()))
                 else:

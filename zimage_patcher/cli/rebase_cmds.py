@@ -17,6 +17,7 @@ def _text(res: dict) -> str:
         elif p["state"] == "conflict":
             extra = f"  in {', '.join(p.get('files', []))}"
         lines.append(f"  {p['state']:<10} {p['name']}{extra}")
+        lines += [f"    warning: probe not read: {m}" for m in p.get("probe_errors", [])]
         if p["state"] != "conflict":
             continue
         for h in p.get("hunks", []):      # the upstream commits that touched the lines of each hunk
