@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Exit, ZpatchError
-from .worktree import fault_point, rel_parts, write_atomic
+from .worktree import fault_point, rel_parts, sync_dirs, write_atomic
 
 RECORD_VERSION = 2
 RECORD_NAME = "record.json"
@@ -152,10 +152,14 @@ def store_copies(zdir: Path, blobs: list[bytes]) -> None:
     """Content-addressed copies: writing one that exists is a no-op, so this is safe to repeat."""
     d = zdir / "patches"
     d.mkdir(parents=True, exist_ok=True)
+    wrote = False
     for blob in blobs:
         path = d / digest(blob)
         if not path.is_file():   # the record names it: durable before the record is (0.3 ms a patch here)
-            write_atomic(path, blob)
+            write_atomic(path, blob, sync_folder=False)
+            wrote = True
+    if wrote:
+        sync_dirs([d, zdir])
 
 
 def copy_path(zdir: Path, ref: PatchRef) -> Path:

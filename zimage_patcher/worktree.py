@@ -214,9 +214,10 @@ def sync_files(paths) -> None:
     sync_dirs([*held, *(p.parent for p in held)])
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: bool | None = None) -> None:
     """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
-    SYNC: also durable across a power cut once it returns (the file, then its folder)."""
+    SYNC: also durable across a power cut once it returns (the file, then its folder; SYNC_FOLDER
+    False leaves the folder to a caller that writes many files there and syncs it once)."""
     tmp = path.with_name(path.name + ".tmp")
     if os.path.lexists(tmp):
         if not stat.S_ISREG(os.lstat(tmp).st_mode):
@@ -234,7 +235,7 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
         os.close(fd)
     fault_point()
     os.replace(tmp, path)
-    if sync:
+    if sync if sync_folder is None else sync_folder:
         sync_dirs([path.parent])
     fault_point()
 
