@@ -126,3 +126,14 @@ def test_both_workflows_pass_actionlint():
         assert all(re.fullmatch(r"[0-9a-f]{40}", u) for u in re.findall(r"uses: [^@\s]+@(\S+)", text)), f.name
         assert "permissions:" in text and "concurrency:" in text
         assert "download.pytorch.org/whl/cpu" in text      # a runner must not download CUDA builds
+
+
+def test_a_pipe_in_a_probe_never_splits_a_markdown_cell(zpatch, world):
+    """Found by an attack: `grep loader.py 'a|b'` broke the table (a `|` splits a cell even in backticks)."""
+    p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace("Forwarded: no\n", "Forwarded: no\nObsolete-If: grep loader.py 'native|nope'\n"))
+    world.relock()
+    commit(world.gguf_up, {"loader.py": LOADER_PY + "native tokenizer\n"}, "upstream builds the tokenizer itself")
+    md = zpatch("drift", "--upstream", "comfyui-gguf", "--markdown", expect=11).stdout
+    row = next(l for l in md.splitlines() if l.startswith("| `0002-loader-tokenizer.patch`"))
+    assert len(re.findall(r"(?<!\\)\|", row)) == 3 and "native\\|nope" in row, row

@@ -236,6 +236,54 @@ def test_a_rebase_killed_at_its_first_write_leaves_nothing_after_abort(world):
     assert not _area(world.overlay).exists()
 
 
+def test_a_symlinked_folder_above_a_probed_path_is_an_error_not_an_answer(zpatch, world):
+    """Found by an attack: upstream moved pkg/ to impl/ and left a link pkg -> impl; `missing pkg/mod.py`
+    fired (the patch would have been dropped) although the module still imports through the link."""
+    commit(world.gguf_up, {"pkg/mod.py": "Loader = 1\n"}, "upstream adds pkg")
+    subprocess.run(["git", "mv", "pkg", "impl"], cwd=world.gguf_up, check=True)
+    os.symlink("impl", world.gguf_up / "pkg")
+    commit(world.gguf_up, {}, "upstream moves pkg to impl, keeps a link")
+    for probe in ("missing pkg/mod.py", "defines pkg/mod.py Loader", "grep pkg/mod.py Loader"):
+        p = gguf_dir(world) / "0002-loader-tokenizer.patch"
+        p.write_text(re.sub(r"Obsolete-If: .*\n", "", p.read_text()))
+        _with_probe(world, probe)
+        e = _entry(zpatch.json("rebase", "comfyui-gguf", "--onto", "main", "--dry-run"))
+        assert e["state"] != "obsolete" and "pkg at" in e["probe_errors"][0] and "is a symlink" in e["probe_errors"][0]
+
+
+def test_defines_answers_what_importing_would():
+    from zimage_patcher.probes import defines
+    src = (b"from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n    from x import Reader\n"
+           b"else:\n    Other = 1\nif typing.TYPE_CHECKING:\n    import y\n"
+           b"class C:\n    GEMMA3: int\n    B: int = 2\nREADER: object\n")
+    assert [n for n in ("Reader", "Other", "y", "C.GEMMA3", "C.B", "READER", "TYPE_CHECKING")
+            if defines(src, n)] == ["Other", "C.B", "TYPE_CHECKING"]
+
+
+def test_dep3_fields_are_read_as_written_and_never_below_the_cut_line():
+    """Found by an attack: matching every field in any case took prose ("origin: of the bug") for a
+    header, and a probe below `---` (which git am drops) was still read."""
+    from zimage_patcher import patchfile
+    head = ("From 0 Mon Sep 17 00:00:00 2001\nSubject: [PATCH] x\n\norigin: of the bug is NumPy 2.\n"
+            "obsolete-if: grep a.py 'x'\nObsolete-If:grep a.py 'y'\n---\nObsolete-If: grep a.py 'z'\n"
+            " a.py | 1 +\n\n")
+    diff = "diff --git a/a.py b/a.py\n--- a/a.py\n+++ b/a.py\n@@ -1 +1 @@\n-a\n+b\n"
+    p = patchfile.parse("t.patch", (head + diff).encode())
+    assert "Origin" not in p.headers
+    assert p.probes == ["grep a.py 'x'", "grep a.py 'y'"]
+
+
+def test_last_update_is_stamped_however_the_field_is_spaced(zpatch, world):
+    p = gguf_dir(world) / "0001-loader-gemma3.patch"
+    p.write_text(re.sub(r"Last-Update: .*", "Last-Update:2020-01-01", p.read_text()))
+    world.relock()
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    zpatch("rebase", "comfyui-gguf", "--onto", "main")
+    import datetime
+    text = p.read_text()
+    assert f"Last-Update: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}" in text and "2020-01-01" not in text
+
+
 def test_a_long_elif_chain_is_read_not_a_crash(zpatch, world):
     """Found by an attack: a definition after some thousand elif branches (which nest a level each)."""
     _with_probe(world, "defines mod.py Loader")

@@ -627,3 +627,22 @@ def test_json_ok_is_false_whenever_the_exit_code_is_two_or_more(zpatch, world, t
     from zimage_patcher.cli import main
     r = CliRunner().invoke(main, ["apply", "--json=1", "x"])
     assert r.exit_code == 2 and json.loads(r.stdout)["ok"] is False
+
+
+def test_the_hint_for_an_edited_file_a_patch_created_is_a_command_that_works(zpatch, world, checkout):
+    """Found by an attack: the hint said `git diff` and `git checkout`, which know nothing of a file
+    a patch created (untracked)."""
+    import shlex
+    zpatch("apply", checkout)
+    mine = checkout / "custom_nodes/ComfyUI-GGUF/tokenizer_util.py"
+    assert mine.exists()
+    mine.write_text("MINE = 1\n")
+    world.build_overlay(comfy_edits=[("sd: v2", {"comfy/sd.py": replace_line(SD_PY, "line 12 of sd.py\n",
+                                                                              "line 12 V2\n")})])
+    r = zpatch("apply", checkout, expect=4)
+    assert "tokenizer_util.py: modified since zpatch applied it" in error_line(r)
+    hint = next(l for l in r.stderr.splitlines() if l.startswith("hint:"))
+    assert f"rm -- {shlex.quote(str(mine))}" in hint and "git checkout" not in hint and mine.read_text() == "MINE = 1\n"
+    mine.unlink()                        # the user follows it (after saving the edit)
+    zpatch("apply", checkout)
+    assert zpatch.json("status", checkout)["clean"]

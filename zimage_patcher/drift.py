@@ -120,8 +120,9 @@ def markdown(report: dict) -> str:
                 note += (" and conflicts" if p["state"] == "obsolete" else "") + \
                     f" in {', '.join(f'`{f}`' for f in p.get('files', []))}"
             if p.get("probe_errors"):
-                note += f" (probe not read: {'; '.join(p['probe_errors'])})".replace("|", "\\|")
-            out.append(f"| `{p['name']}` | {note} |")
+                note += f" (probe not read: {'; '.join(p['probe_errors'])})"
+            # a `|` splits a cell even inside backticks (a regex alternation in a probe, say)
+            out.append(f"| `{_cell(p['name'])}` | {_cell(note)} |")
         for p in u["patches"]:
             if p.get("hunks"):       # the commits that touched the lines of each conflicting hunk
                 for h in p["hunks"]:
@@ -183,3 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")

@@ -14,7 +14,6 @@ _DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
 _ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
 _DEP3 = ("Origin", "Forwarded", "Upstream-Status", "Last-Update", "Author", "Description", "Obsolete-If",
          "Bug", "Applied-Upstream", "Upstream-License")
-_DEP3_KEYS = {k.lower(): k for k in _DEP3}
 
 
 @dataclass
@@ -209,9 +208,13 @@ def _parse_message(patch: Patch, head: list[str]) -> None:
             subject.append(line.strip())
             continue
         in_subject = False
+        if line == "---":        # below the cut line: git am (and so edit and export) drops the text
+            break
         key, sep, value = line.partition(":")
-        key = _DEP3_KEYS.get(key.lower()) if sep else None    # DEP-3 field names ignore case
-        if key:
+        # exact names, so prose such as "origin: of the bug" is no field; a probe in any case, since
+        # one silently ignored would never fire
+        key = "Obsolete-If" if key.lower() == "obsolete-if" else key
+        if sep and key in _DEP3:
             patch.headers[key] = value.strip()
             if key == "Obsolete-If":
                 patch.probes.append(value.strip())

@@ -31,7 +31,7 @@ from .patchfile import Patch
 from .worktree import rel_parts
 
 
-MAX_SOURCE = 4_000_000      # bytes: Python's parser needs some 400 bytes of memory per byte of source
+MAX_SOURCE = 4_000_000      # bytes: Python's parser needs up to some 700 bytes of memory per byte of source
 NAME = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\(([A-Za-z_]\w*)\))?", re.ASCII)
 
 
@@ -75,14 +75,21 @@ class Probe:
         return r.returncode == 0
 
     def _entry(self, repo: Path, commit: str) -> tuple[str, str, str] | None:
-        """(mode, type, object id) of the probe's path at COMMIT; None when the tree has no such path."""
-        out = git.run(["ls-tree", "-z", commit, "--", f":(literal){self.path}"], cwd=repo).stdout
+        """(mode, type, object id) of the probe's path at COMMIT; None when the tree has no such path.
+        A folder on the way that is a symlink is an error: the path may well exist through it."""
+        parts = self.path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        out = git.run(["ls-tree", "-z", commit, "--", *(f":(literal){x}" for x in prefixes)], cwd=repo).stdout
+        found = {}
         for item in out.split("\0"):
             meta, _, name = item.partition("\t")
-            if name == self.path:
-                mode, kind, oid = meta.split()
-                return mode, kind, oid
-        return None
+            if name in prefixes:
+                found[name] = tuple(meta.split())
+        for folder in prefixes[:-1]:
+            if found.get(folder, ("",))[0] == "120000":
+                raise ZpatchError(f"Obsolete-If: {self.text}: upstream's {folder} at {commit[:12]} is a symlink",
+                                  Exit.BAD_OVERLAY, hint="name the path through the folder the link points to")
+        return found.get(self.path)
 
     def _unreadable(self, where: str) -> ZpatchError:
         return ZpatchError(f"Obsolete-If: {self.text}: {where} is not in the cache (a partial clone lacks its "
@@ -192,6 +199,8 @@ def _binding(body: list[ast.stmt], name: str) -> ast.AST | None:
         st = todo.pop()
         if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             hit = st.name == name
+        elif isinstance(st, ast.AnnAssign) and st.value is None:
+            hit = False          # `NAME: int` only annotates: importing binds nothing
         elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor, ast.With,
                              ast.AsyncWith)):
             if isinstance(st, ast.Assign):
@@ -211,6 +220,15 @@ def _binding(body: list[ast.stmt], name: str) -> ast.AST | None:
         for block in ("body", "orelse", "finalbody", "handlers", "cases"):
             if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 break
+            if block == "body" and _type_checking(st):
+                continue         # only type checkers run it
             for sub in getattr(st, block, None) or []:
                 todo.extend(sub.body if isinstance(sub, (ast.ExceptHandler, ast.match_case)) else [sub])
     return found
+
+
+def _type_checking(st: ast.stmt) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`, false whenever the module is imported."""
+    t = getattr(st, "test", None) if isinstance(st, ast.If) else None
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or \
+        (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")

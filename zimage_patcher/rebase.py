@@ -123,7 +123,7 @@ def _today() -> str:
 def _stamp(data: bytes) -> bytes:
     """DATA with its message's DEP-3 Last-Update set to today: a patch that moved says when."""
     head, sep, diff = data.partition(b"\ndiff --git ")
-    head = re.sub(rb"^Last-Update: .*$", f"Last-Update: {_today()}".encode(), head, count=1, flags=re.M)
+    head = re.sub(rb"^Last-Update:.*$", f"Last-Update: {_today()}".encode(), head, count=1, flags=re.M)
     return head + sep + diff
 
 

@@ -353,10 +353,15 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
         if ur:
             edited = _user_edits(t, ur)
             if edited:
-                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
-                                  Exit.BAD_CHECKOUT,
-                                  hint=f"save your edit (git -C {t.repo} diff > my.patch), restore the file "
-                                       "with git checkout, then rerun")
+                import shlex
+                path = t.repo / edited[0]
+                if git.tree_blobs(t.repo, "HEAD", [edited[0]]):
+                    hint = (f"save your edit (git -C {shlex.quote(str(t.repo))} diff > my.patch), restore the file "
+                            f"with git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(edited[0])}, then rerun")
+                else:      # a patch created it: git knows nothing to diff or check out
+                    hint = f"save your edit (cp {shlex.quote(str(path))} ~/), then rm -- {shlex.quote(str(path))} and rerun"
+                raise ZpatchError(f"{path}: modified since zpatch applied it; refusing to overwrite",
+                                  Exit.BAD_CHECKOUT, hint=hint)
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
         head = git.tree_blobs(t.repo, "HEAD", fresh)
