@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,7 +170,6 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
 
 def _put_back(root: Path, keep: Path, c: Change) -> str:
     """How the user restores C's BEFORE by hand, as a command to copy."""
-    import shlex
     target = shlex.quote(str(root / c.full))
     if c.before is None:
         return f"rm -- {target}"       # it did not exist before the run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -353,7 +354,6 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
         if ur:
             edited = _user_edits(t, ur)
             if edited:
-                import shlex
                 path = t.repo / edited[0]
                 if git.tree_blobs(t.repo, "HEAD", [edited[0]]):
                     hint = (f"save your edit (git -C {shlex.quote(str(t.repo))} diff > my.patch), restore the file "
