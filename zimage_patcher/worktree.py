@@ -184,33 +184,29 @@ def remove_pyc(root: Path, rel_dir: str, stem: str) -> str | None:
     return cache
 
 
+def _fsync(path, flags: int) -> bool:
+    """fsync PATH opened with FLAGS (never through a symlink); False when it is not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def sync_dirs(paths) -> None:
     """fsync each folder in PATHS that exists: a rename or unlink inside it survives a power cut only
     once its folder is synced (rename(2) orders nothing on disk by itself)."""
     for path in sorted(set(map(str, paths))):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path, os.O_DIRECTORY)
 
 
 def sync_files(paths) -> None:
-    """fsync each regular file in PATHS that exists, then the folders that hold them."""
-    held = set()
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        held.add(Path(path).parent)
+    """fsync each file in PATHS that exists, then the folders that hold them."""
+    held = {Path(path).parent for path in paths if _fsync(path, 0)}
     sync_dirs([*held, *(p.parent for p in held)])
 
 
