@@ -64,25 +64,103 @@ def test_upstreamed_and_obsolete_that_also_conflicts(zpatch, world):
     assert p2["state"] == "obsolete" and p2["also_conflict"] and p2["fired"]
 
 
-def test_a_clean_text_rebase_whose_smoke_fails_is_its_own_class(zpatch, world):
-    """The fixtures' ComfyUI is a stub: the series carries forward as text, the smoke cannot render."""
+def _smoke_python(tmp_path) -> str:
+    from testing import stub_smoke
+    return str(stub_smoke.install(tmp_path / "stub-bin"))
+
+
+def test_a_clean_text_rebase_whose_smoke_fails_is_its_own_class_and_is_bisected(zpatch, world, tmp_path,
+                                                                                  monkeypatch):
+    """The series carries onto every commit as text; the smoke fails from the fourth commit on. The
+    bisection names that commit, spends log2 smokes, and offers the commit before it as the target."""
+    log = tmp_path / "smokes.jsonl"
+    monkeypatch.setenv("STUB_SMOKE_LOG", str(log))
+    line = [commit(world.gguf_up, {f"work{i}.py": f"x = {i}\n"}, f"upstream work {i}") for i in range(1, 4)]
+    bad = commit(world.gguf_up, {"nodes2.py": "# SMOKE: FAIL mat1 and mat2 shapes cannot be multiplied\n"},
+                 "upstream changes a shape")
+    line += [bad] + [commit(world.gguf_up, {f"more{i}.py": "y\n"}, f"more {i}") for i in range(4)]
+    r = drift(zpatch, "--smoke", "--python", _smoke_python(tmp_path), expect=7)
+    gguf = r["upstreams"][1]
+    assert r["class"] == "smoke-failed" and gguf["class"] == "smoke-failed"
+    assert r["upstreams"][0]["class"] == "current" and r["upstreams"][0]["smoke"]["passed"] is True
+    sm = gguf["smoke"]
+    assert sm["passed"] is False and sm["commit"] == line[-1]
+    assert sm["failure"]["error"].endswith("mat1 and mat2 shapes cannot be multiplied")
+    assert sm["bisect"]["first_bad"] == bad and sm["bisect"]["last_good"] == line[2]
+    assert gguf["target"] == line[2]
+    smokes = [json.loads(x) for x in log.read_text().splitlines()]
+    # the pins once (comfyui is current), the head once, then the bisection over 7 commits: 3 smokes
+    assert sm["bisect"]["smokes"] == 3 and len(smokes) == 1 + 1 + 3
+    assert all(s["comfyui"] == world.comfy_pin for s in smokes)     # each upstream is judged alone
+    assert f"zpatch drift --upstream comfyui-gguf --to {line[-1]} --smoke" in gguf["reproduce"]
+    md = zpatch("drift", "--from", _save(tmp_path, r), "--markdown", expect=7).stdout
+    assert "**Semantic bisect:** the smoke first fails at `" + bad[:12] + "` upstream changes a shape" in md
+    assert "--smoke" in md and "mat1 and mat2" in md
+
+
+def _save(tmp_path, report) -> str:
+    path = tmp_path / f"drift-{len(list(tmp_path.glob('drift-*.json')))}.json"
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_smoke_warnings_are_not_failures(zpatch, world, tmp_path):
+    commit(world.gguf_up, {"extra.py": "# SMOKE: WARN unet unexpected: ['norm_final.weight']\n"}, "upstream drops a module")
+    r = drift(zpatch, "--upstream", "comfyui-gguf", "--smoke", "--python", _smoke_python(tmp_path), expect=1)
+    sm = r["upstreams"][0]["smoke"]
+    assert r["class"] == "moved-clean" and sm["passed"] is True and sm["bisect"] is None
+    assert any("norm_final.weight" in str(w) for w in sm["warnings"])
+
+
+def test_smoke_runs_when_current_too(zpatch, world, tmp_path):
+    r = drift(zpatch, "--smoke", "--python", _smoke_python(tmp_path), expect=0)
+    assert [u["smoke"]["passed"] for u in r["upstreams"]] == [True, True]
+    assert {u["smoke"]["commit"] for u in r["upstreams"]} == {world.comfy_pin, world.gguf_pin}
+
+
+def test_smoke_of_one_upstream_fetches_the_other_on_a_fresh_cache(zpatch, world, tmp_path):
+    """A missing prerequisite is never a failed smoke: comfyui is brought into the cache first."""
+    shutil.rmtree(world.tmp / "cache", ignore_errors=True)
     commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
-    r = drift(zpatch, "--smoke", "--python", sys.executable, expect=7)
-    assert r["class"] == "smoke-failed" and r["smoke"]["passed"] is False
-    assert r["upstreams"][1]["class"] == "smoke-failed" and r["upstreams"][0]["class"] == "current"
+    r = drift(zpatch, "--upstream", "comfyui-gguf", "--smoke", "--python", _smoke_python(tmp_path), expect=1)
+    assert r["upstreams"][0]["smoke"]["passed"] is True
+    # offline with comfyui missing from the cache: the code for "not cached", not "smoke failed"
+    shutil.rmtree(world.tmp / "cache", ignore_errors=True)
+    zpatch("drift", "--upstream", "comfyui-gguf", expect=1)          # fills comfyui-gguf only
+    r = zpatch("drift", "--upstream", "comfyui-gguf", "--offline", "--smoke", "--python",
+               _smoke_python(tmp_path), expect=6)
+    assert "not cached" in r.output or "cache" in r.output
+
+
+def test_partial_advance_finds_the_newest_commit_the_series_moves_onto(zpatch, world):
+    line = [commit(world.gguf_up, {f"w{i}.py": "x\n"}, f"work {i}") for i in range(5)]
+    breaker = commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 NEW\n")},
+                     "upstream rewrites line 20")
+    line += [breaker] + [commit(world.gguf_up, {f"v{i}.py": "x\n"}, f"later {i}") for i in range(4)]
+    r = drift(zpatch, "--upstream", "comfyui-gguf", expect=5)
+    u = r["upstreams"][0]
+    adv = u["advance"]
+    assert u["class"] == "moved-conflict" and adv["exact"] is True
+    assert adv["target"] == line[4] and u["target"] == line[4]
+    assert adv["first_bad"] == breaker and adv["first_bad_patch"] == "0002-loader-tokenizer.patch"
+    assert adv["trials"] <= 4          # ceil(log2(10))
+    md = zpatch("drift", "--upstream", "comfyui-gguf", "--markdown", expect=5).stdout
+    assert "**Partial advance:**" in md and breaker[:12] in md and f"zpatch rebase comfyui-gguf --onto {line[4]}" in md
 
 
 def test_json_schema(zpatch, world):
     commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
     r = drift(zpatch, expect=1)
-    assert set(r) == {"schema", "command", "ok", "overlay", "upstreams", "class", "exit_code", "smoke"}
+    assert set(r) == {"schema", "command", "ok", "report_schema", "overlay", "upstreams", "class", "exit_code",
+                      "smoke"}
     assert set(r["upstreams"][0]) == {"name", "url", "branch", "ref", "pin", "head", "ahead", "touching", "patches",
-                                      "class", "smoke"}
+                                      "class", "target", "advance", "smoke", "reproduce"}
     assert set(r["upstreams"][1]["patches"][0]) >= {"name", "state"}
 
 
 def _normalized(text: str) -> str:
-    return re.sub(r"`[0-9a-f]{7,40}`", "`<commit>`", text)
+    text = re.sub(r"`[0-9a-f]{7,40}`", "`<commit>`", text)
+    return re.sub(r"--(to|onto) [0-9a-f]{40}", r"--\1 <commit>", text)
 
 
 def test_markdown_matches_the_reviewed_snapshot(zpatch, world):
@@ -99,19 +177,6 @@ def test_unreachable_upstream_is_the_tool_error_code(zpatch, world):
     shutil.rmtree(world.tmp / "cache", ignore_errors=True)
     r = zpatch("drift", expect=6)
     assert "cannot reach https://127.0.0.1:9/nobody/ComfyUI-GGUF" in r.stderr
-
-
-def test_workflow_decisions_and_their_keys():
-    from zimage_patcher.drift import outcome
-    got = {c: outcome({"class": c}) for c in ("current", "moved-clean", "upstreamed", "moved-conflict", "smoke-failed")}
-    assert [c for c, o in got.items() if o["pull_request"]] == ["moved-clean"]
-    assert [c for c, o in got.items() if o["issue"]] == ["upstreamed", "moved-conflict", "smoke-failed"]
-    assert [c for c, o in got.items() if o["close_issue"]] == ["current", "moved-clean"]
-    # one branch, one title, one label whatever the class: reruns update instead of duplicating
-    assert len({(o["branch"], o["issue_title"], o["pr_title"], o["label"]) for o in got.values()}) == 1
-    out = subprocess.run([sys.executable, "-m", "zimage_patcher.drift", "outcome", "/dev/stdin"],
-                         input=json.dumps({"class": "moved-clean"}), capture_output=True, text=True, cwd=ROOT)
-    assert "pull_request=true" in out.stdout.splitlines() and "issue=false" in out.stdout.splitlines()
 
 
 def test_both_workflows_pass_actionlint():

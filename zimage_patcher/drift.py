@@ -11,21 +11,29 @@ Classes, worst first (the exit code is the worst class over all upstreams):
   moved-clean     (1)  upstream moved and the series carries forward (perhaps refreshed)
   current         (0)  the pin is the head of the branch
 A patch can be upstreamed (its probe fired) and conflict at once; the report says both.
+
+Each upstream also gets a `target`: the commit a pull request should move its pin to. The head
+when the series carries onto it; when it does not (a conflict, or a failed smoke), the newest commit
+on the branch's first-parent line that still passes, found by bisection (`advance`, `smoke.bisect`),
+with the first commit that fails named. Each upstream is judged alone: its series moved, every other
+upstream at its pin, so one pull request per upstream can be merged independently.
 """
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from . import cache, git, lock as lockmod, rebase
-from .errors import Exit
-from .patchset import Overlay
+from .errors import Exit, ZpatchError
+from .patchset import Overlay, Series
 
 CLASSES = {"current": Exit.OK, "moved-clean": Exit.FINDINGS, "upstreamed": Exit.UPSTREAMED,
            "moved-conflict": Exit.CONFLICT, "smoke-failed": Exit.SMOKE_FAILED}
 ORDER = ["current", "moved-clean", "upstreamed", "moved-conflict", "smoke-failed"]
+MAX_TRIALS = 12      # trial applies for the partial advance: enough for 4,096 commits
+MAX_SMOKES = 6       # smokes for the semantic bisect (each is a whole generation)
+SCHEMA = 2           # of the report itself (`zpatch drift --from` refuses others)
 
 
 def _classify(patches: list[dict], ahead: int) -> str:
@@ -40,151 +48,266 @@ def _classify(patches: list[dict], ahead: int) -> str:
 
 
 def run(ov: Overlay, *, only: str | None = None, to: str | None = None, offline: bool = False,
-        smoke: bool = False, python: str | None = None) -> dict:
-    report = {"overlay": str(ov.root), "upstreams": [], "class": "current", "smoke": None}
+        smoke: bool = False, python: str | None = None, max_trials: int = MAX_TRIALS,
+        max_smokes: int = MAX_SMOKES) -> dict:
+    report = {"report_schema": SCHEMA, "overlay": str(ov.root), "upstreams": [], "class": "current",
+              "smoke": smoke}
+    mirrors: dict[str, Path] = {}
     for s in ov.series:
-        up = s.upstream
-        if only and up.name != only:
+        if only and s.upstream.name != only:
             continue
-        ref = to or f"origin/{up.branch}"
-        mirror, head = cache.resolve(up.url, up.commit, ref, offline=offline)
-        files = sorted({f for p in s.patches for f in p.files})
-        touching = git.run(["log", "--format=%H %s", f"{up.commit}..{head}", "--", *files], cwd=mirror).stdout
-        res = rebase.start(ov, up.name, ref, dry_run=True, offline=True, allow_unrelated=bool(to))
-        patches = [{k: v for k, v in p.items() if k not in ("commit", "data_sha256")} for p in res["patches"]]
-        for p in patches:
-            if p["state"] == "obsolete" and p.get("files"):
-                p["also_conflict"] = True
-        entry = {"name": up.name, "url": up.url, "branch": up.branch, "ref": ref, "pin": up.commit, "head": head,
-                 "ahead": res["ahead"], "touching": [dict(zip(("commit", "subject"), l.split(" ", 1)))
-                                                     for l in touching.splitlines()],
-                 "patches": patches, "class": _classify(patches, res["ahead"]), "smoke": None}
+        entry, mirrors[s.upstream.name] = _analyse(ov, s, to=to, offline=offline)
+        if entry["class"] == "moved-conflict":
+            head_conflict = next(p["name"] for p in entry["patches"] if p.get("files"))
+            entry["advance"] = advance(s, mirrors[s.upstream.name], entry["pin"], entry["head"],
+                                       head_conflict=head_conflict, max_trials=max_trials)
+            entry["target"] = entry["advance"]["target"]
         report["upstreams"].append(entry)
-    if smoke and any(u["class"] in ("moved-clean", "upstreamed") for u in report["upstreams"]):
-        report["smoke"] = _smoke(ov, report, python=python, offline=offline)
-        if not report["smoke"]["passed"]:
-            for u in report["upstreams"]:
-                if u["class"] in ("moved-clean", "upstreamed"):
-                    u["class"] = "smoke-failed"
+    if smoke and report["upstreams"]:
+        smoker = _Smoker(ov, python=python, offline=offline)
+        for entry in report["upstreams"]:
+            s = next(x for x in ov.series if x.upstream.name == entry["name"])
+            entry["smoke"] = _smoke_entry(smoker, s, mirrors[entry["name"]], entry, max_smokes=max_smokes)
+    for entry in report["upstreams"]:
+        entry["reproduce"] = _reproduce(entry, smoke=smoke)
     if report["upstreams"]:
         report["class"] = max((u["class"] for u in report["upstreams"]), key=ORDER.index)
     report["exit_code"] = int(CLASSES[report["class"]])
     return report
 
 
-def _smoke(ov: Overlay, report: dict, *, python: str | None, offline: bool) -> dict:
-    """The rebased series on a scratch copy of the overlay, verified with the smoke generation."""
-    from . import patchset, verify
-    with tempfile.TemporaryDirectory(prefix="zpatch-drift-") as tmp:
-        copy = Path(tmp) / "overlay"
-        copy.mkdir()
-        shutil.copy2(ov.root / lockmod.LOCK_NAME, copy / lockmod.LOCK_NAME)
+def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[dict, Path]:
+    up = s.upstream
+    ref = to or f"origin/{up.branch}"
+    mirror, head = cache.resolve(up.url, up.commit, ref, offline=offline)
+    files = sorted({f for p in s.patches for f in p.files})
+    touching = git.run(["log", "--format=%H %s", f"{up.commit}..{head}", "--", *files], cwd=mirror).stdout
+    res = rebase.start(ov, up.name, head, dry_run=True, offline=True, allow_unrelated=bool(to))
+    patches = [{k: v for k, v in p.items() if k not in ("commit", "data_sha256")} for p in res["patches"]]
+    for p in patches:
+        if p["state"] == "obsolete" and p.get("files"):
+            p["also_conflict"] = True
+    cls = _classify(patches, res["ahead"])
+    entry = {"name": up.name, "url": up.url, "branch": up.branch, "ref": ref, "pin": up.commit, "head": head,
+             "ahead": res["ahead"],
+             "touching": [dict(zip(("commit", "subject"), line.split(" ", 1))) for line in touching.splitlines()],
+             "patches": patches, "class": cls,
+             "target": head if cls in ("moved-clean", "upstreamed") else None,
+             "advance": None, "smoke": None}
+    return entry, mirror
+
+
+def _line(repo: Path, pin: str, head: str) -> list[str]:
+    """The commits a pin can move to, oldest first: the first-parent line from the pin to HEAD
+    (a merge counts once, as the branch saw it), each descending from the pin."""
+    return git.rev_list(repo, f"{pin}..{head}", "--first-parent", "--ancestry-path")
+
+
+def _subject(repo: Path, commit: str) -> str:
+    return git.run(["log", "-1", "--format=%s", commit], cwd=repo).stdout.strip()
+
+
+def bisect(line: list[str], good) -> tuple[int, int, int]:
+    """LINE's last good and first bad index for GOOD, a predicate over commits that holds before
+    the line (the pin) and fails at its end (known: not tried again). Returns (last_good, first_bad,
+    trials); last_good is -1 when only the pin is good."""
+    lo, hi, trials = -1, len(line) - 1, 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        trials += 1
+        if good(line[mid]):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi, trials
+
+
+def advance(s: Series, mirror: Path, pin: str, head: str, *, head_conflict: str | None = None,
+            max_trials: int = MAX_TRIALS) -> dict:
+    """The partial advance: the newest commit of the first-parent line pin..HEAD onto which the series
+    still carries (HEAD itself conflicts), by bisection in at most MAX_TRIALS trial applies; and the
+    first commit that breaks it. When the line is longer than 2**MAX_TRIALS, the search narrows the
+    range as far as it can and says so (`exact` false)."""
+    line = _line(mirror, pin, head)
+    if not line or line[-1] != head:        # HEAD off the pin's first-parent line: nothing to offer
+        return {"target": None, "first_bad": None, "trials": 0, "exact": False, "line": len(line)}
+    with tempfile.TemporaryDirectory(prefix="zpatch-advance-") as tmp:
+        trial = rebase.Trial(s, mirror, tmp)
+        conflicts: dict[str, str | None] = {head: head_conflict}
+
+        def good(commit: str) -> bool:
+            if trial.count >= max_trials:
+                raise _Budget()
+            conflicts[commit] = trial.first_conflict(commit)
+            return conflicts[commit] is None
+
+        lo, hi, exact = -1, len(line) - 1, True
+        try:
+            lo, hi, _ = bisect(line, good)
+        except _Budget:
+            exact = False
+            tried = [i for i, c in enumerate(line) if c in conflicts and c != head]
+            lo = max([i for i in tried if conflicts[line[i]] is None], default=-1)
+            hi = min([i for i in tried if conflicts[line[i]] is not None and i > lo], default=len(line) - 1)
+        target = line[lo] if lo >= 0 else None
+        bad = line[hi]
+        return {"target": target, "target_subject": _subject(mirror, target) if target else None,
+                "target_index": lo + 1, "first_bad": bad if exact else None,
+                "first_bad_subject": _subject(mirror, bad) if exact else None,
+                "first_bad_patch": conflicts.get(bad) if exact else None,
+                "range": None if exact else [line[lo] if lo >= 0 else pin, bad],
+                "trials": trial.count, "exact": exact, "line": len(line)}
+
+
+class _Budget(Exception):
+    """The bisection spent its trials."""
+
+
+# ---------------------------------------------------------------- the smoke, one upstream moved
+
+
+class _Smoker:
+    """Runs the smoke on the overlay with some upstreams moved (a scratch copy of the overlay, the
+    series rebased there), every other upstream at its pin. Remembers results per combination."""
+
+    def __init__(self, ov: Overlay, *, python: str | None, offline: bool):
+        self.ov, self.python, self.offline = ov, python, offline
+        self.done: dict[tuple, dict] = {}
+        # the smoke checks out every upstream, not only the one that moved: a missing one is a
+        # missing prerequisite (exit 6), never a failed smoke
         for s in ov.series:
-            shutil.copytree(s.directory, copy / s.upstream.patches)
-        if ov.lock.overlay:
-            shutil.copytree(ov.root / ov.lock.overlay.source, copy / ov.lock.overlay.source)
-        for u in report["upstreams"]:
-            if u["class"] in ("moved-clean", "upstreamed"):
-                rebase.start(patchset.load(copy), u["name"], u["head"], offline=True, allow_unrelated=True)
-        res = verify.run(copy, offline=True, python=python, smoke=True)
-    failed = next((s for s in res["steps"] if not s["ok"]), None)
-    return {"passed": res["passed"], "steps": [{k: s[k] for k in ("step", "ok", "seconds", "summary")}
-                                                 for s in res["steps"]],
-            "failed_step": failed["step"] if failed else None}
+            cache.ensure(s.upstream.url, s.upstream.commit, offline=offline)
+
+    def run(self, moved: dict[str, str]) -> dict:
+        key = tuple(sorted(moved.items()))
+        if key not in self.done:
+            self.done[key] = self._run(moved)
+        return self.done[key]
+
+    def _run(self, moved: dict[str, str]) -> dict:
+        from . import patchset, verify
+        ov = self.ov
+        with tempfile.TemporaryDirectory(prefix="zpatch-drift-") as tmp:
+            copy = Path(tmp) / "overlay"
+            copy.mkdir()
+            shutil.copy2(ov.root / lockmod.LOCK_NAME, copy / lockmod.LOCK_NAME)
+            for s in ov.series:
+                shutil.copytree(s.directory, copy / s.upstream.patches)
+            if ov.lock.overlay:
+                shutil.copytree(ov.root / ov.lock.overlay.source, copy / ov.lock.overlay.source)
+            for name, commit in moved.items():
+                res = rebase.start(patchset.load(copy), name, commit, offline=True, allow_unrelated=True)
+                if res.get("stopped"):
+                    raise ZpatchError(f"{name}: the series does not carry onto {commit[:12]}", Exit.CONFLICT)
+            res = verify.run(copy, offline=True, python=self.python, smoke=True)
+        failed = next((s for s in res["steps"] if not s["ok"]), None)
+        if failed and failed["step"] in ("checkout", "check"):
+            err = failed["error"] or {}
+            raise ZpatchError(f"the smoke could not start ({failed['step']}): {failed['summary']}",
+                              Exit(err.get("exit_code") or Exit.ENVIRONMENT), hint=err.get("hint"))
+        smoke_step = next((s for s in res["steps"] if s["step"] == "smoke"), None)
+        failure = None
+        if failed:
+            inner = failed.get("failure") or {}
+            failure = {"step": failed["step"], "stage": inner.get("stage"),
+                       "error": inner.get("error") or _first_line(failed["summary"])}
+        return {"passed": res["passed"], "failure": failure,
+                "warnings": list((smoke_step or {}).get("warnings") or []),
+                "seconds": round(sum(s["seconds"] for s in res["steps"]), 2)}
 
 
-_EMOJI = {"current": "current", "moved-clean": "moved, carries forward", "upstreamed": "a patch is no longer needed",
-          "moved-conflict": "CONFLICT", "smoke-failed": "SMOKE FAILED"}
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else ""
 
 
-def _commit_line(c: str) -> str:
-    return f"- `{c.split(' ', 1)[0][:12]}` {_md(c.split(' ', 1)[1] if ' ' in c else '')}"
+def _smoke_entry(smoker: _Smoker, s: Series, mirror: Path, entry: dict, *, max_smokes: int) -> dict:
+    """The smoke of ENTRY's target (the pins when current or when nothing can move). When it fails
+    on a moved target, bisect the first-parent line from the pin to that target for the first
+    commit at which the smoke fails; the commit before it becomes the target."""
+    name, target = entry["name"], entry["target"]
+    at = target if target and target != entry["pin"] else entry["pin"]
+    result = smoker.run({name: at} if at != entry["pin"] else {})
+    out = {"commit": at, **result, "bisect": None}
+    if result["passed"] or at == entry["pin"]:
+        if not result["passed"] and entry["class"] != "moved-conflict":
+            entry["class"] = "smoke-failed"
+        return out
+    line = _line(mirror, entry["pin"], at)
+    smokes = 0
+    budget_left = True
+
+    def good(commit: str) -> bool:
+        nonlocal smokes, budget_left
+        if smokes >= max_smokes:
+            budget_left = False
+            raise _Budget()
+        smokes += 1
+        return smoker.run({name: commit})["passed"]
+
+    lo, hi = -1, len(line) - 1
+    tried: dict[int, bool] = {}
+    try:
+        lo, hi, _ = bisect(line, lambda c: tried.setdefault(line.index(c), good(c)))
+    except _Budget:
+        lo = max([i for i, ok in tried.items() if ok], default=-1)
+        hi = min([i for i, ok in tried.items() if not ok and i > lo], default=len(line) - 1)
+    first_bad = line[hi]
+    out["bisect"] = {"first_bad": first_bad if budget_left else None,
+                     "first_bad_subject": _subject(mirror, first_bad) if budget_left else None,
+                     "range": None if budget_left else [line[lo] if lo >= 0 else entry["pin"], first_bad],
+                     "last_good": line[lo] if lo >= 0 else None, "smokes": smokes, "exact": budget_left}
+    entry["target"] = line[lo] if lo >= 0 else None
+    if entry["class"] in ("moved-clean", "upstreamed"):
+        entry["class"] = "smoke-failed"
+    return out
 
 
-def markdown(report: dict) -> str:
-    """The report for a CI step summary, an issue or a pull request body."""
-    out = [f"## Upstream drift: {report['class']}", ""]
-    out += ["| upstream | pin | head | ahead | class |", "|---|---|---|---:|---|"]
-    for u in report["upstreams"]:
-        out.append(f"| {u['name']} ({u['ref']}) | `{u['pin'][:12]}` | `{u['head'][:12]}` | {u['ahead']} | "
-                   f"{_EMOJI[u['class']]} |")
-    for u in report["upstreams"]:
-        if u["class"] == "current":
-            continue
-        out += ["", f"### {u['name']}", "", "| patch | result |", "|---|---|"]
-        for p in u["patches"]:
-            note = p["state"]
-            if p.get("fired"):
-                note += " (Obsolete-If: " + "; ".join(f"`{f}`" for f in p["fired"]) + ")"
-            if p.get("also_conflict") or p["state"] == "conflict":
-                note += (" and conflicts" if p["state"] == "obsolete" else "") + \
-                    f" in {', '.join(f'`{f}`' for f in p.get('files', []))}"
-            if p.get("probe_errors"):
-                note += f" (probe not read: {'; '.join(p['probe_errors'])})"
-            # a `|` splits a cell even inside backticks (a regex alternation in a probe, say)
-            out.append(f"| `{_cell(p['name'])}` | {_cell(note)} |")
-        for p in u["patches"]:
-            if p.get("hunks"):       # the commits that touched the lines of each conflicting hunk
-                for h in p["hunks"]:
-                    out += ["", f"`{p['name']}` hunk #{h['hunk']} of `{h['file']}` (lines {h['lines'][0]}-"
-                                f"{h['lines'][1]} upstream) was changed by:", ""]
-                    out += [_commit_line(c) for c in h["upstream_commits"]]
-            elif p.get("upstream_commits"):
-                out += ["", f"Upstream commits that touched the files of `{p['name']}`:", ""]
-                out += [_commit_line(c) for c in p["upstream_commits"]]
-        if u["touching"]:
-            out += ["", f"<details><summary>{len(u['touching'])} upstream commit(s) touched patched files</summary>", ""]
-            out += [f"- `{c['commit'][:12]}` {_md(c.get('subject', ''))}" for c in u["touching"][:50]]
-            out += ["", "</details>"]
-    if report.get("smoke"):
-        sm = report["smoke"]
-        out += ["", f"Smoke on the rebased series: {'passed' if sm['passed'] else 'FAILED at ' + str(sm['failed_step'])}"]
-    out += ["", f"Exit code {report['exit_code']}. Reproduce: `zpatch drift --markdown`; carry a series with "
-                "`zpatch rebase UPSTREAM --onto REF`."]
-    return "\n".join(out) + "\n"
+def _reproduce(entry: dict, *, smoke: bool) -> list[str]:
+    """Commands that give the same verdict later: the ref is pinned to the commit judged."""
+    name, head = entry["name"], entry["head"]
+    cmds = [f"zpatch drift --upstream {name} --to {head}" + (" --smoke" if smoke else "")]
+    if entry["class"] == "current":
+        return cmds
+    if entry["target"]:
+        cmds.append(f"zpatch rebase {name} --onto {entry['target']}")
+    if entry["target"] != head:
+        cmds.append(f"zpatch rebase {name} --onto {head}")
+    return cmds
 
 
-def _md(text: str) -> str:
-    """Upstream's commit subjects are untrusted: no markup, no mentions, no HTML in a report."""
-    return re.sub(r"([\\`*_{}\[\]()#+!|<>@~])", r"\\\1", text)
+# ---------------------------------------------------------------- a saved report
 
 
-def outcome(report: dict) -> dict:
-    """What the scheduled job does with REPORT: one pull request when the series moves clean, one
-    issue when it needs a person (conflict, upstreamed patch, failed smoke), and the issue closed
-    when drift is back to current. Keys are stable so reruns update instead of duplicating."""
-    cls = report["class"]
-    return {"class": cls,
-            "pull_request": cls == "moved-clean",
-            "issue": cls in ("moved-conflict", "upstreamed", "smoke-failed"),
-            "close_issue": cls in ("current", "moved-clean"),
-            "branch": "zpatch/upstream-drift",
-            "issue_title": "Upstream drift needs attention",
-            "pr_title": "Move the upstream pins (zpatch drift)",
-            "label": "upstream-drift"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """For the workflow: `python -m zimage_patcher.drift markdown|outcome REPORT.json`. `outcome`
-    prints GITHUB_OUTPUT lines (key=value) for the steps that open or update the PR or the issue."""
+def load_report(path: Path) -> dict:
+    """A report `zpatch drift --json` wrote (the envelope or the bare report), checked enough to be
+    rendered or published: a file from another job is data, never trusted further than this."""
     import json
-    import sys
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] not in ("markdown", "outcome"):
-        print("usage: python -m zimage_patcher.drift markdown|outcome REPORT.json", file=sys.stderr)
-        return 2
-    report = json.loads(Path(args[1]).read_text(encoding="utf-8"))
-    if args[0] == "markdown":
-        sys.stdout.write(markdown(report))
-    else:
-        for k, v in outcome(report).items():
-            print(f"{k}={str(v).lower() if isinstance(v, bool) else v}")
-    return 0
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ZpatchError(f"{path}: not a drift report: {e}", Exit.USAGE,
+                          hint="write one with: zpatch drift --json > drift.json") from None
+    if not isinstance(data, dict) or data.get("report_schema") != SCHEMA or \
+            not isinstance(data.get("upstreams"), list) or data.get("class") not in CLASSES:
+        raise ZpatchError(f"{path}: not a drift report of schema {SCHEMA}", Exit.USAGE,
+                          hint="write it again with this zpatch: zpatch drift --json > drift.json")
+    for u in data["upstreams"]:
+        ok = isinstance(u, dict) and u.get("class") in CLASSES and isinstance(u.get("name"), str) and \
+            all(_is_sha(u.get(k)) for k in ("pin", "head")) and (u.get("target") is None or _is_sha(u["target"])) \
+            and isinstance(u.get("patches"), list)
+        if not ok:
+            raise ZpatchError(f"{path}: a malformed upstream entry in the drift report", Exit.USAGE,
+                              hint="write it again with: zpatch drift --json > drift.json")
+    return data
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _is_sha(v) -> bool:
+    return isinstance(v, str) and len(v) == 40 and all(c in "0123456789abcdef" for c in v)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def merge_reports(reports: list[dict]) -> dict:
+    """Reports of single upstreams (a matrix job's legs) as one."""
+    ups = [u for r in reports for u in r["upstreams"]]
+    cls = max((u["class"] for u in ups), key=ORDER.index) if ups else "current"
+    return {"report_schema": SCHEMA, "overlay": reports[0]["overlay"] if reports else "", "upstreams": ups,
+            "class": cls, "smoke": any(r.get("smoke") for r in reports), "exit_code": int(CLASSES[cls])}

@@ -240,6 +240,36 @@ def _carry_on(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str
     return {"state": "carried", "commit": commit}
 
 
+class Trial:
+    """Does series S still carry onto a commit? The cheap question `drift` asks many times when it
+    looks for the newest commit the series moves onto: no blame, no formatting, one scratch index
+    and object store for every commit tried (the old series is committed once, for the 3-way)."""
+
+    def __init__(self, s: Series, mirror: Path, tmpdir: str):
+        self.s, self.idx = s, git.ScratchIndex(mirror, tmpdir, read_only=True)
+        self.idx.commit_patches(s.upstream.commit, [p.path for p in s.patches])
+        self.count = 0
+
+    def first_conflict(self, onto: str) -> str | None:
+        """The first patch that conflicts on ONTO (a patch upstream already has is no conflict),
+        or None when the whole series carries."""
+        self.count += 1
+        idx = self.idx
+        idx.read_tree(onto)
+        for p in self.s.patches:
+            if idx.apply([p.path]).ok:
+                continue
+            before = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
+            r = idx.apply([p.path], three_way=True)
+            if r.ok and not any(e[2] for e in idx.entries(p.files).values()):
+                continue
+            idx.read_tree(before)       # a failed 3-way may leave a merge in the index
+            if idx.run(["apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
+                continue                # upstreamed: the series goes on without it
+            return p.name
+        return None
+
+
 def _classify(entry: dict, data: bytes, p: Patch) -> bytes:
     """Set ENTRY's state from its new text DATA against the old patch P; the bytes to keep."""
     data = patchfile.keep_headers(data, p.data)

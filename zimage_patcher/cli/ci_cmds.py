@@ -70,26 +70,44 @@ def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
     return Exit.OK
 
 
-@command("drift", "zpatch drift --markdown >> \"$GITHUB_STEP_SUMMARY\"")
+@command("drift", "zpatch drift --upstream comfyui --smoke --markdown")
 @click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.")
 @click.option("--to", "to", default=None, metavar="REF", help="Target instead of origin/<tracked branch>.")
 @click.option("--markdown", is_flag=True, help="Print the report as Markdown (a step summary, an issue body).")
-@click.option("--smoke", is_flag=True, help="Also run the CPU smoke on the rebased series.")
+@click.option("--smoke", is_flag=True,
+              help="Also run the CPU smoke: on each upstream's target (its series rebased there, the others at "
+                   "their pins), or on the pins when nothing moved; a failure is bisected to the first commit.")
 @click.option("--offline", is_flag=True, help="Use the cache as it is (no fetch).")
 @click.option("--python", "python", default=None, metavar="PY", help="Interpreter for the smoke.")
-def drift_cmd(ctx, only, to, markdown, smoke, offline, python):
+@click.option("--from", "saved", multiple=True, type=click.Path(dir_okay=False, exists=True), metavar="REPORT.json",
+              help="Render a report saved by `zpatch drift --json` instead of computing one (repeat to merge "
+                   "the reports of single upstreams).")
+@click.option("--artifact", default=None, metavar="NAME",
+              help="With --markdown: name the CI artifact that holds the whole report when the body is cut.")
+def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
     """Per upstream: how far its tracked branch moved past the pin, which upstream commits touched
-    patched files, and what a rebase would do to each patch. Classes and exit codes: current 0,
-    moved-clean 1, upstreamed 11, moved-conflict 5, smoke-failed 7 (the worst upstream decides).
+    patched files, what a rebase would do to each patch, and the commit a pull request should move
+    the pin to (the head, or when the head conflicts or fails the smoke, the newest commit that
+    passes, found by bisection). Classes and exit codes: current 0, moved-clean 1, upstreamed 11,
+    moved-conflict 5, smoke-failed 7 (the worst upstream decides).
     Never changes a checkout, patches/ or upstream.lock."""
-    from .. import drift
-    ov = ctx.load()
-    if only and only not in [s.upstream.name for s in ov.series]:
-        raise ZpatchError(f"{only}: no such upstream in upstream.lock", Exit.USAGE,
-                          hint="one of: " + ", ".join(s.upstream.name for s in ov.series))
-    report = drift.run(ov, only=only, to=to, offline=offline, smoke=smoke, python=python)
+    from .. import drift, drift_report
+    if saved:
+        if smoke or offline or to or python:
+            raise ZpatchError("--from renders a saved report: --smoke, --to, --offline and --python do not apply",
+                              Exit.USAGE, hint="zpatch drift --from drift.json --markdown")
+        report = drift.merge_reports([drift.load_report(Path(f)) for f in saved])
+        if only:
+            report = drift.merge_reports([{**report, "upstreams": [u for u in report["upstreams"]
+                                                                   if u["name"] == only]}])
+    else:
+        ov = ctx.load()
+        if only and only not in [s.upstream.name for s in ov.series]:
+            raise ZpatchError(f"{only}: no such upstream in upstream.lock", Exit.USAGE,
+                              hint="one of: " + ", ".join(s.upstream.name for s in ov.series))
+        report = drift.run(ov, only=only, to=to, offline=offline, smoke=smoke, python=python)
     if markdown and not ctx.as_json:
-        click.echo(drift.markdown(report), nl=False)
+        click.echo(drift_report.markdown(report, artifact=artifact), nl=False)
     else:
         lines = []
         for u in report["upstreams"]:
@@ -97,6 +115,20 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python):
                          f"{len(u['touching'])} touched patched files)")
             lines += [f"  {p['state']:<10} {p['name']}" + ("  (and conflicts)" if p.get("also_conflict") else "")
                       for p in u["patches"] if u["class"] != "current"]
+            if u.get("advance") and u["advance"].get("target"):
+                a = u["advance"]
+                lines.append(f"  partial advance: carries onto {a['target'][:12]} ({a['trials']} trial applies)"
+                             + (f"; first to break it: {a['first_bad'][:12]}" if a.get("first_bad") else ""))
+            sm = u.get("smoke")
+            if sm:
+                f = sm.get("failure") or {}
+                lines.append(f"  smoke on {sm['commit'][:12]}: " + ("passed" if sm["passed"] else
+                             f"FAILED at {f.get('step')}: {f.get('error')}"))
+                if sm.get("bisect") and sm["bisect"].get("first_bad"):
+                    lines.append(f"  first failing commit: {sm['bisect']['first_bad'][:12]} "
+                                 f"({sm['bisect']['smokes']} smokes)")
+            if u.get("target") and u["class"] != "current":
+                lines.append(f"  target: {u['target'][:12]}; next: zpatch rebase {u['name']} --onto {u['target']}")
         lines.append(f"Drift: {report['class']}.")
         ctx.emit(report, "\n".join(lines))
     return Exit(report["exit_code"])
