@@ -132,3 +132,31 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
         lines.append(f"Drift: {report['class']}.")
         ctx.emit(report, "\n".join(lines))
     return Exit(report["exit_code"])
+
+
+@command("drift-publish", "zpatch drift-publish reports/*/drift.json --recreate comfyui")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--recreate", default="", metavar="NAMES",
+              help="Upstreams (comma- or space-separated) whose pull request branch starts afresh, even if "
+                   "someone else pushed to it.")
+@click.option("--token-kind", type=click.Choice(["app", "pat", "github-token"]),
+              default="github-token", show_default=True,
+              help="What GH_TOKEN is: with the workflow's own token (github-token) the PR body says checks did "
+                   "not run.")
+@click.option("--remote", default="origin", show_default=True, help="Where the branches are pushed.")
+@click.option("--dry-run", is_flag=True, help="Read GitHub, build the commits, but push and write nothing.")
+@click.option("--artifact", default=None, metavar="NAME", help="The CI artifact that holds the whole reports.")
+def drift_publish_cmd(ctx, reports, recreate, token_kind, remote, dry_run, artifact):
+    """The scheduled job's publishing step: for each upstream in REPORTS (from `zpatch drift --json`),
+    one pull request that moves its pin to the report's target and one issue when it needs a person,
+    through `gh` (GH_TOKEN) and `git push`. Reruns change nothing unless the finding changed; a branch
+    someone else pushed to is left alone; a PR closed without merge skips its target.
+    Run it inside the overlay's repository, on the commit the PRs should start from."""
+    from .. import drift_publish
+    res = drift_publish.publish(ctx.overlay_root(for_writing=True), drift_publish.load_reports(map(Path, reports)),
+                                recreate={n for n in recreate.replace(",", " ").split() if n},
+                                token_kind=token_kind, remote=remote, dry_run=dry_run, artifact=artifact)
+    lines = [f"{u['upstream']}: {u['class']}; pull request: {u['pr']}; issue: {u['issue']}" for u in res["upstreams"]]
+    lines.append(f"{len(res['writes'])} write(s) to GitHub" + (" (dry run: none made)" if dry_run else "") + ".")
+    ctx.emit(res, "\n".join(lines))
+    return Exit.OK
