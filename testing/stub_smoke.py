@@ -5,8 +5,8 @@ The fixtures' ComfyUI is a few lines of text, so the real harness cannot render 
 judges what zpatch really checked out and patched: a line `SMOKE: FAIL <message>` in any file of the
 checkout makes the generation fail at stage `sample` with that message; `SMOKE: WARN <text>` becomes
 a warning, as ComfyUI's logged key mismatches do. It writes the report where the real harness
-writes it, in the same shape, and appends each run's checkout heads to $STUB_SMOKE_LOG so a test
-can count the smokes a bisection spent.
+writes it, in the same shape, and appends each run's checkout heads (and the names of any token-like variables it can see) to
+$STUB_SMOKE_LOG, so a test can count the smokes a bisection spent and check that no token reached it.
 """
 from __future__ import annotations
 
@@ -59,7 +59,9 @@ def main(argv: list[str]) -> int:
                 warnings.append({"stage": "load", "message": line.split("SMOKE: WARN ", 1)[1]})
     log = os.environ.get("STUB_SMOKE_LOG")
     if log:
-        heads = {"comfyui": _head(checkout), "comfyui-gguf": _head(checkout / "custom_nodes" / "ComfyUI-GGUF")}
+        heads = {"comfyui": _head(checkout), "comfyui-gguf": _head(checkout / "custom_nodes" / "ComfyUI-GGUF"),
+                 # what upstream code would find in its environment: the drift job must give it no token
+                 "token_vars": sorted(k for k in os.environ if "TOKEN" in k.upper() or k.upper().startswith("GH_"))}
         with open(log, "a") as fh:
             fh.write(json.dumps(heads) + "\n")
     report = {"ok": fail is None, "mode": "smoke", "tier": a.tier, "device": a.device, "width": 64, "height": 64,

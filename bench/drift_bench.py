@@ -1,0 +1,185 @@
+"""Benchmarks of `zpatch drift` and of the daily upstream-drift job.
+
+    python bench/drift_bench.py            # writes bench/results/drift.md
+
+1. partial advance over 500 upstream commits: a 10-patch series whose 6th patch conflicts from
+   upstream commit 317 on; `zpatch drift` (it bisects with trial applies) vs the raw-git floor of the
+   same search (the same number of `read-tree` + `apply --cached --3way` trials in a scratch index)
+2. `zpatch drift` on the real upstreams, warm cache, no smoke (when they are reachable)
+3. the whole workflow through the local runner (testing/gha.py) on the fixtures: a cold run (empty
+   runner caches) and a warm one (caches restored), with the stand-in smoke
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+
+def synthetic(tmp: Path):
+    """A World whose GGUF series is 10 patches on a 400-line loader.py, and 500 upstream commits;
+    commit 317 rewrites the line patch 6 changes."""
+    from testing.fixtures import World, commit, git, make_patches
+    w = World(tmp)
+    os.environ.update(w.env)
+    lines = [f"# loader line {i}\n" for i in range(1, 401)]
+    w.gguf_pin = commit(w.gguf_up, {"loader.py": "".join(lines)}, "a longer loader")
+    edits, text = [], "".join(lines)
+    for i in range(10):
+        text = text.replace(f"# loader line {40 * i + 20}\n", f"# loader line {40 * i + 20} patched\n")
+        edits.append((f"patch {i + 1}", {"loader.py": text}))
+    shutil.rmtree(w.overlay / "patches/comfyui-gguf")
+    make_patches(w.gguf_up, w.gguf_pin, edits, w.overlay / "patches/comfyui-gguf")
+    w.relock()
+    cur = "".join(lines)
+    # one fast-import stream instead of 1,500 git processes
+    stream = []
+    for n in range(500):
+        if n == 317:
+            cur = cur.replace("# loader line 220\n", "# loader line 220 upstream\n")
+            stream.append(("loader.py", cur))
+        elif n % 50 == 0:
+            cur = f"# upstream line {n}\n" + cur
+            stream.append(("loader.py", cur))
+        else:
+            stream.append((f"f{n % 20}.py", f"x = {n}\n"))
+    data = []
+    for n, (path, content) in enumerate(stream):
+        body = content.encode()
+        msg = f"upstream {n}".encode()
+        data.append(b"commit refs/heads/main\n")
+        data.append(f"committer U <u@x> {1700000000 + n} +0000\n".encode())
+        data.append(b"data %d\n%s\n" % (len(msg), msg))
+        if n == 0:
+            data.append(f"from {w.gguf_pin}\n".encode())
+        data.append(f"M 100644 inline {path}\n".encode() + b"data %d\n%s\n" % (len(body), body))
+    subprocess.run(["git", "fast-import", "--quiet", "--force"], cwd=w.gguf_up, input=b"".join(data), check=True)
+    git("reset", "-q", "--hard", "main", cwd=w.gguf_up)
+    return w, git
+
+
+def partial_advance(tmp: Path) -> list[str]:
+    w, git = synthetic(tmp)
+    ov = w.overlay
+    cmd = [*ZPATCH, "drift", "--overlay", str(ov), "--upstream", "comfyui-gguf", "--json"]
+    subprocess.run(cmd, capture_output=True)              # warm the cache
+    times, report = [], None
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        assert r.returncode == 5, r.stderr
+        report = json.loads(r.stdout)
+    adv = report["upstreams"][0]["advance"]
+    line = git("rev-list", "--first-parent", f"{w.gguf_pin}..main", cwd=w.gguf_up).split()
+    line.reverse()
+    assert adv["exact"] and adv["first_bad"] == line[317] and adv["target"] == line[316], adv
+    # the raw-git floor of the same search: as many trials, each a read-tree and a 3-way apply of the series
+    from testing.fixtures import GGUF_URL
+    from zimage_patcher.cache import mirror_path
+    mirror = mirror_path(GGUF_URL)
+    patches = [str(p) for p in sorted((ov / "patches/comfyui-gguf").glob("*.patch"))]
+    idx = tmp / "raw-index"
+    env = {**os.environ, "GIT_INDEX_FILE": str(idx)}
+    raw = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        for commit in line[::max(1, len(line) // adv["trials"])][:adv["trials"]]:
+            subprocess.run(["git", "read-tree", commit], cwd=mirror, env=env, check=True)
+            subprocess.run(["git", "apply", "--cached", "--3way", *patches], cwd=mirror, env=env, capture_output=True)
+        raw.append(time.perf_counter() - t0)
+    z, g = statistics.median(times), statistics.median(raw)
+    return ["## Partial advance over 500 upstream commits", "",
+            "A 10-patch series; upstream commit 317 of 500 rewrites the line patch 6 changes.", "",
+            "| measure | value |", "|---|---:|",
+            f"| `zpatch drift --upstream comfyui-gguf` wall, median of {RUNS} (goal: under 5 s) | {z:.2f} s |",
+            f"| trial applies (goal: at most 10) | {adv['trials']} |",
+            "| found | target = upstream commit 316 (the last that carries), first bad = 317 |",
+            f"| raw git, the same {adv['trials']} trials (`read-tree` + `apply --cached --3way`) | {g:.2f} s |",
+            f"| ratio zpatch / raw git (zpatch also fetches, runs the dry-run rebase with blame and writes the "
+            f"report) | {z / g:.1f}x |", ""]
+
+
+def real_warm() -> list[str]:
+    from testing.upstream import probe
+    if probe(os.environ) is not None:
+        return ["## Real upstreams", "", "Not measured: the upstreams are unreachable.", ""]
+    cmd = [*ZPATCH, "drift", "--json", "--overlay", str(ROOT)]
+    subprocess.run(cmd, capture_output=True)
+    times = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+    rep = json.loads(r.stdout)
+    summary = "; ".join(f"{u['name']} {u['class']} ({u['ahead']} ahead"
+                        + (f", {u['advance']['trials']} trial applies" if u.get("advance") else "") + ")"
+                        for u in rep["upstreams"])
+    git_fetch = []
+    for _ in range(RUNS):       # the floor: the fetches alone (what a warm drift cannot avoid)
+        t0 = time.perf_counter()
+        for u in rep["upstreams"]:
+            subprocess.run(["git", "ls-remote", u["url"], f"refs/heads/{u['branch']}"], capture_output=True)
+        git_fetch.append(time.perf_counter() - t0)
+    return ["## Real upstreams, warm cache, no smoke", "",
+            f"`zpatch drift` (both upstreams): {', '.join(f'{t:.2f}' for t in times)} s (goal: under 1 s); "
+            f"`git ls-remote` of both branch heads alone: {statistics.median(git_fetch):.2f} s. {summary}.", ""]
+
+
+def daily_job(tmp: Path) -> list[str]:
+    """The workflow through the runner, on the fixtures with one clean and one conflicting upstream."""
+    import pytest  # noqa: F401  (tests/ imports need it on the path)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from testing.fixtures import LOADER_PY, World, commit, replace_line
+    from test_drift_job import Job
+    w = World(tmp / "w")
+    os.environ.update(w.env)
+    commit(w.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")}, "x")
+    commit(w.comfy_up, {"nodes.py": "NODES = 2\n"}, "y")
+    job = Job(w, tmp / "job")
+    rows = []
+    for label in ("cold (no runner cache)", "warm (caches restored)"):
+        t0 = time.perf_counter()
+        job.run()
+        rows.append(f"| {label} | {time.perf_counter() - t0:.1f} s |")
+    return ["## The daily job through the local runner", "",
+            "Both check legs (checkout, caches, drift with the stand-in smoke, artifact) and publish (a PR, an "
+            "issue), on the fixtures; the venv install is linked, not run, so this is the job's own cost:", "",
+            "| run | wall |", "|---|---:|", *rows, ""]
+
+
+def main() -> None:
+    user_env = dict(os.environ)
+    out = ["# zpatch drift benchmarks", "", "Command: `python bench/drift_bench.py`", "",
+           f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+           f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}", ""]
+    with tempfile.TemporaryDirectory(prefix="zpatch-dbench-") as t:
+        os.environ["ZPATCH_CACHE"] = str(Path(t) / "cache")
+        out += partial_advance(Path(t) / "pa")
+    os.environ.clear()
+    os.environ.update(user_env)
+    out += real_warm()
+    with tempfile.TemporaryDirectory(prefix="zpatch-dbench-") as t:
+        out += daily_job(Path(t))
+    os.environ.clear()
+    os.environ.update(user_env)
+    text = "\n".join(out)
+    (ROOT / "bench/results/drift.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
