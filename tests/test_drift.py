@@ -202,3 +202,43 @@ def test_a_pipe_in_a_probe_never_splits_a_markdown_cell(zpatch, world):
     md = zpatch("drift", "--upstream", "comfyui-gguf", "--markdown", expect=11).stdout
     row = next(l for l in md.splitlines() if l.startswith("| `0002-loader-tokenizer.patch`"))
     assert len(re.findall(r"(?<!\\)\|", row)) == 3 and "native\\|nope" in row, row
+
+
+def test_untrusted_text_never_leaves_its_line():
+    """An upstream subject with a CR (which GitHub renders as a line break) must not forge a second
+    commit line; ESC, bidi overrides, line separators, HTML and mentions are all shown inert."""
+    from zimage_patcher.drift_report import clean
+    hostile = "fix\r- `0123456789ab` forged\nline\x1b[31mred\u202egnp.exe\u2028<img src=x> @team ![x](y)"
+    out = clean(hostile)
+    assert not any(c in out for c in "\r\n\x1b\u202e\u2028")
+    assert "<" not in out.replace("\\<", "") and ">" not in out.replace("\\>", "")
+    assert "\\x0d" in out and "\\x1b" in out and "\\u202e" in out and "\\@team" in out and "\\<img" in out
+    assert len(clean("x" * 5000)) <= 201
+
+
+def test_a_body_never_exceeds_githubs_limit_and_keeps_its_marker():
+    from zimage_patcher import drift_publish, drift_report
+    sha = "a" * 40
+    u = {"name": "comfyui", "class": "moved-conflict", "pin": sha, "head": "b" * 40, "target": "c" * 40,
+         "ref": "origin/master", "ahead": 9999, "touching": [],
+         "patches": [{"name": f"{i:04d}-" + "y" * 60 + ".patch", "state": "conflict", "files": ["comfy/sd.py"],
+                      "hunks": [{"file": "comfy/sd.py", "hunk": 1, "lines": [1, 2],
+                                 "upstream_commits": [f"{sha} " + "é" * 150] * 10}]} for i in range(300)],
+         "reproduce": ["zpatch drift --upstream comfyui --to " + "b" * 40]}
+    report = {"class": "moved-conflict", "exit_code": 5, "upstreams": [u]}
+    md = drift_report.markdown(report, artifact="drift-comfyui")
+    assert len(md.encode("utf-16-le")) // 2 <= drift_report.LIMIT < len(drift_report.upstream_section(u))
+    assert md.rstrip().endswith("the whole report is in the workflow run's artifact `drift-comfyui`._")
+    assert md.count("```") % 2 == 0
+    body = drift_publish._pr_body(u, target="c" * 40, pushed="d" * 40, token_kind="app", artifact="drift-comfyui")
+    assert len(body.encode("utf-16-le")) // 2 <= drift_report.LIMIT
+    assert drift_publish.read_marker(body, "pr") == {"upstream": "comfyui", "target": "c" * 40, "pushed": "d" * 40}
+
+
+def test_a_saved_report_is_data_checked_before_use(tmp_path, zpatch, world):
+    bad = tmp_path / "bad.json"
+    for text in ("not json", "[]", '{"report_schema": 2, "class": "current", "upstreams": [{"name": "x"}]}',
+                 '{"report_schema": 1, "class": "current", "upstreams": []}'):
+        bad.write_text(text)
+        r = zpatch("drift", "--from", bad, "--markdown", expect=2)
+        assert "drift report" in r.output
