@@ -81,7 +81,7 @@ def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[
     ref = to or f"origin/{up.branch}"
     mirror, head = cache.resolve(up.url, up.commit, ref, offline=offline)
     files = sorted({f for p in s.patches for f in p.files})
-    touching = git.run(["log", "--format=%H %s", f"{up.commit}..{head}", "--", *files], cwd=mirror).stdout
+    touching = git.log_subjects(mirror, [f"{up.commit}..{head}", "--", *files]) or []
     res = rebase.start(ov, up.name, head, dry_run=True, offline=True, allow_unrelated=bool(to))
     patches = [{k: v for k, v in p.items() if k not in ("commit", "data_sha256")} for p in res["patches"]]
     for p in patches:
@@ -90,7 +90,7 @@ def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[
     cls = _classify(patches, res["ahead"])
     entry = {"name": up.name, "url": up.url, "branch": up.branch, "ref": ref, "pin": up.commit, "head": head,
              "ahead": res["ahead"],
-             "touching": [dict(zip(("commit", "subject"), line.split(" ", 1))) for line in touching.splitlines()],
+             "touching": [dict(zip(("commit", "subject"), line.split(" ", 1))) for line in touching],
              "patches": patches, "class": cls,
              "target": head if cls in ("moved-clean", "upstreamed") else None,
              "advance": None, "smoke": None}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -377,6 +378,18 @@ def format_patch_name(repo: Path, commit: str, number: int) -> str:
         out = run(_neutral(["format-patch", "-1", f"--start-number={number}", "-o", tmp, "--suffix=.patch",
                             *FORMAT_PATCH_OPTIONS, *_NEUTRAL_FLAGS, commit]), cwd=repo, env=_QUIET)
         return Path(out.stdout.strip()).name
+
+
+def log_subjects(repo: Path, args: list[str], env: dict | None = None) -> list[str] | None:
+    """`git log ARGS` as 'SHA subject' entries, newest first; None when git refused (an -L range
+    past the end of a file, say). Records are split on NUL, never on line ends: a subject holding a
+    CR (which splitlines would break) stays one entry."""
+    # bytes in (input=b""), so the output is decoded without text mode's newline translation: a CR
+    # in a subject must reach the report as a CR, to be shown as \x0d there
+    r = run(["log", "-s", "--format=%x00%H %s", *args], cwd=repo, env=env, check=False, input=b"")
+    if not r.ok:
+        return None
+    return [rec.rstrip("\n") for rec in r.stdout.split("\0") if re.match(r"[0-9a-f]{40} ", rec)]
 
 
 def rev_parse(repo: Path, rev: str) -> str | None:

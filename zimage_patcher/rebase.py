@@ -129,8 +129,7 @@ def _stamp(data: bytes) -> bytes:
 
 def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
     """Upstream commits between the old pin and the target that touched FILES, newest first."""
-    out = git.run(["log", "--format=%H %s", f"{old}..{new}", "--", *files], cwd=repo).stdout
-    return out.splitlines()[:20]
+    return (git.log_subjects(repo, [f"{old}..{new}", "--", *files]) or [])[:20]
 
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.M)
@@ -171,9 +170,7 @@ def _blame(repo: Path, env: dict, p: Patch, pre: str, old_pin: str, onto: str, f
             first = _map_line(h.source_start, moves)
             last = _map_line(h.source_start + max(len(h.source_lines), 1) - 1, moves)
             lo, hi = min(first[0], lines), min(max(first[1], last[1]), lines)
-            log = git.run(["log", "-s", "--format=%H %s", f"-L{lo},{hi}:{f}", f"{old_pin}..{onto}"], cwd=repo,
-                          check=False)
-            commits = [l for l in log.stdout.splitlines() if re.match(r"[0-9a-f]{40} ", l)] if log.ok else []
+            commits = git.log_subjects(repo, [f"-L{lo},{hi}:{f}", f"{old_pin}..{onto}"]) or []
             out.append({"file": f, "hunk": h.index, "lines": [lo, hi], "upstream_commits": commits[:10]})
     return out
 

@@ -1,0 +1,264 @@
+""".github/workflows/upstream-drift.yml run as GitHub runs it (testing/gha.py), with a stand-in `gh`
+that keeps state (testing/fake_gh.py) and a local bare repository as origin, on the fixtures'
+upstreams. The smoke is testing/stub_smoke.py (the fixtures' ComfyUI is a stub); every other step
+runs as written except the venv install, replaced by a link to the test's own venv.
+
+Each scenario is a day in the life of the job: what it pushes, which PRs and issues it opens, edits
+or closes, and what it leaves alone."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from testing import fake_gh, stub_smoke
+from testing.fixtures import LOADER_PY, SD_PY, commit, git, replace_line
+from testing.gha import Runner
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ".github/workflows/upstream-drift.yml"
+VENV = Path(sys.prefix)
+TOKEN = "ghs_workflow_token_value"
+SETUP = f'ln -s "{VENV}" .venv'
+
+
+class Job:
+    """The repository on GitHub (a bare origin with the overlay and the workflow), its state on
+    GitHub (fake gh), and the runner that runs the workflow against both."""
+
+    def __init__(self, world, tmp: Path):
+        self.world, self.tmp = world, tmp
+        self.origin = tmp / "origin.git"
+        git("init", "-q", "--bare", "-b", "main", str(self.origin))
+        src = tmp / "src"
+        shutil.copytree(world.overlay, src)
+        (src / ".github/workflows").mkdir(parents=True)
+        shutil.copy2(ROOT / WORKFLOW, src / WORKFLOW)
+        git("init", "-q", "-b", "main", str(src))
+        git("add", "-A", cwd=src)
+        git("commit", "-q", "-m", "the overlay", cwd=src)
+        git("push", "-q", str(self.origin), "main", cwd=src)
+        shutil.rmtree(src)
+        bin_dir = tmp / "bin"
+        self.state = tmp / "github.json"
+        gh_env = fake_gh.install(bin_dir, self.state, self.origin, repo="owner/overlay")
+        self.smoke_log = tmp / "smokes.jsonl"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("ZPATCH_CACHE", "XDG_CACHE_HOME", "ZPATCH_OVERLAY", "GH_TOKEN", "GITHUB_TOKEN",
+                            "ZPATCH_SMOKE_PYTHON", "STUB_SMOKE_LOG", "PYTEST_CURRENT_TEST")}
+        env.update(world.env)
+        for k in ("ZPATCH_CACHE", "XDG_CACHE_HOME"):     # the cache lives in each job's HOME, as on a runner
+            env.pop(k, None)
+        env.update(gh_env)
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        env["ZPATCH_SMOKE_PYTHON"] = str(stub_smoke.install(bin_dir))
+        env["STUB_SMOKE_LOG"] = str(self.smoke_log)
+        self.env = env
+        self.gh = fake_gh.FakeGitHub(self.state)
+        self.runs = 0
+
+    def run(self, *, secrets=None, vars=None, inputs=None, event="schedule"):
+        self.runs += 1
+        r = Runner(self.origin / "HEAD", workdir=self.tmp / "gha", origin=str(self.origin),
+                   repository="owner/overlay", event=event, inputs=inputs or {}, secrets=secrets or {},
+                   vars=vars or {}, env=self.env, token=TOKEN,
+                   replace_run={"Set up": SETUP, "Set up (no torch, no smoke)": SETUP},
+                   workflow_text=git("show", f"main:{WORKFLOW}", cwd=self.origin))
+        res = r.run()
+        logs = "\n".join(f"--- {j}/{s.name}: {s.outcome}\n{s.log}" for j, jr in res.jobs.items() for s in jr.steps)
+        assert res.ok, logs
+        return res
+
+    def branch(self, name: str) -> str | None:
+        out = git("for-each-ref", "--format=%(objectname)", f"refs/heads/zpatch-drift/{name}", cwd=self.origin)
+        return out or None
+
+    def lock_on(self, ref: str) -> str:
+        return git("show", f"{ref}:upstream.lock", cwd=self.origin)
+
+    def refs(self) -> str:
+        return git("for-each-ref", cwd=self.origin)
+
+    def prs(self, state="OPEN") -> list[dict]:
+        return [p for p in self.gh.prs if p["state"] == state]
+
+    def issues(self, state="OPEN") -> list[dict]:
+        return [i for i in self.gh.issues if i["state"] == state]
+
+    def human_push(self, name: str, text: str) -> str:
+        """A maintainer's fixup commit on the job's branch."""
+        work = self.tmp / f"human-{self.runs}"
+        git("clone", "-q", "-b", f"zpatch-drift/{name}", str(self.origin), str(work))
+        (work / "NOTES.md").write_text(text)
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", "maintainer fixup", cwd=work)
+        git("push", "-q", "origin", f"HEAD:zpatch-drift/{name}", cwd=work)
+        return git("rev-parse", "HEAD", cwd=work)
+
+
+@pytest.fixture
+def job(world, tmp_path):
+    return Job(world, tmp_path / "job")
+
+
+def _marker(body: str) -> dict:
+    from zimage_patcher.drift_publish import read_marker
+    return read_marker(body, "pr")
+
+
+def _gguf_moves(world, n=1, tag="") -> list[str]:
+    return [commit(world.gguf_up, {f"w{tag}{i}.py": f"x = {i}\n"}, f"gguf work {tag}{i}") for i in range(n)]
+
+
+def test_first_run_one_clean_one_conflicting_upstream(job, world):
+    """ComfyUI-GGUF moves clean: a PR to its head. ComfyUI conflicts at its second commit: a PR to the
+    first (partial advance) and an issue naming the commit that breaks the series."""
+    c1 = commit(world.comfy_up, {"nodes.py": "NODES = 2\n"}, "comfy: unrelated")
+    c2 = commit(world.comfy_up, {"comfy/sd.py": replace_line(SD_PY, "line 10 of sd.py\n", "line 10 upstream\n")},
+                "comfy: rewrites line 10 \r- `0000000000000000000000000000000000000000` forged")
+    commit(world.comfy_up, {"nodes.py": "NODES = 3\n"}, "comfy: later")
+    g1, = _gguf_moves(world)
+    res = job.run()
+    assert [j for j in res.jobs] == ["check (comfyui)", "check (comfyui-gguf)", "publish"]
+    prs = {(_marker(p["body"]) or {})["upstream"]: p for p in job.prs()}
+    assert set(prs) == {"comfyui", "comfyui-gguf"}
+    assert _marker(prs["comfyui-gguf"]["body"])["target"] == g1
+    assert _marker(prs["comfyui"]["body"])["target"] == c1
+    # each branch moves its own pin only, starting from main
+    assert f'commit = "{g1}"' in job.lock_on("zpatch-drift/comfyui-gguf")
+    assert f'commit = "{world.comfy_pin}"' in job.lock_on("zpatch-drift/comfyui-gguf")
+    assert f'commit = "{c1}"' in job.lock_on("zpatch-drift/comfyui")
+    assert git("rev-parse", "zpatch-drift/comfyui^", cwd=job.origin) == git("rev-parse", "main", cwd=job.origin)
+    # one issue, for the upstream that needs a person, naming the first commit that breaks the series
+    issues = job.issues()
+    assert len(issues) == 1 and "comfyui needs a person" in issues[0]["title"]
+    body = issues[0]["body"]
+    assert "The first commit that breaks it: `" + c2[:12] + "`" in body and "Partial advance" in body
+    # the forged line from upstream's subject stays on its line, escaped
+    assert not any(line.startswith(("- `0000", "- `?`", "- \\`0000")) for line in body.splitlines())
+    assert "\\x0d- \\`0000000000000000000000000000000000000000\\` forged" in body
+    # the workflow's own token: the PR says checks did not run
+    assert all("Checks have not run" in p["body"] for p in job.prs())
+    # the check legs' artifacts and the step summary hold the reports
+    assert json.loads((res.artifacts_dir / "drift-comfyui" / "drift.json").read_text())["class"] == "moved-conflict"
+    assert "## Upstream drift: moved-conflict" in res.summary
+
+
+def test_a_rerun_with_nothing_new_pushes_and_edits_nothing(job, world):
+    _gguf_moves(world)
+    commit(world.comfy_up, {"comfy/sd.py": replace_line(SD_PY, "line 10 of sd.py\n", "line 10 upstream\n")},
+           "comfy: rewrites line 10")
+    job.run()
+    refs, writes = job.refs(), len(job.gh.writes())
+    assert writes >= 3                         # label, PR, issue
+    job.run()
+    assert job.refs() == refs
+    assert len(job.gh.writes()) == writes, job.gh.writes()[writes:]
+
+
+def test_upstream_moves_again_updates_the_same_branch_and_pr(job, world):
+    g1, = _gguf_moves(world)
+    job.run()
+    pr, = job.prs()
+    g2, = _gguf_moves(world, tag="b")
+    job.run()
+    again, = job.prs()
+    assert again["number"] == pr["number"] and _marker(again["body"])["target"] == g2
+    assert f'commit = "{g2}"' in job.lock_on("zpatch-drift/comfyui-gguf")
+    assert git("rev-parse", "zpatch-drift/comfyui-gguf^", cwd=job.origin) == git("rev-parse", "main", cwd=job.origin)
+
+
+def test_a_human_commit_on_the_branch_is_kept_until_a_fresh_branch_is_asked_for(job, world):
+    _gguf_moves(world)
+    job.run()
+    pr, = job.prs()
+    mine = job.human_push("comfyui-gguf", "a maintainer's note\n")
+    g2, = _gguf_moves(world, tag="b")
+    job.run()
+    assert job.branch("comfyui-gguf") == mine                   # not force-pushed over
+    comments = [c for c in job.gh.pr(pr["number"])["comments"]]
+    assert len(comments) == 1 and "zpatch-drift:recreate" in comments[0]["body"]
+    job.run()                                                   # says so once
+    assert len(job.gh.pr(pr["number"])["comments"]) == 1
+    job.gh.add_label("pr", pr["number"], "zpatch-drift:recreate")
+    job.run()
+    head = job.branch("comfyui-gguf")
+    assert head != mine and f'commit = "{g2}"' in job.lock_on(head)
+    assert "zpatch-drift:recreate" not in {x["name"] for x in job.gh.pr(pr["number"])["labels"]}
+    assert [p["number"] for p in job.prs()] == [pr["number"]]
+    # the dispatch input does the same
+    mine = job.human_push("comfyui-gguf", "another note\n")
+    job.run(event="workflow_dispatch", inputs={"recreate": "comfyui-gguf"})
+    assert job.branch("comfyui-gguf") not in (mine, head)
+
+
+def test_a_pr_closed_without_merge_skips_its_target_until_upstream_moves(job, world):
+    _gguf_moves(world)
+    job.run()
+    pr, = job.prs()
+    job.gh.close_pr(pr["number"])
+    writes = len(job.gh.writes())
+    job.run()
+    assert job.prs() == [] and len(job.gh.writes()) == writes
+    g2, = _gguf_moves(world, tag="b")
+    job.run()
+    new, = job.prs()
+    assert new["number"] != pr["number"] and _marker(new["body"])["target"] == g2
+
+
+def test_current_again_closes_the_issue_and_a_merged_pr_is_left_alone(job, world):
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "gguf: rewrites line 20")
+    c1 = commit(world.comfy_up, {"nodes.py": "NODES = 2\n"}, "comfy: unrelated")
+    job.run()
+    issue, = job.issues()
+    pr, = job.prs()
+    assert "comfyui-gguf" in issue["title"] and _marker(pr["body"])["target"] == c1
+    # the maintainer merges the ComfyUI PR; upstream ComfyUI-GGUF takes its commit back
+    git("push", "-q", ".", f"zpatch-drift/comfyui:main", cwd=job.origin)
+    job.gh.merge_pr(pr["number"])
+    git("update-ref", "refs/heads/main", world.gguf_pin, cwd=world.gguf_up)
+    writes = len(job.gh.writes())
+    job.run()
+    assert job.issues() == [] and job.gh.issue(issue["number"])["state"] == "CLOSED"
+    closing = job.gh.issue(issue["number"])["comments"][-1]["body"]
+    assert "comfyui-gguf is current again" in closing
+    assert [w for w in job.gh.writes()[writes:] if w["argv"][:2] != ["issue", "close"]] == []
+
+
+def test_a_failed_smoke_is_bisected_and_the_pr_offers_the_last_passing_commit(job, world):
+    g1, = _gguf_moves(world)
+    bad = commit(world.gguf_up, {"nodes2.py": "# SMOKE: FAIL unet unexpected shape\n"}, "gguf: breaks the smoke")
+    _gguf_moves(world, n=2, tag="c")
+    job.run()
+    pr, = job.prs()
+    issue, = job.issues()
+    assert _marker(pr["body"])["target"] == g1
+    assert "**Semantic bisect:** the smoke first fails at `" + bad[:12] + "`" in issue["body"]
+    assert "FAILED at smoke" in issue["body"] and "unet unexpected shape" in issue["body"]
+    assert "--smoke" in issue["body"]
+
+
+def test_the_job_that_runs_upstream_code_sees_no_token(job, world):
+    _gguf_moves(world)
+    secrets = {"ZPATCH_APP_PRIVATE_KEY": "-----BEGIN KEY-----secret", "ZPATCH_PUBLISH_TOKEN": "github_pat_secret"}
+    res = job.run(secrets=secrets, vars={"ZPATCH_APP_ID": "4242"})
+    app_token = res.jobs["publish"].outputs_of("app", "token")
+    values = {TOKEN, app_token, *secrets.values()}
+    for name, j in res.jobs.items():
+        if name.startswith("check"):
+            assert j.permissions == {"contents": "read"}
+            for s in j.steps:
+                assert not any(v in str(s.env) for v in values), (name, s.name)
+            assert "extraheader" not in (j.workspace / ".git" / "config").read_text()
+    # the stand-in smoke itself (upstream code's place) saw no token-like variable
+    seen = [json.loads(line) for line in job.smoke_log.read_text().splitlines()]
+    assert seen and all(s["token_vars"] == [] for s in seen)
+    # the publisher used the App's token, so the PR says nothing about checks not running
+    assert {c["token"] for c in job.gh.calls} == {app_token}
+    pr, = job.prs()
+    assert "Checks have not run" not in pr["body"]
