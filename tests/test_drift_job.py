@@ -36,7 +36,7 @@ class Job:
         git("init", "-q", "--bare", "-b", "main", str(self.origin))
         src = tmp / "src"
         shutil.copytree(world.overlay, src)
-        (src / ".github/workflows").mkdir(parents=True)
+        (src / ".github/workflows").mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / WORKFLOW, src / WORKFLOW)
         git("init", "-q", "-b", "main", str(src))
         git("add", "-A", cwd=src)
@@ -262,3 +262,35 @@ def test_the_job_that_runs_upstream_code_sees_no_token(job, world):
     assert {c["token"] for c in job.gh.calls} == {app_token}
     pr, = job.prs()
     assert "Checks have not run" not in pr["body"]
+
+
+from testing.upstream import unreachable_reason  # noqa: E402
+
+
+@pytest.mark.skipif(unreachable_reason() is not None, reason=str(unreachable_reason()))
+def test_the_job_on_the_real_upstreams(tmp_path):
+    """This repository's overlay, the real upstream histories (as the user's git config reaches them),
+    the real smoke: ComfyUI's head conflicts from its first commit after the pin (no target: an issue
+    that names that commit), ComfyUI-GGUF moves clean and gets its pull request."""
+    from types import SimpleNamespace
+    from zimage_patcher.drift import load_report
+    src = tmp_path / "src"
+    for rel in ("upstream.lock", "patches", "zimage_patcher/overlay"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / rel).is_dir() else shutil.copy2)(ROOT / rel, src / rel)
+    gitconfig = os.environ.get("GIT_CONFIG_GLOBAL") or str(Path.home() / ".gitconfig")
+    world = SimpleNamespace(overlay=src, env={"GIT_CONFIG_GLOBAL": gitconfig})
+    job = Job(world, tmp_path / "job")
+    job.env["ZPATCH_SMOKE_PYTHON"] = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
+    res = job.run()
+    reports = {n: load_report(res.artifacts_dir / f"drift-{n}" / "drift.json") for n in ("comfyui", "comfyui-gguf")}
+    comfy, gguf = reports["comfyui"]["upstreams"][0], reports["comfyui-gguf"]["upstreams"][0]
+    assert comfy["class"] == "moved-conflict" and comfy["target"] is None
+    assert comfy["advance"]["first_bad"].startswith("e711aaf1a751")
+    assert comfy["smoke"]["passed"] and comfy["smoke"]["commit"] == comfy["pin"]     # the pins still work
+    assert gguf["class"] == "moved-clean" and gguf["target"] == gguf["head"] and gguf["smoke"]["passed"]
+    issue, = job.issues()
+    assert "comfyui needs a person" in issue["title"] and "e711aaf1a751" in issue["body"]
+    pr, = job.prs()
+    assert _marker(pr["body"]) ["target"] == gguf["head"]
+    assert f'commit = "{gguf["head"]}"' in job.lock_on("zpatch-drift/comfyui-gguf")

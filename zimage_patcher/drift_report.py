@@ -102,7 +102,7 @@ def upstream_section(u: dict, *, level: str = "###") -> str:
         out += ["", _smoke_line(sm)]
         if sm.get("warnings"):
             out += ["", "Warnings (ComfyUI logs these and carries on):", ""]
-            out += [f"- {clean(w, 300)}" for w in sm["warnings"][:20]]
+            out += [f"- {_warning(w)}" for w in sm["warnings"][:20]]
         b = sm.get("bisect")
         if b:
             if b.get("first_bad"):
@@ -125,6 +125,13 @@ def upstream_section(u: dict, *, level: str = "###") -> str:
     if cmds:
         out += ["", "Reproduce:", "", "```sh", *cmds, "```"]
     return "\n".join(line for i, line in enumerate(out) if line or (i and out[i - 1])) + "\n"
+
+
+def _warning(w) -> str:
+    """A smoke warning ({stage, level, message}, or a plain string from an older report)."""
+    if isinstance(w, dict):
+        return f"{clean(w.get('stage') or '?', 40)}: {clean(w.get('message'), 300)}"
+    return clean(w, 300)
 
 
 def _smoke_line(sm: dict) -> str:

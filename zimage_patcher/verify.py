@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import check, patchset, workspace
 from .errors import Exit, ZpatchError
+from .smoke.oneline import one_line
 
 
 MARKER = ".zpatch-verify"
@@ -32,6 +33,27 @@ def _workdir(workdir: Path | None) -> Path:
     return workdir
 
 
+SMOKE_STEPS = ("smoke", "control")
+
+
+def _failure(name: str, err: ZpatchError) -> dict:
+    """A failed step's {stage, error}. For smoke and control: the harness report's own failure
+    object (its stage, e.g. "load"), or "environment" when no smoke Python could run. Otherwise
+    the step's name and the error's one-line message."""
+    f = err.details.get("failure") if name in SMOKE_STEPS and isinstance(err.details, dict) else None
+    if isinstance(f, dict) and f.get("stage") and f.get("error"):
+        return f
+    stage = "environment" if name in SMOKE_STEPS and err.exit_code == Exit.ENVIRONMENT else name
+    return {"stage": stage, "error": one_line(err.message)}
+
+
+def _warnings(name: str, data) -> list:
+    """What ComfyUI only logged during the smoke ([{stage, level, message}]); [] for other steps."""
+    if name not in SMOKE_STEPS or not isinstance(data, dict):
+        return []
+    return list(data.get("warnings") or [])
+
+
 def run(root: Path, *, workdir: Path | None = None, offline: bool = False, python: str | None = None,
         device: str = "cpu", control: bool = False, smoke: bool = True, on_step=None,
         progress: bool = False) -> dict:
@@ -41,15 +63,19 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     result = {"workdir": str(scratch), "passed": False, "steps": steps}
     dest = scratch / "ComfyUI"
 
+    # Every step carries `failure` (null, or {stage, error}: for smoke and control the harness's
+    # stage and first error line) and `warnings` (for smoke and control what ComfyUI only logged,
+    # [{stage, level, message}]; [] for the other steps). drift reads both from steps[-1].
     def step(name, fn):
         t0 = time.perf_counter()
         try:
             summary, data = fn()
             entry = {"step": name, "ok": True, "seconds": time.perf_counter() - t0, "summary": summary,
-                     "data": data, "error": None}
+                     "data": data, "error": None, "failure": None, "warnings": _warnings(name, data)}
         except ZpatchError as e:
             entry = {"step": name, "ok": False, "seconds": time.perf_counter() - t0,
-                     "summary": e.message, "data": e.details, "error": e.to_json()}
+                     "summary": e.message, "data": e.details, "error": e.to_json(),
+                     "failure": _failure(name, e), "warnings": _warnings(name, e.details)}
         steps.append(entry)
         if on_step:
             on_step(entry)
@@ -96,17 +122,30 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
                 raise ZpatchError(f"{f}: does not compile: {e.msg.strip().splitlines()[-1]}", Exit.CONFLICT)
         return f"{len(files)} patched Python files compile", {"files": [str(f) for f in files]}
 
+    def kept(e: ZpatchError) -> ZpatchError:
+        """The smoke's hint names its log, which a temporary scratch directory does not keep."""
+        if workdir is None:
+            e.hint = ((e.hint + "; ") if e.hint else "") + \
+                "verify removes its scratch directory: zpatch verify --keep DIR keeps the log"
+        return e
+
     def do_smoke():
         from .smoke import runner
-        rep = runner.run_smoke(dest, scratch / "smoke", python=python, device=device,
-                               tier="tiny" if device == "cpu" else "full")
+        try:
+            rep = runner.run_smoke(dest, scratch / "smoke", python=python, device=device,
+                                   tier="tiny" if device == "cpu" else "full")
+        except ZpatchError as e:
+            raise kept(e) from None
         return runner.summary(rep).splitlines()[0], rep
 
     def do_control():
         from .smoke import runner
         pristine = scratch / "pristine"
         workspace.checkout(ov, pristine, offline=offline)
-        rep = runner.run_smoke(pristine, scratch / "control", python=python, device=device, unpatched=True)
+        try:
+            rep = runner.run_smoke(pristine, scratch / "control", python=python, device=device, unpatched=True)
+        except ZpatchError as e:
+            raise kept(e) from None
         return runner.summary(rep).splitlines()[0], rep
 
     plan = [("checkout", do_checkout), ("check", do_check), ("apply", do_apply), ("status", do_status),

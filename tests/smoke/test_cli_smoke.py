@@ -23,6 +23,9 @@ def test_verify_with_control_passes_every_step(pristine_checkout, smoke_python, 
     assert [s["step"] for s in res["steps"]] == ["checkout", "check", "apply", "status", "compile", "smoke",
                                                  "control"]
     assert all(s["ok"] for s in res["steps"])
+    assert all(s["failure"] is None for s in res["steps"])
+    assert res["steps"][5]["warnings"] == res["steps"][5]["data"]["warnings"]
+    assert all(set(w) == {"stage", "level", "message"} for w in res["steps"][5]["warnings"])
     smoke = res["steps"][5]["data"]
     assert len(smoke["images"]) == 2 and all(os.path.isfile(i["path"]) for i in smoke["images"])
 

@@ -167,6 +167,10 @@ def test_a_harness_that_dies_without_a_report_is_a_smoke_failure(fake_checkout, 
     assert err.exit_code == Exit.SMOKE_FAILED
     assert err.message == "smoke harness exited 139 without a report: Segmentation fault (core dumped)"
     assert err.details["returncode"] == 139
+    assert err.details["failure"] == {"stage": "harness",
+                                      "error": "harness exited 139 without a report: Segmentation fault (core dumped)"}
+    assert f"reproduce: zpatch smoke {fake_checkout} --out {tmp_path / 'out'}" in err.hint
+    assert f"full log: {tmp_path / 'out' / runner.LOG_NAME}" in err.hint
 
 
 def test_not_a_checkout(tmp_path):

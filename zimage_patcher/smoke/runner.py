@@ -15,6 +15,7 @@ import collections
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ..cache import cache_home
 from ..errors import Exit, ZpatchError
+from .oneline import one_line
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "harness.py"
@@ -208,24 +210,58 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return one_line(text, limit)
 
 
-def _hint(report: dict, checkout: Path, unpatched: bool, report_path: Path, log_path: Path) -> str:
+def failure_line(failure: dict | None) -> str:
+    """The failure object's `error` (one clean line); older reports had only type and message."""
+    failure = failure or {}
+    if failure.get("error"):
+        return one_line(failure["error"])
+    etype, msg = failure.get("type"), failure.get("message", "")
+    return one_line(f"{etype}: {msg}" if etype else msg) or "(no message)"
+
+
+def reproduce_command(checkout: Path, out_dir: Path, *, python: str, device: str, tier: str,
+                      models: Path | None, unpatched: bool) -> str:
+    """The zpatch command line that runs this smoke again, the same way."""
+    args = ["zpatch", "smoke", str(checkout), "--out", str(out_dir), "--device", device]
+    args += ["--models", str(models)] if models is not None else ["--tier", tier]
+    args += ["--python", python] + (["--unpatched"] if unpatched else [])
+    return shlex.join(args)
+
+
+# Failures whose cause zpatch knows, as (stage, text in the error line) -> what to do. Anything
+# else is reported as what failed, where the log is and how to reproduce it, blaming nobody.
+_PATCH_ERRORS = (
+    ("load", "Unexpected text model architecture type in GGUF file: 'gemma3'",
+     "this is the error the ComfyUI-GGUF patches fix: are they applied? zpatch status {checkout}"),
+    ("load", "the ComfyUI-GGUF patches map from llama.cpp names were not loaded",
+     "the Gemma 3 renaming of the ComfyUI-GGUF patches no longer fills every weight ComfyUI's text "
+     "encoder has: compare the patched loader with comfy/text_encoders/llama.py"),
+    ("decode", "tuple index out of range",
+     "this is the error the ComfyUI patch fixes (4-D latents into the Wan VAE): is it applied? "
+     "zpatch status {checkout}"),
+)
+
+
+def _hint(report: dict, checkout: Path, unpatched: bool, report_path: Path, log_path: Path,
+          reproduce: str) -> str:
     failure = report.get("failure") or {}
-    stage, msg = failure.get("stage"), failure.get("message", "")
-    where = f"report: {report_path}; log: {log_path}"
+    stage, line = failure.get("stage"), failure_line(failure)
+    where = f"full log: {log_path}; report: {report_path}; reproduce: {reproduce}"
     if unpatched:
         return ("the negative control expects a pristine checkout at the pins (zpatch checkout DIR, "
                 f"no apply); {where}")
-    if stage == "import" and ("missing" in msg or "IMPORT FAILED" in msg):
+    if stage == "import" and ("missing" in line or "IMPORT FAILED" in line):
         return f"is the overlay applied? zpatch status {checkout}   then   zpatch apply {checkout}; {where}"
-    if stage == "models" and "missing in" in msg:
+    if stage == "models" and "missing in" in line:
         return f"put the model files there under these names, or leave out --models for synthetic ones; {where}"
-    if stage in ("load", "encode", "sample", "decode"):
-        return f"check the patches are applied: zpatch status {checkout}; {where}"
-    return where
+    for known_stage, text, advice in _PATCH_ERRORS:
+        if stage == known_stage and text in line:
+            return f"{advice.format(checkout=checkout)}; {where}"
+    return (f"the {stage} stage failed for a reason zpatch does not recognise (not necessarily the "
+            f"patches: upstream may have changed); {where}")
 
 
 def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, device: str = "cpu",
@@ -260,42 +296,55 @@ def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, devic
     if unpatched:
         cmd.append("--unpatched")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    reproduce = reproduce_command(checkout, out_dir, python=py, device=device, tier=tier, unpatched=unpatched,
+                                  models=Path(models).resolve() if models is not None else None)
     try:
         with open(log_path, "w") as log:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   cwd=str(out_dir), env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ZpatchError(f"smoke timed out after {timeout:g}s", Exit.SMOKE_FAILED,
-                          hint=f"log: {log_path}", details={"command": cmd, "log_tail": _tail(log_path)}) from None
+        error = f"timed out after {timeout:g}s"
+        raise ZpatchError(f"smoke {error}", Exit.SMOKE_FAILED,
+                          hint=f"full log: {log_path}; reproduce: {reproduce}",
+                          details={"command": cmd, "log_tail": _tail(log_path), "log": str(log_path),
+                                   "failure": {"stage": "harness", "error": error}, "warnings": []}) from None
     except OSError as exc:
+        failure = {"stage": "environment", "error": one_line(f"cannot run {py}: {exc}")}
         raise ZpatchError(f"cannot run the smoke python {py}: {exc}", Exit.ENVIRONMENT,
-                          hint=f"pass --python or set {ENV_PYTHON}") from exc
+                          hint=f"pass --python or set {ENV_PYTHON}",
+                          details={"failure": failure, "warnings": []}) from exc
     if not report_path.is_file():
-        last = _tail(log_path, 1) or "(no output)"
-        raise ZpatchError(f"smoke harness exited {proc.returncode} without a report: {_one_line(last)}",
-                          Exit.SMOKE_FAILED, hint=f"log: {log_path}",
-                          details={"command": cmd, "returncode": proc.returncode, "log_tail": _tail(log_path)})
+        last = _one_line(_tail(log_path, 1) or "(no output)")
+        error = f"harness exited {proc.returncode} without a report: {last}"
+        raise ZpatchError(f"smoke {error}", Exit.SMOKE_FAILED,
+                          hint=f"full log: {log_path}; reproduce: {reproduce}",
+                          details={"command": cmd, "returncode": proc.returncode, "log_tail": _tail(log_path),
+                                   "log": str(log_path), "failure": {"stage": "harness", "error": one_line(error)},
+                                   "warnings": []})
     report = json.loads(report_path.read_text())
     report["command"] = cmd
     report["log"] = str(log_path)
     report["report"] = str(report_path)
+    report["reproduce"] = reproduce
+    report.setdefault("warnings", [])
     if report.get("ok"):
+        report["failure"] = None
         return report
-    failure = report.get("failure") or {"stage": "harness", "type": "Error", "message": "no failure recorded"}
-    stage, etype, emsg = failure.get("stage"), failure.get("type"), failure.get("message", "")
+    if not report.get("failure"):
+        report["failure"] = {"stage": "harness", "error": "the harness reported no success and no failure"}
+    failure = report["failure"]
+    failure["error"] = failure_line(failure)
+    failure.setdefault("stage", "harness")
+    stage, line = failure["stage"], failure["error"]
     if stage == "environment":
         hint = ("this torch sees no GPU: use --device cpu, or a python with a CUDA build of torch (--python)"
-                if "cuda" in emsg.lower() else
+                if "cuda" in line.lower() else
                 f"{py} -m pip install -r {REQUIREMENTS}   or pass --python / set {ENV_PYTHON}")
-        raise ZpatchError(_one_line(f"smoke python {py} is not usable: {etype}: {emsg}"), Exit.ENVIRONMENT,
+        raise ZpatchError(f"smoke python {py} is not usable: {line}", Exit.ENVIRONMENT,
                           hint=hint, details=report)
-    if unpatched:
-        message = f"negative control failed at {stage}: {emsg}" if etype == "ControlNotObserved" \
-            else f"negative control failed at {stage}: {etype}: {emsg}"
-    else:
-        message = f"smoke failed at {stage}: {etype}: {emsg}"
-    raise ZpatchError(_one_line(message), Exit.SMOKE_FAILED,
-                      hint=_hint(report, checkout, unpatched, report_path, log_path), details=report)
+    what = "negative control" if unpatched else "smoke"
+    raise ZpatchError(f"{what} failed at {stage}: {line}", Exit.SMOKE_FAILED,
+                      hint=_hint(report, checkout, unpatched, report_path, log_path, reproduce), details=report)
 
 
 def summary(report: dict) -> str:
@@ -311,6 +360,12 @@ def summary(report: dict) -> str:
         head = (f"smoke {'passed' if report.get('ok') else 'FAILED'}: {len(images)} image(s) {size}, "
                 f"{report.get('steps')} steps, tier {report.get('tier')} on {report.get('device')}, "
                 f"{t.get('total', 0):.1f}s, peak RSS {report.get('peak_rss_mb', 0):.0f} MB")
+    warnings = [w if isinstance(w, dict) else {"stage": None, "message": str(w)}   # reports before schema 2's
+                for w in report.get("warnings") or []]                               # {stage, level, message}
+    if warnings:
+        head += f", {len(warnings)} warning(s)"
+    if report.get("failure"):
+        head += f"; failed at {report['failure'].get('stage')}: {failure_line(report['failure'])}"
     lines = [head]
     stages = [k for k in ("import", "load", "encode", "sample", "decode", "text_encoder_load",
                           "vae_decode_4d") if k in t]
@@ -318,6 +373,10 @@ def summary(report: dict) -> str:
         lines.append("  " + "  ".join(f"{k} {t[k]:.2f}s" for k in stages if t[k] is not None))
     if report.get("peak_gpu_mb") is not None:
         lines.append(f"  peak GPU memory {report['peak_gpu_mb']:.0f} MB")
+    for w in warnings[:5]:
+        lines.append(f"  warning ({w.get('stage')}): {w.get('message')}")
+    if len(warnings) > 5:
+        lines.append(f"  ... and {len(warnings) - 5} more warning(s) in the report")
     for img in report.get("images") or []:
         lines.append(f"  {img['graph']}: {img['path']}")
     if report.get("report"):

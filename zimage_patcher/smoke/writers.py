@@ -309,8 +309,11 @@ def _zimage_values(cfg: ZImageConfig, seed: int) -> Callable[[str, tuple], np.nd
     return make
 
 
-def write_zimage_gguf(path: Path, cfg: ZImageConfig = ZImageConfig(), *, seed: int = 0) -> dict:
-    specs = zimage_tensor_specs(cfg)
+def write_zimage_gguf(path: Path, cfg: ZImageConfig = ZImageConfig(), *, seed: int = 0,
+                      extra: dict[str, tuple] | None = None) -> dict:
+    """extra: more tensors {name: shape}, for tests: a name ComfyUI's model lacks is what an upstream
+    that removed a module sees in an older file (ComfyUI logs `unet unexpected:` and carries on)."""
+    specs = {**zimage_tensor_specs(cfg), **(extra or {})}
     order = [(n, s, _zimage_qtype(n, s)) for n, s in specs.items()]
 
     def meta(w) -> None:
