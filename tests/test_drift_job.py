@@ -294,3 +294,32 @@ def test_the_job_on_the_real_upstreams(tmp_path):
     pr, = job.prs()
     assert _marker(pr["body"]) ["target"] == gguf["head"]
     assert f'commit = "{gguf["head"]}"' in job.lock_on("zpatch-drift/comfyui-gguf")
+
+
+def test_an_issue_closed_by_a_person_stays_closed_until_the_finding_changes(job, world):
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "gguf: rewrites line 20")
+    job.run()
+    issue, = job.issues()
+    job.gh.close_issue(issue["number"])
+    writes = len(job.gh.writes())
+    job.run()
+    assert job.issues() == [] and len(job.gh.writes()) == writes       # not reopened, not opened again
+    commit(world.gguf_up, {"w9.py": "x\n"}, "gguf: more work")         # the finding changes: a new head
+    job.run()
+    new, = job.issues()
+    assert new["number"] != issue["number"]
+
+
+def test_a_pr_whose_marker_a_person_removed_is_left_alone(job, world):
+    import subprocess
+    _gguf_moves(world)
+    job.run()
+    pr, = job.prs()
+    env = {**job.env, "GH_TOKEN": "maintainer", "GH_REPO": "owner/overlay"}
+    subprocess.run(["gh", "pr", "edit", str(pr["number"]), "--body", "my own words now"], env=env, check=True)
+    _gguf_moves(world, tag="b")
+    refs, writes = job.refs(), len(job.gh.writes())
+    job.run()
+    assert job.refs() == refs and len(job.gh.writes()) == writes
+    assert job.gh.pr(pr["number"])["body"] == "my own words now"

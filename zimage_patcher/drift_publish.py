@@ -135,8 +135,8 @@ def publish(root: Path, reports: list[dict], *, recreate: set[str] = frozenset()
     labels = {x["name"] for x in gh.read("label", "list", "--json", "name", "--limit", "200")}
     if LABEL not in labels:
         gh.write("label", "create", LABEL, "--description", "opened by the upstream-drift job", "--color", "d4c5f9")
-    issues = gh.read("issue", "list", "--label", LABEL, "--state", "open", "--json", "number,title,body",
-                     "--limit", "100")
+    issues = gh.read("issue", "list", "--label", LABEL, "--state", "all", "--json", "number,title,body,state",
+                     "--limit", "200")
     results = []
     for report in reports:
         for u in report["upstreams"]:
@@ -161,6 +161,9 @@ def _pull_request(root: Path, gh: Gh, u: dict, *, base: str, remote: str, token_
                   "--json", "number,state,body,headRefOid,labels,comments")
     ours = sorted((p for p in prs if read_marker(p.get("body"), "pr")), key=lambda p: -p["number"])
     open_pr = next((p for p in ours if p["state"] == "OPEN"), None)
+    stranger = next((p for p in prs if p["state"] == "OPEN" and p not in ours), None)
+    if stranger and not open_pr:       # its body lost the marker (edited by hand): not the job's to touch
+        return f"left #{stranger['number']} (its body has no zpatch-drift marker, so the job leaves it alone)"
     if u["class"] == "current":
         if open_pr:
             gh.write("pr", "close", str(open_pr["number"]), "--comment",
@@ -261,11 +264,16 @@ def _push(root: Path, u: dict, target: str, *, base: str, remote: str, lease: st
 
 def _issue(gh: Gh, u: dict, issues: list[dict], *, artifact: str | None) -> str:
     name = u["name"]
-    mine = [i for i in issues if (read_marker(i.get("body"), "issue") or {}).get("upstream") == name]
+    ours = [i for i in issues if (read_marker(i.get("body"), "issue") or {}).get("upstream") == name]
+    mine = [i for i in ours if i.get("state") == "OPEN"]
     if u["class"] in NEEDS_PERSON:
         body = _issue_body(u, artifact=artifact)
         title = f"Upstream drift: {name} needs a person"
         if not mine:
+            # a person closed the issue for this very finding: not reopened, not opened again daily
+            closed = next((i for i in ours if _same(body, i.get("body"))), None)
+            if closed:
+                return f"skipped: #{closed['number']} with this finding was closed"
             out = gh.write("issue", "create", "--title", title, "--label", LABEL, body=body)
             return _opened(out)
         i = mine[0]
