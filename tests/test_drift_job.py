@@ -323,3 +323,11 @@ def test_a_pr_whose_marker_a_person_removed_is_left_alone(job, world):
     job.run()
     assert job.refs() == refs and len(job.gh.writes()) == writes
     assert job.gh.pr(pr["number"])["body"] == "my own words now"
+
+
+def test_a_pat_secret_is_used_when_there_is_no_app(job, world):
+    _gguf_moves(world)
+    job.run(secrets={"ZPATCH_PUBLISH_TOKEN": "github_pat_only"})
+    assert {c["token"] for c in job.gh.calls} == {"github_pat_only"}
+    pr, = job.prs()
+    assert "Checks have not run" not in pr["body"]
