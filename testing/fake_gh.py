@@ -92,13 +92,14 @@ IMPLEMENTED = {  # the flags the fake acts on; the rest of gh's exist but are re
     ("label", "create"): {"force", "description", "color"}, ("label", "list"): {"json", "limit"},
 }
 PR_FIELDS = {"number", "title", "body", "state", "headRefName", "headRefOid", "baseRefName", "labels", "comments",
+             "isCrossRepository",
              "url", "isDraft", "mergedAt", "closedAt", "author", "createdAt", "updatedAt", "closed", "id"}
 ISSUE_FIELDS = {"number", "title", "body", "state", "stateReason", "labels", "comments", "url", "author",
                 "createdAt", "updatedAt", "closedAt", "closed", "id"}
 LABEL_FIELDS = {"name", "description", "color", "id", "isDefault", "url"}
 GH_ONLY_FIELDS = {  # real gh fields the fake does not model: asking for them is "not implemented", not unknown
     "additions", "assignees", "autoMergeRequest", "baseRefOid", "changedFiles", "commits", "deletions", "files",
-    "fullDatabaseId", "headRepository", "headRepositoryOwner", "isCrossRepository", "latestReviews",
+    "fullDatabaseId", "headRepository", "headRepositoryOwner", "latestReviews",
     "maintainerCanModify", "mergeCommit", "mergeStateStatus", "mergeable", "mergedBy", "milestone",
     "potentialMergeCommit", "projectCards", "projectItems", "reactionGroups", "reviewDecision", "reviewRequests",
     "reviews", "statusCheckRollup", "isPinned", "createdAt", "updatedAt"}
@@ -189,7 +190,8 @@ def render(st: dict, kind: str, rec: dict) -> dict:
                          for c in rec["comments"]])
     if kind == "pr":
         out.update({k: rec[k] for k in ("headRefName", "baseRefName", "isDraft", "mergedAt")},
-                   headRefOid=_head_oid(st, rec))
+                   headRefOid=rec["fork_oid"] if rec.get("fork_oid") else _head_oid(st, rec),
+                   isCrossRepository=bool(rec.get("fork_oid")))
     else:
         out["stateReason"] = rec.get("stateReason")
     return out
@@ -489,7 +491,7 @@ def run(argv: list[str], st: dict, token: str) -> tuple[str, str, bool]:
         if _git(origin, "rev-parse", "--verify", "-q", f"refs/heads/{base}").returncode:
             raise GhError("pull request create failed: GraphQL: Base ref must be a branch (createPullRequest)")
         for r in st["prs"]:
-            if r["headRefName"] == head and r["state"] == "OPEN":
+            if r["headRefName"] == head and r["state"] == "OPEN" and not r.get("fork_oid"):   # same repo only
                 raise GhError(f'a pull request for branch "{head}" into branch "{r["baseRefName"]}" already exists:\n'
                               f"https://github.com/{repo}/pull/{r['number']}")
         if _git(origin, "merge-base", "--is-ancestor", f"refs/heads/{head}", f"refs/heads/{base}").returncode == 0:
@@ -616,6 +618,15 @@ class FakeGitHub:
 
     def _rec(self, st, kind, n):
         return next(r for r in st["prs" if kind == "pr" else "issues"] if r["number"] == n)
+
+    def fork_pr(self, branch: str, body: str, *, login: str = "stranger", state: str = "OPEN") -> int:
+        """A pull request from someone's fork whose branch has the same name (gh pr list --head matches
+        by name only); its head is not on origin."""
+        with self._mutate() as st:
+            rec = _new(st, "pr", "from a fork", body, [], login, headRefName=branch, baseRefName="main",
+                       isDraft=False, mergedAt=None, fork_oid="f" * 40)
+            rec["state"] = state
+            return rec["number"]
 
     def merge_pr(self, n: int):
         with self._mutate() as st:

@@ -32,6 +32,17 @@ def _head(path: Path) -> str:
     return r.stdout.strip()
 
 
+def _poison(marker: Path) -> None:
+    """What hostile upstream code could do in the job that runs it: plant a hook in every mirror of
+    zpatch's cache, to run wherever that cache is used next, and report whether a token is there."""
+    repos = Path.home() / ".cache" / "zimage-patcher" / "repos"
+    for mirror in repos.glob("*.git"):
+        hook = mirror / "hooks" / "reference-transaction"
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(f"#!/bin/sh\necho \"ran with token=${{GH_TOKEN:-none}}\" >> {marker}\ncat >/dev/null\n")
+        hook.chmod(0o755)
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "-c":                # runner probes the interpreter for modules: none missing
         print("")
@@ -64,6 +75,8 @@ def main(argv: list[str]) -> int:
                  "token_vars": sorted(k for k in os.environ if "TOKEN" in k.upper() or k.upper().startswith("GH_"))}
         with open(log, "a") as fh:
             fh.write(json.dumps(heads) + "\n")
+    if os.environ.get("STUB_SMOKE_POISON"):
+        _poison(Path(os.environ["STUB_SMOKE_POISON"]))
     report = {"ok": fail is None, "mode": "smoke", "tier": a.tier, "device": a.device, "width": 64, "height": 64,
               "steps": 2, "images": [], "timings": {"total": 0.0}, "peak_rss_mb": 0, "warnings": warnings,
               "failure": None if fail is None else {"stage": "sample", "type": "RuntimeError", "message": fail}}

@@ -3,6 +3,7 @@ workflow decisions; both workflow files through actionlint."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -242,3 +243,92 @@ def test_a_saved_report_is_data_checked_before_use(tmp_path, zpatch, world):
         bad.write_text(text)
         r = zpatch("drift", "--from", bad, "--markdown", expect=2)
         assert "drift report" in r.output
+
+
+def _publisher(world, tmp_path, monkeypatch):
+    """The overlay as a repository with a bare origin, and a stand-in gh on PATH."""
+    from testing import fake_gh
+    from testing.fixtures import git
+    origin = tmp_path / "origin.git"
+    git("init", "-q", "--bare", "-b", "main", str(origin))
+    git("init", "-q", "-b", "main", str(world.overlay))
+    git("add", "-A", cwd=world.overlay)
+    git("commit", "-q", "-m", "overlay", cwd=world.overlay)
+    git("remote", "add", "origin", str(origin), cwd=world.overlay)
+    git("push", "-q", "origin", "main", cwd=world.overlay)
+    env = fake_gh.install(tmp_path / "bin", tmp_path / "gh.json", origin, repo="owner/overlay")
+    for k, v in {**env, "GH_TOKEN": "t", "GH_REPO": "owner/overlay"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    return fake_gh.FakeGitHub(tmp_path / "gh.json")
+
+
+def test_publish_skips_a_failed_leg_and_publishes_the_rest(zpatch, world, tmp_path, monkeypatch):
+    gh = _publisher(world, tmp_path, monkeypatch)
+    commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
+    good = _save(tmp_path, drift(zpatch, "--upstream", "comfyui-gguf", expect=1))
+    failed = tmp_path / "failed.json"
+    failed.write_text(json.dumps({"schema": 2, "command": "drift", "ok": False, "exit_code": 6,
+                                  "error": "cannot reach https://example.invalid/x\x1b[31m", "hint": None}))
+    r = zpatch("drift-publish", good, failed, expect=0)
+    assert "failed.json: skipped: cannot reach https://example.invalid/x" in r.stdout and "\x1b" not in r.stdout
+    assert len([p for p in gh.prs if p["state"] == "OPEN"]) == 1
+
+
+def test_publish_refuses_a_target_off_the_tracked_branch(zpatch, world, tmp_path, monkeypatch):
+    from testing.fixtures import git
+    gh = _publisher(world, tmp_path, monkeypatch)
+    git("checkout", "-q", "-b", "side", world.gguf_pin, cwd=world.gguf_up)
+    commit(world.gguf_up, {"evil.py": "x\n"}, "not on main")
+    git("checkout", "-q", "main", cwd=world.gguf_up)
+    report = _save(tmp_path, drift(zpatch, "--upstream", "comfyui-gguf", "--to", "side", expect=1))
+    r = zpatch("drift-publish", report, expect=0)
+    assert "is not on the first-parent line of origin/main" in r.stdout
+    assert gh.prs == [] and gh.writes() == [w for w in gh.writes() if w["argv"][:2] == ["label", "create"]]
+
+
+def test_publish_refuses_typos_and_duplicates_before_any_write(zpatch, world, tmp_path, monkeypatch):
+    gh = _publisher(world, tmp_path, monkeypatch)
+    commit(world.gguf_up, {"other.py": "x\n"}, "unrelated upstream work")
+    report = _save(tmp_path, drift(zpatch, "--upstream", "comfyui-gguf", expect=1))
+    assert "no such upstream" in zpatch("drift-publish", report, "--recreate", "comfyui_gguf", expect=2).output
+    assert "more than one report" in zpatch("drift-publish", report, report, expect=2).output
+    assert "not in the saved report" in zpatch("drift", "--from", report, "--upstream", "typo", expect=2).output
+    assert gh.calls == []
+
+
+def test_fuzzed_reports_get_a_one_line_error_never_a_traceback(zpatch, world, tmp_path, monkeypatch):
+    """Reports from a job that ran upstream code: every field replaced by junk of every type."""
+    import random
+    _publisher(world, tmp_path, monkeypatch)
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "upstream rewrites line 20")
+    base = drift(zpatch, "--smoke", "--python", _smoke_python(tmp_path), expect=5)
+    junk = [None, True, -1, 3.5, "", "x" * 300, "a\nb", [], [None], {}, {"x": 1}, "0" * 40, ["0" * 40]]
+    paths = []
+
+    def walk(node, path=()):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                paths.append(path + (k,))
+                walk(v, path + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                paths.append(path + (i,))
+                walk(v, path + (i,))
+    walk(base)
+    rng = random.Random(13)
+    target = tmp_path / "mutant.json"
+    codes = set()
+    for path in rng.sample(paths, min(len(paths), 150)):
+        mutant = json.loads(json.dumps(base))
+        node = mutant
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = rng.choice(junk)
+        target.write_text(json.dumps(mutant))
+        for args in (("drift", "--from", target, "--markdown"), ("drift-publish", target, "--dry-run")):
+            r = zpatch(*args, expect=None)
+            codes.add(r.exit_code)
+            assert r.exit_code != 9 and "Traceback" not in r.output, (path, r.output)
+    assert 2 in codes and codes <= {0, 1, 2, 5, 7, 11}

@@ -273,7 +273,7 @@ def test_the_job_on_the_real_upstreams(tmp_path):
     the real smoke: ComfyUI's head conflicts from its first commit after the pin (no target: an issue
     that names that commit), ComfyUI-GGUF moves clean and gets its pull request."""
     from types import SimpleNamespace
-    from zimage_patcher.drift import load_report
+    from zimage_patcher.drift_schema import load_report
     src = tmp_path / "src"
     for rel in ("upstream.lock", "patches", "zimage_patcher/overlay"):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -331,3 +331,41 @@ def test_a_pat_secret_is_used_when_there_is_no_app(job, world):
     assert {c["token"] for c in job.gh.calls} == {"github_pat_only"}
     pr, = job.prs()
     assert "Checks have not run" not in pr["body"]
+
+
+def test_a_mirror_poisoned_by_upstream_code_never_runs_beside_the_token(job, world, tmp_path):
+    """Upstream code in the check job plants a hook in zpatch's cache. The publish job restores no
+    cache the check job wrote, so the hook runs (if ever) only in later check jobs, without a token."""
+    marker = tmp_path / "hook-ran.txt"
+    job.env["STUB_SMOKE_POISON"] = str(marker)
+    _gguf_moves(world)
+    job.run()
+    _gguf_moves(world, tag="b")          # the next day: the check legs restore the poisoned cache
+    res = job.run()
+    ran = marker.read_text().splitlines() if marker.exists() else []
+    assert ran and all(line == "ran with token=none" for line in ran)   # only in check legs
+    assert not any(s.uses and "cache" in s.uses for s in res.jobs["publish"].steps)
+
+
+def test_a_fork_pr_with_the_same_branch_name_is_not_the_jobs(job, world):
+    from zimage_patcher.drift_publish import marker
+    g1, = _gguf_moves(world)
+    forged = marker("pr", upstream="comfyui-gguf", target=g1, pushed="f" * 40)
+    job.gh.fork_pr("zpatch-drift/comfyui-gguf", "forged\n" + forged, state="CLOSED")
+    job.gh.fork_pr("zpatch-drift/comfyui-gguf", "an open one\n" + forged)
+    job.run()
+    ours = [p for p in job.prs() if not p["isCrossRepository"]]
+    assert len(ours) == 1 and _marker(ours[0]["body"])["target"] == g1
+
+
+def test_a_human_commit_on_the_branch_of_a_closed_pr_is_not_overwritten(job, world):
+    _gguf_moves(world)
+    job.run()
+    pr, = job.prs()
+    job.gh.close_pr(pr["number"])
+    mine = job.human_push("comfyui-gguf", "picking this up by hand\n")
+    _gguf_moves(world, tag="b")
+    job.run()
+    assert job.branch("comfyui-gguf") == mine and job.prs() == []
+    job.run(event="workflow_dispatch", inputs={"recreate": "comfyui-gguf"})
+    assert job.branch("comfyui-gguf") != mine and len(job.prs()) == 1

@@ -25,15 +25,12 @@ import tempfile
 from pathlib import Path
 
 from . import cache, git, lock as lockmod, rebase
+from .drift_schema import CLASSES, EXIT_CODES, SCHEMA
 from .errors import Exit, ZpatchError
 from .patchset import Overlay, Series
-
-CLASSES = {"current": Exit.OK, "moved-clean": Exit.FINDINGS, "upstreamed": Exit.UPSTREAMED,
-           "moved-conflict": Exit.CONFLICT, "smoke-failed": Exit.SMOKE_FAILED}
-ORDER = ["current", "moved-clean", "upstreamed", "moved-conflict", "smoke-failed"]
+from .smoke.oneline import one_line
 MAX_TRIALS = 12      # trial applies for the partial advance: enough for 4,096 commits
 MAX_SMOKES = 6       # smokes for the semantic bisect (each is a whole generation)
-SCHEMA = 2           # of the report itself (`zpatch drift --from` refuses others)
 
 
 def _classify(patches: list[dict], ahead: int) -> str:
@@ -71,8 +68,8 @@ def run(ov: Overlay, *, only: str | None = None, to: str | None = None, offline:
     for entry in report["upstreams"]:
         entry["reproduce"] = _reproduce(entry, smoke=smoke)
     if report["upstreams"]:
-        report["class"] = max((u["class"] for u in report["upstreams"]), key=ORDER.index)
-    report["exit_code"] = int(CLASSES[report["class"]])
+        report["class"] = max((u["class"] for u in report["upstreams"]), key=CLASSES.index)
+    report["exit_code"] = int(EXIT_CODES[report["class"]])
     return report
 
 
@@ -97,7 +94,7 @@ def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[
     return entry, mirror
 
 
-def _line(repo: Path, pin: str, head: str) -> list[str]:
+def first_parent_line(repo: Path, pin: str, head: str) -> list[str]:
     """The commits a pin can move to, oldest first: the first-parent line from the pin to HEAD
     (a merge counts once, as the branch saw it), each descending from the pin."""
     return git.rev_list(repo, f"{pin}..{head}", "--first-parent", "--ancestry-path")
@@ -128,7 +125,7 @@ def advance(s: Series, mirror: Path, pin: str, head: str, *, head_conflict: str 
     still carries (HEAD itself conflicts), by bisection in at most MAX_TRIALS trial applies; and the
     first commit that breaks it. When the line is longer than 2**MAX_TRIALS, the search narrows the
     range as far as it can and says so (`exact` false)."""
-    line = _line(mirror, pin, head)
+    line = first_parent_line(mirror, pin, head)
     if not line or line[-1] != head:        # HEAD off the pin's first-parent line: nothing to offer
         return {"target": None, "first_bad": None, "trials": 0, "exact": False, "line": len(line)}
     with tempfile.TemporaryDirectory(prefix="zpatch-advance-") as tmp:
@@ -210,14 +207,10 @@ class _Smoker:
         if failed:
             inner = failed.get("failure") or {}
             failure = {"step": failed["step"], "stage": inner.get("stage"),
-                       "error": inner.get("error") or _first_line(failed["summary"])}
+                       "error": inner.get("error") or one_line(failed["summary"])}
         return {"passed": res["passed"], "failure": failure,
                 "warnings": list((smoke_step or {}).get("warnings") or []),
                 "seconds": round(sum(s["seconds"] for s in res["steps"]), 2)}
-
-
-def _first_line(text: str) -> str:
-    return (text or "").strip().splitlines()[0][:300] if (text or "").strip() else ""
 
 
 def _smoke_entry(smoker: _Smoker, s: Series, mirror: Path, entry: dict, *, max_smokes: int) -> dict:
@@ -232,7 +225,7 @@ def _smoke_entry(smoker: _Smoker, s: Series, mirror: Path, entry: dict, *, max_s
         if not result["passed"] and entry["class"] != "moved-conflict":
             entry["class"] = "smoke-failed"
         return out
-    line = _line(mirror, entry["pin"], at)
+    line = first_parent_line(mirror, entry["pin"], at)
     smokes = 0
     budget_left = True
 
@@ -273,41 +266,3 @@ def _reproduce(entry: dict, *, smoke: bool) -> list[str]:
     if entry["target"] != head:
         cmds.append(f"zpatch rebase {name} --onto {head}")
     return cmds
-
-
-# ---------------------------------------------------------------- a saved report
-
-
-def load_report(path: Path) -> dict:
-    """A report `zpatch drift --json` wrote (the envelope or the bare report), checked enough to be
-    rendered or published: a file from another job is data, never trusted further than this."""
-    import json
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ZpatchError(f"{path}: not a drift report: {e}", Exit.USAGE,
-                          hint="write one with: zpatch drift --json > drift.json") from None
-    if not isinstance(data, dict) or data.get("report_schema") != SCHEMA or \
-            not isinstance(data.get("upstreams"), list) or data.get("class") not in CLASSES:
-        raise ZpatchError(f"{path}: not a drift report of schema {SCHEMA}", Exit.USAGE,
-                          hint="write it again with this zpatch: zpatch drift --json > drift.json")
-    for u in data["upstreams"]:
-        ok = isinstance(u, dict) and u.get("class") in CLASSES and isinstance(u.get("name"), str) and \
-            all(_is_sha(u.get(k)) for k in ("pin", "head")) and (u.get("target") is None or _is_sha(u["target"])) \
-            and isinstance(u.get("patches"), list)
-        if not ok:
-            raise ZpatchError(f"{path}: a malformed upstream entry in the drift report", Exit.USAGE,
-                              hint="write it again with: zpatch drift --json > drift.json")
-    return data
-
-
-def _is_sha(v) -> bool:
-    return isinstance(v, str) and len(v) == 40 and all(c in "0123456789abcdef" for c in v)
-
-
-def merge_reports(reports: list[dict]) -> dict:
-    """Reports of single upstreams (a matrix job's legs) as one."""
-    ups = [u for r in reports for u in r["upstreams"]]
-    cls = max((u["class"] for u in ups), key=ORDER.index) if ups else "current"
-    return {"report_schema": SCHEMA, "overlay": reports[0]["overlay"] if reports else "", "upstreams": ups,
-            "class": cls, "smoke": any(r.get("smoke") for r in reports), "exit_code": int(CLASSES[cls])}

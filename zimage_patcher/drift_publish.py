@@ -12,7 +12,7 @@ Per upstream:
 - an issue when the upstream needs a person (a conflict, an upstreamed or obsolete patch, a failed
   smoke), edited only when its text changed, closed with a comment when the upstream is clean again.
 
-The reports come from a job that ran upstream code: they are data, checked by drift.load_report and
+The reports come from a job that ran upstream code: they are data, checked by drift_schema and
 against this overlay's lock; their text reaches GitHub only through drift_report's escaping.
 """
 from __future__ import annotations
@@ -24,8 +24,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import drift, drift_report, git, patchset, rebase
+from . import cache, drift, drift_report, drift_schema, git, patchset, rebase
 from .errors import Exit, ZpatchError
+from .smoke.oneline import one_line
 
 LABEL = "upstream-drift"
 RECREATE_LABEL = "zpatch-drift:recreate"
@@ -126,39 +127,80 @@ def _issue_body(u: dict, *, artifact: str | None) -> str:
     return drift_report.fit(body, limit=drift_report.LIMIT - len(tail) - 2, artifact=artifact) + tail
 
 
-def publish(root: Path, reports: list[dict], *, recreate: set[str] = frozenset(), token_kind: str = "github-token",
-            remote: str = "origin", dry_run: bool = False, artifact: str | None = None) -> dict:
+def publish(root: Path, report_paths: list[Path], *, recreate: set[str] = frozenset(),
+            token_kind: str = "github-token", remote: str = "origin", dry_run: bool = False,
+            artifact: str | None = None) -> dict:
+    """Validate every report first (a malformed one stops everything before any write), then publish
+    upstream by upstream. A report that is a failed drift's error (a check leg that could not finish)
+    is skipped and listed: the other upstreams are still published."""
     ov = patchset.load(root)
-    pins = {s.upstream.name: s.upstream.commit for s in ov.series}
+    series = {s.upstream.name: s for s in ov.series}
+    unknown = sorted(set(recreate) - set(series))
+    if unknown:
+        raise ZpatchError(f"--recreate {', '.join(unknown)}: no such upstream in upstream.lock", Exit.USAGE,
+                          hint="one of: " + ", ".join(series))
+    reports, failed = [], []
+    for path in report_paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            data = None
+        err = drift_schema.failed_leg(data)
+        if err is not None:
+            failed.append({"report": str(path), "error": one_line(err)})
+            continue
+        reports.append(drift_schema.load_report(Path(path)))
+    merged = drift_schema.merge(reports) if reports else {"upstreams": []}
     gh = Gh(dry_run=dry_run)
     base = git.run(["rev-parse", "HEAD"], cwd=root).stdout.strip()
-    labels = {x["name"] for x in gh.read("label", "list", "--json", "name", "--limit", "200")}
-    if LABEL not in labels:
-        gh.write("label", "create", LABEL, "--description", "opened by the upstream-drift job", "--color", "d4c5f9")
-    issues = gh.read("issue", "list", "--label", LABEL, "--state", "all", "--json", "number,title,body,state",
-                     "--limit", "200")
     results = []
-    for report in reports:
-        for u in report["upstreams"]:
-            res = {"upstream": u["name"], "class": u["class"], "target": u.get("target"), "pr": None, "issue": None}
-            results.append(res)
-            if u["name"] not in pins:
-                res["pr"] = res["issue"] = f"skipped: {u['name']} is not an upstream of this overlay"
-                continue
-            if pins[u["name"]] != u["pin"]:
-                res["pr"] = res["issue"] = "skipped: the report was made for another pin (stale)"
-                continue
-            res["pr"] = _pull_request(root, gh, u, base=base, remote=remote, token_kind=token_kind,
-                                      recreate=u["name"] in recreate, dry_run=dry_run, artifact=artifact)
-            res["issue"] = _issue(gh, u, issues, artifact=artifact)
-    return {"base": base, "token_kind": token_kind, "dry_run": dry_run, "upstreams": results, "writes": gh.writes}
+    if merged["upstreams"]:
+        labels = {x["name"] for x in gh.read("label", "list", "--json", "name", "--limit", "200")}
+        if LABEL not in labels:
+            gh.write("label", "create", LABEL, "--description", "opened by the upstream-drift job",
+                     "--color", "d4c5f9")
+        issues = gh.read("issue", "list", "--label", LABEL, "--state", "all", "--json",
+                         "number,title,body,state", "--limit", "200")
+    for u in merged["upstreams"]:
+        res = {"upstream": u["name"], "class": u["class"], "target": u.get("target"), "pr": None, "issue": None}
+        results.append(res)
+        why = _refuse(series.get(u["name"]), u)
+        if why:
+            res["pr"] = res["issue"] = f"skipped: {why}"
+            continue
+        res["pr"] = _pull_request(root, gh, u, series[u["name"]], base=base, remote=remote, token_kind=token_kind,
+                                  recreate=u["name"] in recreate, dry_run=dry_run, artifact=artifact)
+        res["issue"] = _issue(gh, u, issues, artifact=artifact)
+    return {"base": base, "token_kind": token_kind, "dry_run": dry_run, "upstreams": results,
+            "failed_legs": failed, "writes": gh.writes}
 
 
-def _pull_request(root: Path, gh: Gh, u: dict, *, base: str, remote: str, token_kind: str, recreate: bool,
+def _refuse(s, u: dict) -> str | None:
+    """Why U (from a report) must not be published, checked against this overlay and a fresh fetch of
+    the upstream: its pin must be the lock's, and its head and target commits on the first-parent
+    line from the pin to the tracked branch's head (never a commit from another branch)."""
+    if s is None:
+        return f"{u['name']} is not an upstream of this overlay"
+    up = s.upstream
+    if up.commit != u["pin"]:
+        return "the report was made for another pin (stale)"
+    if u["class"] == "current" and u["head"] == up.commit:
+        return None
+    mirror, head_now = cache.resolve(up.url, up.commit, f"origin/{up.branch}")
+    line = set(drift.first_parent_line(mirror, up.commit, head_now))
+    for key in ("head", "target"):
+        if u.get(key) and u[key] not in line:
+            return f"its {key} {u[key][:12]} is not on the first-parent line of origin/{up.branch} after the pin"
+    return None
+
+
+def _pull_request(root: Path, gh: Gh, u: dict, s, *, base: str, remote: str, token_kind: str, recreate: bool,
                   dry_run: bool, artifact: str | None) -> str:
     name, target, br = u["name"], u.get("target"), branch(u["name"])
     prs = gh.read("pr", "list", "--head", br, "--state", "all", "--limit", "50",
-                  "--json", "number,state,body,headRefOid,labels,comments")
+                  "--json", "number,state,body,headRefOid,labels,comments,isCrossRepository")
+    # `--head` matches a branch name in any fork: only this repository's own branch is the job's
+    prs = [p for p in prs if not p.get("isCrossRepository")]
     ours = sorted((p for p in prs if read_marker(p.get("body"), "pr")), key=lambda p: -p["number"])
     open_pr = next((p for p in ours if p["state"] == "OPEN"), None)
     stranger = next((p for p in prs if p["state"] == "OPEN" and p not in ours), None)
@@ -192,7 +234,7 @@ def _pull_request(root: Path, gh: Gh, u: dict, *, base: str, remote: str, token_
                 return f"unchanged #{n}"
             gh.write("pr", "edit", n, body=body)
             return f"edited #{n}"
-        pushed = _push(root, u, target, base=base, remote=remote, lease=open_pr.get("headRefOid") or "",
+        pushed = _push(root, u, s, target, base=base, remote=remote, lease=open_pr.get("headRefOid") or "",
                        dry_run=dry_run)
         gh.write("pr", "edit", n, body=_pr_body(u, target=target, pushed=pushed, token_kind=token_kind,
                                                  artifact=artifact))
@@ -206,7 +248,10 @@ def _pull_request(root: Path, gh: Gh, u: dict, *, base: str, remote: str, token_
         if m.get("target") == target and p["state"] == "MERGED":
             return f"skipped: #{p['number']} for {target[:12]} was merged"
     lease = _remote_head(root, remote, br)
-    pushed = _push(root, u, target, base=base, remote=remote, lease=lease, dry_run=dry_run)
+    if lease and not recreate and lease not in {read_marker(p["body"], "pr").get("pushed") for p in ours}:
+        return (f"left {br} (it holds commits the job did not push and no pull request is open; "
+                f"run the workflow with recreate: {name} to replace them)")
+    pushed = _push(root, u, s, target, base=base, remote=remote, lease=lease, dry_run=dry_run)
     title = f"Move {name} to {target[:12]} (upstream drift)"
     out = gh.write("pr", "create", "--head", br, "--title", title, "--label", LABEL,
                    body=_pr_body(u, target=target, pushed=pushed, token_kind=token_kind, artifact=artifact))
@@ -235,12 +280,13 @@ def _auth_env() -> dict:
             "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"}
 
 
-def _push(root: Path, u: dict, target: str, *, base: str, remote: str, lease: str, dry_run: bool) -> str:
+def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease: str, dry_run: bool) -> str:
     """The overlay at BASE with U's series rebased onto TARGET, as one commit pushed to the job's
-    branch; the push fails rather than overwrite anything but LEASE (what the branch held when read)."""
-    name = u["name"]
+    branch; the push fails rather than overwrite anything but LEASE (what the branch held when read).
+    The commit message holds only what this overlay's lock and git say, nothing from the report."""
+    name, up = u["name"], s.upstream
     with tempfile.TemporaryDirectory(prefix="zpatch-publish-") as tmp:
-        wt = Path(tmp) / "overlay"
+        wt = Path(tmp) / Path(tmp).name       # a unique worktree name: two publishers never collide
         git.run(["worktree", "add", "--detach", "--quiet", str(wt), base], cwd=root)
         try:
             res = rebase.start(patchset.load(wt), name, target, allow_unrelated=False)
@@ -251,7 +297,7 @@ def _push(root: Path, u: dict, target: str, *, base: str, remote: str, lease: st
             git.run(["add", "-A", "--", "."], cwd=wt)
             states = ", ".join(f"{p['name'].split('-', 1)[0]} {p['state']}" for p in res["patches"])
             msg = (f"Move {name} to {target[:12]} (upstream drift)\n\n"
-                   f"{u['ahead']} upstream commit(s) on {u['ref']}; target {target}.\nPatches: {states}.\n")
+                   f"{res['ahead']} upstream commit(s) on origin/{up.branch}; target {target}.\nPatches: {states}.\n")
             git.run(["commit", "--quiet", "--no-verify", "-F", "-"], cwd=wt, env=_BOT, input=msg)
             sha = git.run(["rev-parse", "HEAD"], cwd=wt).stdout.strip()
         finally:
@@ -285,7 +331,3 @@ def _issue(gh: Gh, u: dict, issues: list[dict], *, artifact: str | None) -> str:
         gh.write("issue", "close", str(i["number"]), "--comment",
                  f"{name} is {u['class']} again (pin {u['pin'][:12]}, head {u['head'][:12]}): closing.")
     return f"closed #{mine[0]['number']}" if mine else "none"
-
-
-def load_reports(paths: list[Path]) -> list[dict]:
-    return [drift.load_report(p) for p in paths]

@@ -167,9 +167,11 @@ def fit(body: str, *, limit: int = LIMIT, artifact: str | None = None) -> str:
             + (f"the workflow run's artifact `{clean(artifact, 80)}`" if artifact else "`zpatch drift --markdown`")
             + "._\n")
     room = limit - _units(note)
-    cut = body[:room]
-    while _units(cut) > room:
-        cut = cut[: len(cut) - max(1, (_units(cut) - room))]
+    lo, hi = 0, min(len(body), room)          # the longest prefix that fits, by bisection over characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _units(body[:mid]) <= room else (lo, mid - 1)
+    cut = body[:lo]
     cut = cut[: cut.rfind("\n") + 1] if "\n" in cut else ""
     if cut.count("```") % 2:              # never leave a code block open
         cut = cut[: cut.rfind("```")]

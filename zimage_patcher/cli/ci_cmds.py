@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit, ZpatchError
+from ..smoke.oneline import one_line
 from .base import command, report_error
 
 
@@ -91,14 +92,17 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
     passes, found by bisection). Classes and exit codes: current 0, moved-clean 1, upstreamed 11,
     moved-conflict 5, smoke-failed 7 (the worst upstream decides).
     Never changes a checkout, patches/ or upstream.lock."""
-    from .. import drift, drift_report
+    from .. import drift, drift_report, drift_schema
     if saved:
         if smoke or offline or to or python:
             raise ZpatchError("--from renders a saved report: --smoke, --to, --offline and --python do not apply",
                               Exit.USAGE, hint="zpatch drift --from drift.json --markdown")
-        report = drift.merge_reports([drift.load_report(Path(f)) for f in saved])
+        report = drift_schema.merge([drift_schema.load_report(Path(f)) for f in saved])
         if only:
-            report = drift.merge_reports([{**report, "upstreams": [u for u in report["upstreams"]
+            names = [u["name"] for u in report["upstreams"]]
+            if only not in names:
+                raise ZpatchError(f"{only}: not in the saved report", Exit.USAGE, hint="one of: " + ", ".join(names))
+            report = drift_schema.merge([{**report, "upstreams": [u for u in report["upstreams"]
                                                                    if u["name"] == only]}])
     else:
         ov = ctx.load()
@@ -113,7 +117,7 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
         for u in report["upstreams"]:
             lines.append(f"{u['name']}: {u['class']} ({u['ahead']} commit(s) past the pin on {u['ref']}, "
                          f"{len(u['touching'])} touched patched files)")
-            lines += [f"  {p['state']:<10} {p['name']}" + ("  (and conflicts)" if p.get("also_conflict") else "")
+            lines += [f"  {p['state']:<10} {one_line(p['name'])}" + ("  (and conflicts)" if p.get("also_conflict") else "")
                       for p in u["patches"] if u["class"] != "current"]
             if u.get("advance") and u["advance"].get("target"):
                 a = u["advance"]
@@ -123,7 +127,7 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
             if sm:
                 f = sm.get("failure") or {}
                 lines.append(f"  smoke on {sm['commit'][:12]}: " + ("passed" if sm["passed"] else
-                             f"FAILED at {f.get('step')}: {f.get('error')}"))
+                             f"FAILED at {one_line(f.get('step'))}: {one_line(f.get('error'))}"))
                 if sm.get("bisect") and sm["bisect"].get("first_bad"):
                     lines.append(f"  first failing commit: {sm['bisect']['first_bad'][:12]} "
                                  f"({sm['bisect']['smokes']} smokes)")
@@ -153,10 +157,11 @@ def drift_publish_cmd(ctx, reports, recreate, token_kind, remote, dry_run, artif
     someone else pushed to is left alone; a PR closed without merge skips its target.
     Run it inside the overlay's repository, on the commit the PRs should start from."""
     from .. import drift_publish
-    res = drift_publish.publish(ctx.overlay_root(for_writing=True), drift_publish.load_reports(map(Path, reports)),
+    res = drift_publish.publish(ctx.overlay_root(for_writing=True), [Path(r) for r in reports],
                                 recreate={n for n in recreate.replace(",", " ").split() if n},
                                 token_kind=token_kind, remote=remote, dry_run=dry_run, artifact=artifact)
     lines = [f"{u['upstream']}: {u['class']}; pull request: {u['pr']}; issue: {u['issue']}" for u in res["upstreams"]]
+    lines += [f"{f['report']}: skipped: {f['error']}" for f in res["failed_legs"]]
     lines.append(f"{len(res['writes'])} write(s) to GitHub" + (" (dry run: none made)" if dry_run else "") + ".")
     ctx.emit(res, "\n".join(lines))
     return Exit.OK
