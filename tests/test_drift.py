@@ -332,3 +332,12 @@ def test_fuzzed_reports_get_a_one_line_error_never_a_traceback(zpatch, world, tm
             codes.add(r.exit_code)
             assert r.exit_code != 9 and "Traceback" not in r.output, (path, r.output)
     assert 2 in codes and codes <= {0, 1, 2, 5, 7, 11}
+
+
+def test_cutting_astral_text_uses_the_room_it_has():
+    """Each emoji is two UTF-16 units: the cut must count them so, and still use most of the limit."""
+    from zimage_patcher.drift_report import LIMIT, fit
+    body = ("😀" * 99 + "\n") * 2000
+    out = fit(body, artifact="drift-x")
+    units = len(out.encode("utf-16-le")) // 2
+    assert LIMIT - 400 < units <= LIMIT
