@@ -32,18 +32,9 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 def synthetic(tmp: Path):
     """A World whose GGUF series is 10 patches on a 400-line loader.py, and 500 upstream commits;
     commit 317 rewrites the line patch 6 changes."""
-    from testing.fixtures import World, commit, git, make_patches
-    w = World(tmp)
-    os.environ.update(w.env)
-    lines = [f"# loader line {i}\n" for i in range(1, 401)]
-    w.gguf_pin = commit(w.gguf_up, {"loader.py": "".join(lines)}, "a longer loader")
-    edits, text = [], "".join(lines)
-    for i in range(10):
-        text = text.replace(f"# loader line {40 * i + 20}\n", f"# loader line {40 * i + 20} patched\n")
-        edits.append((f"patch {i + 1}", {"loader.py": text}))
-    shutil.rmtree(w.overlay / "patches/comfyui-gguf")
-    make_patches(w.gguf_up, w.gguf_pin, edits, w.overlay / "patches/comfyui-gguf")
-    w.relock()
+    from bench.rebase_bench import ten_patch_world
+    from testing.fixtures import git
+    w, lines = ten_patch_world(tmp)
     cur = "".join(lines)
     # one fast-import stream instead of 1,500 git processes
     stream = []

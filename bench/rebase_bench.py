@@ -29,22 +29,28 @@ ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 
 
-def synthetic(tmp: Path):
-    """A World whose GGUF upstream then moves 500 commits; its series is 10 patches on one file."""
-    from testing.fixtures import World, commit, git, make_patches
+def ten_patch_world(tmp: Path):
+    """A World whose GGUF series is 10 patches on a 400-line loader.py (every 40th line + 20);
+    returns it and the loader's lines. The environment is set to the World's git config and cache."""
+    from testing.fixtures import World, commit, make_patches
     w = World(tmp)
-    for k, v in w.env.items():
-        os.environ[k] = v
+    os.environ.update(w.env)
     lines = [f"# loader line {i}\n" for i in range(1, 401)]
     w.gguf_pin = commit(w.gguf_up, {"loader.py": "".join(lines)}, "a longer loader")
-    edits = []
-    text = "".join(lines)
+    edits, text = [], "".join(lines)
     for i in range(10):
         text = text.replace(f"# loader line {40 * i + 20}\n", f"# loader line {40 * i + 20} patched\n")
         edits.append((f"patch {i + 1}", {"loader.py": text}))
     shutil.rmtree(w.overlay / "patches/comfyui-gguf")
     make_patches(w.gguf_up, w.gguf_pin, edits, w.overlay / "patches/comfyui-gguf")
     w.relock()
+    return w, lines
+
+
+def synthetic(tmp: Path):
+    """A World whose GGUF upstream then moves 500 commits; its series is 10 patches on one file."""
+    from testing.fixtures import git
+    w, lines = ten_patch_world(tmp)
     # 500 upstream commits; every 50th inserts a line at the top of loader.py (the patches must move)
     cur = "".join(lines)
     for n in range(500):
