@@ -17,6 +17,7 @@ against this overlay's lock; their text reaches GitHub only through drift_report
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -274,7 +275,6 @@ def _auth_env() -> dict:
     token = os.environ.get("GH_TOKEN") or os.environ.get("GITHUB_TOKEN")
     if not token:
         return {}
-    import base64
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
     return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.https://github.com/.extraheader",
             "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"}
