@@ -27,6 +27,7 @@ test: setup
 bench: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/apply_bench.py
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/rebase_bench.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/drift_bench.py
 	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/smoke_bench.py
 
 clean:
