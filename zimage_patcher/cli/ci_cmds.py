@@ -116,7 +116,7 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
         lines = []
         for u in report["upstreams"]:
             lines.append(f"{u['name']}: {u['class']} ({u['ahead']} commit(s) past the pin on {u['ref']}, "
-                         f"{len(u['touching'])} touched patched files)")
+                         f"{len(u['touching'])} of them touched patched files)")
             lines += [f"  {p['state']:<10} {one_line(p['name'])}" + ("  (and conflicts)" if p.get("also_conflict") else "")
                       for p in u["patches"] if u["class"] != "current"]
             if u.get("advance") and u["advance"].get("target"):
