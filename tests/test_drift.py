@@ -93,6 +93,7 @@ def test_a_clean_text_rebase_whose_smoke_fails_is_its_own_class_and_is_bisected(
     # the pins once (comfyui is current), the head once, then the bisection over 7 commits: 3 smokes
     assert sm["bisect"]["smokes"] == 3 and len(smokes) == 1 + 1 + 3
     assert all(s["comfyui"] == world.comfy_pin for s in smokes)     # each upstream is judged alone
+    assert list((world.tmp / "xdg").rglob("*.lock")) == []           # no lock left per scratch rebase
     assert f"zpatch drift --upstream comfyui-gguf --to {line[-1]} --smoke" in gguf["reproduce"]
     md = zpatch("drift", "--from", _save(tmp_path, r), "--markdown", expect=7).stdout
     assert "**Semantic bisect:** the smoke first fails at `" + bad[:12] + "` upstream changes a shape" in md

@@ -192,10 +192,13 @@ class _Smoker:
                 shutil.copytree(s.directory, copy / s.upstream.patches)
             if ov.lock.overlay:
                 shutil.copytree(ov.root / ov.lock.overlay.source, copy / ov.lock.overlay.source)
-            for name, commit in moved.items():
-                res = rebase.start(patchset.load(copy), name, commit, offline=True, allow_unrelated=True)
-                if res.get("stopped"):
-                    raise ZpatchError(f"{name}: the series does not carry onto {commit[:12]}", Exit.CONFLICT)
+            try:
+                for name, commit in moved.items():
+                    res = rebase.start(patchset.load(copy), name, commit, offline=True, allow_unrelated=True)
+                    if res.get("stopped"):
+                        raise ZpatchError(f"{name}: the series does not carry onto {commit[:12]}", Exit.CONFLICT)
+            finally:
+                rebase.forget_throwaway(copy)
             res = verify.run(copy, offline=True, python=self.python, smoke=True)
         failed = next((s for s in res["steps"] if not s["ok"]), None)
         if failed and failed["step"] in ("checkout", "check"):

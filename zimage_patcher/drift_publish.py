@@ -301,6 +301,7 @@ def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease:
             git.run(["commit", "--quiet", "--no-verify", "-F", "-"], cwd=wt, env=_BOT, input=msg)
             sha = git.run(["rev-parse", "HEAD"], cwd=wt).stdout.strip()
         finally:
+            rebase.forget_throwaway(wt)
             git.run(["worktree", "remove", "--force", str(wt)], cwd=root, check=False)
     if not dry_run:
         git.run(["push", "--quiet", f"--force-with-lease=refs/heads/{branch(name)}:{lease}", remote,

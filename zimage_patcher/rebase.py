@@ -490,6 +490,13 @@ def _forget(root: Path) -> None:
     shutil.rmtree(_area(root), ignore_errors=True)
 
 
+def forget_throwaway(root: Path) -> None:
+    """ROOT was a throwaway overlay this process made and rebased (drift's smoke copies, the
+    publisher's worktrees): its lock file in the cache goes too, or one would pile up per run."""
+    _forget(root)
+    _area(root).with_suffix(".lock").unlink(missing_ok=True)
+
+
 def _roll(root: Path) -> str | None:
     """Finish the overlay transaction a killed rebase left: back, or forward past its lock."""
     return operation.recover(root, _area(root) / operation.JOURNAL_NAME, root / lockmod.LOCK_NAME)
