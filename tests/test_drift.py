@@ -342,3 +342,12 @@ def test_cutting_astral_text_uses_the_room_it_has():
     out = fit(body, artifact="drift-x")
     units = len(out.encode("utf-16-le")) // 2
     assert LIMIT - 400 < units <= LIMIT
+
+
+def test_a_bisection_out_of_budget_bounds_the_range_still_in_doubt():
+    from zimage_patcher.drift import bisect
+    line = [f"c{i}" for i in range(100)]
+    good = lambda c: int(c[1:]) < 37                       # noqa: E731
+    assert bisect(line, good, 10) == (36, 37, 6, True)         # ceil(log2(99)) tries at most
+    lo, hi, tries, exact = bisect(line, good, 3)
+    assert (tries, exact) == (3, False) and lo <= 36 < 37 <= hi and hi - lo > 1

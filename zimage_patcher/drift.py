@@ -104,19 +104,20 @@ def _subject(repo: Path, commit: str) -> str:
     return git.run(["log", "-1", "--format=%s", commit], cwd=repo).stdout.strip()
 
 
-def bisect(line: list[str], good) -> tuple[int, int, int]:
+def bisect(line: list[str], good, budget: int) -> tuple[int, int, int, bool]:
     """LINE's last good and first bad index for GOOD, a predicate over commits that holds before
-    the line (the pin) and fails at its end (known: not tried again). Returns (last_good, first_bad,
-    trials); last_good is -1 when only the pin is good."""
-    lo, hi, trials = -1, len(line) - 1, 0
-    while hi - lo > 1:
+    the line (the pin) and fails at its end (known: not tried again), in at most BUDGET tries.
+    Returns (last_good, first_bad, tries, exact); last_good is -1 when only the pin is good. When the
+    budget runs out first, the two indexes bound the range still in doubt and exact is false."""
+    lo, hi, tries = -1, len(line) - 1, 0
+    while hi - lo > 1 and tries < budget:
         mid = (lo + hi) // 2
-        trials += 1
+        tries += 1
         if good(line[mid]):
             lo = mid
         else:
             hi = mid
-    return lo, hi, trials
+    return lo, hi, tries, hi - lo <= 1
 
 
 def advance(s: Series, mirror: Path, pin: str, head: str, *, head_conflict: str | None = None,
@@ -133,19 +134,10 @@ def advance(s: Series, mirror: Path, pin: str, head: str, *, head_conflict: str 
         conflicts: dict[str, str | None] = {head: head_conflict}
 
         def good(commit: str) -> bool:
-            if trial.count >= max_trials:
-                raise _Budget()
             conflicts[commit] = trial.first_conflict(commit)
             return conflicts[commit] is None
 
-        lo, hi, exact = -1, len(line) - 1, True
-        try:
-            lo, hi, _ = bisect(line, good)
-        except _Budget:
-            exact = False
-            tried = [i for i, c in enumerate(line) if c in conflicts and c != head]
-            lo = max([i for i in tried if conflicts[line[i]] is None], default=-1)
-            hi = min([i for i in tried if conflicts[line[i]] is not None and i > lo], default=len(line) - 1)
+        lo, hi, _, exact = bisect(line, good, max_trials)
         target = line[lo] if lo >= 0 else None
         bad = line[hi]
         return {"target": target, "target_subject": _subject(mirror, target) if target else None,
@@ -154,10 +146,6 @@ def advance(s: Series, mirror: Path, pin: str, head: str, *, head_conflict: str 
                 "first_bad_patch": conflicts.get(bad) if exact else None,
                 "range": None if exact else [line[lo] if lo >= 0 else pin, bad],
                 "trials": trial.count, "exact": exact, "line": len(line)}
-
-
-class _Budget(Exception):
-    """The bisection spent its trials."""
 
 
 # ---------------------------------------------------------------- the smoke, one upstream moved
@@ -229,24 +217,7 @@ def _smoke_entry(smoker: _Smoker, s: Series, mirror: Path, entry: dict, *, max_s
             entry["class"] = "smoke-failed"
         return out
     line = first_parent_line(mirror, entry["pin"], at)
-    smokes = 0
-    budget_left = True
-
-    def good(commit: str) -> bool:
-        nonlocal smokes, budget_left
-        if smokes >= max_smokes:
-            budget_left = False
-            raise _Budget()
-        smokes += 1
-        return smoker.run({name: commit})["passed"]
-
-    lo, hi = -1, len(line) - 1
-    tried: dict[int, bool] = {}
-    try:
-        lo, hi, _ = bisect(line, lambda c: tried.setdefault(line.index(c), good(c)))
-    except _Budget:
-        lo = max([i for i, ok in tried.items() if ok], default=-1)
-        hi = min([i for i, ok in tried.items() if not ok and i > lo], default=len(line) - 1)
+    lo, hi, smokes, budget_left = bisect(line, lambda c: smoker.run({name: c})["passed"], max_smokes)
     first_bad = line[hi]
     out["bisect"] = {"first_bad": first_bad if budget_left else None,
                      "first_bad_subject": _subject(mirror, first_bad) if budget_left else None,

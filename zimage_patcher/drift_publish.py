@@ -289,7 +289,8 @@ def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease:
         wt = Path(tmp) / Path(tmp).name       # a unique worktree name: two publishers never collide
         git.run(["worktree", "add", "--detach", "--quiet", str(wt), base], cwd=root)
         try:
-            res = rebase.start(patchset.load(wt), name, target, allow_unrelated=False)
+            # offline: _refuse fetched this upstream moments ago
+            res = rebase.start(patchset.load(wt), name, target, allow_unrelated=False, offline=True)
             if res.get("stopped"):
                 rebase.resume(wt, "abort")
                 raise ZpatchError(f"{name}: the series stopped at a conflict on {target[:12]}, which the report "
