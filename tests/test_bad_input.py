@@ -66,8 +66,8 @@ def test_uncommitted_change_in_a_patched_file(zpatch, checkout):
     (lambda t: t + "\n[[[", "not valid TOML"),
     (lambda t: t.replace('commit = "', 'commit = "abc', 1).replace('"abc', '"abc1234"#', 1), "not a full 40-hex commit"),
     (lambda t: t.replace("version = 1", "version = 1\ncolour = \"blue\""), "unknown key(s) colour"),
-    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "../elsewhere"'), "escapes the checkout"),
-    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "/etc"'), "is absolute"),
+    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "../elsewhere"'), "leaves the tree ('..')"),
+    (lambda t: t.replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "/etc"'), "is an absolute path"),
     (lambda t: t.replace('branch = "main"', 'branch = "main"\nmirror = "x"', 1), "unknown key(s) mirror"),
 ])
 def test_malformed_lock(zpatch, world, checkout, mutate, message):
@@ -107,9 +107,9 @@ HOSTILE = {
     "absolute": ("diff --git a//etc/passwd b//etc/passwd\n--- a//etc/passwd\n+++ b//etc/passwd\n"
                  "@@ -1 +1 @@\n-root\n+evil\n", "absolute path"),
     "dotdot": ("diff --git a/../outside.py b/../outside.py\n--- a/../outside.py\n+++ b/../outside.py\n"
-               "@@ -1 +1 @@\n-a\n+b\n", "'..' leaves the tree"),
+               "@@ -1 +1 @@\n-a\n+b\n", "leaves the tree ('..')"),
     "dotgit": ("diff --git a/.git/hooks/post-checkout b/.git/hooks/post-checkout\nnew file mode 100755\n"
-               "--- /dev/null\n+++ b/.git/hooks/post-checkout\n@@ -0,0 +1 @@\n+rm -rf ~\n", "writes into .git/"),
+               "--- /dev/null\n+++ b/.git/hooks/post-checkout\n@@ -0,0 +1 @@\n+rm -rf ~\n", "points into .git"),
     "symlink": ("diff --git a/link b/link\nnew file mode 120000\n--- /dev/null\n+++ b/link\n"
                 "@@ -0,0 +1 @@\n+/etc\n\\ No newline at end of file\n", "symlinks are not allowed"),
     "ed": ("10c10\n< line 10 of sd.py\n---\n> line 10 evil\n", "not a unified diff"),

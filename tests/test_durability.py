@@ -150,7 +150,7 @@ def test_apply_reapply_and_unapply_sync_each_step_before_the_next(world, co, tmp
 def test_a_rebase_syncs_the_overlay_before_its_lock(world, tmp_path):
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     ov = world.overlay
-    from zimage_patcher.rebase import _area
+    from zimage_patcher.overlay_write import area as _area
     names = {f"patches/comfyui-gguf/{p.name}" for p in (ov / "patches/comfyui-gguf").glob("*.patch")}
     events = traced(tmp_path, "rebase", "--overlay", ov, "comfyui-gguf", "--onto", "main")
     seen = check_order(events, root=ov, journal=_area(ov) / "journal.json", point=ov / "upstream.lock",

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from testing.fixtures import SD_PY, gone, replace_line, tree_snapshot
+from testing.pause import Held
 
 from zimage_patcher import patchset
 from zimage_patcher.workspace import Workspace
@@ -143,17 +144,16 @@ def test_kills_at_random_moments_including_inside_git(world, tmp_path):
 
 
 def test_a_run_in_the_middle_of_its_writes_makes_the_others_wait(world, tmp_path):
-    """Deterministic: the first apply holds the lock in the middle of its transaction (a second
-    at its 5th write point); three more started meanwhile exit 10, and the result is the first's."""
+    """Deterministic: the first apply is held in the middle of its transaction (its journal written,
+    no file yet); three more started meanwhile exit 10, and the result is the first's."""
     base, before, after = prepare(world, tmp_path, "apply")
     co = tmp_path / "held"
     shutil.copytree(base, co, symlinks=True)
     cmd = [sys.executable, "-m", "zimage_patcher.cli", "apply", "--overlay", str(world.overlay), str(co)]
-    first = subprocess.Popen(cmd, env={**os.environ, "ZPATCH_TEST_SLOW_AT": "5"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    first = Held(cmd, "journal-written")
     others = [subprocess.run(cmd, capture_output=True, text=True) for _ in range(3)]
-    assert first.wait() == 0, first.stderr.read()
+    r = first.release()
+    assert r.returncode == 0, r.stderr
     for r in others:
         assert r.returncode == 10 and "another zpatch (pid " in r.stderr, r.stderr
     assert tree_snapshot(co) == after

@@ -118,12 +118,12 @@ def test_fuzz_rebase_state(world, zpatch, tmp_path):
     """A rebase stopped at a conflict, its op.json mutated: --abort, --continue and check answer with
     a documented code (a damaged state is named, with the way out), never a traceback."""
     from testing.fixtures import LOADER_PY, commit, replace_line
-    from zimage_patcher import rebase
+    from zimage_patcher import overlay_write
     commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
            "upstream edits the patched line")
     files = {f: f.read_bytes() for f in world.overlay.rglob("*") if f.is_file() and ".git" not in f.parts}
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
-    state = rebase._area(world.overlay) / rebase.OP_NAME
+    state = overlay_write.state_path(world.overlay)
     original = state.read_bytes()
     rng = random.Random(SEED + 5)
     codes = {}

@@ -85,7 +85,7 @@ def test_quoted_path_escapes_are_decoded_before_judging(zpatch, world, checkout)
             '+++ "b/..\\057outside"\n@@ -0,0 +1 @@\n+x\n')
     add_patch(world, "comfyui", "0002-quoted.patch", mailbox(body))
     r = zpatch("apply", checkout, expect=3)
-    assert "'..' leaves the tree" in error_line(r)
+    assert "leaves the tree ('..')" in error_line(r)
 
 
 # ---------------------------------------------------------------- 2. all or nothing within an upstream
@@ -312,11 +312,11 @@ def test_non_utf8_head_and_checkout_under_a_file(zpatch, checkout, tmp_path):
 
 
 def test_unexpected_exception_exits_9_with_the_envelope(zpatch, checkout, monkeypatch):
-    from zimage_patcher import workspace
+    from zimage_patcher import apply
 
     def boom(*a, **k):
         raise RuntimeError("simulated bug")
-    monkeypatch.setattr(workspace, "apply", boom)
+    monkeypatch.setattr(apply, "apply", boom)
     r = zpatch("apply", checkout, expect=9)
     assert "internal error in zpatch apply: RuntimeError: simulated bug" in error_line(r)
     res = zpatch.json("apply", checkout, expect=9)
@@ -324,7 +324,7 @@ def test_unexpected_exception_exits_9_with_the_envelope(zpatch, checkout, monkey
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(workspace, "apply", interrupted)
+    monkeypatch.setattr(apply, "apply", interrupted)
     assert zpatch.json("apply", checkout, expect=130)["exit_code"] == 130
 
 

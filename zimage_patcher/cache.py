@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import git
 from .errors import Exit, ZpatchError
-from .worktree import Exclusive
+from . import locks
 
 # Fail fast on a dead or crawling network instead of hanging a CI job for minutes.
 _NET_ENV = {"GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "20"}
@@ -54,7 +54,7 @@ def ensure(url: str, commit: str, *, offline: bool = False, progress: bool = Fal
         raise ZpatchError(f"commit {commit[:12]} of {url} is not in the cache ({path})", Exit.UNREACHABLE,
                           hint="run once without --offline to fill the cache")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with Exclusive(Path(str(path) + ".lock")):   # the warm path above needs no lock
+    with locks.mirror(path):   # the warm path above needs no lock
         if not path.is_dir():
             tmp = path.with_name(path.name + ".tmp")
             if tmp.exists():
@@ -89,7 +89,7 @@ def resolve(url: str, pin: str, ref: str, *, offline: bool = False) -> tuple[Pat
     that holds it. Unless OFFLINE, the mirror's branches and tags are brought up to date first."""
     path = ensure(url, pin, offline=offline)
     if not offline:
-        with Exclusive(Path(str(path) + ".lock")):
+        with locks.mirror(path):
             r = git.run(["fetch", "--quiet", "--prune", url, "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
                         cwd=path, check=False, env=_NET_ENV, timeout=1800)
         if not r.ok:

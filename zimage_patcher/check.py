@@ -71,11 +71,8 @@ def _during_rebase(root: Path, problems: list[dict]) -> bool:
     """A rebase stopped or killed while writing leaves patches that differ from the lock: the usual
     hints ("run `zpatch lock`", "restore the file") would bless or undo it by hand, so point at the
     rebase instead. Returns whether one is in progress."""
-    from . import rebase
-    try:
-        busy = rebase.in_progress(root) is not None
-    except ZpatchError:
-        busy = True      # a damaged state is still a rebase in progress
+    from . import overlay_write
+    busy = overlay_write.busy(root) is not None
     if busy:
         for p in problems:
             if p["kind"] in _OVERLAY_KINDS or (p["hint"] and "zpatch lock" in p["hint"]):

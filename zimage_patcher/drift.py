@@ -78,8 +78,8 @@ def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[
     ref = to or f"origin/{up.branch}"
     mirror, head = cache.resolve(up.url, up.commit, ref, offline=offline)
     files = sorted({f for p in s.patches for f in p.files})
-    touching = git.log_subjects(mirror, [f"{up.commit}..{head}", "--", *files]) or []
-    res = rebase.start(ov, up.name, head, dry_run=True, offline=True, allow_unrelated=bool(to))
+    touching = git.commits_touching(mirror, up.commit, head, files)
+    res = rebase.start(ov.root, up.name, head, dry_run=True, offline=True, allow_unrelated=bool(to))
     patches = [{k: v for k, v in p.items() if k not in ("commit", "data_sha256")} for p in res["patches"]]
     for p in patches:
         if p["state"] == "obsolete" and p.get("files"):
@@ -170,7 +170,7 @@ class _Smoker:
         return self.done[key]
 
     def _run(self, moved: dict[str, str]) -> dict:
-        from . import patchset, verify
+        from . import verify
         ov = self.ov
         with tempfile.TemporaryDirectory(prefix="zpatch-drift-") as tmp:
             copy = Path(tmp) / "overlay"
@@ -182,7 +182,7 @@ class _Smoker:
                 shutil.copytree(ov.root / ov.lock.overlay.source, copy / ov.lock.overlay.source)
             try:
                 for name, commit in moved.items():
-                    res = rebase.start(patchset.load(copy), name, commit, offline=True, allow_unrelated=True)
+                    res = rebase.start(copy, name, commit, offline=True, allow_unrelated=True)
                     if res.get("stopped"):
                         raise ZpatchError(f"{name}: the series does not carry onto {commit[:12]}", Exit.CONFLICT)
             finally:

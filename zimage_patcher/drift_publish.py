@@ -290,7 +290,7 @@ def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease:
         git.run(["worktree", "add", "--detach", "--quiet", str(wt), base], cwd=root)
         try:
             # offline: _refuse fetched this upstream moments ago
-            res = rebase.start(patchset.load(wt), name, target, allow_unrelated=False, offline=True)
+            res = rebase.start(wt, name, target, allow_unrelated=False, offline=True)
             if res.get("stopped"):
                 rebase.resume(wt, "abort")
                 raise ZpatchError(f"{name}: the series stopped at a conflict on {target[:12]}, which the report "

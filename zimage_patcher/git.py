@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .durable import sync_files
 from .errors import Exit, GitError, ZpatchError, last_line
 
 # Stable output regardless of the user's locale; the user's global config stays in force
@@ -310,7 +311,6 @@ def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = F
     if len(ids) != len(paths):
         raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(paths)} files", Exit.ENVIRONMENT)
     if durable:
-        from .worktree import sync_files
         objects = Path(repo, run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip())
         sync_files([objects / i[:2] / i[2:] for i in ids])
     return ids
@@ -390,6 +390,13 @@ def log_subjects(repo: Path, args: list[str], env: dict | None = None) -> list[s
     if not r.ok:
         return None
     return [rec.rstrip("\n") for rec in r.stdout.split("\0") if re.match(r"[0-9a-f]{40} ", rec)]
+
+
+def commits_touching(repo: Path, old: str, new: str, files: list[str], limit: int | None = None) -> list[str]:
+    """"<sha> <subject>" of the commits in OLD..NEW that touched FILES, newest first (rebase blames
+    them for a conflict; drift lists them)."""
+    out = log_subjects(repo, [f"{old}..{new}", "--", *files]) or []
+    return out if limit is None else out[:limit]
 
 
 def rev_parse(repo: Path, rev: str) -> str | None:

@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from . import paths
 from .errors import Exit, ZpatchError
 
 LOCK_NAME = "upstream.lock"
@@ -49,18 +50,12 @@ def _fail(path: Path, what: str, hint: str | None = None) -> ZpatchError:
 
 def check_relative(path: Path, key: str, value: object, *, allow_dot: bool = False) -> str:
     """A relative POSIX path that stays inside its root: no absolute path, no '..', no .git."""
-    if not isinstance(value, str) or not value:
-        raise _fail(path, f"{key} must be a non-empty string")
-    if not value.isprintable():
-        raise _fail(path, f"{key} = {value!r} contains control characters")
-    p = PurePosixPath(value)
     if value == "." and allow_dot:
         return value
-    if p.is_absolute() or "\\" in value or re.match(r"^[A-Za-z]:", value):
-        raise _fail(path, f"{key} = {value!r} is absolute; paths must stay inside the checkout")
-    if any(part in ("..", ".git") for part in p.parts) or value.startswith("./.."):
-        raise _fail(path, f"{key} = {value!r} escapes the checkout or points into .git")
-    return p.as_posix()
+    why = paths.unsafe(value)
+    if why:
+        raise _fail(path, f"{key} = {str(value)[:80]!r} {why}; paths must stay inside their tree")
+    return PurePosixPath(value).as_posix()
 
 
 def _hashes(path: Path, key: str, table: object) -> dict[str, str]:
@@ -186,17 +181,3 @@ def render(root: Path, lock: Lock) -> bytes:
         raise ZpatchError(f"{path}: is a symlink; zpatch writes the lock only as a plain file", Exit.BAD_OVERLAY,
                           hint="replace the link with the file it points to")
     return text.encode("utf-8")
-
-
-def write(root: Path, lock: Lock) -> bool:
-    """Write LOCK to ROOT/upstream.lock when it differs, atomically. True when it wrote."""
-    data = render(root, lock)
-    path = root / LOCK_NAME
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    from .worktree import write_atomic
-    write_atomic(path, data)
-    return True

@@ -22,12 +22,12 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import git, worktree
+from . import durable, git, worktree
 from .errors import Exit, ZpatchError
 
 JOURNAL_NAME = "journal.json"
 KEEP_NAME = "before"        # beside the journal: the before bytes of changes without a git store
-KINDS = ("apply", "unapply", "rebase")
+KINDS = ("apply", "unapply", "rebase", "export", "lock")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -101,7 +101,7 @@ def _keep_befores(root: Path, keep: Path, changes: list[Change]) -> None:
                     if keep.is_symlink():
                         raise ZpatchError(f"{keep}: is a symlink; zpatch keeps the before bytes only in a real "
                                           "folder", Exit.BAD_CHECKOUT, hint=f"remove {keep}, then rerun")
-                    worktree.write_atomic(keep / c.before, data)
+                    durable.write_atomic(keep / c.before, data)
         else:
             base = "" if store == "." else store + "/"
             got = git.hash_files(root / store, [c.full[len(base):] for c in items], filters=False, durable=True)
@@ -147,24 +147,25 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
              "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
              "dirs": dirs, "sweep": list(sweep)}
     # the journal's folders may be new (`.git/zpatch`, a rebase's area): their names must last too
-    worktree.sync_dirs([journal.parent.parent, journal.parent.parent.parent])
-    worktree.write_atomic(journal, json.dumps(entry, indent=1).encode())
+    durable.sync_dirs([journal.parent.parent, journal.parent.parent.parent])
+    durable.write_atomic(journal, json.dumps(entry, indent=1).encode())
+    durable.fault_point("journal-written")       # tests hold a run here, in the middle of its writes
     for c in changes:   # paths relative to the root: no symlink anywhere on the way
         if c.after is None:
             worktree.remove(root, c.full, prune=c.prune)
         else:
             worktree.write(root, c.full, c.data, executable=c.executable)
     # every rename and unlink on disk before the commit point can say they happened
-    worktree.sync_dirs(root / d for c in changes for d in (".", *parent_dirs(c.full)))
+    durable.sync_dirs(root / d for c in changes for d in (".", *parent_dirs(c.full)))
     if point_data is not None:
-        worktree.write_atomic(point, point_data)
+        durable.write_atomic(point, point_data)
     else:
         point.unlink(missing_ok=True)
-        worktree.sync_dirs([point.parent])
-        worktree.fault_point()
+        durable.sync_dirs([point.parent])
+        durable.fault_point()
     worktree.remove_empty_dirs(root, list(sweep))
     journal.unlink()
-    worktree.fault_point()
+    durable.fault_point()
     shutil.rmtree(keep, ignore_errors=True)
 
 
@@ -274,4 +275,4 @@ def load_state(path: Path, kind: str, check=None) -> dict | None:
 
 def save_state(path: Path, kind: str, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    worktree.write_atomic(path, json.dumps({**data, "kind": kind}, indent=1, sort_keys=True).encode(), sync=False)
+    durable.write_atomic(path, json.dumps({**data, "kind": kind}, indent=1, sort_keys=True).encode(), sync=False)

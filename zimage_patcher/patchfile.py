@@ -8,6 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import unidiff
 
+from . import paths
 from .errors import Exit, ZpatchError
 
 _DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
@@ -73,16 +74,10 @@ def _check_path(patch: str, raw: str) -> str:
     raw = _unquote(raw)
     if raw == "/dev/null":
         return raw
-    if not raw.isprintable():
-        raise _hostile(patch, raw, "control characters in a file name")
-    p = PurePosixPath(raw)
-    if raw.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", raw):
-        raise _hostile(patch, raw, "absolute path")
-    if ".." in p.parts:
-        raise _hostile(patch, raw, "'..' leaves the tree")
-    if any(part.lower() == ".git" for part in p.parts):
-        raise _hostile(patch, raw, "writes into .git/")
-    return p.as_posix()
+    why = paths.unsafe(raw)
+    if why:
+        raise _hostile(patch, raw, f"the file name {why}")
+    return PurePosixPath(raw).as_posix()
 
 
 # git reads a mode with strtoul(base 8): leading blanks and zeros are fine, and anything that is

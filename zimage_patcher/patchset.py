@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import lock as lockmod
 from . import patchfile, series
@@ -107,12 +107,16 @@ def load_series(root: Path, up: lockmod.Upstream) -> tuple[Path, list[str]]:
     return directory, names
 
 
-def _no_link(path: Path) -> None:
-    """The overlay's own files are plain files in plain folders: export and rebase rewrite them, and
-    a link would carry those writes elsewhere."""
-    if path.is_symlink():
-        raise ZpatchError(f"{path}: is a symlink; the overlay's lock, series folders and patches must be plain",
-                          Exit.BAD_OVERLAY, hint="replace the link with the file or folder it points to")
+def _no_link(root: Path, rel: str) -> None:
+    """The overlay's own files are plain files in plain folders, every folder on the way included:
+    export and rebase rewrite them, and a link would carry those writes elsewhere (the front door's
+    writes refuse the same links, so `check` and the writers agree)."""
+    cur = root
+    for part in PurePosixPath(rel).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise ZpatchError(f"{cur}: is a symlink; the overlay's lock, series folders and patches must be plain",
+                              Exit.BAD_OVERLAY, hint="replace the link with the file or folder it points to")
 
 
 @dataclass
@@ -128,7 +132,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
     `load` raises the first, `check` reports them all. Series whose patches did not all parse are
     left out of the Overlay (nothing can be applied from them)."""
     try:
-        _no_link(root / lockmod.LOCK_NAME)
+        _no_link(root, lockmod.LOCK_NAME)
         lk = lockmod.parse(root / lockmod.LOCK_NAME)
     except ZpatchError as e:
         return None, [Problem("lock", e)]
@@ -136,8 +140,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
     all_series = []
     for up in lk.upstreams:
         try:
-            _no_link(root / up.patches)
-            _no_link(root / up.patches / series.SERIES_NAME)
+            _no_link(root, f"{up.patches}/{series.SERIES_NAME}")
             directory, names = load_series(root, up)
         except ZpatchError as e:
             problems.append(Problem("series", e, up.name))
@@ -145,7 +148,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
         patches = []
         for n in names:
             try:
-                _no_link(directory / n)
+                _no_link(root, f"{up.patches}/{n}")
                 patches.append(patchfile.load(directory / n, n))
             except ZpatchError as e:
                 problems.append(Problem("patch", e, up.name, n))
@@ -234,34 +237,7 @@ def is_installed_copy(root: Path) -> bool:
     return root == (PACKAGE_DIR / "_bundle").resolve() or "site-packages" in root.parts
 
 
-def write_lock(root: Path) -> list[str]:
-    """`zpatch lock`: recompute every hash into ROOT/upstream.lock; the names whose hash changed."""
-    if is_installed_copy(root):
-        raise ZpatchError(f"{root}: is the overlay bundled into an installed zpatch; refusing to re-lock it",
-                          Exit.BAD_OVERLAY,
-                          hint="edit the overlay in its repository and reinstall (pipx install --force .), "
-                               "or pass --overlay DIR")
-    lk, changed = relock(root)
-    lockmod.write(root, lk)
-    return changed
-
-
-def relock(root: Path) -> tuple[lockmod.Lock, list[str]]:
-    """Recompute every hash from disk; return the new lock and the names whose hash changed."""
-    lk = lockmod.parse(root / lockmod.LOCK_NAME)
-    changed = []
-    for up in lk.upstreams:
-        directory, names = load_series(root, up)
-        new = {}
-        for n in names:
-            new[n] = patchfile.load(directory / n, n).sha256
-        changed += [f"{up.patches}/{n}" for n in sorted(set(new) | set(up.sha256))
-                    if new.get(n) != up.sha256.get(n)]
-        up.sha256 = new
-    if lk.overlay:
-        src = root / lk.overlay.source
-        new = {f: sha256_file(src / f) for f in overlay_files(src)}
-        changed += [f"{lk.overlay.source}/{n}" for n in sorted(set(new) | set(lk.overlay.sha256))
-                    if new.get(n) != lk.overlay.sha256.get(n)]
-        lk.overlay.sha256 = new
-    return lk, changed
+def node_hashes(root: Path, node: lockmod.OverlayFiles) -> dict[str, str]:
+    """The sha256 of every file of the node's source folder, as the lock records them."""
+    src = root / node.source
+    return {f: sha256_file(src / f) for f in overlay_files(src)}

@@ -10,12 +10,13 @@ each patch ends as one of:
   conflict    none of the above (with --dry-run the report goes on to the next patch)
   skipped     dropped by `--skip`
 
-A conflict stops the rebase: the patch is applied 3-way in a sparse scratch clone in the cache, with
-conflict markers, and the state (operation.py's: upstream, old pin, target, todo, done) is saved in
-op.json beside it. `--continue` takes the resolved files, `--skip` drops the patch, `--abort` forgets
-everything. The overlay (patches, series, upstream.lock) is written only when the last patch is
-through, as one transaction of operation.py, the one `apply` uses, whose commit point is the lock: a
-kill there is rolled back (or forward) by the next rebase command. `--dry-run` writes nothing.
+A conflict stops the rebase: the patch is applied 3-way in a sparse scratch clone in the overlay's
+state area (overlay_write.area), with conflict markers, and the state (upstream, old pin, target,
+todo, done) is saved in op.json there. `--continue` takes the resolved files, `--skip` drops the
+patch, `--abort` forgets everything. Every rebase command holds the overlay's front door
+(overlay_write.hold), and the overlay (patches, series, upstream.lock) is written only when the last
+patch is through, as its one transaction, whose commit point is the lock: a kill there is rolled back
+(or forward) by the next command that writes the overlay. `--dry-run` writes nothing.
 """
 from __future__ import annotations
 
@@ -27,29 +28,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import cache, git, lock as lockmod, operation, patchfile, patchset, probes, worktree
+from . import cache, git, lock as lockmod, operation, overlay_write, patchfile, patchset, probes, worktree
 from .errors import Exit, ZpatchError
-from .operation import Change
 from .patchfile import Patch
 from .patchset import Overlay, Series
-from .worktree import Exclusive, fault_point
-
-OP_NAME = "op.json"
-
+from .durable import fault_point
 
 def _area(root: Path) -> Path:
-    """The rebase scratch area of the overlay at ROOT (one rebase at a time per overlay)."""
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache.cache_home() / "rebase" / key
-
-
-def _locked(root: Path) -> Exclusive:
-    """One rebase command at a time per overlay: a lock beside its scratch area."""
-    path = _area(root).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Exclusive(path, lambda pid: ZpatchError(
-        f"another zpatch rebase (pid {pid}) is running on this overlay", Exit.BUSY,
-        hint="wait for it; if it stops at a conflict, then zpatch rebase --continue, --skip or --abort"))
+    return overlay_write.area(root)
 
 
 _STATES = ("carried", "unchanged", "refreshed", "changed", "upstreamed", "obsolete", "conflict", "skipped")
@@ -92,20 +78,11 @@ def _check_state(op: dict) -> None:
 
 
 def in_progress(root: Path) -> dict | None:
-    return operation.load_state(_area(root) / OP_NAME, "rebase", _check_state)
-
-
-def refuse_in_progress(root: Path, command: str) -> None:
-    """COMMAND would change the overlay (or read it half-written): not while a rebase is in progress."""
-    op = in_progress(root)
-    if op is not None or (_area(root) / operation.JOURNAL_NAME).exists():
-        what = f"a rebase of {op['upstream']} onto {op['onto'][:12]}" if op else "a rebase"
-        raise ZpatchError(f"{what} is in progress; `zpatch {command}` would change the overlay under it",
-                          Exit.BUSY, hint="finish it first: zpatch rebase --continue, --skip or --abort")
+    return operation.load_state(overlay_write.state_path(root), "rebase", _check_state)
 
 
 def _save(root: Path, op: dict) -> None:
-    operation.save_state(_area(root) / OP_NAME, "rebase", op)
+    operation.save_state(overlay_write.state_path(root), "rebase", op)
 
 
 def _series(ov: Overlay, name: str) -> Series:
@@ -125,11 +102,6 @@ def _stamp(data: bytes) -> bytes:
     head, sep, diff = data.partition(b"\ndiff --git ")
     head = re.sub(rb"^Last-Update:.*$", f"Last-Update: {_today()}".encode(), head, count=1, flags=re.M)
     return head + sep + diff
-
-
-def _touching(repo: Path, old: str, new: str, files: list[str]) -> list[str]:
-    """Upstream commits between the old pin and the target that touched FILES, newest first."""
-    return (git.log_subjects(repo, [f"{old}..{new}", "--", *files]) or [])[:20]
 
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.M)
@@ -224,7 +196,7 @@ def _carry_on(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str
             commits = list(dict.fromkeys(c for h in hunks for c in h["upstream_commits"]))
             return {"state": "obsolete" if fired else "conflict", "fired": fired, "files": files,
                     "hunks": [h for h in hunks if h["upstream_commits"]],
-                    "upstream_commits": commits or _touching(repo, old_pin, onto, files)}
+                    "upstream_commits": commits or git.commits_touching(repo, old_pin, onto, files, limit=20)}
     tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
     if fired:
         tip.loaded = None
@@ -285,17 +257,23 @@ def _change(data: bytes) -> list[bytes]:
             and not line.startswith((b"+++ ", b"--- "))]
 
 
-def start(ov: Overlay, name: str, onto: str, *, dry_run: bool = False, allow_unrelated: bool = False,
+def start(root: Path, name: str, onto: str, *, dry_run: bool = False, allow_unrelated: bool = False,
           offline: bool = False) -> dict:
+    """Rebase NAME's series of the overlay at ROOT onto ONTO. A dry run touches no state and takes no
+    lock (drift runs it beside a rebase in progress); a real one reads the overlay under the lock."""
     if dry_run:
-        return _start(ov, name, onto, dry_run=True, allow_unrelated=allow_unrelated, offline=offline)
-    with _locked(ov.root):
-        return _start(ov, name, onto, dry_run=False, allow_unrelated=allow_unrelated, offline=offline)
+        return _start(patchset.load(root), name, onto, None, allow_unrelated=allow_unrelated, offline=offline)
+    with overlay_write.hold(root, "rebase") as writer:
+        op = in_progress(root)
+        if op is not None:
+            raise ZpatchError(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", Exit.BUSY,
+                              hint="finish it first: zpatch rebase --continue, --skip or --abort")
+        return _start(patchset.load(root), name, onto, writer, allow_unrelated=allow_unrelated, offline=offline)
 
 
-def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated: bool, offline: bool) -> dict:
-    if not dry_run:      # a dry run touches no state: drift runs beside one
-        refuse_in_progress(ov.root, "rebase")
+def _start(ov: Overlay, name: str, onto: str, writer: overlay_write.Writer | None, *, allow_unrelated: bool,
+           offline: bool) -> dict:
+    dry_run = writer is None
     s = _series(ov, name)
     up = s.upstream
     mirror, target = cache.resolve(up.url, up.commit, onto, offline=offline)
@@ -310,13 +288,13 @@ def _start(ov: Overlay, name: str, onto: str, *, dry_run: bool, allow_unrelated:
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="zpatch-rebase-") as tmp:
             idx = git.ScratchIndex(mirror, tmp, read_only=True)
-            return _run(ov, s, mirror, idx, op, dry_run=True)
+            return _run(ov, s, mirror, idx, op, None)
     area = _area(ov.root)
     shutil.rmtree(area, ignore_errors=True)
     area.mkdir(parents=True)
     _save(ov.root, op)
     try:
-        return _resume(ov, op)
+        return _resume(ov, op, writer)
     except Exception:
         # refused (or a bug) before any write to the overlay: as if never started, so the user fixes the
         # cause and reruns instead of aborting first
@@ -337,7 +315,9 @@ def _store(ov: Overlay, mirror: Path) -> git.ScratchIndex:
     return idx
 
 
-def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict, *, dry_run: bool) -> dict:
+def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
+         writer: overlay_write.Writer | None) -> dict:
+    dry_run = writer is None
     by_name = {p.name: p for p in s.patches}
     if not op.get("old_tip"):
         # the old series as commits on the old pin: a 3-way merge needs each patch's preimage blobs,
@@ -360,7 +340,7 @@ def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict, *,
         if not dry_run:
             _save(ov.root, op)
     _format(ov, idx, op, by_name, dry_run=dry_run)
-    return _finish(ov, s, repo, idx, op, dry_run=dry_run)
+    return _finish(ov, s, repo, idx, op, writer)
 
 
 def _format(ov: Overlay, idx: git.ScratchIndex, op: dict, by_name: dict[str, Patch], *, dry_run: bool) -> None:
@@ -426,36 +406,29 @@ def _stop(ov: Overlay, s: Series, op: dict, p: Patch, res: dict) -> dict:
     return _report(ov, s, op, stopped=True, scratch=repo)
 
 
-def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict, *, dry_run: bool) -> dict:
+def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
+            writer: overlay_write.Writer | None) -> dict:
     result = _report(ov, s, op, stopped=False)
     rd = git.run(["range-diff", "--no-color", f"{op['old_pin']}..{op['old_tip']}", f"{op['onto']}..{op['tip']}"],
                  cwd=repo, env=idx.env, check=False)
     result["range_diff"] = rd.stdout if rd.ok else ""
-    if dry_run:
+    if writer is None:
         return result
-    changes, lock_data = _overlay_changes(ov, s, op)
-    op["lock_after"] = operation.digest(lock_data)    # from here, that lock on disk means the rebase is done
+    files, lk = _overlay_files(ov, s, op)
+    op["lock_after"] = operation.digest(lockmod.render(ov.root, lk))   # from here, that lock means it is done
     _save(ov.root, op)
-    operation.commit(ov.root, _area(ov.root) / operation.JOURNAL_NAME, "rebase", changes,
-                     ov.root / lockmod.LOCK_NAME, lock_data)
+    writer.commit(files, lk)
     _forget(ov.root)
     result["written"] = True
     return result
 
 
-def _overlay_changes(ov: Overlay, s: Series, op: dict) -> tuple[list[Change], bytes]:
+def _overlay_files(ov: Overlay, s: Series, op: dict) -> tuple[dict[str, bytes | None], lockmod.Lock]:
     """What the rebase writes into the overlay: the patches that moved, the ones dropped, the series
     when its list changed, and (the commit point) upstream.lock with the new pin and hashes."""
     d, out = s.upstream.patches, _area(ov.root) / "out"
-
-    def change(name: str, data: bytes | None) -> Change | None:
-        rel = f"{d}/{name}"
-        now = worktree.read(ov.root, rel)
-        before = None if now is None else git.hash_object_bytes(now)
-        after = None if data is None else git.hash_object_bytes(data)
-        return None if before == after else Change(".", None, rel, before, after, data, prune=False)
-
-    changes, hashes = [], {}
+    files: dict[str, bytes | None] = {}
+    hashes = {}
     for e in op["done"]:      # an edit made while the rebase was stopped is never overwritten
         now = hashlib.sha256(worktree.read(ov.root, f"{d}/{e['name']}") or b"").hexdigest()
         if now != op.get("started_from", {}).get(e["name"], now):
@@ -464,28 +437,28 @@ def _overlay_changes(ov: Overlay, s: Series, op: dict) -> tuple[list[Change], by
                               hint="save your edit elsewhere, put the file back (git checkout -- it), then "
                                    "zpatch rebase --continue; or --abort")
         if "data_sha256" not in e:
-            changes.append(change(e["name"], None))
+            files[f"{d}/{e['name']}"] = None
             continue
         if e["state"] != "unchanged":
             data = (out / e["name"]).read_bytes()
             if hashlib.sha256(data).hexdigest() != e["data_sha256"]:
                 raise ZpatchError(f"{out / e['name']}: not the patch this rebase made", Exit.BAD_CHECKOUT,
                                   hint="zpatch rebase --abort, then rebase again")
-            changes.append(change(e["name"], data))
+            files[f"{d}/{e['name']}"] = data
 
         hashes[e["name"]] = e["data_sha256"]
     if list(hashes) != [p.name for p in s.patches]:     # keep quilt's comments when nothing moved
-        changes.append(change("series", "".join(n + "\n" for n in hashes).encode()))
+        files[f"{d}/series"] = overlay_write.render_series(list(hashes))
     lk = lockmod.parse(ov.root / lockmod.LOCK_NAME)
     for u in lk.upstreams:
         if u.name == s.upstream.name:
             u.commit, u.sha256 = op["onto"], hashes
-    return [c for c in changes if c], lockmod.render(ov.root, lk)
+    return files, lk
 
 
 def _forget(root: Path) -> None:
     """The rebase is over (done or aborted): no command finds its state again."""
-    (_area(root) / OP_NAME).unlink(missing_ok=True)
+    overlay_write.state_path(root).unlink(missing_ok=True)
     fault_point()
     shutil.rmtree(_area(root), ignore_errors=True)
 
@@ -497,17 +470,11 @@ def forget_throwaway(root: Path) -> None:
     _area(root).with_suffix(".lock").unlink(missing_ok=True)
 
 
-def _roll(root: Path) -> str | None:
-    """Finish the overlay transaction a killed rebase left: back, or forward past its lock."""
-    return operation.recover(root, _area(root) / operation.JOURNAL_NAME, root / lockmod.LOCK_NAME)
-
-
-def recover(root: Path, op: dict) -> tuple[str | None, bool]:
-    """A rebase killed while writing the overlay: roll its transaction back, or forward when the lock
-    had been written. Returns what it did and whether the rebase is thereby complete."""
-    said = _roll(root)
+def _complete(root: Path, op: dict) -> bool:
+    """Whether a rebase killed while writing the overlay had passed its commit point (the front door
+    has rolled the write back or forward already): then nothing is left to do but report it."""
     if not op.get("lock_after"):
-        return said, False
+        return False
     try:
         done = operation.digest((root / lockmod.LOCK_NAME).read_bytes()) == op["lock_after"]
     except OSError:
@@ -515,41 +482,38 @@ def recover(root: Path, op: dict) -> tuple[str | None, bool]:
     if not done:
         op["lock_after"] = None
         _save(root, op)
-    return said, done
+    return done
 
 
-def resume(ov_root: Path, action: str) -> dict:
-    """--continue, --skip or --abort of the rebase in progress for the overlay at OV_ROOT."""
-    with _locked(ov_root):
-        return _resume_locked(ov_root, action)
+def resume(root: Path, action: str) -> dict:
+    """--continue, --skip or --abort of the rebase in progress for the overlay at ROOT."""
+    with overlay_write.hold(root, "rebase") as writer:
+        return _resume_locked(root, action, writer)
 
 
-def _resume_locked(ov_root: Path, action: str) -> dict:
+def _resume_locked(root: Path, action: str, writer: overlay_write.Writer) -> dict:
+    said = writer.recovered
     try:
-        op = in_progress(ov_root)
+        op = in_progress(root)
     except ZpatchError:
         if action != "abort":
             raise
-        # a damaged state: the journal alone says how to put the overlay back
-        said = _roll(ov_root)
-        _forget(ov_root)
+        _forget(root)        # a damaged state: the front door has put the overlay back already
         return {"aborted": True, "upstream": None, "recovered": said}
     if op is None:
-        if operation.pending(_area(ov_root) / operation.JOURNAL_NAME) is None:
-            shutil.rmtree(_area(ov_root), ignore_errors=True)   # what a rebase killed at its first write left
+        shutil.rmtree(_area(root), ignore_errors=True)   # what a rebase killed at its first write left
         raise ZpatchError("no rebase in progress", Exit.USAGE, hint="start one: zpatch rebase UPSTREAM --onto REF")
-    said, done = recover(ov_root, op)
-    if done:     # killed after its commit point: nothing is left to continue, skip or abort
-        ov = patchset.load(ov_root, verify_hashes=False)
-        _forget(ov_root)
+    if _complete(root, op):     # killed after its commit point: nothing is left to continue, skip or abort
+        ov = patchset.load(root, verify_hashes=False)
+        _forget(root)
         result = _report(ov, _series(ov, op["upstream"]), op, stopped=False)
         result.update(written=True, aborted=False, finished_before=action,
                       recovered=said or "An interrupted rebase had written the overlay already; it is complete.")
         return result
     if action == "abort":
-        _forget(ov_root)
+        _forget(root)
         return {"aborted": True, "upstream": op["upstream"], "recovered": said}
-    result = _resume(patchset.load(ov_root, verify_hashes=False), op, action=action)
+    result = _resume(patchset.load(root, verify_hashes=False), op, writer, action=action)
     result["recovered"] = said
     return result
 
@@ -560,11 +524,11 @@ def _check_objects(root: Path, idx: git.ScratchIndex, op: dict) -> None:
             *(e["commit"] for e in op["done"] if e.get("commit"))]
     out = idx.run(["cat-file", "--batch-check=%(objecttype)"], input="".join(c + "\n" for c in shas)).stdout
     if out.split() != ["commit"] * len(shas):
-        raise ZpatchError(f"{_area(root) / OP_NAME}: the state of the rebase in progress names commits that do not "
+        raise ZpatchError(f"{overlay_write.state_path(root)}: the state of the rebase in progress names commits that do not "
                           "exist", Exit.BAD_CHECKOUT, hint="zpatch rebase --abort, then rebase again")
 
 
-def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
+def _resume(ov: Overlay, op: dict, writer: overlay_write.Writer, action: str | None = None) -> dict:
     s = _series(ov, op["upstream"])
     names = [e["name"] for e in op["done"]] + op["todo"]
     if names != [p.name for p in s.patches] or (op.get("current") and op["todo"][:1] != [op["current"]["name"]]):
@@ -588,7 +552,7 @@ def _resume(ov: Overlay, op: dict, action: str | None = None) -> dict:
         raise ZpatchError("the rebase is not stopped at a conflict: there is no patch to skip", Exit.USAGE,
                           hint="zpatch rebase --continue resumes it; --abort drops it")
     # --continue without a conflict: a run that was killed picks up where its state says
-    return _run(ov, s, mirror, idx, op, dry_run=False)
+    return _run(ov, s, mirror, idx, op, writer)
 
 
 def _resolved(ov: Overlay, op: dict, p: Patch, cur: dict) -> dict:

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import Exit, ZpatchError
-from .worktree import fault_point, rel_parts, sync_dirs, write_atomic
+from .durable import fault_point, sync_dirs, write_atomic
+from .worktree import rel_parts
 
 RECORD_VERSION = 2
 RECORD_NAME = "record.json"

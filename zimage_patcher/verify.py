@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import check, patchset, workspace
+from . import apply, check, clone, patchset, status, workspace
 from .errors import Exit, ZpatchError
 from .smoke.oneline import one_line
 
@@ -86,7 +86,7 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     missing: list[str] = []
 
     def do_checkout():
-        res = workspace.checkout(ov, dest, offline=offline, progress=progress)
+        res = clone.checkout(ov, dest, offline=offline, progress=progress)
         missing.extend(res["missing_objects"])
         note = f"; missing from the source repository: {', '.join(missing)}" if missing else ""
         return f"{len(res['upstreams'])} upstreams at their pins{note}", res
@@ -98,11 +98,11 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
         return f"{sum(len(s['patches']) for s in res['series'])} patches lint clean and apply on the pins", res
 
     def do_apply():
-        res = workspace.apply(ov, dest)
+        res = apply.apply(ov, dest)
         return ", ".join(f"{u['name']}: {len(u['applied'])}" for u in res["upstreams"]) + " applied", res
 
     def do_status():
-        res = workspace.status(ov, dest)
+        res = status.status(ov, dest)
         foreign = [f["path"] for u in res["upstreams"] for f in u["foreign_changes"]
                    if (f["path"] if u["path"] == "." else f"{u['path']}/{f['path']}") not in missing]
         bad = [p for u in res["upstreams"] for p in u["patches"] if p["state"] != "applied"]
@@ -141,7 +141,7 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     def do_control():
         from .smoke import runner
         pristine = scratch / "pristine"
-        workspace.checkout(ov, pristine, offline=offline)
+        clone.checkout(ov, pristine, offline=offline)
         try:
             rep = runner.run_smoke(pristine, scratch / "control", python=python, device=device, unpatched=True)
         except ZpatchError as e:

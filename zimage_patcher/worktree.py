@@ -5,42 +5,21 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 from pathlib import Path, PurePosixPath
 
-from . import git
+from . import git, paths
+from .durable import fault_point
 from .errors import Exit, ZpatchError
 
 TMP_SUFFIX = ".zpatch-tmp"
 
-_KILL_AT = os.environ.get("ZPATCH_TEST_KILL_AT")   # fault injection for the test suite, see fault_point
-_SLOW_AT = os.environ.get("ZPATCH_TEST_SLOW_AT")
-_points = 0
-
-
-def fault_point() -> None:
-    """Mark a write point. The crash tests set ZPATCH_TEST_KILL_AT=N to SIGKILL the process at the
-    Nth point, as a power cut or an OOM kill would, and the concurrency test ZPATCH_TEST_SLOW_AT=N
-    to hold the lock there for a second; unset (always, for users) they cost a compare."""
-    global _points
-    if _KILL_AT is None and _SLOW_AT is None:
-        return
-    _points += 1
-    if _KILL_AT is not None and _points == int(_KILL_AT):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if _SLOW_AT is not None and _points == int(_SLOW_AT):
-        import time
-        time.sleep(1.0)
-
 
 def rel_parts(rel: str) -> tuple[str, ...]:
-    p = PurePosixPath(rel) if isinstance(rel, str) else None
-    if (p is None or not rel or not rel.isprintable() or p.is_absolute() or ".." in p.parts
-            or any(x.lower() == ".git" for x in p.parts)):
+    if paths.unsafe(rel):
         raise ZpatchError(f"{rel!r}: not a safe relative path", Exit.BAD_CHECKOUT,
                           hint="the zpatch record or overlay names a path outside the checkout")
-    return p.parts
+    return PurePosixPath(rel).parts
 
 
 def check_path(root: Path, rel: str) -> Path:
@@ -106,16 +85,23 @@ def write(root: Path, rel: str, data: bytes, *, executable: bool = False) -> lis
     # a new file gets 0666/0777 minus the umask, as git gives it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o777 if executable else 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if keep is not None:
-            os.fchmod(fd, keep)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fault_point()
-    os.replace(tmp, target)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if keep is not None:
+                os.fchmod(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fault_point()
+        os.replace(tmp, target)
+    except BaseException:      # a full disk, Ctrl-C, SIGTERM: no temp file left behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     fault_point()
     return created
 
@@ -182,85 +168,3 @@ def remove_pyc(root: Path, rel_dir: str, stem: str) -> str | None:
         if stat.S_ISREG(os.lstat(pyc).st_mode):
             pyc.unlink()
     return cache
-
-
-def _fsync(path, flags: int) -> bool:
-    """fsync PATH opened with FLAGS (never through a symlink); False when it is not there."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | flags)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
-def sync_dirs(paths) -> None:
-    """fsync each folder in PATHS that exists: a rename or unlink inside it survives a power cut only
-    once its folder is synced (rename(2) orders nothing on disk by itself)."""
-    for path in sorted(set(map(str, paths))):
-        _fsync(path, os.O_DIRECTORY)
-
-
-def sync_files(paths) -> None:
-    """fsync each file in PATHS that exists, then the folders that hold them."""
-    held = {Path(path).parent for path in paths if _fsync(path, 0)}
-    sync_dirs([*held, *(p.parent for p in held)])
-
-
-def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: bool | None = None) -> None:
-    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
-    SYNC: also durable across a power cut once it returns (the file, then its folder; SYNC_FOLDER
-    False leaves the folder to a caller that writes many files there and syncs it once)."""
-    tmp = path.with_name(path.name + ".tmp")
-    if os.path.lexists(tmp):
-        if not stat.S_ISREG(os.lstat(tmp).st_mode):
-            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
-                              hint="move it away, then rerun")
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    fault_point()
-    os.replace(tmp, path)
-    if sync if sync_folder is None else sync_folder:
-        sync_dirs([path.parent])
-    fault_point()
-
-
-class Exclusive:
-    """One process at a time: flock on PATH, which the kernel releases when the holder dies (so a
-    killed run never leaves a stale lock, unlike git's index.lock). The holder's pid is written into
-    the file for the message of the one that has to wait: BUSY(pid) builds that error."""
-
-    def __init__(self, path: Path, busy=None):
-        """BUSY None: wait for the holder instead of failing (the cache, where waiting is the job)."""
-        self.path, self.busy, self.fd = path, busy, None
-
-    def __enter__(self) -> "Exclusive":
-        import errno
-        import fcntl
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if self.busy else 0))
-        except OSError as e:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise self.busy(holder)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.fd)     # closing releases the flock

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from zimage_patcher import patchset, workspace
+from zimage_patcher import apply, clone, patchset
 
 from testing.upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
 
@@ -19,13 +19,13 @@ SMOKE_MODULES = ("torch", "numpy", "gguf", "sentencepiece", "safetensors")
 
 def build_checkout(dest: Path) -> Path:
     """ComfyUI with ComfyUI-GGUF nested, at the pins of upstream.lock, made by zpatch itself."""
-    workspace.checkout(patchset.load(ROOT), dest, exclude=[EXCLUDE])
+    clone.checkout(patchset.load(ROOT), dest, exclude=[EXCLUDE])
     return dest
 
 
 def apply_overlay(dest: Path) -> Path:
     """Both series and the node, applied by zpatch."""
-    workspace.apply(patchset.load(ROOT), dest)
+    apply.apply(patchset.load(ROOT), dest)
     return dest
 
 

@@ -79,27 +79,19 @@ class Context:
 
     def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
-        self.rebase_busy = False     # set by overlay_root: an invalid overlay is then the rebase's doing
+        self.overlay_busy = False    # set by overlay_root: an invalid overlay is then a writer's doing
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
+        """The overlay; a command that only reads it is warned when it is not at rest (a rebase
+        stopped, a write interrupted). Writers ask the front door (overlay_write.hold), which refuses."""
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
-        if for_writing and self.command != "rebase":
-            from .. import rebase
-            rebase.refuse_in_progress(root, self.command)
-        if self.command != "rebase":
-            from .. import rebase
-            try:
-                op = rebase.in_progress(root)
-            except ZpatchError as e:     # not this command's business: say it, and go on
-                self.rebase_busy = True
+        if not for_writing and self.command != "rebase":
+            from .. import overlay_write
+            why = overlay_write.busy(root)
+            if why:
+                self.overlay_busy = True
                 if not self.as_json:
-                    warn(f"{e.message} ({e.hint})")
-                op = None
-            if op:   # stopped or killed: say so wherever the maintainer looks next
-                self.rebase_busy = True
-                if not self.as_json:
-                    warn(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
-                         "zpatch rebase --continue, --skip or --abort")
+                    warn(why)
         return root
 
     def load(self, verify: bool = True):
@@ -112,11 +104,6 @@ class Context:
             click.echo(envelope(self.command, ok, payload))
         elif self.verbosity >= 0 and text:
             say(text)
-
-    def info(self, text: str) -> None:
-        """Progress and notes: stderr, so stdout stays the result; silent with -q or --json."""
-        if self.verbosity >= 0 and not self.as_json:
-            say(text, err=True)
 
     def warn(self, text: str) -> None:
         if not self.as_json:
@@ -221,7 +208,7 @@ def command(name: str, help_example: str):
                         traceback.print_exc()
                     raise _internal(name, e)
             except ZpatchError as e:
-                if ctx.rebase_busy and e.exit_code == Exit.BAD_OVERLAY:
+                if ctx.overlay_busy and e.exit_code == Exit.BAD_OVERLAY:
                     from ..check import REBASE_HINT
                     e.hint = REBASE_HINT      # not "zpatch lock" or "restore the file": that undoes the rebase by hand
                 if as_json:

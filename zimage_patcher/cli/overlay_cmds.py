@@ -32,9 +32,10 @@ def check_cmd(ctx, offline, no_apply):
 def lock_cmd(ctx):
     """Recompute the sha256 of every patch and node file into upstream.lock (after an intended edit).
     The new lock is read back before it replaces the old one, so it never writes a lock it cannot read."""
-    from .. import patchset
+    from .. import overlay_write
     root = ctx.overlay_root(for_writing=True)
-    changed = patchset.write_lock(root)
+    with overlay_write.hold(root, "lock") as writer:
+        changed = overlay_write.relock(root, writer)
     ctx.emit({"overlay": str(root), "changed": changed},
              ("Updated upstream.lock: " + ", ".join(changed)) if changed else "upstream.lock is up to date.")
 
@@ -44,7 +45,9 @@ def lock_cmd(ctx):
 @click.option("--check", is_flag=True,
               help="Write nothing; exit 1 when the patch files differ from what export would write.")
 @click.option("--offline", is_flag=True, help="With --check and no checkout: use the cache only.")
-def export_cmd(ctx, checkout, check, offline):
+@click.option("--force", is_flag=True,
+              help="Write even over patches that changed in the overlay since `zpatch edit` made the branch.")
+def export_cmd(ctx, checkout, check, offline, force):
     """Write each upstream's commits of `zpatch edit` back as patches/<upstream>/, its series and
     upstream.lock: new commits become new patches, dropped ones are deleted, reordering rewrites the
     series, and only patches whose bytes change are rewritten (byte-stable format-patch options under
@@ -52,14 +55,11 @@ def export_cmd(ctx, checkout, check, offline):
     export writes for it (the CI and pre-commit gate)."""
     from .. import edit
     from ..errors import Exit
-    ov = ctx.load()
-    if not check:
-        from .. import rebase
-        rebase.refuse_in_progress(ov.root, "export")
     if checkout is None and check:
-        res = edit.canonical(ov, offline=offline)
+        res = edit.canonical(ctx.load(), offline=offline)
     else:
-        res = edit.export(ov, Path(checkout) if checkout else None, check=check)
+        res = edit.export(ctx.overlay_root(for_writing=not check), Path(checkout) if checkout else None,
+                          check=check, force=force)
     lines = []
     for u in res["upstreams"]:
         moved = [p for p in u["patches"] if p["state"] != "unchanged"]

@@ -56,10 +56,7 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
         if not upstream or not onto:
             raise ZpatchError("name the upstream and --onto REF (or --continue / --skip / --abort)", Exit.USAGE,
                               hint="zpatch rebase comfyui --onto origin/master --dry-run")
-        from .. import patchset
-        if not dry_run:      # before the overlay is read: half-written by a killed rebase, it looks tampered
-            rebase.refuse_in_progress(root, "rebase")
-        res = rebase.start(patchset.load(root), upstream, onto, dry_run=dry_run,
+        res = rebase.start(root, upstream, onto, dry_run=dry_run,
                            allow_unrelated=allow_unrelated, offline=offline)
     if res.get("aborted"):
         ctx.emit(res, (res["recovered"] + "\n" if res.get("recovered") else "")

@@ -28,17 +28,17 @@ def _plural(n: int, word: str) -> str:
 @click.option("--apply", "then_apply", is_flag=True, help="Apply the overlay right after (one step, as `apply`).")
 def checkout_cmd(ctx, dest, offline, exclude, then_apply):
     """Clone every upstream at its pinned commit into DEST (ComfyUI with ComfyUI-GGUF nested)."""
-    from .. import workspace
+    from .. import apply, clone
     ov = ctx.load()
-    res = workspace.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
-                             progress=not ctx.as_json and ctx.verbosity >= 0)
+    res = clone.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
+                         progress=not ctx.as_json and ctx.verbosity >= 0)
     lines = [f"Checked out {u['name']} at {u['commit'][:12]} into {Path(dest) / u['path']}"
              for u in res["upstreams"]]
     for m in res["missing_objects"]:
         ctx.warn(f"{m} is missing: the source repository lacks its object "
                  f"(git status shows it deleted; --exclude {m} leaves it out cleanly)")
     if then_apply:
-        res["apply"] = workspace.apply(ov, Path(dest))
+        res["apply"] = apply.apply(ov, Path(dest))
         lines.append(apply_text(res["apply"], dest))
     else:
         lines.append(f"Next: zpatch apply {dest}")
@@ -82,8 +82,8 @@ def apply_cmd(ctx, checkout, three_way, allow_drift):
 
     A second run is a no-op that says so; after the overlay changed, the old patches are
     reversed from zpatch's own copies and the new ones applied."""
-    from .. import workspace
-    res = workspace.apply(ctx.load(), _path(checkout), three_way=three_way or allow_drift)
+    from .. import apply
+    res = apply.apply(ctx.load(), _path(checkout), three_way=three_way or allow_drift)
     ctx.emit(res, apply_text(res, res["checkout"]) + _files(ctx, res, "files_written", "files_removed"))
 
 
@@ -94,8 +94,8 @@ def unapply_cmd(ctx, checkout, discard):
     """Reverse what `apply` did: the patched files return to upstream's bytes and the node's files
     are removed. Refuses, changing nothing, when a file was edited since `apply`. In edit mode it
     leaves it: back to the pins, once the commits are exported."""
-    from .. import workspace
-    res = workspace.unapply(ctx.load(verify=False), _path(checkout), discard=discard)
+    from .. import apply
+    res = apply.unapply(ctx.load(verify=False), _path(checkout), discard=discard)
     lines = [res["recovered"]] if res.get("recovered") else []
     if res["left_edit_mode"]:
         lines.append(f"Left edit mode ({', '.join(res['left_edit_mode'])}): back at the pins.")
@@ -118,8 +118,8 @@ def status_cmd(ctx, checkout):
     """Per upstream: pin vs HEAD, each patch applied / missing / modified / outdated / conflict,
     foreign changes (inside nested repositories too), and the custom node. Read-only.
     Exits 1 when anything differs from a cleanly applied overlay."""
-    from .. import workspace
-    res = workspace.status(ctx.load(), _path(checkout))
+    from .. import status
+    res = status.status(ctx.load(), _path(checkout))
     lines = []
     if res["interrupted"]:
         lines.append(f"INTERRUPTED: a `zpatch {res['interrupted']['op']}` (pid {res['interrupted']['pid']}) "
@@ -180,7 +180,7 @@ def edit_cmd(ctx, checkout):
     so they can be changed with plain git (commit --amend, new commits, rebase -i, drop). A checkout
     with the overlay applied is unapplied first. `zpatch export` writes the patches back."""
     from .. import edit
-    res = edit.edit(ctx.load(), _path(checkout))
+    res = edit.edit(ctx.overlay_root(for_writing=True), _path(checkout))
     lines = []
     for u in res["upstreams"]:
         lines.append(f"{u['name']}: {len(u['commits'])} commit(s) on {u['branch']} over {u['base'][:12]}")

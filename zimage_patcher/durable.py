@@ -1,0 +1,93 @@
+"""Writes that survive a kill or a power cut (temp, fsync, rename, folder fsync), and the points
+where the test suite may kill or pause a run. Below git.py and worktree.py: both use it."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+from pathlib import Path
+
+from .errors import Exit, ZpatchError
+
+# Fault injection for the test suite, read once; unset (always, for users) a point costs a compare.
+#   ZPATCH_TEST_KILL_AT=N      SIGKILL this process at the Nth point, as a power cut or an OOM kill would
+#   ZPATCH_TEST_PAUSE=NAME:W:R at the point named NAME, write one byte to fd W and wait for one on fd R
+#                              (the test holds the run there, at its worst moment, for as long as it likes)
+_KILL_AT = os.environ.get("ZPATCH_TEST_KILL_AT")
+_PAUSE = os.environ.get("ZPATCH_TEST_PAUSE")
+_points = 0
+
+
+def fault_point(name: str | None = None) -> None:
+    """Mark a write point (numbered in the order a run reaches them); NAME also makes it a pause point."""
+    global _points
+    if _KILL_AT is None and _PAUSE is None:
+        return
+    _points += 1
+    if _KILL_AT is not None and _points == int(_KILL_AT):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if _PAUSE is not None and name is not None:
+        want, w, r = _PAUSE.rsplit(":", 2)
+        if want == name:
+            os.write(int(w), b"p")
+            os.read(int(r), 1)
+
+
+def _fsync(path, flags: int) -> bool:
+    """fsync PATH opened with FLAGS (never through a symlink); False when it is not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def sync_dirs(paths) -> None:
+    """fsync each folder in PATHS that exists: a rename or unlink inside it survives a power cut only
+    once its folder is synced (rename(2) orders nothing on disk by itself)."""
+    for path in sorted(set(map(str, paths))):
+        _fsync(path, os.O_DIRECTORY)
+
+
+def sync_files(paths) -> None:
+    """fsync each file in PATHS that exists, then the folders that hold them."""
+    held = {Path(path).parent for path in paths if _fsync(path, 0)}
+    sync_dirs([*held, *(p.parent for p in held)])
+
+
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: bool | None = None) -> None:
+    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
+    SYNC: also durable across a power cut once it returns (the file, then its folder; SYNC_FOLDER
+    False leaves the folder to a caller that writes many files there and syncs it once).
+    An exception (a full disk, Ctrl-C, SIGTERM) removes the temp file before it goes on."""
+    tmp = path.with_name(path.name + ".tmp")
+    if os.path.lexists(tmp):
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        fault_point()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if sync if sync_folder is None else sync_folder:
+        sync_dirs([path.parent])
+    fault_point()

@@ -1,0 +1,166 @@
+"""The one front door for writing the overlay: patches/<upstream>/ (patch files and series) and
+upstream.lock. rebase, export, lock and edit come in here; nothing else writes those files.
+
+It works as git's lockfile API does for the index and refs. `hold(root, command)`:
+  1. refuses the overlay bundled into an installed zpatch (nobody should edit that copy);
+  2. takes the overlay lock (locks.overlay: one writer at a time, released by the kernel when the
+     holder dies), or fails BUSY naming the holder's pid;
+  3. finishes a write a killed run left (operation.recover: back, or forward past the lock);
+  4. refuses while an operation that stops between commands (a rebase at a conflict) is in progress,
+     unless the command is that operation;
+and yields a Writer. The caller reads the overlay *after* that (so it plans from what it will
+replace: a writer that finished a moment ago is seen, never undone) and calls Writer.commit() once:
+every file by temp-and-rename under a journal, upstream.lock last as the commit point.
+
+The state of the overlay's writes lives in zpatch's cache, keyed by the overlay's real path, not in
+the overlay (which stays a clean git tree): area(root)/journal.json (+ before/) during a write, the
+stopped operation's state (area(root)/op.json) and its scratch files, and the lock beside the area.
+`busy(root)` answers, for the commands that only read, whether the overlay is at rest.
+"""
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import cache, git, locks, operation, patchset, worktree
+from . import lock as lockmod
+from .durable import fault_point
+from .errors import Exit, ZpatchError
+from .operation import Change
+
+STATE_NAME = "op.json"          # the state of an operation stopped between commands (rebase)
+STOPPED_KIND = "rebase"
+
+
+def area(root: Path) -> Path:
+    """Where the overlay at ROOT keeps the state of its writes."""
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return cache.cache_home() / "overlay" / key
+
+
+def journal(root: Path) -> Path:
+    return area(root) / operation.JOURNAL_NAME
+
+
+def state_path(root: Path) -> Path:
+    return area(root) / STATE_NAME
+
+
+def _lock_path(root: Path) -> Path:
+    path = area(root).with_suffix(".lock")     # beside the area: a finished rebase removes the area
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stopped(root: Path) -> dict | None:
+    """The operation stopped between commands on this overlay (its generic part), None when none.
+    A damaged state raises, naming its file."""
+    return operation.load_state(state_path(root), STOPPED_KIND)
+
+
+def busy(root: Path) -> str | None:
+    """Why the overlay is not at rest, for commands that only read it (they warn and go on); None at rest."""
+    try:
+        op = stopped(root)
+    except ZpatchError as e:
+        return f"{e.message} ({e.hint})"
+    if op is not None:
+        return (f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
+                "zpatch rebase --continue, --skip or --abort")
+    if journal(root).exists():
+        return ("a zpatch write of this overlay was interrupted; the next export, lock or rebase finishes "
+                "or rolls it back")
+    return None
+
+
+def refuse_installed(root: Path, command: str) -> None:
+    if patchset.is_installed_copy(root):
+        raise ZpatchError(f"{root}: is the overlay bundled into an installed zpatch; `zpatch {command}` does "
+                          "not write it", Exit.BAD_OVERLAY,
+                          hint="edit the overlay in its repository (a clone of zimage-patcher) and reinstall "
+                               "(pipx install --force .), or pass --overlay DIR")
+
+
+class Writer:
+    """The right to write the overlay at ROOT, while `hold` lasts."""
+
+    def __init__(self, root: Path, command: str, recovered: str | None):
+        self.root, self.command, self.recovered = root, command, recovered
+
+    def commit(self, files: dict[str, bytes | None], lock: lockmod.Lock) -> bool:
+        """Make FILES (paths relative to the overlay: new bytes, or None to delete) and LOCK the overlay's,
+        all or nothing. Only what differs is written. True when anything changed."""
+        fault_point("overlay-planned")       # tests hold a writer here: planned, nothing written yet
+        lock_data = lockmod.render(self.root, lock)
+        changes = []
+        for rel, data in sorted(files.items()):
+            now = worktree.read(self.root, rel)      # never through a symlink, anywhere on the way
+            before = None if now is None else git.hash_object_bytes(now)
+            after = None if data is None else git.hash_object_bytes(data)
+            if before != after:
+                changes.append(Change(".", None, rel, before, after, data, prune=False))
+        try:
+            old_lock = (self.root / lockmod.LOCK_NAME).read_bytes()
+        except FileNotFoundError:
+            old_lock = None
+        if not changes and old_lock == lock_data:
+            return False
+        area(self.root).mkdir(parents=True, exist_ok=True)
+        operation.commit(self.root, journal(self.root), self.command, changes, self.root / lockmod.LOCK_NAME,
+                         lock_data)
+        return True
+
+
+@contextmanager
+def hold(root: Path, command: str):
+    """The overlay lock for COMMAND, after recovering what a killed writer left; yields a Writer."""
+    refuse_installed(root, command)
+    with locks.overlay(_lock_path(root), root):
+        said = operation.recover(root, journal(root), root / lockmod.LOCK_NAME)
+        if command != STOPPED_KIND:
+            try:
+                op = stopped(root)
+            except ZpatchError as e:
+                op = {"upstream": "?", "onto": "?", "damaged": e.message}
+            if op is not None:
+                what = (f"a rebase of {op['upstream']} onto {op['onto'][:12]}" if "damaged" not in op
+                        else "a rebase (its state is damaged)")
+                raise ZpatchError(f"{what} is in progress; `zpatch {command}` would change the overlay under it",
+                                  Exit.BUSY, hint="finish it first: zpatch rebase --continue, --skip or --abort")
+        fault_point("overlay-held")          # tests hold a writer here, before it reads the overlay
+        yield Writer(root, command, said)
+
+
+def render_series(names: list[str]) -> bytes:
+    """A series file listing NAMES (quilt's format, one per line)."""
+    return "".join(n + "\n" for n in names).encode()
+
+
+def new_lock(ov: patchset.Overlay, hashes: dict[str, dict[str, str]]) -> lockmod.Lock:
+    """OV's lock with the patch hashes of each upstream named in HASHES replaced, and the node's
+    hashes read again from its folder."""
+    lk = lockmod.parse_text(ov.root / lockmod.LOCK_NAME, lockmod.dumps(ov.lock))     # a copy
+    for u in lk.upstreams:
+        if u.name in hashes:
+            u.sha256 = dict(hashes[u.name])
+    if lk.overlay:
+        lk.overlay.sha256 = patchset.node_hashes(ov.root, lk.overlay)
+    return lk
+
+
+def relock(root: Path, writer: Writer) -> list[str]:
+    """`zpatch lock`: every hash recomputed from the files into upstream.lock. The names whose hash changed."""
+    ov, problems = patchset.collect(root, verify_hashes=False)
+    blocking = [p for p in problems if p.kind in ("lock", "series", "patch", "overlay")]
+    if blocking:           # a hash needs a file that reads; a layout problem is `check`'s to report
+        raise blocking[0].error
+    hashes = {s.upstream.name: {p.name: p.sha256 for p in s.patches} for s in ov.series}
+    lk = new_lock(ov, hashes)
+    changed = [f"{u.patches}/{n}" for old, u in zip(ov.lock.upstreams, lk.upstreams)
+               for n in sorted(set(old.sha256) | set(u.sha256)) if old.sha256.get(n) != u.sha256.get(n)]
+    if ov.lock.overlay:
+        old, new = ov.lock.overlay.sha256, lk.overlay.sha256
+        changed += [f"{lk.overlay.source}/{n}" for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
+    writer.commit({}, lk)
+    return changed

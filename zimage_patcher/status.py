@@ -1,0 +1,85 @@
+"""`zpatch status`: what is applied, missing, outdated or modified in a checkout. Read-only: it
+never takes the lock or writes; an interrupted run is reported, not repaired."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import diagnose, edit_mode, git, operation, record, worktree
+from .errors import ZpatchError
+from .patchset import Overlay
+from .record import Record
+from .workspace import Target, Workspace, edited
+
+
+def status(ov: Overlay, checkout: Path | None) -> dict:
+    """Read-only: never takes the lock or writes; an interrupted run is reported, not repaired."""
+    ws = Workspace.open(ov, checkout)
+    journal = operation.pending(ws.journal)
+    rec = ws.load_record() or Record({})
+    out = {"checkout": str(ws.checkout), "upstreams": [], "node": None, "clean": journal is None,
+           "interrupted": {"op": journal["op"], "pid": journal["pid"]} if journal else None}
+    for t in ws.targets:
+        head = git.head_commit(t.repo)
+        if edit_mode.active(t):
+            out["upstreams"].append(_edit_status(ws, t, head))
+            out["clean"] &= out["upstreams"][-1]["edit"]["exported"] and not out["upstreams"][-1]["foreign_changes"]
+            continue
+        ur = rec.upstreams.get(t.name)
+        recorded = {p.name: p.sha256 for p in ur.patches} if ur else {}
+        modified_files = set(edited(t, ur)) if ur else set()
+        unrecorded = [p for p in t.series.patches if p.name not in recorded]
+        found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
+        patches = []
+        for p in t.series.patches:
+            if p.name not in recorded:
+                s = found[p.name]           # applied by hand (git am), missing, or conflicting
+            elif recorded[p.name] != p.sha256:
+                s = "outdated"              # an older version of this patch is applied
+            elif modified_files & set(p.files):
+                s = "modified"              # applied, then edited by hand
+            else:
+                s = "applied"
+            patches.append({"name": p.name, "state": s})
+        foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
+                   if f not in t.series.files and not _inside_nested(t, ws.targets, f)]
+        entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
+                 "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign}
+        out["upstreams"].append(entry)
+        if not entry["at_pin"] or foreign or any(p["state"] != "applied" for p in patches):
+            out["clean"] = False
+    lo = ov.lock.overlay
+    if lo:
+        files = {}
+        for f, d in lo.sha256.items():
+            try:
+                data = worktree.read(ws.checkout, f"{lo.path}/{f}")
+            except ZpatchError:
+                data = b"\0symlink"
+            files[f] = "missing" if data is None else ("ok" if record.digest(data) == d else "modified")
+        vals = set(files.values())
+        out["node"] = {"path": lo.path, "files": files,
+                       "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}
+        if out["node"]["state"] != "installed" and not any(u.get("edit") for u in out["upstreams"]):
+            out["clean"] = False       # in edit mode the node is not installed: it is edited in the overlay
+    return out
+
+
+def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
+    """An upstream in edit mode: its commits as export would write them."""
+    sp = edit_mode.plan(ws, t, allow_dirty=True)
+    states = {"unchanged": "committed", "changed": "changed", "new": "new"}
+    patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches]
+    patches += [{"name": n, "state": "dropped"} for n in sp.removed]
+    foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
+               if not _inside_nested(t, ws.targets, f)]
+    return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
+            "patches": patches, "foreign_changes": foreign,
+            "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches), "exported": not sp.changed}}
+
+
+def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:
+    """A path inside an upstream nested in T's tree is that upstream's business (its own status
+    covers it); everything else in T, including inside nested folders of T, is T's."""
+    abs_path = t.repo / rel
+    return any(o is not t and o.repo != t.repo and t.repo in o.repo.parents
+               and (o.repo == abs_path or o.repo in abs_path.parents) for o in targets)
