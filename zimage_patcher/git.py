@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .durable import sync_files
+from .durable import fault_point, sync_files
 from .errors import Exit, GitError, ZpatchError, last_line
 
 # Stable output regardless of the user's locale; the user's global config stays in force
@@ -44,6 +44,19 @@ class GitResult:
 
     def last_line(self) -> str:
         return last_line(self.stderr)
+
+
+# The git commands that change a user's repository (not a scratch index or object store): a crash
+# test may kill zpatch after each one, to prove that the next command finishes what it began.
+_CHANGES_A_REPOSITORY = {"switch", "checkout", "clone", "branch", "update-ref", "notes", "config", "sparse-checkout",
+                         "remote", "add", "rm", "reset"}
+
+
+def _subcommand(args: list[str]) -> str | None:
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in ("-c", "-C") else 1
+    return args[i] if i < len(args) else None
 
 
 def _git_exe() -> str:
@@ -86,6 +99,8 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
     if not text and isinstance(err, bytes):
         err = err.decode("utf-8", "surrogateescape")
     result = GitResult(proc.returncode, out, err)
+    if _subcommand(args) in _CHANGES_A_REPOSITORY:
+        fault_point()                  # the crash tests kill between git steps too, not only between writes
     if check and not result.ok:
         raise GitError(args, cwd, result.returncode, err)
     return result
