@@ -63,21 +63,20 @@ def run(root: Path, *, offline: bool = False, apply_test: bool = True) -> dict:
             "rebase_in_progress": busy}
 
 
-REBASE_HINT = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
 _OVERLAY_KINDS = ("lock", "series", "patch", "hash", "layout", "overlay")
 
 
 def _during_rebase(root: Path, problems: list[dict]) -> bool:
-    """A rebase stopped or killed while writing leaves patches that differ from the lock: the usual
-    hints ("run `zpatch lock`", "restore the file") would bless or undo it by hand, so point at the
-    rebase instead. Returns whether one is in progress."""
+    """A rebase stopped, or any writer killed, leaves patches that differ from the lock: the usual hints
+    ("run `zpatch lock`", "restore the file") would bless or undo that by hand, so point at the way out
+    instead. Returns whether the overlay is not at rest."""
     from . import overlay_write
-    busy = overlay_write.busy(root) is not None
+    busy = overlay_write.busy(root)
     if busy:
         for p in problems:
             if p["kind"] in _OVERLAY_KINDS or (p["hint"] and "zpatch lock" in p["hint"]):
-                p["hint"] = REBASE_HINT
-    return busy
+                p["hint"] = busy[1]
+    return busy is not None
 
 
 def exit_code(result: dict) -> Exit:

@@ -52,7 +52,7 @@ def series_stamp(s: Series) -> list[list[str]]:
 
 def base_stamp(t: Target) -> list[list[str]] | None:
     """The series T's edit branch was made from; None when edit mode predates the record."""
-    blob = git.rev_parse(t.repo, OVERLAY)
+    blob = git.rev_parse(t.repo, OVERLAY, "blob")
     data = git.read_blob(t.repo, blob) if blob else None
     try:
         stamp = json.loads(data.decode("utf-8"))["patches"] if data else None

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .durable import fault_point, sync_files
-from .errors import Exit, GitError, ZpatchError, last_line
+from .errors import Exit, GitError, ZpatchError, from_oserror, last_line
 
 # Stable output regardless of the user's locale; the user's global config stays in force
 # on purpose, because `url.<mirror>.insteadOf` is how offline mirrors are plugged in.
@@ -67,10 +67,25 @@ def _git_exe() -> str:
     return exe
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """End a git that zpatch no longer waits for (a timeout, Ctrl-C, SIGTERM): SIGTERM first, which git
+    answers by removing its lock files (a SIGKILL would leave index.lock behind), SIGKILL if it lingers."""
+    try:
+        proc.terminate()
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except BaseException:      # a second signal while waiting: do not leave git running
+        proc.kill()
+        raise
+
+
 def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
         input: str | bytes | None = None, env: dict | None = None, timeout: float | None = None,
         stream_stderr: bool = False) -> GitResult:
-    """Run `git ARGS` in CWD; raise ZpatchError on failure when `check`.
+    """Run `git ARGS` in CWD; raise ZpatchError on failure when `check` (GitError: its exit code says
+    why git failed, errors.classify_git).
 
     stream_stderr lets git's own progress meter reach the terminal (clones, fetches).
     """
@@ -79,23 +94,34 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
     if env:
         full_env.update(env)
     text = not isinstance(input, bytes)
+    exe = _git_exe()
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(
-            [_git_exe(), *args], cwd=cwd, input=input, env=full_env, timeout=timeout,
+        proc = subprocess.Popen(
+            [exe, *args], cwd=cwd, env=full_env, stdin=None if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=None if stream_stderr else subprocess.PIPE,
             text=text, errors="surrogateescape" if text else None)
-    except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
-        raise ZpatchError(f"{cwd}: cannot run git there ({e.strerror})", Exit.BAD_CHECKOUT,
-                          hint="check the path: it must be an existing directory")
-    except subprocess.TimeoutExpired:
-        raise ZpatchError(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s", Exit.UNREACHABLE,
-                          hint="check the network or use a url.<mirror>.insteadOf mirror")
+    except OSError as e:
+        if cwd is not None and e.filename == cwd:     # the chdir failed: the path the user gave
+            raise from_oserror(e, "cannot run git there", path=cwd, code=Exit.BAD_CHECKOUT,
+                               hint="check the path: it must be an existing directory") from None
+        raise ZpatchError(f"{exe}: git cannot be run ({e.strerror or e})", Exit.ENVIRONMENT,
+                          hint="reinstall git 2.25 or newer, or put a working git first on PATH") from None
+    with proc:
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise ZpatchError(f"git {' '.join(args[:2])} timed out after {timeout:.0f}s", Exit.UNREACHABLE,
+                              hint="check the network or use a url.<mirror>.insteadOf mirror") from None
+        except BaseException:          # Ctrl-C, SIGTERM (errors.Terminated): git cleans up, then we do
+            _stop(proc)
+            raise
     if _TRACE:   # ZPATCH_TRACE=1: every git call and its cost, like GIT_TRACE
         print(f"zpatch: git {' '.join(args)}  ({(time.perf_counter() - t0) * 1000:.1f} ms, rc {proc.returncode})",
               file=sys.stderr)
-    out = proc.stdout if text else proc.stdout.decode("utf-8", "surrogateescape")
-    err = proc.stderr or ""
+    out = stdout if text else stdout.decode("utf-8", "surrogateescape")
+    err = stderr or ""
     if not text and isinstance(err, bytes):
         err = err.decode("utf-8", "surrogateescape")
     result = GitResult(proc.returncode, out, err)
@@ -414,8 +440,9 @@ def commits_touching(repo: Path, old: str, new: str, files: list[str], limit: in
     return out if limit is None else out[:limit]
 
 
-def rev_parse(repo: Path, rev: str) -> str | None:
-    r = run(["rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=repo, check=False)
+def rev_parse(repo: Path, rev: str, kind: str = "commit") -> str | None:
+    """The KIND object REV names in REPO; None when there is none."""
+    r = run(["rev-parse", "--verify", "-q", f"{rev}^{{{kind}}}"], cwd=repo, check=False)
     return r.stdout.strip() if r.ok else None
 
 

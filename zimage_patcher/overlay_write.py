@@ -59,18 +59,27 @@ def stopped(root: Path) -> dict | None:
     return operation.load_state(state_path(root), STOPPED_KIND)
 
 
-def busy(root: Path) -> str | None:
-    """Why the overlay is not at rest, for commands that only read it (they warn and go on); None at rest."""
+REBASE_HINT = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
+WRITE_HINT = "zpatch lock finishes or rolls back the interrupted write first (so does any export or rebase)"
+
+
+def busy(root: Path) -> tuple[str, str] | None:
+    """Why the overlay is not at rest, and the way out, for commands that only read it (they warn, and
+    point an overlay problem at that way out instead of at `zpatch lock` or a restore by hand, which
+    would bless or undo a half-made change); None at rest."""
     try:
         op = stopped(root)
     except ZpatchError as e:
-        return f"{e.message} ({e.hint})"
+        return e.message, REBASE_HINT
     if op is not None:
-        return (f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress: "
-                "zpatch rebase --continue, --skip or --abort")
+        return f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", REBASE_HINT
     if journal(root).exists():
-        return ("a zpatch write of this overlay was interrupted; the next export, lock or rebase finishes "
-                "or rolls it back")
+        try:
+            j = operation.pending(journal(root))
+            what = f"`zpatch {j['op']}` (pid {j['pid']})" if j else "a zpatch write"
+        except ZpatchError:
+            what = "a zpatch write (its journal is damaged)"
+        return f"{what} was interrupted while writing this overlay", WRITE_HINT
     return None
 
 

@@ -7,14 +7,16 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
 import click
 
 from .. import patchset
-from ..errors import EXIT_HELP, Exit, ZpatchError
+from ..errors import EXIT_HELP, Exit, Terminated, ZpatchError, from_oserror
 
 SCHEMA = 2
 EXIT_CODES = "\b\nExit codes:\n" + "\n".join(f"  {int(c):<3} {t.replace('`', '')}" for c, t in EXIT_HELP.items())
@@ -79,7 +81,7 @@ class Context:
 
     def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
-        self.overlay_busy = False    # set by overlay_root: an invalid overlay is then a writer's doing
+        self.overlay_busy = None     # set by overlay_root: the way out, when an invalid overlay is a writer's doing
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
@@ -87,11 +89,11 @@ class Context:
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
         if not for_writing and self.command != "rebase":
             from .. import overlay_write
-            why = overlay_write.busy(root)
-            if why:
-                self.overlay_busy = True
+            busy = overlay_write.busy(root)
+            if busy:
+                self.overlay_busy = busy[1]
                 if not self.as_json:
-                    warn(why)
+                    warn(f"{busy[0]}: {busy[1].split(': ', 1)[-1]}")
         return root
 
     def load(self, verify: bool = True):
@@ -110,11 +112,28 @@ class Context:
             warn(text)
 
 
+def _on_sigterm(signum, frame):
+    """SIGTERM becomes an exception wherever the run is, so its `finally` blocks and temp-file cleanups
+    run and it exits 143; a second SIGTERM while those run ends the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
 class Group(click.Group):
-    """Usage errors become the JSON envelope when --json is on the command line."""
+    """Usage errors become the JSON envelope when --json is on the command line; SIGTERM exits 143
+    after cleaning up, as Ctrl-C exits 130."""
 
     def main(self, args=None, **kw):
         args = list(sys.argv[1:] if args is None else args)
+        installed = threading.current_thread() is threading.main_thread()   # signal.signal works only there
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+        try:
+            return self._main(args, **kw)
+        finally:
+            if installed:       # an embedding caller (a test's CliRunner) keeps its own handler
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _main(self, args, **kw):
         try:
             return super().main(args, standalone_mode=False, **kw)
         except click.exceptions.Exit as e:
@@ -122,6 +141,9 @@ class Group(click.Group):
         except (click.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)
             sys.exit(int(Exit.INTERRUPTED))
+        except Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(int(Exit.TERMINATED))
         except click.ClickException as e:
             if any(a == "--json" or a.startswith("--json=") for a in args):
                 name = next((a for a in args if not a.startswith("-")), "zpatch")
@@ -195,22 +217,23 @@ def command(name: str, help_example: str):
                 except KeyboardInterrupt:
                     raise ZpatchError("interrupted", Exit.INTERRUPTED,
                                       hint="an interrupted apply or unapply is rolled back by the next command")
+                except Terminated:
+                    raise ZpatchError("terminated (SIGTERM)", Exit.TERMINATED,
+                                      hint="an interrupted apply or unapply is rolled back by the next command")
                 except RecursionError as e:
                     raise ZpatchError(f"input nested too deeply to read ({e})", Exit.BAD_OVERLAY,
                                       hint="the overlay files are malformed")
-                except OSError as e:      # the system refused a path the user gave: too long, gone, ...
+                except OSError as e:      # a full disk, a permission (FILESYSTEM); or a path the user gave: too long, gone, ...
                     if os.environ.get("ZPATCH_TRACE"):
                         traceback.print_exc()
-                    raise ZpatchError(f"{e.filename or 'a path'}: {e.strerror or e}", Exit.BAD_CHECKOUT,
-                                      hint="check the path and the current directory")
+                    raise from_oserror(e, code=Exit.BAD_CHECKOUT, hint="check the path and the current directory")
                 except Exception as e:   # the boundary: nothing escapes as a traceback
                     if os.environ.get("ZPATCH_TRACE"):
                         traceback.print_exc()
                     raise _internal(name, e)
             except ZpatchError as e:
                 if ctx.overlay_busy and e.exit_code == Exit.BAD_OVERLAY:
-                    from ..check import REBASE_HINT
-                    e.hint = REBASE_HINT      # not "zpatch lock" or "restore the file": that undoes the rebase by hand
+                    e.hint = ctx.overlay_busy     # not "zpatch lock" or "restore the file" by hand
                 if as_json:
                     click.echo(envelope(name, False, e.to_json()))
                 else:
