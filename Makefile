@@ -25,10 +25,10 @@ test: setup
 	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest
 
 bench: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/apply_bench.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/rebase_bench.py
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python bench/drift_bench.py
-	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/smoke_bench.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.apply_bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.rebase_bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.drift_bench
+	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m bench.smoke_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build

@@ -1,6 +1,6 @@
 """Benchmarks of zpatch against the raw git commands that do the same work, in one run.
 
-    python bench/apply_bench.py            # writes bench/results/apply.md
+    python -m bench.apply_bench            # writes bench/results/apply.md
 
 1. fresh checkout + apply from a warm cache   vs  git clone/checkout both pins + git apply + cp
 2. re-apply when already applied              vs  git rev-parse HEAD + git status per repository
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 ZPATCH_EXE = shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
 RUNS = int(os.environ.get("BENCH_RUNS", "9"))
@@ -176,7 +175,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     lines = ["# zpatch apply benchmarks", "",
-             f"Command: `python bench/apply_bench.py` (median of {RUNS} interleaved runs; series rows: median of 3)", "",
+             f"Command: `python -m bench.apply_bench` (median of {RUNS} interleaved runs; series rows: median of 3)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{sh(['git', '--version']).stdout.strip()}", f"Upstreams: {source}", "",
              "| case | raw git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|"]

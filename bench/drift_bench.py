@@ -1,6 +1,6 @@
 """Benchmarks of `zpatch drift` and of the daily upstream-drift job.
 
-    python bench/drift_bench.py            # writes bench/results/drift.md
+    python -m bench.drift_bench            # writes bench/results/drift.md
 
 1. partial advance over 500 upstream commits: a 10-patch series whose 6th patch conflicts from
    upstream commit 317 on; `zpatch drift` (it bisects with trial applies) vs the raw-git floor of the
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -132,10 +131,8 @@ def real_warm() -> list[str]:
 
 def daily_job(tmp: Path) -> list[str]:
     """The workflow through the runner, on the fixtures with one clean and one conflicting upstream."""
-    import pytest  # noqa: F401  (tests/ imports need it on the path)
-    sys.path.insert(0, str(ROOT / "tests"))
+    from testing.drift_job import Job
     from testing.fixtures import LOADER_PY, World, commit, replace_line
-    from test_drift_job import Job
     w = World(tmp / "w")
     os.environ.update(w.env)
     commit(w.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")}, "x")
@@ -159,8 +156,7 @@ def real_job(tmp: Path) -> list[str]:
     if probe(os.environ) is not None:
         return ["Real upstreams: not measured (unreachable).", ""]
     from types import SimpleNamespace
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_drift_job import Job
+    from testing.drift_job import Job
     src = tmp / "src"
     for rel in ("upstream.lock", "patches", "zimage_patcher/overlay"):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +179,7 @@ def real_job(tmp: Path) -> list[str]:
 
 def main() -> None:
     user_env = dict(os.environ)
-    out = ["# zpatch drift benchmarks", "", "Command: `python bench/drift_bench.py`", "",
+    out = ["# zpatch drift benchmarks", "", "Command: `python -m bench.drift_bench`", "",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
            f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}", ""]
     with tempfile.TemporaryDirectory(prefix="zpatch-dbench-") as t:

@@ -1,6 +1,6 @@
 """Benchmarks of `zpatch rebase` and `zpatch export` against the git commands that do the same work.
 
-    python bench/rebase_bench.py            # writes bench/results/rebase.md
+    python -m bench.rebase_bench            # writes bench/results/rebase.md
 
 1. a 10-patch series carried over 500 upstream commits (some touching the patched file, so the
    patches move): `zpatch rebase --onto` (it also classifies every patch, formats it back and
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from bench.apply_bench import sh  # noqa: E402  (one helper that runs a command and stops on failure)
 
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
@@ -67,7 +66,7 @@ def synthetic(tmp: Path):
 def main() -> None:
     user_env = dict(os.environ)          # the synthetic world replaces the git config; the real part needs it
     out = ["# zpatch rebase and export benchmarks", "",
-           f"Command: `python bench/rebase_bench.py` (median of {RUNS} interleaved runs)", "",
+           f"Command: `python -m bench.rebase_bench` (median of {RUNS} interleaved runs)", "",
            f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
            f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}", ""]
     with tempfile.TemporaryDirectory(prefix="zpatch-rbench-") as t:

@@ -1,6 +1,6 @@
 """Benchmark of the CPU tiny-tier smoke generation, end to end, including ComfyUI's import.
 
-    python bench/smoke_bench.py [--checkout PATCHED_COMFYUI] [--runs 3]   # writes bench/results/smoke.md
+    python -m bench.smoke_bench [--checkout PATCHED_COMFYUI] [--runs 3]   # writes bench/results/smoke.md
 
 Each run is what `zpatch smoke CHECKOUT` does: runner.run_smoke starts harness.py in a fresh
 interpreter (ComfyUI import, custom nodes, GGUF loaders, encode, 2 sampling steps, two VAE
@@ -25,8 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "smoke"))
 
 from zimage_patcher.smoke import runner  # noqa: E402
 
@@ -35,7 +33,7 @@ STAGES = ("environment", "import", "load", "encode", "sample", "decode", "save")
 
 
 def build_patched(dest: Path) -> Path:
-    from smoke_support import apply_overlay, build_checkout, unreachable_reason
+    from testing.smoke_support import apply_overlay, build_checkout, unreachable_reason
     reason = unreachable_reason()
     if reason:
         raise SystemExit(f"cannot build a patched checkout: {reason} (pass --checkout)")

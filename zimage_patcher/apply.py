@@ -32,10 +32,7 @@ def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     if lo:
         if rec.node is None or rec.node.files != lo.sha256 or rec.node.path != lo.path:
             return False
-        for f, want in lo.sha256.items():
-            data = worktree.read(ws.checkout, f"{lo.path}/{f}")
-            if data is None or record.digest(data) != want:
-                return False
+        return set(ws.node_files().values()) <= {"ok"}
     return True
 
 
@@ -259,13 +256,9 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
                 and rec.upstreams[t.name].patches != ups[t.name].patches]
     result.update(changed=True, replaced=replaced,
                   upstreams=[_up_result(t, ups[t.name]) for t in ws.targets],
-                  files_written=[_full(c) for c in changes if c.after], files_removed=[_full(c) for c in changes
+                  files_written=[c.full for c in changes if c.after], files_removed=[c.full for c in changes
                                                                                    if not c.after])
     return result
-
-
-def _full(c: Change) -> str:
-    return c.path if c.root == "." else f"{c.root}/{c.path}"
 
 
 def _up_result(t: Target, ur: UpstreamRecord) -> dict:
@@ -312,7 +305,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
             result["node"] = rec.node.path
             result["node_kept"] = (ws.checkout / rec.node.path).is_dir()   # it holds files that are not ours
     result["changed"] = True
-    result["files_restored"] = [_full(c) for c in changes]
+    result["files_restored"] = [c.full for c in changes]
     return result
 
 

@@ -1,15 +1,14 @@
-"""Every command that changes more than one file, or stops between two commands, goes through here.
+"""Every command that changes more than one file goes through here.
 
-A transaction (`apply` and `unapply` on a checkout, `rebase` on the overlay) is all-or-nothing, the
-way git updates its index: compute everything first; then, under the caller's lock, keep every
+A transaction (`apply` and `unapply` on a checkout; `rebase`, `export` and `lock` on the overlay,
+through overlay_write.py) is all-or-nothing, the way git updates its index: compute everything first; then, under the caller's lock, keep every
 path's before bytes, write a journal (kind, pid, each path's before and after blob, the digest of
 the commit point), write the files by temp-and-rename, replace the commit point (the checkout's
 record, the overlay's upstream.lock), and drop the journal. A journal found later means a run died:
 recover() rolls it back byte for byte, or forward when the commit point had already been replaced.
 
-An operation that stops between commands (a rebase at a conflict) keeps its state (kind, upstream,
-old pin, target, todo, done) in a state file: load_state() validates it, save_state() replaces it
-atomically, and the commands that find one say that it is in progress.
+An operation that stops between commands (a rebase at a conflict) keeps its typed state in
+rebase_state.py; the overlay's front door (overlay_write.py) refuses other writers while it exists.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import durable, git, worktree
+from . import durable, git, paths, worktree
 from .errors import Exit, ZpatchError
 
 JOURNAL_NAME = "journal.json"
@@ -46,7 +45,7 @@ class Change:
 
     @property
     def full(self) -> str:
-        return _join(self.root, self.path)
+        return paths.under(self.root, self.path)
 
 
 def pending(path: Path) -> dict | None:
@@ -140,7 +139,7 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
     if prepare:
         prepare()
     # folders the writes will create: a rollback removes them again when empty
-    dirs = sorted({d for c in changes if c.after is not None for d in parent_dirs(_join(c.root, c.path))
+    dirs = sorted({d for c in changes if c.after is not None for d in parent_dirs(paths.under(c.root, c.path))
                    if not os.path.lexists(root / d)})
     entry = {"version": 2, "op": kind, "pid": os.getpid(),
              "commit_after": digest(point_data) if point_data is not None else None,
@@ -186,10 +185,6 @@ def digest(data: bytes) -> str:
 def parent_dirs(rel: str) -> list[str]:
     parts = rel.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _join(root: str, rel: str) -> str:
-    return rel if root == "." else f"{root}/{rel}"
 
 
 def recover(root: Path, journal: Path, point: Path) -> str | None:
@@ -242,37 +237,3 @@ def recover(root: Path, journal: Path, point: Path) -> str | None:
     shutil.rmtree(keep, ignore_errors=True)
     return (f"Rolled back an interrupted `zpatch {j['op']}` (pid {j['pid']}): "
             f"{len(j['changes'])} path(s) restored to what they were before it.")
-
-
-# ---------------------------------------------------------------- the state of an operation that stops
-
-def load_state(path: Path, kind: str, check=None) -> dict | None:
-    """The state of a KIND operation in progress at PATH, None when there is none. A file that is not
-    such a state (damaged, hand-edited, another kind) is an error naming it, never a guess. CHECK:
-    the operation's own validation of the rest (raises ValueError)."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-        if not isinstance(data, dict) or data.get("kind", kind) != kind:
-            raise ValueError
-        for key in ("upstream", "old_pin", "onto"):
-            if not isinstance(data.get(key), str):
-                raise ValueError
-        for key in ("todo", "done"):
-            if not isinstance(data.get(key), list):
-                raise ValueError
-        for name in [*data["todo"], *(d.get("name") if isinstance(d, dict) else None for d in data["done"])]:
-            if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
-                raise ValueError
-        if check:
-            check(data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, AttributeError, KeyError, RecursionError):
-        raise ZpatchError(f"{path}: the state of a {kind} in progress is damaged", Exit.BAD_CHECKOUT,
-                          hint=f"zpatch {kind} --abort forgets it (and puts back any half-written files)")
-    return data
-
-
-def save_state(path: Path, kind: str, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    durable.write_atomic(path, json.dumps({**data, "kind": kind}, indent=1, sort_keys=True).encode(), sync=False)

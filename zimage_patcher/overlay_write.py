@@ -23,14 +23,13 @@ import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import cache, git, locks, operation, patchset, worktree
+from . import cache, git, locks, operation, patchset, rebase_state, worktree
 from . import lock as lockmod
 from .durable import fault_point
 from .errors import Exit, ZpatchError
 from .operation import Change
 
-STATE_NAME = "op.json"          # the state of an operation stopped between commands (rebase)
-STOPPED_KIND = "rebase"
+STATE_NAME = "op.json"          # the state of an operation stopped between commands (rebase_state.py)
 
 
 def area(root: Path) -> Path:
@@ -53,10 +52,10 @@ def _lock_path(root: Path) -> Path:
     return path
 
 
-def stopped(root: Path) -> dict | None:
-    """The operation stopped between commands on this overlay (its generic part), None when none.
-    A damaged state raises, naming its file."""
-    return operation.load_state(state_path(root), STOPPED_KIND)
+def stopped(root: Path) -> rebase_state.RebaseState | None:
+    """The operation stopped between commands on this overlay, None when none. A damaged state
+    raises, naming its file."""
+    return rebase_state.load(state_path(root))
 
 
 REBASE_HINT = "a rebase is in progress: finish it with zpatch rebase --continue, or --abort"
@@ -72,7 +71,7 @@ def busy(root: Path) -> tuple[str, str] | None:
     except ZpatchError as e:
         return e.message, REBASE_HINT
     if op is not None:
-        return f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", REBASE_HINT
+        return f"a rebase of {op.upstream} onto {op.onto[:12]} is in progress", REBASE_HINT
     if journal(root).exists():
         try:
             j = operation.pending(journal(root))
@@ -127,14 +126,13 @@ def hold(root: Path, command: str):
     refuse_installed(root, command)
     with locks.overlay(_lock_path(root), root):
         said = operation.recover(root, journal(root), root / lockmod.LOCK_NAME)
-        if command != STOPPED_KIND:
+        if command != rebase_state.KIND:
             try:
                 op = stopped(root)
-            except ZpatchError as e:
-                op = {"upstream": "?", "onto": "?", "damaged": e.message}
-            if op is not None:
-                what = (f"a rebase of {op['upstream']} onto {op['onto'][:12]}" if "damaged" not in op
-                        else "a rebase (its state is damaged)")
+                what = f"a rebase of {op.upstream} onto {op.onto[:12]}" if op else None
+            except ZpatchError:
+                what = "a rebase (its state is damaged)"
+            if what is not None:
                 raise ZpatchError(f"{what} is in progress; `zpatch {command}` would change the overlay under it",
                                   Exit.BUSY, hint="finish it first: zpatch rebase --continue, --skip or --abort")
         fault_point("overlay-held")          # tests hold a writer here, before it reads the overlay

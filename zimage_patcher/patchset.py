@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import lock as lockmod
-from . import patchfile, series
+from . import patchfile, paths, series
 from .errors import Exit, ZpatchError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -181,7 +181,7 @@ def _layout_problems(ov: Overlay) -> list[tuple[str, ZpatchError]]:
     for s in ov.series:
         for p in s.patches:
             for f in p.files:
-                full = f if s.upstream.path == "." else f"{s.upstream.path}/{f}"
+                full = paths.under(s.upstream.path, f)
                 hit = next((x for x in fences if x != s.upstream.path and (full + "/").startswith(x + "/")), None)
                 if hit:
                     node = ov.lock.overlay and hit == ov.lock.overlay.path

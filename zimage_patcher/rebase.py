@@ -28,61 +28,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import cache, git, lock as lockmod, operation, overlay_write, patchfile, patchset, probes, worktree
+from . import cache, git, lock as lockmod, operation, overlay_write, patchfile, patchset, probes, rebase_state, worktree
 from .errors import Exit, ZpatchError
 from .patchfile import Patch
 from .patchset import Overlay, Series
+from .rebase_state import RebaseState
 from .durable import fault_point
 
 def _area(root: Path) -> Path:
     return overlay_write.area(root)
 
 
-_STATES = ("carried", "unchanged", "refreshed", "changed", "upstreamed", "obsolete", "conflict", "skipped")
-_SHA1 = re.compile(r"[0-9a-f]{40}")
+def in_progress(root: Path) -> RebaseState | None:
+    return rebase_state.load(overlay_write.state_path(root))
 
 
-def _check_state(op: dict) -> None:
-    """What the rest of this module reads from op.json, so a damaged one is refused, not a crash."""
-    def sha1(v, optional=False):
-        if not (optional and v is None) and not (isinstance(v, str) and _SHA1.fullmatch(v)):
-            raise ValueError(v)
-    for key in ("old_pin", "onto", "tip"):
-        sha1(op[key])
-    sha1(op.get("old_tip"), optional=True)
-    if not isinstance(op["onto_ref"], str) or type(op["ahead"]) is not int or type(op["dry_run"]) is not bool:
-        raise ValueError
-    for e in op["done"]:
-        if e["state"] not in _STATES:
-            raise ValueError(e)
-        sha1(e.get("commit"), optional=True)
-        if "data_sha256" in e and not re.fullmatch(r"[0-9a-f]{64}", e["data_sha256"]):
-            raise ValueError(e)
-        if not all(isinstance(x, str) for k in ("fired", "files", "upstream_commits", "probe_errors") for x in e.get(k, [])):
-            raise ValueError(e)
-    cur = op.get("current")
-    if cur is not None and not (isinstance(cur["name"], str) and all(isinstance(x, str) for k in
-                                ("fired", "files", "upstream_commits", "probe_errors") for x in cur.get(k, []))):
-        raise ValueError(cur)
-    for e in [*op["done"], *([cur] if cur else [])]:
-        for h in e.get("hunks", []):
-            if not (isinstance(h["file"], str) and type(h["hunk"]) is int and len(h["lines"]) == 2
-                    and all(type(n) is int for n in h["lines"])
-                    and all(isinstance(c, str) for c in h["upstream_commits"])):
-                raise ValueError(h)
-    if op.get("lock_after") is not None and not re.fullmatch(r"[0-9a-f]{64}", op["lock_after"]):
-        raise ValueError
-    if op["dry_run"] or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
-                                for v in op.get("started_from", {}).values()):
-        raise ValueError      # a dry run saves no state
-
-
-def in_progress(root: Path) -> dict | None:
-    return operation.load_state(overlay_write.state_path(root), "rebase", _check_state)
-
-
-def _save(root: Path, op: dict) -> None:
-    operation.save_state(overlay_write.state_path(root), "rebase", op)
+def _save(root: Path, op: RebaseState) -> None:
+    rebase_state.save(overlay_write.state_path(root), op)
 
 
 def _series(ov: Overlay, name: str) -> Series:
@@ -266,7 +228,7 @@ def start(root: Path, name: str, onto: str, *, dry_run: bool = False, allow_unre
     with overlay_write.hold(root, "rebase") as writer:
         op = in_progress(root)
         if op is not None:
-            raise ZpatchError(f"a rebase of {op['upstream']} onto {op['onto'][:12]} is in progress", Exit.BUSY,
+            raise ZpatchError(f"a rebase of {op.upstream} onto {op.onto[:12]} is in progress", Exit.BUSY,
                               hint="finish it first: zpatch rebase --continue, --skip or --abort")
         return _start(patchset.load(root), name, onto, writer, allow_unrelated=allow_unrelated, offline=offline)
 
@@ -281,10 +243,9 @@ def _start(ov: Overlay, name: str, onto: str, writer: overlay_write.Writer | Non
     if behind and not allow_unrelated:
         raise ZpatchError(f"{onto} ({target[:12]}) does not descend from the pin {up.commit[:12]} of {name}",
                           Exit.USAGE, hint="a rebase onto an older or unrelated commit needs --allow-unrelated")
-    op = {"version": 1, "upstream": name, "old_pin": up.commit, "onto": target, "onto_ref": onto,
-          "tip": target, "todo": [p.name for p in s.patches], "done": [], "dry_run": dry_run,
-          "started_from": {p.name: p.sha256 for p in s.patches},
-          "ahead": ahead}
+    op = RebaseState(upstream=name, old_pin=up.commit, onto=target, onto_ref=onto, tip=target, ahead=ahead,
+                     todo=[p.name for p in s.patches], started_from={p.name: p.sha256 for p in s.patches},
+                     dry_run=dry_run)
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="zpatch-rebase-") as tmp:
             idx = git.ScratchIndex(mirror, tmp, read_only=True)
@@ -315,45 +276,45 @@ def _store(ov: Overlay, mirror: Path) -> git.ScratchIndex:
     return idx
 
 
-def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
+def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: RebaseState,
          writer: overlay_write.Writer | None) -> dict:
     dry_run = writer is None
     by_name = {p.name: p for p in s.patches}
-    if not op.get("old_tip"):
+    if not op.old_tip:
         # the old series as commits on the old pin: a 3-way merge needs each patch's preimage blobs,
         # and the range-diff needs the old commits
-        old = idx.commit_patches(op["old_pin"], [p.path for p in s.patches])
-        op["old_tip"] = old[-1] if old else op["old_pin"]
-    tip = _Tip(idx, op["tip"])
+        old = idx.commit_patches(op.old_pin, [p.path for p in s.patches])
+        op.old_tip = old[-1] if old else op.old_pin
+    tip = _Tip(idx, op.tip)
     order = [p.name for p in s.patches]
-    while op["todo"]:
-        p = by_name[op["todo"][0]]
-        pre = f"{op['old_tip']}~{len(order) - order.index(p.name)}"     # the old series just before P
-        res = _carry(repo, tip, p, op["old_pin"], op["onto"], pre)
+    while op.todo:
+        p = by_name[op.todo[0]]
+        pre = f"{op.old_tip}~{len(order) - order.index(p.name)}"     # the old series just before P
+        res = _carry(repo, tip, p, op.old_pin, op.onto, pre)
         if res["state"] == "conflict" and not dry_run:
             _format(ov, idx, op, by_name, dry_run=False)     # the report names what the others became
             return _stop(ov, s, op, p, res)
         if "commit" in res:
-            op["tip"] = res["commit"]
-        op["done"].append({"name": p.name, **res})
-        op["todo"].pop(0)
+            op.tip = res["commit"]
+        op.done.append({"name": p.name, **res})
+        op.todo.pop(0)
         if not dry_run:
             _save(ov.root, op)
     _format(ov, idx, op, by_name, dry_run=dry_run)
     return _finish(ov, s, repo, idx, op, writer)
 
 
-def _format(ov: Overlay, idx: git.ScratchIndex, op: dict, by_name: dict[str, Patch], *, dry_run: bool) -> None:
+def _format(ov: Overlay, idx: git.ScratchIndex, op: RebaseState, by_name: dict[str, Patch], *, dry_run: bool) -> None:
     """The new text of every carried patch, from one `git format-patch` of the new series, and each
     one's final state (unchanged, refreshed or changed). The series' commits form one chain from ONTO
     to the tip, in the order of `done`."""
-    carried = [e for e in op["done"] if "commit" in e]
+    carried = [e for e in op.done if "commit" in e]
     first = next((i for i, e in enumerate(carried) if "data_sha256" not in e), None)
     if first is None:
         return
     todo = carried[first:]          # formatted in order: the ones before were done by an earlier stop
-    base = carried[first - 1]["commit"] if first else op["onto"]
-    texts = git.format_patches(idx.repo, f"{base}..{op['tip']}", env=idx.env)
+    base = carried[first - 1]["commit"] if first else op.onto
+    texts = git.format_patches(idx.repo, f"{base}..{op.tip}", env=idx.env)
     if len(texts) != len(todo):
         raise ZpatchError(f"the rebased series has {len(texts)} commits for {len(todo)} patches",
                           Exit.INTERNAL, hint="zpatch rebase --abort, then report this")
@@ -392,30 +353,30 @@ def _scratch_clone(ov: Overlay, s: Series, mirror: Path) -> Path:
     return repo
 
 
-def _stop(ov: Overlay, s: Series, op: dict, p: Patch, res: dict) -> dict:
+def _stop(ov: Overlay, s: Series, op: RebaseState, p: Patch, res: dict) -> dict:
     """A conflict: the patch applied 3-way in the scratch work tree, markers in the files."""
     mirror = cache.mirror_path(s.upstream.url)
     repo = _scratch_clone(ov, s, mirror)
-    git.run(["checkout", "--quiet", "--force", "--detach", op["tip"]], cwd=repo)
+    git.run(["checkout", "--quiet", "--force", "--detach", op.tip], cwd=repo)
     git.run(["apply", "--3way", str(p.path)], cwd=repo, check=False)
     merged = bool(git.run(["ls-files", "-u"], cwd=repo).stdout.strip())
-    op["current"] = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
+    op.current = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
                      "hunks": res.get("hunks", []), "fired": res.get("fired", []), "markers": merged,
                      **({"probe_errors": res["probe_errors"]} if res.get("probe_errors") else {})}
     _save(ov.root, op)
     return _report(ov, s, op, stopped=True, scratch=repo)
 
 
-def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
+def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: RebaseState,
             writer: overlay_write.Writer | None) -> dict:
     result = _report(ov, s, op, stopped=False)
-    rd = git.run(["range-diff", "--no-color", f"{op['old_pin']}..{op['old_tip']}", f"{op['onto']}..{op['tip']}"],
+    rd = git.run(["range-diff", "--no-color", f"{op.old_pin}..{op.old_tip}", f"{op.onto}..{op.tip}"],
                  cwd=repo, env=idx.env, check=False)
     result["range_diff"] = rd.stdout if rd.ok else ""
     if writer is None:
         return result
     files, lk = _overlay_files(ov, s, op)
-    op["lock_after"] = operation.digest(lockmod.render(ov.root, lk))   # from here, that lock means it is done
+    op.lock_after = operation.digest(lockmod.render(ov.root, lk))   # from here, that lock means it is done
     _save(ov.root, op)
     writer.commit(files, lk)
     _forget(ov.root)
@@ -423,15 +384,15 @@ def _finish(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: dict,
     return result
 
 
-def _overlay_files(ov: Overlay, s: Series, op: dict) -> tuple[dict[str, bytes | None], lockmod.Lock]:
+def _overlay_files(ov: Overlay, s: Series, op: RebaseState) -> tuple[dict[str, bytes | None], lockmod.Lock]:
     """What the rebase writes into the overlay: the patches that moved, the ones dropped, the series
     when its list changed, and (the commit point) upstream.lock with the new pin and hashes."""
     d, out = s.upstream.patches, _area(ov.root) / "out"
     files: dict[str, bytes | None] = {}
     hashes = {}
-    for e in op["done"]:      # an edit made while the rebase was stopped is never overwritten
+    for e in op.done:      # an edit made while the rebase was stopped is never overwritten
         now = hashlib.sha256(worktree.read(ov.root, f"{d}/{e['name']}") or b"").hexdigest()
-        if now != op.get("started_from", {}).get(e["name"], now):
+        if now != op.started_from.get(e["name"], now):
             raise ZpatchError(f"{ov.root / d / e['name']}: changed while the rebase was stopped; writing the "
                               "rebased patch would lose that edit", Exit.BAD_CHECKOUT,
                               hint="save your edit elsewhere, put the file back (git checkout -- it), then "
@@ -452,7 +413,7 @@ def _overlay_files(ov: Overlay, s: Series, op: dict) -> tuple[dict[str, bytes | 
     lk = lockmod.parse(ov.root / lockmod.LOCK_NAME)
     for u in lk.upstreams:
         if u.name == s.upstream.name:
-            u.commit, u.sha256 = op["onto"], hashes
+            u.commit, u.sha256 = op.onto, hashes
     return files, lk
 
 
@@ -470,17 +431,17 @@ def forget_throwaway(root: Path) -> None:
     _area(root).with_suffix(".lock").unlink(missing_ok=True)
 
 
-def _complete(root: Path, op: dict) -> bool:
+def _complete(root: Path, op: RebaseState) -> bool:
     """Whether a rebase killed while writing the overlay had passed its commit point (the front door
     has rolled the write back or forward already): then nothing is left to do but report it."""
-    if not op.get("lock_after"):
+    if not op.lock_after:
         return False
     try:
-        done = operation.digest((root / lockmod.LOCK_NAME).read_bytes()) == op["lock_after"]
+        done = operation.digest((root / lockmod.LOCK_NAME).read_bytes()) == op.lock_after
     except OSError:
         done = False
     if not done:
-        op["lock_after"] = None
+        op.lock_after = None
         _save(root, op)
     return done
 
@@ -506,47 +467,47 @@ def _resume_locked(root: Path, action: str, writer: overlay_write.Writer) -> dic
     if _complete(root, op):     # killed after its commit point: nothing is left to continue, skip or abort
         ov = patchset.load(root, verify_hashes=False)
         _forget(root)
-        result = _report(ov, _series(ov, op["upstream"]), op, stopped=False)
+        result = _report(ov, _series(ov, op.upstream), op, stopped=False)
         result.update(written=True, aborted=False, finished_before=action,
                       recovered=said or "An interrupted rebase had written the overlay already; it is complete.")
         return result
     if action == "abort":
         _forget(root)
-        return {"aborted": True, "upstream": op["upstream"], "recovered": said}
+        return {"aborted": True, "upstream": op.upstream, "recovered": said}
     result = _resume(patchset.load(root, verify_hashes=False), op, writer, action=action)
     result["recovered"] = said
     return result
 
 
-def _check_objects(root: Path, idx: git.ScratchIndex, op: dict) -> None:
+def _check_objects(root: Path, idx: git.ScratchIndex, op: RebaseState) -> None:
     """Every commit the state names exists (a damaged op.json is named, not a git error later)."""
-    shas = [op["old_pin"], op["onto"], op["tip"], *([op["old_tip"]] if op.get("old_tip") else []),
-            *(e["commit"] for e in op["done"] if e.get("commit"))]
+    shas = [op.old_pin, op.onto, op.tip, *([op.old_tip] if op.old_tip else []),
+            *(e["commit"] for e in op.done if e.get("commit"))]
     out = idx.run(["cat-file", "--batch-check=%(objecttype)"], input="".join(c + "\n" for c in shas)).stdout
     if out.split() != ["commit"] * len(shas):
         raise ZpatchError(f"{overlay_write.state_path(root)}: the state of the rebase in progress names commits that do not "
                           "exist", Exit.BAD_CHECKOUT, hint="zpatch rebase --abort, then rebase again")
 
 
-def _resume(ov: Overlay, op: dict, writer: overlay_write.Writer, action: str | None = None) -> dict:
-    s = _series(ov, op["upstream"])
-    names = [e["name"] for e in op["done"]] + op["todo"]
-    if names != [p.name for p in s.patches] or (op.get("current") and op["todo"][:1] != [op["current"]["name"]]):
+def _resume(ov: Overlay, op: RebaseState, writer: overlay_write.Writer, action: str | None = None) -> dict:
+    s = _series(ov, op.upstream)
+    names = [e["name"] for e in op.done] + op.todo
+    if names != [p.name for p in s.patches] or (op.current and op.todo[:1] != [op.current["name"]]):
         raise ZpatchError(f"the rebase in progress was made for another series of {s.upstream.name} than "
                           f"{s.directory / 'series'} lists now", Exit.BAD_CHECKOUT,
                           hint="put the series back as it was, or zpatch rebase --abort and start again")
     mirror = cache.mirror_path(s.upstream.url)
     idx = _store(ov, mirror)
     _check_objects(ov.root, idx, op)
-    if action is not None and op.get("current"):
-        cur = op.pop("current")
+    if action is not None and op.current:
+        cur, op.current = op.current, None
         p = next(p for p in s.patches if p.name == cur["name"])
         if action == "skip":
-            op["done"].append({"name": p.name, "state": "skipped"})
+            op.done.append({"name": p.name, "state": "skipped"})
         else:
-            op["done"].append(_resolved(ov, op, p, cur))
+            op.done.append(_resolved(ov, op, p, cur))
             idx = _store(ov, mirror)
-        op["todo"].pop(0)
+        op.todo.pop(0)
         _save(ov.root, op)
     elif action == "skip":
         raise ZpatchError("the rebase is not stopped at a conflict: there is no patch to skip", Exit.USAGE,
@@ -555,7 +516,7 @@ def _resume(ov: Overlay, op: dict, writer: overlay_write.Writer, action: str | N
     return _run(ov, s, mirror, idx, op, writer)
 
 
-def _resolved(ov: Overlay, op: dict, p: Patch, cur: dict) -> dict:
+def _resolved(ov: Overlay, op: RebaseState, p: Patch, cur: dict) -> dict:
     """--continue: the maintainer's resolution in the scratch work tree becomes the patch."""
     repo = _area(ov.root) / "work"
     for f in p.files:
@@ -572,26 +533,26 @@ def _resolved(ov: Overlay, op: dict, p: Patch, cur: dict) -> dict:
     if git.run(["ls-files", "-u"], cwd=repo).stdout.strip():
         raise ZpatchError(f"{repo}: unmerged paths remain", Exit.CONFLICT, hint="git add the resolved files")
     tree = git.run(["write-tree", "--missing-ok"], cwd=repo).stdout.strip()
-    if tree == git.run(["rev-parse", f"{op['tip']}^{{tree}}"], cwd=repo).stdout.strip():
+    if tree == git.run(["rev-parse", f"{op.tip}^{{tree}}"], cwd=repo).stdout.strip():
         if not cur.get("markers"):
-            op["current"] = cur     # put back: nothing was resolved
+            op.current = cur     # put back: nothing was resolved
             raise ZpatchError(f"{p.name}: nothing to continue with: git could not even merge it (a file it changes "
                               "was deleted or rewritten upstream), and the files are upstream's", Exit.CONFLICT,
                               hint=f"carry the patch's change into the files in {repo} by hand, then --continue; "
                                    "or --skip it")
         return {"name": p.name, "state": "upstreamed", "resolved": True}
-    commit = git.ScratchIndex(repo, str(_area(ov.root))).commit_tree(tree, op["tip"], p.path)
-    op["tip"] = commit
+    commit = git.ScratchIndex(repo, str(_area(ov.root))).commit_tree(tree, op.tip, p.path)
+    op.tip = commit
     return {"name": p.name, "state": "changed", "commit": commit, "resolved": True}
 
 
-def _report(ov: Overlay, s: Series, op: dict, *, stopped: bool, scratch: Path | None = None) -> dict:
+def _report(ov: Overlay, s: Series, op: RebaseState, *, stopped: bool, scratch: Path | None = None) -> dict:
     counts: dict[str, int] = {}
-    for d in op["done"]:
+    for d in op.done:
         counts[d["state"]] = counts.get(d["state"], 0) + 1
-    return {"upstream": op["upstream"], "old_pin": op["old_pin"], "onto": op["onto"], "onto_ref": op["onto_ref"],
-            "ahead": op["ahead"], "dry_run": op["dry_run"], "stopped": stopped,
-            "patches": op["done"] + ([{"name": op["current"]["name"], "state": "conflict", **op["current"]}]
+    return {"upstream": op.upstream, "old_pin": op.old_pin, "onto": op.onto, "onto_ref": op.onto_ref,
+            "ahead": op.ahead, "dry_run": op.dry_run, "stopped": stopped,
+            "patches": op.done + ([{"name": op.current["name"], "state": "conflict", **op.current}]
                                      if stopped else []),
-            "todo": op["todo"][1:] if stopped else [], "counts": counts,
+            "todo": op.todo[1:] if stopped else [], "counts": counts,
             "scratch": str(scratch) if scratch else None}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import diagnose, edit_mode, git, operation, record, worktree
-from .errors import ZpatchError
+from . import diagnose, edit_mode, git, operation
 from .patchset import Overlay
 from .record import Record
 from .workspace import Target, Workspace, edited
@@ -49,13 +48,7 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
             out["clean"] = False
     lo = ov.lock.overlay
     if lo:
-        files = {}
-        for f, d in lo.sha256.items():
-            try:
-                data = worktree.read(ws.checkout, f"{lo.path}/{f}")
-            except ZpatchError:
-                data = b"\0symlink"
-            files[f] = "missing" if data is None else ("ok" if record.digest(data) == d else "modified")
+        files = ws.node_files()
         vals = set(files.values())
         out["node"] = {"path": lo.path, "files": files,
                        "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}

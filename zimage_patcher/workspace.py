@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import git, locks, operation, record, worktree
-from .errors import Exit, ZpatchError
+from . import git, locks, operation, paths, record, worktree
+from .errors import Exit, ZpatchError, from_oserror
 from .operation import Change
 from .patchset import Overlay, Series, cwd
 from .record import Record, UpstreamRecord
@@ -23,7 +23,7 @@ class Target:
 
     def file(self, path: str) -> str:
         """PATH of this upstream, relative to the checkout."""
-        return path if self.rel == "." else f"{self.rel}/{path}"
+        return paths.under(self.rel, path)
 
     @property
     def name(self) -> str:
@@ -125,9 +125,9 @@ class Workspace:
             self.zdir.mkdir(exist_ok=True)
             held = locks.checkout(self.zdir, self.checkout).__enter__()
         except OSError as e:
-            raise ZpatchError(f"{self.zdir}: cannot write there ({e.strerror})", Exit.BAD_CHECKOUT,
-                              hint="apply, unapply and edit need a writable checkout (not a read-only mount); "
-                                   "`zpatch status` works read-only")
+            raise from_oserror(e, "cannot write there", path=self.zdir, code=Exit.BAD_CHECKOUT,
+                               hint="apply, unapply and edit need a writable checkout (not a read-only mount); "
+                                    "`zpatch status` works read-only")
         try:
             said = operation.recover(self.checkout, self.journal, self.zdir / record.RECORD_NAME)
             if said:
@@ -148,6 +148,19 @@ class Workspace:
                          new.to_bytes() if new else None, sweep=sweep,
                          prepare=lambda: record.store_copies(self.zdir, copies))
         record.collect_garbage(self.zdir, new)
+
+    def node_files(self) -> dict[str, str]:
+        """Each file of the overlay's node in the checkout: ok (the locked bytes), modified or missing
+        (a symlink in the way counts as modified: zpatch never reads through one)."""
+        lo = self.ov.lock.overlay
+        out = {}
+        for f, want in (lo.sha256.items() if lo else ()):
+            try:
+                data = worktree.read(self.checkout, f"{lo.path}/{f}")
+            except ZpatchError:
+                data = b"\0symlink"
+            out[f] = "missing" if data is None else ("ok" if record.digest(data) == want else "modified")
+        return out
 
     def load_record(self) -> Record | None:
         """The record, without upstreams the user reverted by hand (every recorded file back to

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smoke_support import (ROOT, SMOKE_DIR, SMOKE_MODULES, apply_overlay, build_checkout,  # noqa: E402
+from testing.smoke_support import (ROOT, SMOKE_DIR, SMOKE_MODULES, apply_overlay, build_checkout,  # noqa: E402
                            lock, run_probe, unreachable_reason)
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from smoke_support import ROOT
+from testing.smoke_support import ROOT
 
 
 def zpatch(*args, smoke_python):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smoke_support import lock
+from testing.smoke_support import lock
 from zimage_patcher.smoke import runner
 
 STAGES = ("environment", "models", "import", "load", "encode", "sample", "decode", "save")

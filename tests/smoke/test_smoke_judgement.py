@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from smoke_support import ROOT, apply_overlay, build_checkout
+from testing.smoke_support import ROOT, apply_overlay, build_checkout
 from zimage_patcher import verify
 from zimage_patcher.errors import Exit, ZpatchError
 from zimage_patcher.smoke import runner
@@ -25,7 +25,7 @@ def assert_clean_line(text: str) -> None:
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory, smoke_python) -> Path:
     """A patched checkout of this module's own: the tests below edit it and put it back."""
-    from smoke_support import unreachable_reason
+    from testing.smoke_support import unreachable_reason
     reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
@@ -146,7 +146,7 @@ def test_verify_carries_the_smoke_failure_and_warnings(smoke_python, tmp_path):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the environment stage would pass")
-    from smoke_support import unreachable_reason
+    from testing.smoke_support import unreachable_reason
     if unreachable_reason():
         pytest.skip(unreachable_reason())
     res = verify.run(ROOT, workdir=tmp_path / "v", python=smoke_python, device="cuda")
@@ -163,7 +163,7 @@ def test_verify_carries_the_smoke_failure_and_warnings(smoke_python, tmp_path):
 
 
 def test_verify_without_a_smoke_python_names_the_environment(tmp_path):
-    from smoke_support import unreachable_reason
+    from testing.smoke_support import unreachable_reason
     if unreachable_reason():
         pytest.skip(unreachable_reason())
     res = verify.run(ROOT, python=str(tmp_path / "no-such-python"))     # a temporary scratch directory

@@ -21,10 +21,7 @@ def test_gemma3_gguf_is_written_as_llama_cpp_writes_it(tiny_models):
     """Metadata and values read back with gguf-py, no ComfyUI involved."""
     gguf = __import__("pytest").importorskip("gguf")
     import numpy as np
-    import sys
-    from smoke_support import SMOKE_DIR
-    sys.path.insert(0, str(SMOKE_DIR))
-    import writers
+    from zimage_patcher.smoke import writers
 
     r = gguf.GGUFReader(str(tiny_models / writers.GEMMA3_FILE))
 
@@ -58,10 +55,7 @@ def test_gemma3_gguf_is_written_as_llama_cpp_writes_it(tiny_models):
 
 def test_zimage_gguf_has_quantized_tensors(tiny_models):
     gguf = __import__("pytest").importorskip("gguf")
-    import sys
-    from smoke_support import SMOKE_DIR
-    sys.path.insert(0, str(SMOKE_DIR))
-    import writers
+    from zimage_patcher.smoke import writers
 
     r = gguf.GGUFReader(str(tiny_models / writers.ZIMAGE_FILE))
     assert r.get_field("general.architecture").contents() == "lumina2"

@@ -11,9 +11,9 @@ from zimage_patcher import apply, clone, patchset
 
 from testing.upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SMOKE_DIR = ROOT / "zimage_patcher" / "smoke"
-HERE = Path(__file__).resolve().parent
+HERE = ROOT / "tests" / "smoke"
 SMOKE_MODULES = ("torch", "numpy", "gguf", "sentencepiece", "safetensors")
 
 
