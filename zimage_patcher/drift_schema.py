@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, from_oserror
 
 SCHEMA = 2
 # the classes, best first, and the exit code each gives `zpatch drift` (the worst upstream decides)
@@ -192,8 +192,9 @@ def load_report(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ZpatchError(f"{path}: not a drift report: {str(e)[:200]}", Exit.USAGE,
-                          hint="write one with: zpatch drift --json > drift.json") from None
+        err = ZpatchError(f"{path}: not a drift report: {str(e)[:200]}", Exit.USAGE,
+                          hint="write one with: zpatch drift --json > drift.json")
+        raise (from_oserror(e, "cannot be read", path=path, otherwise=err) if isinstance(e, OSError) else err) from None
     if failed_leg(data) is not None:
         raise ZpatchError(f"{path}: not a drift report: the drift that wrote it failed", Exit.USAGE,
                           hint="its error was: " + failed_leg(data))

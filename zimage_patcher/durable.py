@@ -82,11 +82,13 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: boo
             os.close(fd)
         fault_point()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)        # a write on a descriptor names no file: the error must
         raise
     if sync if sync_folder is None else sync_folder:
         sync_dirs([path.parent])

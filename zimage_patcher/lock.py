@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import paths
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, from_oserror
 
 LOCK_NAME = "upstream.lock"
 FORMAT_VERSION = 1
@@ -77,7 +77,7 @@ def parse(path: Path) -> Lock:
     except UnicodeDecodeError as e:
         raise _fail(path, f"not UTF-8 text (byte {e.start})")
     except OSError as e:
-        raise _fail(path, f"cannot be read ({e.strerror})")
+        raise from_oserror(e, "cannot be read", path=path, otherwise=_fail(path, f"cannot be read ({e.strerror})"))
     return parse_text(path, text)
 
 

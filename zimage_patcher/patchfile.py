@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import unidiff
 
 from . import paths
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, from_oserror
 
 _DIFF_GIT = re.compile(r'^diff --git ("a/.+?"|a/.+?) ("b/.+?"|b/.+?)$')
 _ED_STYLE = re.compile(r"^\d+(,\d+)?[acd]\d*(,\d+)?$")
@@ -113,8 +113,7 @@ def load(path: Path, name: str | None = None) -> Patch:
         raise ZpatchError(f"{path}: patch file not found", Exit.BAD_OVERLAY,
                           hint="restore it, or drop its line from the series file")
     except OSError as e:
-        raise ZpatchError(f"{path}: cannot be read ({e.strerror})", Exit.BAD_OVERLAY,
-                          hint="a patch must be a plain file")
+        raise from_oserror(e, "cannot be read", path=path, code=Exit.BAD_OVERLAY, hint="a patch must be a plain file")
     return parse(name, data, path)
 
 

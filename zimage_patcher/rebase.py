@@ -530,8 +530,6 @@ def _resolved(ov: Overlay, op: RebaseState, p: Patch, cur: dict) -> dict:
         git.run(["add", "--", *present], cwd=repo)
     if gone:
         git.run(["rm", "--quiet", "--cached", "--ignore-unmatch", "--", *gone], cwd=repo)
-    if git.run(["ls-files", "-u"], cwd=repo).stdout.strip():
-        raise ZpatchError(f"{repo}: unmerged paths remain", Exit.CONFLICT, hint="git add the resolved files")
     tree = git.run(["write-tree", "--missing-ok"], cwd=repo).stdout.strip()
     if tree == git.run(["rev-parse", f"{op.tip}^{{tree}}"], cwd=repo).stdout.strip():
         if not cur.get("markers"):

@@ -17,8 +17,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import Exit, ZpatchError
-from .durable import fault_point, sync_dirs, write_atomic
+from .errors import Exit, ZpatchError, from_oserror
+from .durable import sync_dirs, write_atomic
 from .worktree import rel_parts
 
 RECORD_VERSION = 2
@@ -141,7 +141,7 @@ def load(zdir: Path) -> Record | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise _damaged(path, e.strerror or "unreadable")
+        raise from_oserror(e, "cannot be read", path=path, otherwise=_damaged(path, e.strerror or "unreadable"))
     return parse(path, data)
 
 
@@ -168,20 +168,11 @@ def copy_path(zdir: Path, ref: PatchRef) -> Path:
     path = zdir / "patches" / ref.sha256
     try:
         data = path.read_bytes()
-    except OSError:
-        raise _damaged(path, f"the copy of {ref.name} is missing")
+    except OSError as e:
+        raise from_oserror(e, "cannot be read", path=path, otherwise=_damaged(path, f"the copy of {ref.name} is missing"))
     if digest(data) != ref.sha256:
         raise _damaged(path, f"the copy of {ref.name} does not match its sha256 (tampered)")
     return path
-
-
-def save(zdir: Path, rec: Record) -> None:
-    write_atomic(zdir / RECORD_NAME, rec.to_bytes())
-
-
-def clear(zdir: Path) -> None:
-    (zdir / RECORD_NAME).unlink(missing_ok=True)
-    fault_point()
 
 
 def collect_garbage(zdir: Path, rec: Record | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, from_oserror
 
 SERIES_NAME = "series"
 _STRIP = re.compile(r"-p1")
@@ -22,8 +22,8 @@ def parse(path: Path) -> list[str]:
         raise ZpatchError(f"{path}: not UTF-8 text (byte {e.start})", Exit.BAD_OVERLAY,
                           hint="a series lists patch file names, one per line")
     except OSError as e:
-        raise ZpatchError(f"{path}: cannot be read ({e.strerror})", Exit.BAD_OVERLAY,
-                          hint="the series must be a plain file listing patch names")
+        raise from_oserror(e, "cannot be read", path=path, code=Exit.BAD_OVERLAY,
+                           hint="the series must be a plain file listing patch names")
     names: list[str] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("#") else ""

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from . import git, paths
 from .durable import fault_point
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, from_oserror
 
 TMP_SUFFIX = ".zpatch-tmp"
 
@@ -33,7 +33,7 @@ def check_path(root: Path, rel: str) -> Path:
         except FileNotFoundError:
             return root.joinpath(*parts)
         except OSError as e:
-            raise ZpatchError(f"{cur}: cannot be read ({e.strerror})", Exit.BAD_CHECKOUT)
+            raise from_oserror(e, "cannot be read", path=cur, code=Exit.BAD_CHECKOUT)
         if stat.S_ISLNK(st.st_mode):
             raise ZpatchError(f"{cur}: is a symlink; zpatch never writes through one", Exit.BAD_CHECKOUT,
                               hint="replace the symlink with the real directory or file, then rerun")
@@ -96,11 +96,13 @@ def write(root: Path, rel: str, data: bytes, *, executable: bool = False) -> lis
             os.close(fd)
         fault_point()
         os.replace(tmp, target)
-    except BaseException:      # a full disk, Ctrl-C, SIGTERM: no temp file left behind
+    except BaseException as e:      # a full disk, Ctrl-C, SIGTERM: no temp file left behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(target)      # a write on a descriptor names no file: the error must
         raise
     fault_point()
     return created

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from ..cache import cache_home
-from ..errors import Exit, ZpatchError
+from ..errors import Exit, ZpatchError, from_oserror
 from .oneline import one_line
 
 HERE = Path(__file__).resolve().parent
@@ -156,8 +156,8 @@ def ensure_managed_venv(venv: Path | None = None) -> str:
         stamp.write_text(digest + "\n")
         return str(py)
     except OSError as exc:
-        raise ZpatchError(f"creating the smoke environment in {venv} failed: {exc}", Exit.ENVIRONMENT,
-                          hint=hint) from exc
+        raise from_oserror(exc, f"creating the smoke environment in {venv} failed", otherwise=ZpatchError(
+            f"creating the smoke environment in {venv} failed: {exc}", Exit.ENVIRONMENT, hint=hint)) from exc
     finally:
         if lock and lock.is_locked:
             lock.release()
