@@ -274,8 +274,6 @@ def test_a_held_index_lock_is_busy_and_names_the_lock_file(checkout):
     gitmod.run(["add", "nodes.py"], cwd=checkout)
 
 
-@pytest.mark.xfail(strict=True, reason="edit_mode.enter runs `git switch` with check=False and words every "
-                   "failure as exit 4; it should raise errors.git_cause(...) first")
 def test_a_held_index_lock_makes_edit_busy_and_the_hint_names_it(world, checkout):
     gguf = checkout / "custom_nodes/ComfyUI-GGUF"
     lock = gguf / ".git/index.lock"
@@ -287,8 +285,6 @@ def test_a_held_index_lock_makes_edit_busy_and_the_hint_names_it(world, checkout
     assert cli(world.overlay, "edit", checkout).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="clone.py runs `git checkout` with check=False and words every failure "
-                   "as exit 8; it should raise errors.git_cause(...) first")
 def test_checkout_whose_work_tree_passes_the_file_size_limit_is_a_file_system_error(world, tmp_path):
     world.comfy_pin = commit(world.comfy_up, {"models/big.bin": BIG.decode()}, "a big file")
     world.build_overlay()

@@ -10,10 +10,10 @@ import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from . import diagnose, edit_mode, git, operation, patchfile, record, worktree
+from . import clone, diagnose, edit_mode, git, operation, patchfile, record, worktree
 from .errors import Exit, ZpatchError
 from .operation import Change
-from .patchset import Overlay, overlay_files
+from .patchset import Overlay, cwd, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
 from .workspace import Target, Workspace, edited, user_edits
 
@@ -213,6 +213,7 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
 
 
 def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dict:
+    clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
     result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
               "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
@@ -267,6 +268,7 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
 
 
 def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dict:
+    clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
     with ws.locked() as recovered:
         rec = ws.load_record()

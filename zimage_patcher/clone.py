@@ -1,18 +1,60 @@
 """`zpatch checkout`: every upstream cloned at its pin into a new folder, from the cache (hard links,
-no network when the cache is warm)."""
+no network when the cache is warm).
+
+Resumable: the first write into DEST is a marker file (INCOMPLETE), the last one removes it. A run
+killed in between leaves the marker, and the next `zpatch checkout DEST` (which `apply`, `unapply`,
+`edit` and `status` name) keeps each upstream whose clone finished and clones the others again.
+DEST itself is never replaced, so it may be a mount point (a Docker volume): the root upstream is
+cloned into a folder inside DEST and its .git moved up."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 from pathlib import Path
 
 from . import cache, git, locks, worktree
-from .errors import Exit, ZpatchError
+from .durable import fault_point, sync_dirs, write_atomic
+from .errors import Exit, ZpatchError, from_oserror, git_cause
 from .patchset import Overlay
 
 
 _MISSING = re.compile(r"unable to read sha1 file of (.+?) \(")
+INCOMPLETE = ".zpatch-checkout-incomplete"     # in DEST from the first write to the last
+_STAGING = ".zpatch-clone"                       # the root upstream's clone, before its .git moves up
+
+
+def incomplete(dest: Path) -> dict | None:
+    """What the marker of an interrupted checkout of DEST says ({} when unreadable); None: no marker."""
+    marker = Path(dest) / INCOMPLETE
+    if not os.path.lexists(marker):
+        return None
+    try:
+        data = json.loads(marker.read_bytes().decode("utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def resume_command(dest: Path, info: dict | None = None) -> str:
+    """The command that finishes the interrupted checkout of DEST, with the excludes it began with."""
+    excl = (info or {}).get("exclude") or []
+    excl = [e for e in excl if isinstance(e, str)] if isinstance(excl, list) else []
+    return " ".join(["zpatch", "checkout", shlex.quote(str(dest)),
+                     *(f"--exclude {shlex.quote(e)}" for e in excl)])
+
+
+def refuse_incomplete(checkout: Path | None, cwd: Path | None = None) -> None:
+    """apply, unapply, edit, status: an interrupted `zpatch checkout` is finished by checkout, not by
+    them (CHECKOUT None: the checkout around CWD, whose marker sits in one of its parents)."""
+    for d in [Path(checkout)] if checkout is not None else [cwd, *cwd.parents] if cwd else []:
+        info = incomplete(d)
+        if info is not None:
+            raise ZpatchError(f"{d}: a `zpatch checkout` into it was interrupted before it finished",
+                              Exit.BAD_CHECKOUT,
+                              hint=f"`{resume_command(d, info)}` finishes it (keeping what is done)")
 
 
 def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[str] | None = None,
@@ -24,7 +66,7 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
             worktree.rel_parts(e)
         except ZpatchError:
             raise ZpatchError(f"--exclude {e!r}: must be a relative path inside the checkout", Exit.USAGE)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and incomplete(dest) is None)):
         raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
                           hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
     created = not dest.exists()
@@ -32,8 +74,8 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
         dest.mkdir(parents=True, exist_ok=True)
         dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
-        raise ZpatchError(f"{dest}: cannot create it ({e.strerror})", Exit.BAD_CHECKOUT,
-                          hint="choose a destination in a writable directory")
+        raise from_oserror(e, "cannot create it", path=dest, code=Exit.BAD_CHECKOUT,
+                           hint="choose a destination in a writable directory")
     try:
         locks.folder(dest_fd, dest)       # two checkouts into one folder: one wins
         return _checkout_locked(ov, dest, created, offline, exclude, progress)
@@ -41,59 +83,168 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
         os.close(dest_fd)
 
 
+def _order(ov: Overlay) -> list:
+    """Parents first: the custom node's clone lands inside the ComfyUI work tree."""
+    return sorted(ov.series, key=lambda s: s.upstream.path.count("/") + (s.upstream.path != "."))
+
+
+def _complete(repo: Path, pin: str) -> bool:
+    """REPO's clone finished: its last step, `git checkout --detach PIN`, wrote the index and then HEAD
+    (a clone without checkout has no index, and HEAD names a branch)."""
+    gd = repo / ".git"
+    try:
+        return (gd / "index").is_file() and (gd / "HEAD").read_bytes().decode("ascii").strip() == pin
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _remove(path: Path) -> None:
+    """PATH gone, never through a symlink (a link is removed, not followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def _empty(dest: Path, *, keep_marker: bool) -> None:
+    """Everything in DEST gone (but the marker, when KEEP_MARKER: the checkout stays resumable)."""
+    for child in list(dest.iterdir()):
+        if child.name != INCOMPLETE:
+            _remove(child)
+    if not keep_marker and os.path.lexists(dest / INCOMPLETE):
+        os.unlink(dest / INCOMPLETE)
+    sync_dirs([dest])
+
+
+def _mark(dest: Path, exclude: list[str]) -> None:
+    """The first write: DEST holds an unfinished checkout. Created in place (no temp file beside it,
+    which would make DEST a non-empty folder without the marker) and durable before any clone."""
+    data = json.dumps({"pid": os.getpid(), "exclude": exclude}).encode()
+    fd = os.open(dest / INCOMPLETE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_dirs([dest])
+    fault_point()
+
+
+def _unmark(dest: Path) -> None:
+    """The last step: the checkout is complete."""
+    os.unlink(dest / INCOMPLETE)
+    sync_dirs([dest])
+    fault_point()
+
+
 def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, exclude: list[str] | None,
                      progress: bool) -> dict:
-    if any(dest.iterdir()):   # filled by a run that held the lock before us
+    exclude = list(exclude or [])
+    info = incomplete(dest)
+    if info is None and any(dest.iterdir()):   # filled by a run that held the lock before us
         raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
                           hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
+    resumed = info is not None
+    result = {"checkout": str(dest), "upstreams": [], "missing_objects": [], "partial": [],
+              "resumed": resumed, "kept": []}
     try:
+        if not resumed:
+            _mark(dest, exclude)
         mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
                                                  progress=progress) for s in ov.series}
-    except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        raise
-    result = {"checkout": str(dest), "upstreams": [], "missing_objects": [], "partial": []}
-    try:
-        # Parents first: the custom node's clone lands inside the ComfyUI work tree.
-        for s in sorted(ov.series, key=lambda s: s.upstream.path.count("/") + (s.upstream.path != ".")):
+        for s in ov.series:
+            _check_excludes(mirrors[s.upstream.name], s.upstream, exclude)
+        if resumed:
+            tmp = dest / (INCOMPLETE + ".tmp")
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            if info.get("exclude") != exclude:
+                # other excludes than the interrupted run's: nothing it cloned can be kept
+                _empty(dest, keep_marker=True)
+                write_atomic(dest / INCOMPLETE, json.dumps({"pid": os.getpid(), "exclude": exclude}).encode())
+        redo = False      # once a parent is cloned again, everything inside it was removed with it
+        for s in _order(ov):
             up = s.upstream
             repo = dest / up.path
-            repo.parent.mkdir(parents=True, exist_ok=True)
-            git.run(["clone", "--no-checkout", "--quiet", str(mirrors[up.name]), str(repo)])
-            git.run(["remote", "set-url", "origin", up.url], cwd=repo)
-            mine = [e[len(up.path) + 1:] if up.path != "." else e for e in exclude or []
-                    if up.path == "." or e.startswith(up.path + "/")]
-            if mine:
-                known = git.tree_blobs(repo, up.commit, mine)
-                unknown = [m for m in mine if m not in known and not git.run(
-                    ["ls-tree", "-d", up.commit, "--", m.rstrip("/")], cwd=repo).stdout.strip()]
-                if unknown:
-                    raise ZpatchError(f"--exclude {unknown[0]}: no such path in {up.name} at {up.commit[:12]}",
-                                      Exit.USAGE, hint="name a file or folder of the upstream")
-                git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!/{m}" for m in mine]], cwd=repo)
-                absent = [m for m, blob in known.items()
-                          if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok]
-                if absent:
-                    # A source that lacks these blobs makes this a partial clone, and git commits over
-                    # a missing blob only in a promisor repository with the path out of the work tree:
-                    # say so, as a blobless clone does, so that edit mode and plain commits work.
-                    git.run(["config", "remote.origin.promisor", "true"], cwd=repo)
-                    git.run(["config", "remote.origin.partialclonefilter", "blob:none"], cwd=repo)
-                    result["partial"] += [f"{up.path}/{m}" if up.path != "." else m for m in absent]
-            r = git.run(["checkout", "--quiet", "--detach", up.commit], cwd=repo, check=False)
-            missing = _MISSING.findall(r.stderr)
-            if not r.ok and not missing:
-                raise ZpatchError(f"git checkout {up.commit[:12]} failed in {repo}: {r.last_line()}",
-                                  Exit.ENVIRONMENT)
-            result["missing_objects"] += [f"{up.path}/{m}" if up.path != "." else m for m in missing]
-            result["upstreams"].append({"name": up.name, "path": up.path, "commit": up.commit,
-                                        "url": up.url, "excluded": mine})
+            if resumed and not redo and _complete(repo, up.commit):
+                result["kept"].append(up.name)
+                result["upstreams"].append({"name": up.name, "path": up.path, "commit": up.commit,
+                                            "url": up.url, "excluded": _mine(up, exclude)})
+                continue
+            if up.path == ".":
+                _empty(dest, keep_marker=True)
+                redo = True
+            elif os.path.lexists(repo):
+                _remove(repo)
+                sync_dirs([repo.parent])
+            _clone(dest, up, mirrors[up.name], exclude, result)
     except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            for child in list(dest.iterdir()):
-                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        if not resumed:
+            # this run began with DEST empty (checked under the lock): all in it is this run's
+            _empty(dest, keep_marker=False)
+            if created:
+                try:
+                    dest.rmdir()
+                except OSError:
+                    pass
+        # a resumed run leaves DEST as it is, marker included: `zpatch checkout DEST` again goes on
         raise
+    _unmark(dest)
     return result
+
+
+def _mine(up, exclude: list[str]) -> list[str]:
+    """The excludes inside upstream UP, relative to it."""
+    return [e[len(up.path) + 1:] if up.path != "." else e for e in exclude
+            if up.path == "." or e.startswith(up.path + "/")]
+
+
+def _check_excludes(mirror: Path, up, exclude: list[str]) -> None:
+    """Each exclude inside UP names a file or folder of it at its pin (asked of the cache, before any
+    write: a resumed checkout is refused before anything of it is touched)."""
+    mine = _mine(up, exclude)
+    known = git.tree_blobs(mirror, up.commit, mine) if mine else {}
+    unknown = [m for m in mine if m not in known and not git.run(
+        ["ls-tree", "-d", up.commit, "--", m.rstrip("/")], cwd=mirror).stdout.strip()]
+    if unknown:
+        raise ZpatchError(f"--exclude {unknown[0]}: no such path in {up.name} at {up.commit[:12]}",
+                          Exit.USAGE, hint="name a file or folder of the upstream")
+
+
+def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict) -> None:
+    repo = dest / up.path
+    if up.path == ".":
+        # DEST holds the marker, and git clones into an empty folder only: clone beside it, inside
+        # DEST (never replacing DEST, which may be a mount point), then move the .git up
+        staging = dest / _STAGING
+        git.run(["clone", "--no-checkout", "--quiet", str(mirror), str(staging)])
+        os.rename(staging / ".git", dest / ".git")
+        os.rmdir(staging)
+        sync_dirs([dest])
+        fault_point()
+    else:
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        git.run(["clone", "--no-checkout", "--quiet", str(mirror), str(repo)])
+    git.run(["remote", "set-url", "origin", up.url], cwd=repo)
+    mine = _mine(up, exclude)
+    if mine:
+        known = git.tree_blobs(repo, up.commit, mine)
+        git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!/{m}" for m in mine]], cwd=repo)
+        absent = [m for m, blob in known.items()
+                  if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok]
+        if absent:
+            # A source that lacks these blobs makes this a partial clone, and git commits over
+            # a missing blob only in a promisor repository with the path out of the work tree:
+            # say so, as a blobless clone does, so that edit mode and plain commits work.
+            git.run(["config", "remote.origin.promisor", "true"], cwd=repo)
+            git.run(["config", "remote.origin.partialclonefilter", "blob:none"], cwd=repo)
+            result["partial"] += [f"{up.path}/{m}" if up.path != "." else m for m in absent]
+    args = ["checkout", "--quiet", "--detach", up.commit]
+    r = git.run(args, cwd=repo, check=False)
+    missing = _MISSING.findall(r.stderr)
+    if not r.ok and not missing:
+        raise git_cause(args, repo, r.returncode, r.stderr) or ZpatchError(
+            f"git checkout {up.commit[:12]} failed in {repo}: {r.last_line()}", Exit.GIT_REFUSED)
+    result["missing_objects"] += [f"{up.path}/{m}" if up.path != "." else m for m in missing]
+    result["upstreams"].append({"name": up.name, "path": up.path, "commit": up.commit,
+                                "url": up.url, "excluded": mine})

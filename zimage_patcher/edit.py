@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from . import apply, cache, edit_mode, git, overlay_write, patchfile, patchset, series as seriesmod
+from . import apply, cache, clone, edit_mode, git, overlay_write, patchfile, patchset, series as seriesmod
 from .check import REQUIRED_HEADERS
 from .errors import Exit, ZpatchError
 from .patchset import Overlay
@@ -20,6 +20,7 @@ from .workspace import Target, Workspace
 def edit(root: Path, checkout: Path | None) -> dict:
     """Each upstream's series becomes commits on `zpatch/edit` over its pin, checked out. The overlay
     is read under its lock, so the series the branch starts from is one no writer is changing."""
+    clone.refuse_incomplete(checkout, patchset.cwd() if checkout is None else None)
     with overlay_write.hold(root, "edit"):
         ov = patchset.load(root)
         ws = Workspace.open(ov, checkout)
@@ -30,16 +31,24 @@ def edit(root: Path, checkout: Path | None) -> dict:
 
 
 def _enter(ws: Workspace) -> dict:
-    for t in ws.targets:
-        if edit_mode.active(t):
-            raise ZpatchError(f"{t.repo}: already in edit mode", Exit.BAD_CHECKOUT,
-                              hint=f"`zpatch export {ws.checkout}` writes the patches; `zpatch unapply "
-                                   f"{ws.checkout}` leaves edit mode")
+    # An edit killed after some upstreams entered edit mode: those keep their branch (judged by
+    # nothing here: it may hold work by now), the others enter it. Only all of them in edit mode is
+    # "already".
+    entered = [t for t in ws.targets if edit_mode.active(t)]
+    if len(entered) == len(ws.targets):
+        t = entered[0]
+        raise ZpatchError(f"{t.repo}: already in edit mode", Exit.BAD_CHECKOUT,
+                          hint=f"`zpatch export {ws.checkout}` writes the patches; `zpatch unapply "
+                               f"{ws.checkout}` leaves edit mode")
+    todo = [t for t in ws.targets if t not in entered]
+    for t in todo:
         if git.head_commit(t.repo) != t.pin:
             raise ZpatchError(f"{t.repo}: {t.name} is not at its pin {t.pin[:12]}", Exit.BAD_CHECKOUT,
                               hint=f"git -C {t.repo} checkout --detach {t.pin}")
     rec = ws.load_record()
-    for t in ws.targets:
+    if rec is not None and entered:       # apply refuses in edit mode, so only a hand could make this
+        edit_mode.refuse(ws, "edit")
+    for t in todo:
         if git.rev_parse(t.repo, edit_mode.BRANCH_REF):
             raise ZpatchError(f"{t.repo}: a branch {edit_mode.BRANCH} already exists", Exit.BAD_CHECKOUT,
                               hint=f"rename it (git -C {t.repo} branch -m {edit_mode.BRANCH} my-old-edit), then rerun")
@@ -49,7 +58,7 @@ def _enter(ws: Workspace) -> dict:
             if f not in head and f not in ours and os.path.lexists(t.repo / f):
                 raise ZpatchError(f"{t.repo / f}: exists, and a patch creates it", Exit.BAD_CHECKOUT,
                                   hint=f"move it away (mv {t.repo / f} {t.repo / f}.bak), then rerun")
-    for t in ws.targets:   # files zpatch applied are its own to take back; anything else must be clean
+    for t in todo:   # files zpatch applied are its own to take back; anything else must be clean
         ours = set(rec.upstreams[t.name].files) if rec and t.name in rec.upstreams else set()
         dirty = [f for f in edit_mode.dirty(t) if f not in ours]
         if dirty:
@@ -58,10 +67,17 @@ def _enter(ws: Workspace) -> dict:
                                    "mirror left out: `zpatch checkout --exclude PATH`")
     if rec is not None:
         apply.unapply(ws.ov, ws.checkout)     # from zpatch's own apply back to pristine, transactionally
-    result = {"checkout": str(ws.checkout), "upstreams": []}
+    result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}
     with ws.locked():
         done: list[Target] = []
         for t in ws.targets:
+            if t in entered:
+                if edit_mode.half_left(t):    # an unapply killed after it left the branch: back onto it
+                    git.run(["switch", "--quiet", edit_mode.BRANCH], cwd=t.repo)
+                commits = git.rev_list(t.repo, f"{edit_mode.BASE}..{edit_mode.BRANCH_REF}")
+                result["upstreams"].append({"name": t.name, "path": t.rel, "base": t.pin, "branch": edit_mode.BRANCH,
+                                            "commits": [{"commit": c, "patch": git.note(t.repo, c)} for c in commits]})
+                continue
             try:
                 commits = edit_mode.enter(t)
             except ZpatchError:    # nothing of edit mode may be left half made: undo the upstreams done so far

@@ -18,11 +18,12 @@ commits, not by HEAD).
 from __future__ import annotations
 
 import json
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 
 from . import git, patchfile
-from .errors import Exit, ZpatchError
+from .errors import Exit, ZpatchError, git_cause
 from .patchset import Series
 from .workspace import Target, Workspace
 
@@ -85,17 +86,30 @@ def enter(t: Target) -> list[str]:
     for c, p in zip(commits, t.series.patches):
         git.add_note(t.repo, c, p.name)
     git.run(["config", "--replace-all", "notes.rewriteRef", git.ZPATCH_NOTES, "^refs/notes/zpatch$"], cwd=t.repo)
-    r = git.run(["switch", "--quiet", "-c", BRANCH, commits[-1] if commits else t.pin], cwd=t.repo, check=False)
+    args = ["switch", "--quiet", "-c", BRANCH, commits[-1] if commits else t.pin]
+    r = git.run(args, cwd=t.repo, check=False)
     if not r.ok:
         forget(t)
-        raise ZpatchError(f"{t.repo}: git could not check out the edit branch: {r.last_line()}",
-                          Exit.BAD_CHECKOUT, hint="make the checkout clean, then rerun `zpatch edit`")
+        raise git_cause(args, t.repo, r.returncode, r.stderr) or ZpatchError(
+            f"{t.repo}: git could not check out the edit branch: {r.last_line()}",
+            Exit.BAD_CHECKOUT, hint="make the checkout clean, then rerun `zpatch edit`")
     return commits
 
 
 def half_made(t: Target) -> bool:
     """An `edit` killed before it checked out the branch: edit mode begun, no branch yet."""
     return active(t) and git.rev_parse(t.repo, BRANCH_REF) is None
+
+
+def on_branch(t: Target) -> bool:
+    return git.run(["symbolic-ref", "-q", "HEAD"], cwd=t.repo, check=False).stdout.strip() == BRANCH_REF
+
+
+def half_left(t: Target) -> bool:
+    """An `unapply` killed after it took HEAD off the branch, before it deleted the branch: HEAD
+    detached at the pin, the branch (and whatever it holds) still there, nothing uncommitted."""
+    return (active(t) and git.rev_parse(t.repo, BRANCH_REF) is not None and not on_branch(t)
+            and git.head_commit(t.repo) == t.pin and not dirty(t))
 
 
 def dirty(t: Target) -> list[str]:
@@ -232,18 +246,35 @@ def leave(ws: Workspace, *, discard: bool = False) -> list[dict]:
                               hint=f"commit and `zpatch export`, or stash them (git -C {t.repo} stash)")
         if not discard and not half_made(t) and plan(ws, t, head=BRANCH_REF).changed:
             raise ZpatchError(f"{t.repo}: the edit branch has changes that are not exported", Exit.BAD_CHECKOUT,
-                              hint=f"`zpatch export {ws.checkout}` first, or `zpatch unapply --discard "
-                                   f"{ws.checkout}` to drop them")
+                              hint=_keep_hint(ws))
     for t in ws.targets:
         if not active(t):
             continue
-        r = git.run(["switch", "--quiet", "--detach", t.pin], cwd=t.repo, check=False)
+        args = ["switch", "--quiet", "--detach", t.pin]
+        r = git.run(args, cwd=t.repo, check=False)
         if not r.ok:
-            raise ZpatchError(f"{t.repo}: git could not go back to the pin: {r.last_line()}", Exit.BAD_CHECKOUT,
-                              hint="move the files git names out of the way, then rerun")
+            raise git_cause(args, t.repo, r.returncode, r.stderr) or ZpatchError(
+                f"{t.repo}: git could not go back to the pin: {r.last_line()}", Exit.BAD_CHECKOUT,
+                hint="move the files git names out of the way, then rerun")
         forget(t)
         out.append({"name": t.name, "path": t.rel, "left_edit_mode": True})
     return out
+
+
+def _keep_hint(ws: Workspace) -> str:
+    """How to keep unexported commits: export writes every upstream from its branch checked out, so an
+    upstream an interrupted unapply already took out of edit mode goes back into it first (`edit`
+    enters the missing ones and puts a half-left one back on its branch), or, with all still in edit
+    mode, a half-left one is switched back by hand."""
+    co = shlex.quote(str(ws.checkout))
+    steps = []
+    if any(not active(t) or half_made(t) for t in ws.targets):
+        steps.append(f"`zpatch edit {co}`")
+    else:
+        steps += [f"`git -C {shlex.quote(str(t.repo))} switch {BRANCH}`" for t in ws.targets if not on_branch(t)]
+    steps.append(f"`zpatch export {co}`")
+    return (f"keep them: {', then '.join(steps)}, then unapply again; or drop them: "
+            f"`zpatch unapply --discard {co}`")
 
 
 def forget(t: Target) -> None:

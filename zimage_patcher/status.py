@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import diagnose, edit_mode, git, operation
-from .patchset import Overlay
+from . import clone, diagnose, edit_mode, git, operation
+from .patchset import Overlay, cwd
 from .record import Record
 from .workspace import Target, Workspace, edited
 
 
 def status(ov: Overlay, checkout: Path | None) -> dict:
     """Read-only: never takes the lock or writes; an interrupted run is reported, not repaired."""
+    clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
     journal = operation.pending(ws.journal)
     rec = ws.load_record() or Record({})
@@ -58,16 +59,19 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
 
 
 def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
-    """An upstream in edit mode: its commits as export would write them."""
-    sp = edit_mode.plan(ws, t, allow_dirty=True)
+    """An upstream in edit mode: its commits as export would write them (the branch's, when an edit or
+    unapply killed between its git steps left HEAD off it; none when it has no branch yet)."""
+    interrupted = edit_mode.half_made(t) or not edit_mode.on_branch(t)
+    sp = None if edit_mode.half_made(t) else edit_mode.plan(ws, t, allow_dirty=True, head=edit_mode.BRANCH_REF)
     states = {"unchanged": "committed", "changed": "changed", "new": "new"}
-    patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches]
-    patches += [{"name": n, "state": "dropped"} for n in sp.removed]
+    patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches] if sp else []
+    patches += [{"name": n, "state": "dropped"} for n in sp.removed] if sp else []
     foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
                if not _inside_nested(t, ws.targets, f)]
     return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
             "patches": patches, "foreign_changes": foreign,
-            "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches), "exported": not sp.changed}}
+            "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches) if sp else 0,
+                     "exported": bool(sp) and not sp.changed and not interrupted, "interrupted": interrupted}}
 
 
 def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:

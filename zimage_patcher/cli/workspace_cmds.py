@@ -32,8 +32,11 @@ def checkout_cmd(ctx, dest, offline, exclude, then_apply):
     ov = ctx.load()
     res = clone.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
                          progress=not ctx.as_json and ctx.verbosity >= 0)
-    lines = [f"Checked out {u['name']} at {u['commit'][:12]} into {Path(dest) / u['path']}"
-             for u in res["upstreams"]]
+    lines = ["Resumed an interrupted checkout" + (f" (kept {', '.join(res['kept'])}, already complete)"
+                                                  if res["kept"] else "")] if res.get("resumed") else []
+    lines += [f"{'Kept' if u['name'] in res.get('kept', []) else 'Checked out'} {u['name']} at {u['commit'][:12]} "
+              f"{'in' if u['name'] in res.get('kept', []) else 'into'} {Path(dest) / u['path']}"
+              for u in res["upstreams"]]
     for m in res["missing_objects"]:
         ctx.warn(f"{m} is missing: the source repository lacks its object "
                  f"(git status shows it deleted; --exclude {m} leaves it out cleanly)")
@@ -154,6 +157,9 @@ def _status_advice(res: dict) -> list[str]:
         out.append(f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either first rolls the "
                    "interrupted change back)")
     editing = [u for u in res["upstreams"] if u.get("edit")]
+    if any(u["edit"].get("interrupted") for u in editing):
+        out.append(f"  (edit mode was interrupted half way: `zpatch edit {co}` finishes entering it, "
+                   f"`zpatch unapply {co}` finishes leaving it)")
     if editing:
         if not all(u["edit"]["exported"] for u in editing):
             out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
