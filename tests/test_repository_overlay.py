@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from testing.upstream import ROOT
 
-from zimage_patcher import check, lock, patchset
+from zimage_patcher import check, lock, overlay_write, patchset
 
 
 def test_lock_is_canonical_and_current():
     """`zpatch lock` would write exactly the committed file: no stale hash, no hand formatting."""
-    fresh, changed = patchset.relock(ROOT)
+    fresh, changed = overlay_write.relocked(ROOT)
     assert changed == []
     assert lock.dumps(fresh) == (ROOT / "upstream.lock").read_text(encoding="utf-8")
 

@@ -158,6 +158,14 @@ def new_lock(ov: patchset.Overlay, hashes: dict[str, dict[str, str]]) -> lockmod
 
 def relock(root: Path, writer: Writer) -> list[str]:
     """`zpatch lock`: every hash recomputed from the files into upstream.lock. The names whose hash changed."""
+    lk, changed = relocked(root)
+    writer.commit({}, lk)
+    return changed
+
+
+def relocked(root: Path) -> tuple[lockmod.Lock, list[str]]:
+    """The lock with every hash recomputed from the files (read through patchset.collect, as `check`
+    reads them), and the names whose hash changed. Writes nothing."""
     ov, problems = patchset.collect(root, verify_hashes=False)
     blocking = [p for p in problems if p.kind in ("lock", "series", "patch", "overlay")]
     if blocking:           # a hash needs a file that reads; a layout problem is `check`'s to report
@@ -169,5 +177,4 @@ def relock(root: Path, writer: Writer) -> list[str]:
     if ov.lock.overlay:
         old, new = ov.lock.overlay.sha256, lk.overlay.sha256
         changed += [f"{lk.overlay.source}/{n}" for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
-    writer.commit({}, lk)
-    return changed
+    return lk, changed
