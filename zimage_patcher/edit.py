@@ -118,7 +118,7 @@ def export(root: Path, checkout: Path | None, *, check: bool = False, force: boo
                     files[f"{d}/{seriesmod.SERIES_NAME}"] = overlay_write.render_series(sp.names)
             lk = overlay_write.new_lock(ov, {sp.target.name: {p.name: _sha256(p.data) for p in sp.patches}
                                              for sp in plans})
-            result["lock_changed"] = _lock_changes(ov, lk)
+            result["lock_changed"] = overlay_write.lock_changes(ov.lock, lk)
             writer.commit(files, lk)
         # after the commit point; a kill before these is harmless: a commit without its note is named
         # again from its subject (and its file matched by content), a stale base is healed below
@@ -154,17 +154,6 @@ def _refuse_stale(ws: Workspace, sp: edit_mode.SeriesPlan, plans: list[edit_mode
                       hint=f"to keep the overlay's version, save your branches and edit again: {saves} && "
                            f"zpatch unapply --discard {ws.checkout} && zpatch edit {ws.checkout} (then cherry-pick "
                            f"your commits from the saved branches); to overwrite it: zpatch export --force {ws.checkout}")
-
-
-def _lock_changes(ov: Overlay, lk) -> list[str]:
-    out = []
-    for old, new in zip(ov.lock.upstreams, lk.upstreams):
-        out += [f"{new.patches}/{n}" for n in sorted(set(old.sha256) | set(new.sha256))
-                if old.sha256.get(n) != new.sha256.get(n)]
-    if lk.overlay:
-        o, n = ov.lock.overlay.sha256, lk.overlay.sha256
-        out += [f"{lk.overlay.source}/{f}" for f in sorted(set(o) | set(n)) if o.get(f) != n.get(f)]
-    return out
 
 
 def _result(ov: Overlay, ws: Workspace, plans: list[edit_mode.SeriesPlan], *, check: bool) -> dict:

@@ -172,9 +172,16 @@ def relocked(root: Path) -> tuple[lockmod.Lock, list[str]]:
         raise blocking[0].error
     hashes = {s.upstream.name: {p.name: p.sha256 for p in s.patches} for s in ov.series}
     lk = new_lock(ov, hashes)
-    changed = [f"{u.patches}/{n}" for old, u in zip(ov.lock.upstreams, lk.upstreams)
-               for n in sorted(set(old.sha256) | set(u.sha256)) if old.sha256.get(n) != u.sha256.get(n)]
-    if ov.lock.overlay:
-        old, new = ov.lock.overlay.sha256, lk.overlay.sha256
-        changed += [f"{lk.overlay.source}/{n}" for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
-    return lk, changed
+    return lk, lock_changes(ov.lock, lk)
+
+
+def lock_changes(old: lockmod.Lock, new: lockmod.Lock) -> list[str]:
+    """The overlay files whose hash differs between two locks (added, changed or dropped)."""
+    out = []
+    for o, n in zip(old.upstreams, new.upstreams):
+        out += [f"{n.patches}/{f}" for f in sorted(set(o.sha256) | set(n.sha256)) if o.sha256.get(f) != n.sha256.get(f)]
+    if new.overlay:
+        o, n = old.overlay.sha256 if old.overlay else {}, new.overlay.sha256
+        out += [f"{new.overlay.source}/{f}" for f in sorted(set(o) | set(n)) if o.get(f) != n.get(f)]
+    return out
+
