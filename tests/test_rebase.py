@@ -657,3 +657,14 @@ def test_a_damaged_state_can_always_be_aborted_and_names_missing_commits(zpatch,
     assert "is damaged" in error_line(r) and "--abort" in r.output
     zpatch("rebase", "--abort")
     assert not state.exists() and overlay_snapshot(world) == before
+
+
+def test_a_rebase_stopped_at_a_conflict_says_so_in_its_json(zpatch, world):
+    """Found by a newcomer: exit 5 with `ok: true`, no exit code and `counts: {}`."""
+    _conflicting_upstream(world)
+    r = zpatch("rebase", "comfyui-gguf", "--onto", "main", "--json", expect=5)
+    res = json.loads(r.stdout)
+    assert res["ok"] is False and res["exit_code"] == 5 and res["stopped"] is True
+    assert res["counts"].get("conflict") == 1 and sum(res["counts"].values()) == len(res["patches"])
+    zpatch("rebase", "--abort")
+    assert zpatch.json("check", "--no-apply")["exit_code"] == 0

@@ -545,12 +545,11 @@ def _resolved(ov: Overlay, op: RebaseState, p: Patch, cur: dict) -> dict:
 
 
 def _report(ov: Overlay, s: Series, op: RebaseState, *, stopped: bool, scratch: Path | None = None) -> dict:
+    patches = op.done + ([{"name": op.current["name"], "state": "conflict", **op.current}] if stopped else [])
     counts: dict[str, int] = {}
-    for d in op.done:
+    for d in patches:          # the patch stopped at counts too: a conflict is never `counts: {}`
         counts[d["state"]] = counts.get(d["state"], 0) + 1
     return {"upstream": op.upstream, "old_pin": op.old_pin, "onto": op.onto, "onto_ref": op.onto_ref,
-            "ahead": op.ahead, "dry_run": op.dry_run, "stopped": stopped,
-            "patches": op.done + ([{"name": op.current["name"], "state": "conflict", **op.current}]
-                                     if stopped else []),
+            "ahead": op.ahead, "dry_run": op.dry_run, "stopped": stopped, "patches": patches,
             "todo": op.todo[1:] if stopped else [], "counts": counts,
             "scratch": str(scratch) if scratch else None}

@@ -82,6 +82,7 @@ class Context:
     def __init__(self, command: str, as_json: bool, overlay_dir: str | None, verbosity: int):
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
         self.overlay_busy = None     # set by overlay_root: the way out, when an invalid overlay is a writer's doing
+        self.result: dict | None = None     # what emit() keeps for the JSON envelope
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
@@ -99,11 +100,11 @@ class Context:
     def load(self, verify: bool = True):
         return patchset.load(self.overlay_root(), verify_hashes=verify)
 
-    def emit(self, payload: dict, text: str, *, ok: bool = True) -> None:
-        """The command's result: the JSON envelope, or TEXT unless -q. OK false when the command's
-        own exit code will be 2 or more (a check that could not reach an upstream, say)."""
+    def emit(self, payload: dict, text: str) -> None:
+        """The command's result: TEXT now unless -q, or with --json the envelope, printed once the
+        command's exit code is known (`ok` false from 2 up, and `exit_code` always)."""
         if self.as_json:
-            click.echo(envelope(self.command, ok, payload))
+            self.result = payload
         elif self.verbosity >= 0 and text:
             say(text)
 
@@ -241,6 +242,9 @@ def command(name: str, help_example: str):
                     if ctx.verbosity > 0 and e.details:   # -v: the structured details too
                         click.echo(safe(json.dumps(e.details, indent=2, sort_keys=True)), err=True)
                 sys.exit(int(e.exit_code))
-            sys.exit(int(code or 0))
+            code = int(code or 0)
+            if as_json and ctx.result is not None:
+                click.echo(envelope(name, code < 2, {**ctx.result, "exit_code": code}))
+            sys.exit(code)
         return run
     return wrap

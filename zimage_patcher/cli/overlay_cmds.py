@@ -24,7 +24,7 @@ def check_cmd(ctx, offline, no_apply):
         lines.append(f"problem: {p['message']}" + (f"\n  hint: {p['hint']}" if p.get("hint") else ""))
     lines.append("Overlay OK." if res["clean"] else f"{len(res['problems'])} problem(s).")
     code = check.exit_code(res)
-    ctx.emit(res, "\n".join(lines), ok=code < 2)
+    ctx.emit(res, "\n".join(lines))
     return code
 
 
