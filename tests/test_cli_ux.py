@@ -114,9 +114,11 @@ def test_readme_exit_code_table_is_the_one_zpatch_documents():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", readme, re.M))
     assert {int(k): v for k, v in rows.items()} == {int(k): v for k, v in EXIT_HELP.items()}
-    r = CliRunner().invoke(main, ["status", "--help"])
+    r = CliRunner().invoke(main, ["--help"])       # the table lives in `zpatch --help`, once
     for code in EXIT_HELP:
         assert re.search(rf"^ +{int(code)} +\S", r.output, re.M), code
+    sub = CliRunner().invoke(main, ["status", "--help"]).output
+    assert "every code is listed in `zpatch --help`" in sub and not re.search(r"^ +130 ", sub, re.M)
 
 
 def test_verbose_lists_every_file_and_error_details(zpatch, checkout, world):
@@ -141,3 +143,17 @@ def test_upstream_probe_honours_git_config_global_as_zpatch_does(world, tmp_path
     bare = {"PATH": os.environ["PATH"], "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
     assert probe(bare, urls) is not None
     assert probe({**bare, "GIT_CONFIG_GLOBAL": os.environ["GIT_CONFIG_GLOBAL"]}, urls) is None   # world's mirrors
+
+
+def test_global_options_go_before_the_command_too_and_quiet_keeps_the_failure(world, zpatch):
+    """`zpatch -q rebase ...` was a usage error; `zpatch rebase -q` stopping on a conflict printed nothing."""
+    from testing.fixtures import LOADER_PY, commit, replace_line
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "upstream rewrites line 20")
+    from zimage_patcher.cli import main
+    from click.testing import CliRunner
+    r = CliRunner().invoke(main, ["-q", "--overlay", str(world.overlay), "rebase", "comfyui-gguf", "--onto", "main"])
+    assert r.exit_code == 5 and r.stdout == ""
+    assert r.stderr.startswith("error: CONFLICT in 0002-loader-tokenizer.patch") and r.stderr.count("\n") == 1
+    r = CliRunner().invoke(main, ["--json", "rebase", "--overlay", str(world.overlay), "--abort"])
+    assert r.exit_code == 0 and __import__("json").loads(r.stdout)["exit_code"] == 0

@@ -20,6 +20,11 @@ from ..errors import EXIT_HELP, Exit, Terminated, ZpatchError, from_oserror
 
 SCHEMA = 2
 EXIT_CODES = "\b\nExit codes:\n" + "\n".join(f"  {int(c):<3} {t.replace('`', '')}" for c, t in EXIT_HELP.items())
+COMMAND_EXIT_CODES = ("Exit codes: 0 done, 1 found something to act on, 2 bad command line; "
+                      "every code is listed in `zpatch --help`.")
+# Options every command takes; given before the command name (`zpatch -q rebase ...`) they are moved
+# after it, where click reads them, as git reads `git -C DIR status`.
+_GLOBAL_FLAGS = {"--json", "-q", "--quiet", "-v", "--verbose"}
 
 # C0/C1 controls (except newline and tab), bidi overrides, and the lone surrogates that
 # undecodable file names turn into: a patch line or file name must not drive the terminal.
@@ -83,6 +88,7 @@ class Context:
         self.command, self.as_json, self.overlay_dir, self.verbosity = command, as_json, overlay_dir, verbosity
         self.overlay_busy = None     # set by overlay_root: the way out, when an invalid overlay is a writer's doing
         self.result: dict | None = None     # what emit() keeps for the JSON envelope
+        self.text = ""
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
@@ -107,6 +113,7 @@ class Context:
             self.result = payload
         elif self.verbosity >= 0 and text:
             say(text)
+        self.text = text
 
     def warn(self, text: str) -> None:
         if not self.as_json:
@@ -125,7 +132,7 @@ class Group(click.Group):
     after cleaning up, as Ctrl-C exits 130."""
 
     def main(self, args=None, **kw):
-        args = list(sys.argv[1:] if args is None else args)
+        args = _hoist(list(sys.argv[1:] if args is None else args))
         installed = threading.current_thread() is threading.main_thread()   # signal.signal works only there
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
         try:
@@ -156,6 +163,25 @@ class Group(click.Group):
             sys.exit(int(Exit.USAGE))
 
 
+def _hoist(args: list[str]) -> list[str]:
+    """ARGS with the shared options given before the command name moved after it."""
+    front: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in _GLOBAL_FLAGS or a.startswith("--overlay="):
+            front.append(a)
+        elif a == "--overlay" and i + 1 < len(args):
+            front += [a, args[i + 1]]
+            i += 1
+        else:
+            break
+        i += 1
+    if not front or i >= len(args) or args[i].startswith("-"):
+        return args           # nothing to move, or no command after them: click says what is wrong
+    return [args[i], *front, *args[i + 1:]]
+
+
 def _version(ctx, _param, value):
     if not value or ctx.resilient_parsing:
         return
@@ -177,7 +203,7 @@ def _version(ctx, _param, value):
     ctx.exit(0)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
               help="Show the version and the overlay's pins.")
 def main():
@@ -201,7 +227,7 @@ def command(name: str, help_example: str):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
     The function gets a Context as `ctx` and returns an exit code (None: 0)."""
     def wrap(fn):
-        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{EXIT_CODES}")
+        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{COMMAND_EXIT_CODES}")
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json.md).")
         @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
                       help="Overlay directory holding upstream.lock (default: found automatically).")
@@ -243,6 +269,9 @@ def command(name: str, help_example: str):
                         click.echo(safe(json.dumps(e.details, indent=2, sort_keys=True)), err=True)
                 sys.exit(int(e.exit_code))
             code = int(code or 0)
+            if code >= 2 and ctx.verbosity < 0 and not as_json and ctx.text.strip():
+                # -q silences the report, never the failure: its last line, as git keeps its error line
+                report_error(ctx.text.strip().splitlines()[-1], None)
             if as_json and ctx.result is not None:
                 click.echo(envelope(name, code < 2, {**ctx.result, "exit_code": code}))
             sys.exit(code)
