@@ -215,7 +215,7 @@ def test_json_envelope_and_keys_are_stable(world, zpatch, tmp_path):
     applied = first["apply"]
     noop = zpatch.json("apply", dest)
     # the no-op answer has the same shape as the one that changed things
-    assert set(noop) == set(applied) | {"schema", "command", "ok"}
+    assert set(noop) == set(applied) | {"schema", "command", "ok", "exit_code"} and noop["exit_code"] == 0
     assert [set(u) for u in noop["upstreams"]] == [set(u) for u in applied["upstreams"]]
     err = zpatch.json("apply", tmp_path / "missing", expect=4)
     assert set(err) == {"schema", "command", "ok", "error", "hint", "exit_code", "details"}
