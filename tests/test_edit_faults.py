@@ -4,25 +4,23 @@ the pins; unexported commits are never dropped by a plain `unapply`, and the hin
 literally, keeps them. Real processes, real SIGKILLs, real git."""
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
+
 from pathlib import Path
 
 import pytest
 
+from testing import run
 from testing.fixtures import HEADERS, error_line, git
 
 REPOS = (".", "custom_nodes/ComfyUI-GGUF")
 
 
 def cli(overlay: Path, *args, kill_at: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
-    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(overlay),
-                           *map(str, args[1:])], capture_output=True, text=True, env=env)
+    return run.zpatch(args[0], "--overlay", overlay, *args[1:], kill_at=kill_at)
 
 
 def state(co: Path) -> dict:

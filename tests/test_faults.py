@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from testing import run
 from testing.fixtures import SD_PY, gone, replace_line, tree_snapshot
 from testing.pause import Held
 
@@ -24,11 +25,7 @@ from zimage_patcher.workspace import Workspace
 
 
 def cli(overlay: Path, *args, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if kill_at is not None:
-        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(overlay),
-                           *map(str, args[1:])], capture_output=True, text=True, env=env)
+    return run.zpatch(args[0], "--overlay", overlay, *args[1:], kill_at=kill_at)
 
 
 def user_edits(co: Path) -> None:

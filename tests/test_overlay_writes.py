@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from testing import run as testing_run
 from testing.fixtures import error_line, git, overlay_snapshot
 from testing.pause import Held, zpatch_cmd
 
@@ -23,10 +24,7 @@ def gguf(co):
 
 
 def run(overlay, *args, kill_at=None, cwd=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    if kill_at is not None:
-        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
-    return subprocess.run(zpatch_cmd(overlay, *args), capture_output=True, text=True, env=env, cwd=cwd)
+    return testing_run.zpatch(args[0], "--overlay", overlay, *args[1:], kill_at=kill_at, cwd=cwd)
 
 
 def snap(root) -> dict:
@@ -149,7 +147,7 @@ def test_export_held_before_its_writes_makes_a_second_export_and_a_rebase_wait(w
 def test_a_rebase_that_finishes_first_is_never_undone_by_an_export_planned_before_it(world, checkout, tmp_path):
     """The race of the review: an export is planned while a rebase completes. Writers read the overlay
     under the lock, so the export waits (exit 10), and afterwards refuses: its branch starts at the old pin."""
-    from testing.fixtures import LOADER_PY, commit
+    from testing.fixtures import commit
     run(world.overlay, "edit", checkout)
     g = gguf(checkout)
     (g / "loader.py").write_text((g / "loader.py").read_text() + "# more\n")

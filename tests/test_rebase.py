@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from testing import run
 from testing.fixtures import LOADER_PY, commit, error_line, gone, overlay_snapshot, replace_line
 
 
@@ -542,11 +543,7 @@ def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tm
 # ---------------------------------------------------------------- found by the attack on the shared transaction
 
 def _cli(world, *args, kill_at=None):
-    env = dict(os.environ)
-    if kill_at:
-        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(world.overlay),
-                           *args[1:]], capture_output=True, text=True, env=env)
+    return run.zpatch(args[0], "--overlay", world.overlay, *args[1:], kill_at=kill_at or None)
 
 
 def test_an_edit_to_a_carried_patch_while_stopped_is_never_overwritten(zpatch, world):

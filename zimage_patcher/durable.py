@@ -13,9 +13,18 @@ from .errors import Exit, ZpatchError
 #   ZPATCH_TEST_KILL_AT=N      SIGKILL this process at the Nth point, as a power cut or an OOM kill would
 #   ZPATCH_TEST_PAUSE=NAME:W:R at the point named NAME, write one byte to fd W and wait for one on fd R
 #                              (the test holds the run there, at its worst moment, for as long as it likes)
-_KILL_AT = os.environ.get("ZPATCH_TEST_KILL_AT")
-_PAUSE = os.environ.get("ZPATCH_TEST_PAUSE")
+_KILL_AT: str | None = None
+_PAUSE: str | None = None
 _points = 0
+
+
+def configure(environ=os.environ) -> None:
+    """Read the fault-injection settings (at import; again in a process forked from a test's server)."""
+    global _KILL_AT, _PAUSE, _points
+    _KILL_AT, _PAUSE, _points = environ.get("ZPATCH_TEST_KILL_AT"), environ.get("ZPATCH_TEST_PAUSE"), 0
+
+
+configure()
 
 
 def fault_point(name: str | None = None) -> None:
