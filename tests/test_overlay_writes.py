@@ -28,7 +28,9 @@ def run(overlay, *args, kill_at=None, cwd=None) -> subprocess.CompletedProcess:
 
 
 def snap(root) -> dict:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file of the overlay at ROOT but zpatch's own write state (.zpatch/: lock, journal)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".zpatch" not in p.relative_to(root).parts}
 
 
 def edit_with_every_kind_of_change(overlay, co) -> None:
@@ -279,3 +281,36 @@ def test_a_writer_refuses_a_half_written_journal_it_cannot_read(world, tmp_path)
     r = run(world.overlay, "lock")
     assert r.returncode == 4 and "journal" in error_line(r) and str(j) in r.stderr
     assert overlay_snapshot(world) == before
+
+
+def test_writers_with_other_caches_still_meet_at_the_overlay(world, checkout, tmp_path, edited):
+    """Found by an attack: the lock and journal lived in the cache, keyed by the overlay's path, so a
+    writer with another cache (sudo, a container, another HOME) neither waited nor saw a killed write."""
+    before, after = edited
+    other = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "other-xdg"), "ZPATCH_CACHE": str(tmp_path / "other")}
+    with Held(zpatch_cmd(world.overlay, "export", checkout), "overlay-planned") as first:
+        r = testing_run.zpatch("lock", "--overlay", world.overlay, env=other)
+        assert r.returncode == 10 and "is writing this overlay" in r.stderr, r.stderr
+        assert first.release().returncode == 0
+    assert snap(world.overlay) == after
+    # a killed write is found by a writer with another cache, and finished before anything else
+    ov, co = _trial(world, checkout, tmp_path, "k")
+    shutil.rmtree(ov)
+    shutil.copytree(world.overlay, ov)
+    p = ov / "patches/comfyui-gguf/0001-loader-gemma3.patch"          # an intended hand edit to lock
+    p.write_bytes(p.read_bytes().replace(b"Last-Update:", b"X-Reviewed: yes\nLast-Update:", 1))
+    ref = tmp_path / "ref"
+    shutil.copytree(ov, ref)
+    assert run(ref, "lock").returncode == 0
+    journaled = 0
+    for n in range(1, 40):
+        trial = tmp_path / f"killed{n}"
+        shutil.copytree(ov, trial)
+        r = run(trial, "lock", kill_at=n)
+        if r.returncode == 0:
+            break
+        journaled += (trial / ".zpatch/journal.json").exists()
+        r = testing_run.zpatch("lock", "--overlay", trial, env=other)
+        assert r.returncode == 0 and snap(trial) == snap(ref), (n, r.stderr)
+        assert not (trial / ".zpatch/journal.json").exists()
+    assert journaled, "no kill left a journal for the other cache's writer to find"

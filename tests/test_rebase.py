@@ -63,7 +63,8 @@ def _rebased_copy(world, tmp_path) -> dict:
     shutil.copytree(world.overlay, reference)
     subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(reference),
                     "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
-    return {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*")) if p.is_file()}
+    return {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*"))
+            if p.is_file() and ".zpatch" not in p.relative_to(reference).parts}
 
 
 def _conflicting_upstream(world):
@@ -80,7 +81,7 @@ def test_conflict_stops_then_continue_after_resolving(zpatch, world):
     res = json.loads(zpatch("rebase", "--continue", "--json", expect=5).stdout)   # markers still there
     assert res["ok"] is False and "still has conflict markers" in res["error"]
     from zimage_patcher.overlay_write import area as _area
-    work = _area(world.overlay) / "work"
+    work = _area(world.overlay) / "rebase" / "work"
     text = (work / "loader.py").read_text()
     assert "<<<<<<<" in text
     resolved = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
@@ -233,12 +234,12 @@ def test_a_rebase_killed_at_its_first_write_leaves_nothing_after_abort(world):
     for kill_at in (1, 2, 3):      # the first write point that leaves the area (the lock is taken before)
         r = _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at)
         assert r.returncode == -9
-        if _area(world.overlay).exists():
+        if (_area(world.overlay) / "rebase").exists():
             break
-    assert _area(world.overlay).exists()
+    assert (_area(world.overlay) / "rebase").exists()
     r = _cli(world, "rebase", "--abort")
     assert r.returncode == 2 and "no rebase in progress" in r.stderr
-    assert not _area(world.overlay).exists()
+    assert not (_area(world.overlay) / "rebase").exists()
 
 
 def test_a_symlinked_folder_above_a_probed_path_is_an_error_not_an_answer(zpatch, world):
@@ -469,7 +470,7 @@ def test_action_flags_take_no_other_option(zpatch, world):
 def test_a_second_rebase_command_waits_its_turn(zpatch, world):
     import fcntl
     from zimage_patcher.overlay_write import area as _area
-    lock = _area(world.overlay).with_suffix(".lock")
+    lock = _area(world.overlay) / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -529,9 +530,9 @@ def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tm
         r = subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], capture_output=True,
                            env={**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)})
         assert r.returncode == -9
-        if (_area(world.overlay) / "op.json").is_file():
+        if (_area(world.overlay) / "rebase" / "op.json").is_file():
             break
-    assert (_area(world.overlay) / "op.json").is_file()
+    assert (_area(world.overlay) / "rebase" / "op.json").is_file()
     (_area(world.overlay) / "before").symlink_to(elsewhere)
     r = zpatch("rebase", "--continue", expect=4)
     assert "is a symlink" in error_line(r)
@@ -612,7 +613,8 @@ def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world, tmp_path):
 
 
 def _restore(world, snap: dict) -> None:
-    for p in [p for p in world.overlay.rglob("*") if p.is_file() and ".git" not in p.parts]:
+    for p in [p for p in world.overlay.rglob("*") if p.is_file() and ".git" not in p.parts
+              and ".zpatch" not in p.parts]:
         if p.relative_to(world.overlay).as_posix() not in snap:
             p.unlink()
     for rel, data in snap.items():
@@ -624,11 +626,11 @@ def test_a_half_made_scratch_clone_is_made_again(zpatch, world):
     _conflicting_upstream(world)
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
     # as a kill inside `git clone` leaves it: a partial clone, and no conflict saved in the state yet
-    work = _area(world.overlay) / "work"
+    work = _area(world.overlay) / "rebase" / "work"
     import shutil
     shutil.rmtree(work)
     (work.with_name("work.partial") / ".git").mkdir(parents=True)
-    state = _area(world.overlay) / "op.json"
+    state = _area(world.overlay) / "rebase" / "op.json"
     op = json.loads(state.read_text())
     del op["current"]
     state.write_text(json.dumps(op))
@@ -639,11 +641,12 @@ def test_a_half_made_scratch_clone_is_made_again(zpatch, world):
 
 
 def test_a_damaged_state_can_always_be_aborted_and_names_missing_commits(zpatch, world):
-    from zimage_patcher.overlay_write import area as _area, STATE_NAME as OP_NAME
+    from zimage_patcher.overlay_write import area as _area
+    OP_NAME = "op.json"
     _conflicting_upstream(world)
     before = overlay_snapshot(world)
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
-    state = _area(world.overlay) / OP_NAME
+    state = _area(world.overlay) / "rebase" / OP_NAME
     op = json.loads(state.read_text())
     op["tip"] = "2" * 40
     state.write_text(json.dumps(op))

@@ -12,30 +12,30 @@ and yields a Writer. The caller reads the overlay *after* that (so it plans from
 replace: a writer that finished a moment ago is seen, never undone) and calls Writer.commit() once:
 every file by temp-and-rename under a journal, upstream.lock last as the commit point.
 
-The state of the overlay's writes lives in zpatch's cache, keyed by the overlay's real path, not in
-the overlay (which stays a clean git tree): area(root)/journal.json (+ before/) during a write, the
-stopped operation's state (area(root)/op.json) and its scratch files, and the lock beside the area.
+The state of the overlay's writes lives in the overlay itself, in `.zpatch/` (which ignores itself
+for git): the lock, journal.json (+ before/) during a write, and a stopped rebase's state and scratch
+files in rebase/. In the overlay, not in a cache keyed by its path, so that every writer finds it:
+through a bind mount, another path, another user's cache, after the overlay was moved or copied.
 `busy(root)` answers, for the commands that only read, whether the overlay is at rest.
 """
 from __future__ import annotations
 
-import hashlib
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import cache, git, locks, operation, patchset, rebase_state, worktree
+from . import git, locks, operation, patchset, rebase_state, worktree
 from . import lock as lockmod
 from .durable import fault_point
 from .errors import Exit, ZpatchError
 from .operation import Change
 
-STATE_NAME = "op.json"          # the state of an operation stopped between commands (rebase_state.py)
+AREA_NAME = ".zpatch"
 
 
 def area(root: Path) -> Path:
     """Where the overlay at ROOT keeps the state of its writes."""
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return cache.cache_home() / "overlay" / key
+    return root / AREA_NAME
 
 
 def journal(root: Path) -> Path:
@@ -43,13 +43,24 @@ def journal(root: Path) -> Path:
 
 
 def state_path(root: Path) -> Path:
-    return area(root) / STATE_NAME
+    """The state of a rebase stopped between commands (rebase_state.py); its scratch files beside it."""
+    return area(root) / "rebase" / "op.json"
 
 
-def _lock_path(root: Path) -> Path:
-    path = area(root).with_suffix(".lock")     # beside the area: a finished rebase removes the area
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def make_area(root: Path) -> Path:
+    """The area, made when missing; never through a link (a writer would follow it out of the overlay)."""
+    d = area(root)
+    try:
+        d.mkdir(exist_ok=True)
+    except FileExistsError:
+        pass
+    if d.is_symlink() or not d.is_dir():
+        raise ZpatchError(f"{d}: is a symlink or not a folder; zpatch keeps the overlay's write state only in a "
+                          "real folder there", Exit.BAD_OVERLAY, hint=f"move it away (mv {d} {d}.old), then rerun")
+    ignore = d / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# zpatch's write state of this overlay (lock, journal, a stopped rebase)\n*\n")
+    return d
 
 
 def stopped(root: Path) -> rebase_state.RebaseState | None:
@@ -114,7 +125,6 @@ class Writer:
             old_lock = None
         if not changes and old_lock == lock_data:
             return False
-        area(self.root).mkdir(parents=True, exist_ok=True)
         operation.commit(self.root, journal(self.root), self.command, changes, self.root / lockmod.LOCK_NAME,
                          lock_data)
         return True
@@ -124,8 +134,9 @@ class Writer:
 def hold(root: Path, command: str):
     """The overlay lock for COMMAND, after recovering what a killed writer left; yields a Writer."""
     refuse_installed(root, command)
-    with locks.overlay(_lock_path(root), root):
+    with locks.overlay(make_area(root) / "lock", root):
         said = operation.recover(root, journal(root), root / lockmod.LOCK_NAME)
+        _sweep(area(root))
         if command != rebase_state.KIND:
             try:
                 op = stopped(root)
@@ -137,6 +148,17 @@ def hold(root: Path, command: str):
                                   Exit.BUSY, hint="finish it first: zpatch rebase --continue, --skip or --abort")
         fault_point("overlay-held")          # tests hold a writer here, before it reads the overlay
         yield Writer(root, command, said)
+
+
+def _sweep(d: Path) -> None:
+    """What a writer killed before its journal existed left in the area: temp files and the before
+    bytes it was keeping. Nothing to roll back, only litter (no journal names them)."""
+    keep = d / operation.KEEP_NAME
+    if keep.is_dir() and not keep.is_symlink():
+        shutil.rmtree(keep)
+    for tmp in d.glob("*.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink()
 
 
 def render_series(names: list[str]) -> bytes:

@@ -36,7 +36,8 @@ from .rebase_state import RebaseState
 from .durable import fault_point
 
 def _area(root: Path) -> Path:
-    return overlay_write.area(root)
+    """The rebase's scratch files (its state, the patches it made, the conflict clone, its objects)."""
+    return overlay_write.state_path(root).parent
 
 
 def in_progress(root: Path) -> RebaseState | None:
@@ -259,7 +260,7 @@ def _start(ov: Overlay, name: str, onto: str, writer: overlay_write.Writer | Non
     except Exception:
         # refused (or a bug) before any write to the overlay: as if never started, so the user fixes the
         # cause and reruns instead of aborting first
-        if operation.pending(_area(ov.root) / operation.JOURNAL_NAME) is None:
+        if operation.pending(overlay_write.journal(ov.root)) is None:
             _forget(ov.root)
         raise
 
@@ -426,9 +427,8 @@ def _forget(root: Path) -> None:
 
 def forget_throwaway(root: Path) -> None:
     """ROOT was a throwaway overlay this process made and rebased (drift's smoke copies, the
-    publisher's worktrees): its lock file in the cache goes too, or one would pile up per run."""
+    publisher's worktrees): nothing of the rebase is kept."""
     _forget(root)
-    _area(root).with_suffix(".lock").unlink(missing_ok=True)
 
 
 def _complete(root: Path, op: RebaseState) -> bool:
