@@ -253,3 +253,64 @@ def test_conflict_in_a_crlf_file_points_at_the_line_that_differs(zpatch, world, 
     f = [x for x in zpatch.json("check", expect=1)["problems"] if x["kind"] == "conflict"][0]["failure"]
     assert f["file"] == "loader.py" and f["hunk"] == 1
     assert f["expected"] == ["# loader line 19 (stale)\r"] and f["found"] == ["# loader line 19\r"]
+
+
+@pytest.mark.parametrize("patches", ["patches/comfyui", "patches/comfyui/", "patches//comfyui",
+                                     "patches/comfyui/gguf", "patches"])
+def test_two_upstreams_sharing_one_patches_folder_are_refused(zpatch, world, checkout, patches):
+    """One folder (or one inside the other) for two series: each would see the other's patches as its own
+    strays, and export would write one upstream's patches among the other's."""
+    import shutil
+    if patches in ("patches/comfyui/gguf", "patches"):    # a nested folder that holds its series: else accepted
+        old = world.overlay / "patches/comfyui-gguf"
+        new = world.overlay / patches
+        new.mkdir(exist_ok=True)
+        for f in old.iterdir():
+            shutil.move(str(f), str(new / f.name))
+        old.rmdir()
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace('patches = "patches/comfyui-gguf"', f'patches = "{patches}"'))
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    line = error_line(r)
+    assert "upstream.lock" in line and "share" in line and "comfyui" in line and "comfyui-gguf" in line, line
+    assert tree_snapshot(checkout) == before
+    res = zpatch.json("check", "--no-apply", expect=1)
+    assert [p["kind"] for p in res["problems"]] == ["lock"] and "comfyui-gguf" in json_problem(res)
+
+
+def test_two_upstreams_at_one_path_name_both(zpatch, world, checkout):
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace('path = "custom_nodes/ComfyUI-GGUF"', 'path = "."'))
+    line = error_line(zpatch("apply", checkout, expect=3))
+    assert "two upstreams share one path" in line and "comfyui and comfyui-gguf" in line, line
+
+
+def json_problem(res: dict) -> str:
+    return " ".join(p["message"] for p in res.get("problems", [])) or res.get("error", {}).get("message", str(res))
+
+
+@pytest.mark.parametrize("link", ["node/ComfyUI-ZImage-Fix", "node"])
+def test_a_symlinked_node_source_folder_is_refused(zpatch, world, checkout, tmp_path, link):
+    """The node's files are refused as links; so is its folder or a folder above it, which would hash
+    and install whatever the link points at."""
+    import shutil
+    real = tmp_path / "elsewhere"
+    shutil.move(str(world.overlay / link), str(real))
+    (world.overlay / link).symlink_to(real)
+    before = tree_snapshot(checkout)
+    r = zpatch("apply", checkout, expect=3)
+    assert f"{world.overlay / link}: is a symlink" in error_line(r), r.output
+    assert "replace the link" in r.stderr
+    assert tree_snapshot(checkout) == before
+    res = zpatch.json("check", "--no-apply", expect=1)
+    assert [p["kind"] for p in res["problems"]] == ["overlay"], res["problems"]
+
+
+@pytest.mark.parametrize("entry", ["../x.patch", "sub/x.patch", ".hidden.patch"])
+def test_a_series_entry_outside_its_folder_has_a_hint(zpatch, world, checkout, entry):
+    series = world.overlay / "patches/comfyui/series"
+    series.write_text(series.read_text() + entry + "\n")
+    r = zpatch("apply", checkout, expect=3)
+    assert "must be a file name inside" in error_line(r)
+    assert "hint: a series names files in its own folder: remove the line or fix the name" in r.stderr

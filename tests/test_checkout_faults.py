@@ -8,9 +8,10 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
+
 from pathlib import Path
 
+from testing import run
 from testing.fixtures import error_line, git
 
 from zimage_patcher.clone import INCOMPLETE
@@ -19,12 +20,7 @@ REPOS = (".", "custom_nodes/ComfyUI-GGUF")
 
 
 def cli(overlay: Path, *args, kill_at: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("ZPATCH_TEST_KILL_AT", None)
-    if kill_at is not None:
-        env["ZPATCH_TEST_KILL_AT"] = str(kill_at)
-    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", args[0], "--overlay", str(overlay),
-                           *map(str, args[1:])], capture_output=True, text=True, env=env)
+    return run.zpatch(args[0], "--overlay", overlay, *args[1:], kill_at=kill_at)
 
 
 def hinted(r: subprocess.CompletedProcess) -> list[str]:
@@ -180,3 +176,132 @@ def test_the_hint_carries_the_excludes_the_checkout_began_with(world, zpatch, tm
     assert not (dest / "nodes.py").exists() and (ref / ".git/info/sparse-checkout").read_text() == \
         (dest / ".git/info/sparse-checkout").read_text()
     assert git("status", "--porcelain", cwd=dest) == git("status", "--porcelain", cwd=ref)
+
+
+def _killed_in_root_clone(world, dest: Path, kill_at: int = 3) -> None:
+    """A checkout killed while ComfyUI (the root upstream) is being cloned: its clone is not complete."""
+    assert cli(world.overlay, "checkout", dest, kill_at=kill_at).returncode == -signal.SIGKILL
+    assert (dest / INCOMPLETE).exists() and not (dest / "custom_nodes/ComfyUI-GGUF/.git").exists()
+
+
+def test_a_resume_never_deletes_a_file_the_user_added(world, zpatch, tmp_path):
+    ref = tmp_path / "ref"
+    zpatch("checkout", ref)                  # warms the cache
+    want = snapshot(ref)
+    dest = tmp_path / "D"
+    _killed_in_root_clone(world, dest)
+    (dest / "models").mkdir()
+    (dest / "models/m.bin").write_text("x\n")
+    before = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
+    r = cli(world.overlay, "checkout", dest)
+    assert r.returncode == 4, r.stderr
+    line = error_line(r)
+    assert "models" in line and "Traceback" not in r.stderr, r.stderr
+    assert f"mv {dest / 'models'}" in r.stderr or "mv " in r.stderr
+    assert (dest / "models/m.bin").read_text() == "x\n"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*")) == before
+    assert (dest / INCOMPLETE).exists()
+    # the user moves it away, as the hint says, and the resume completes
+    shutil.move(str(dest / "models"), str(tmp_path / "models"))
+    r = cli(world.overlay, "checkout", dest)
+    assert r.returncode == 0, r.stderr
+    assert snapshot(dest) == want and not (dest / INCOMPLETE).exists()
+    assert (tmp_path / "models/m.bin").read_text() == "x\n"
+
+
+def test_a_resume_refuses_a_user_file_deep_inside_a_tracked_folder(world, zpatch, tmp_path):
+    ref = tmp_path / "ref"
+    zpatch("checkout", ref)
+    dest = tmp_path / "D"
+    _killed_in_root_clone(world, dest)
+    # comfy/ is a folder of ComfyUI's tree; what the user put deep inside it is not
+    mine = dest / "comfy/sub/deeper/mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine\n")
+    before = tree_snapshot_with_git(dest)
+    r = zpatch("checkout", dest, expect=4)
+    assert f"{dest}/comfy/sub: not made by the interrupted checkout" in error_line(r), r.output
+    assert tree_snapshot_with_git(dest) == before and mine.read_text() == "mine\n"
+    # a file beside the tracked ones, at a name the tree lacks, is refused as well
+    shutil.rmtree(dest / "comfy/sub")
+    (dest / "comfy/notes.txt").write_text("n\n")
+    r = zpatch("checkout", dest, expect=4)
+    assert "comfy/notes.txt" in error_line(r) and (dest / "comfy/notes.txt").exists()
+    # a file at a path of the tree is the checkout's to rewrite; a symlink in the way is refused
+    (dest / "comfy/notes.txt").unlink()
+    (dest / "comfy/sd.py").write_text("half-written\n")
+    (dest / "custom_nodes").symlink_to(tmp_path / "elsewhere")
+    r = zpatch("checkout", dest, expect=4)
+    assert f"{dest}/custom_nodes:" in error_line(r)
+    (dest / "custom_nodes").unlink()
+    zpatch("checkout", dest)
+    assert snapshot(dest) == snapshot(ref)
+
+
+def test_an_incomplete_nested_upstream_with_a_user_file_is_refused(world, zpatch, tmp_path):
+    ref = tmp_path / "ref"
+    zpatch("checkout", ref)
+    dest = tmp_path / "D"
+    n = 0
+    while True:        # killed after ComfyUI-GGUF's clone began, before it completed
+        n += 1
+        r = cli(world.overlay, "checkout", dest, kill_at=n)
+        assert r.returncode == -signal.SIGKILL
+        if (dest / "custom_nodes/ComfyUI-GGUF/.git").exists():
+            break
+        shutil.rmtree(dest)
+    mine = dest / "custom_nodes/ComfyUI-GGUF/weights/w.gguf"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("w\n")
+    before = tree_snapshot_with_git(dest)
+    r = zpatch("checkout", dest, expect=4)
+    assert "custom_nodes/ComfyUI-GGUF/weights" in error_line(r), r.output
+    assert tree_snapshot_with_git(dest) == before
+    # a user file outside the incomplete upstream is not in the way: nothing there is removed
+    shutil.move(str(dest / "custom_nodes/ComfyUI-GGUF/weights"), str(dest / "custom_nodes/weights"))
+    res = zpatch.json("checkout", dest)
+    assert res["kept"] == ["comfyui"] and (dest / "custom_nodes/weights/w.gguf").read_text() == "w\n"
+
+
+def test_a_resume_with_other_excludes_refuses_a_user_file(world, zpatch, tmp_path):
+    ref = tmp_path / "ref"
+    zpatch("checkout", ref)
+    want = snapshot(ref)
+    dest = tmp_path / "D"
+    n = 0
+    while True:        # ComfyUI complete, ComfyUI-GGUF's clone begun: a resume would keep ComfyUI
+        n += 1
+        r = cli(world.overlay, "checkout", dest, "--exclude", "nodes.py", kill_at=n)
+        assert r.returncode == -signal.SIGKILL
+        if (dest / "custom_nodes/ComfyUI-GGUF/.git").exists():
+            break
+        shutil.rmtree(dest)
+    (dest / "custom_nodes/extra").mkdir()
+    (dest / "custom_nodes/extra/mine.py").write_text("m\n")
+    before = tree_snapshot_with_git(dest)
+    r = zpatch("checkout", dest, expect=4)          # other excludes than the interrupted run's
+    assert "custom_nodes/extra" in error_line(r), r.output
+    assert "mv " in r.output
+    assert tree_snapshot_with_git(dest) == before
+    shutil.rmtree(dest / "custom_nodes/extra")
+    zpatch("checkout", dest)
+    assert snapshot(dest) == want
+
+
+def test_the_resume_hint_says_what_a_resume_does(world, tmp_path):
+    dest = tmp_path / "D"
+    _killed_in_root_clone(world, dest)
+    r = cli(world.overlay, "status", dest)
+    assert r.returncode == 4
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    assert "keeping what is done" not in hint
+    assert "completed" in hint and "clones" in hint, hint
+
+
+def tree_snapshot_with_git(root: Path) -> dict:
+    """Every path under ROOT, .git included, with its bytes (for 'nothing changed')."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = "-> " + os.readlink(p) if p.is_symlink() else ("dir" if p.is_dir() else p.read_bytes())
+    return out

@@ -314,3 +314,112 @@ def test_writers_with_other_caches_still_meet_at_the_overlay(world, checkout, tm
         assert r.returncode == 0 and snap(trial) == snap(ref), (n, r.stderr)
         assert not (trial / ".zpatch/journal.json").exists()
     assert journaled, "no kill left a journal for the other cache's writer to find"
+
+
+def test_export_keeps_the_series_comments_and_refuses_a_mode_change(world, checkout):
+    """Found by an attack: any change of the list re-rendered the series without its comments; a chmod
+    commit exported to a patch that check and apply then refused."""
+    s = world.overlay / "patches/comfyui-gguf/series"
+    s.write_text("# keep first: PR 123\n" + s.read_text().replace("0002-loader-tokenizer.patch\n",
+                                                                  "0002-loader-tokenizer.patch  # needs 0001\n"))
+    assert run(world.overlay, "lock").returncode == 0
+    assert run(world.overlay, "edit", checkout).returncode == 0
+    g = gguf(checkout)
+    (g / "nodes.py").write_text("GGUF = 2\n")
+    git("commit", "-q", "-a", "-m", "nodes: bump" + HEADERS, cwd=g)
+    assert run(world.overlay, "export", checkout).returncode == 0
+    text = s.read_text()
+    assert text.startswith("# keep first: PR 123\n") and "0002-loader-tokenizer.patch  # needs 0001\n" in text
+    assert text.rstrip().endswith("nodes-bump.patch")
+    before = snap(world.overlay)
+    os.chmod(g / "loader.py", 0o755)
+    git("commit", "-q", "-a", "-m", "chmod" + HEADERS, cwd=g)
+    r = run(world.overlay, "export", checkout)
+    assert r.returncode == 4 and "mode 100755" in error_line(r), r.stderr
+    assert snap(world.overlay) == before
+
+
+def test_leaving_edit_mode_keeps_commits_on_a_detached_head(world, checkout):
+    """Found by an attack: after `git rebase --quit` (a detached HEAD), unapply left edit mode and the
+    new commits were left to the reflog. It refuses; its hint, run literally, keeps them on a branch."""
+    assert run(world.overlay, "edit", checkout).returncode == 0
+    g = gguf(checkout)
+    git("switch", "-q", "--detach", cwd=g)
+    (g / "loader.py").write_text((g / "loader.py").read_text().replace("loader line 12\n", "loader line 12 WORK\n"))
+    git("commit", "-q", "-a", "-m", "work" + HEADERS, cwd=g)
+    work = git("rev-parse", "HEAD", cwd=g)
+    r = run(world.overlay, "unapply", checkout)
+    assert r.returncode == 4 and "on no branch" in error_line(r), r.stderr
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    keep = hint.split("keep them on a branch (", 1)[1].split("), then rerun", 1)[0]
+    assert subprocess.run(keep, shell=True, capture_output=True).returncode == 0
+    assert run(world.overlay, "unapply", checkout).returncode == 0
+    assert git("branch", "--contains", work, "--format=%(refname:short)", cwd=g).startswith("zpatch-saved-")
+
+
+def test_an_edit_branch_without_its_record_is_not_exported_over_the_overlay(world, tmp_path):
+    """Found by an attack: deleting refs/zpatch/overlay (or pointing it at a commit) bypassed the check."""
+    a, b = world.clone_checkout(tmp_path / "A"), world.clone_checkout(tmp_path / "B")
+    for co in (a, b):
+        assert run(world.overlay, "edit", co).returncode == 0
+    (gguf(b) / "nodes.py").write_text("GGUF = 2\n")
+    git("commit", "-q", "-a", "-m", "nodes: bump" + HEADERS, cwd=gguf(b))
+    assert run(world.overlay, "export", b).returncode == 0
+    exported = snap(world.overlay)
+    (gguf(a) / "nodes.py").write_text("GGUF = 3\n")
+    git("commit", "-q", "-a", "-m", "nodes: three" + HEADERS, cwd=gguf(a))
+    for damage in (["update-ref", "-d", "refs/zpatch/overlay"], ["update-ref", "refs/zpatch/overlay", "HEAD"],
+                   ["update-ref", "refs/zpatch/overlay", "HEAD^{tree}"]):
+        git(*damage, cwd=gguf(a))
+        r = run(world.overlay, "export", a)
+        assert r.returncode == 4 and "--force" in r.stderr, (damage, r.stderr)
+        assert snap(world.overlay) == exported
+
+
+def test_an_export_that_fails_after_writing_is_not_later_taken_for_a_stale_one(world, checkout):
+    """Found by an attack: a held ref lock after the commit point made export exit 10 with the overlay
+    written, and the next export refused its own work as stale."""
+    assert run(world.overlay, "edit", checkout).returncode == 0
+    g = gguf(checkout)
+    (g / "nodes.py").write_text("GGUF = 2\n")
+    git("commit", "-q", "-a", "-m", "nodes: bump" + HEADERS, cwd=g)
+    lock = g / ".git/refs/zpatch/overlay.lock"
+    lock.write_text("")
+    r = run(world.overlay, "export", checkout)
+    assert r.returncode == 0 and "the overlay is written" in r.stderr, (r.returncode, r.stderr)
+    lock.unlink()
+    (g / "nodes.py").write_text("GGUF = 3\n")
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
+    r = run(world.overlay, "export", checkout)
+    assert r.returncode == 0, r.stderr
+    assert "GGUF = 3" in next((world.overlay / "patches/comfyui-gguf").glob("*nodes-bump.patch")).read_text()
+
+
+def test_edit_mode_is_left_after_a_rebase_moved_the_pin(world, checkout, tmp_path):
+    """Found by an attack: after a rebase moved the pin, export, unapply and status all pointed at
+    `unapply`, which refused too, and --discard failed on a commit the checkout did not have."""
+    from testing.fixtures import commit
+    assert run(world.overlay, "edit", checkout).returncode == 0
+    g = gguf(checkout)
+    (g / "nodes.py").write_text("GGUF = 2\n")
+    git("commit", "-q", "-a", "-m", "nodes: bump" + HEADERS, cwd=g)
+    assert run(world.overlay, "export", checkout).returncode == 0
+    old_pin = world.gguf_pin
+    commit(world.gguf_up, {"other.py": "x\n"}, "upstream moves")
+    assert run(world.overlay, "rebase", "comfyui-gguf", "--onto", "main").returncode == 0
+    st = json.loads(run(world.overlay, "status", checkout, "--json").stdout)
+    u = next(u for u in st["upstreams"] if u["name"] == "comfyui-gguf")
+    assert u["edit"]["pin_moved"] is True and u["edit"]["exported"] is True
+    # unexported work on the stale branch: refused, and the hint keeps it
+    (g / "nodes.py").write_text("GGUF = 3\n")
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
+    tip = git("rev-parse", "HEAD", cwd=g)
+    r = run(world.overlay, "unapply", checkout)
+    assert r.returncode == 4 and "not exported" in error_line(r) and "the pin moved" in r.stderr, r.stderr
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    keep = hint.split("keep the branch (", 1)[1].split("), then", 1)[0]
+    assert subprocess.run(keep, shell=True, capture_output=True).returncode == 0
+    r = run(world.overlay, "unapply", "--discard", checkout)
+    assert r.returncode == 0, r.stderr
+    assert git("rev-parse", "HEAD", cwd=g) == old_pin                      # where the branch started
+    assert git("rev-parse", f"zpatch-saved-{tip[:12]}", cwd=g) == tip      # nothing lost

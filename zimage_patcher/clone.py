@@ -4,6 +4,9 @@ no network when the cache is warm).
 Resumable: the first write into DEST is a marker file (INCOMPLETE), the last one removes it. A run
 killed in between leaves the marker, and the next `zpatch checkout DEST` (which `apply`, `unapply`,
 `edit` and `status` name) keeps each upstream whose clone finished and clones the others again.
+A resume removes only what the interrupted run made: before it removes an unfinished clone it checks
+that everything in its folder is a file of the upstream's tree at its pin (or its .git, or zpatch's
+own temporary folder), and refuses, changing nothing, when the user put anything else there.
 DEST itself is never replaced, so it may be a mount point (a Docker volume): the root upstream is
 cloned into a folder inside DEST and its .git moved up."""
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from . import cache, git, locks, worktree
+from . import cache, git, locks, paths, worktree
 from .durable import fault_point, sync_dirs, write_atomic
 from .errors import Exit, ZpatchError, from_oserror, git_cause
 from .patchset import Overlay
@@ -54,7 +57,9 @@ def refuse_incomplete(checkout: Path | None, cwd: Path | None = None) -> None:
         if info is not None:
             raise ZpatchError(f"{d}: a `zpatch checkout` into it was interrupted before it finished",
                               Exit.BAD_CHECKOUT,
-                              hint=f"`{resume_command(d, info)}` finishes it (keeping what is done)")
+                              hint=f"`{resume_command(d, info)}` finishes it: it keeps each upstream whose "
+                                   "clone completed and clones the others again (refusing, with nothing "
+                                   "changed, if a file of yours is where it would clone)")
 
 
 def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[str] | None = None,
@@ -154,29 +159,28 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
                                                  progress=progress) for s in ov.series}
         for s in ov.series:
             _check_excludes(mirrors[s.upstream.name], s.upstream, exclude)
+        keep: set[str] = set()
         if resumed:
+            same = info.get("exclude") == exclude    # else nothing the interrupted run cloned can be kept
+            keep = _kept(ov, dest) if same else set()
+            redo = [s.upstream for s in ov.series if s.upstream.name not in keep]
+            # before anything is removed: the folders to clone again hold only what a checkout makes
+            _refuse_strays(dest, redo, mirrors, exclude)
             tmp = dest / (INCOMPLETE + ".tmp")
             if os.path.lexists(tmp):
                 os.unlink(tmp)
-            if info.get("exclude") != exclude:
-                # other excludes than the interrupted run's: nothing it cloned can be kept
-                _empty(dest, keep_marker=True)
+            if not same:
+                for up in sorted(redo, key=lambda u: u.path.count("/") + (u.path != ".")):
+                    _clear(dest, up)
                 write_atomic(dest / INCOMPLETE, json.dumps({"pid": os.getpid(), "exclude": exclude}).encode())
-        redo = False      # once a parent is cloned again, everything inside it was removed with it
         for s in _order(ov):
             up = s.upstream
-            repo = dest / up.path
-            if resumed and not redo and _complete(repo, up.commit):
+            if up.name in keep:
                 result["kept"].append(up.name)
                 result["upstreams"].append({"name": up.name, "path": up.path, "commit": up.commit,
                                             "url": up.url, "excluded": _mine(up, exclude)})
                 continue
-            if up.path == ".":
-                _empty(dest, keep_marker=True)
-                redo = True
-            elif os.path.lexists(repo):
-                _remove(repo)
-                sync_dirs([repo.parent])
+            _clear(dest, up)
             _clone(dest, up, mirrors[up.name], exclude, result)
     except BaseException:
         if not resumed:
@@ -191,6 +195,110 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
         raise
     _unmark(dest)
     return result
+
+
+def _inside(path: str, folder: str) -> bool:
+    """PATH (relative to DEST, "." for DEST) is FOLDER or lies in it."""
+    return folder == "." or path == folder or path.startswith(folder + "/")
+
+
+def _kept(ov: Overlay, dest: Path) -> set[str]:
+    """The upstreams a resume keeps: each whose clone completed, unless an upstream around it is
+    cloned again (its removal takes the nested one with it)."""
+    keep: set[str] = set()
+    redone: list[str] = []
+    for s in _order(ov):
+        up = s.upstream
+        if not any(_inside(up.path, r) for r in redone) and _complete(dest / up.path, up.commit):
+            keep.add(up.name)
+        else:
+            redone.append(up.path)
+    return keep
+
+
+def _clear(dest: Path, up) -> None:
+    """UP's unfinished clone gone (for the root upstream, everything in DEST but the marker)."""
+    if up.path == ".":
+        _empty(dest, keep_marker=True)
+        return
+    repo = dest / up.path
+    if os.path.lexists(repo):
+        _remove(repo)
+        sync_dirs([repo.parent])
+
+
+def _tree(mirror: Path, pin: str) -> list[str]:
+    """Every path of the tree at PIN (files, symlinks, gitlinks), as `git ls-tree -r` lists them."""
+    out = git.run(["ls-tree", "-r", "-z", "--name-only", "--full-tree", pin], cwd=mirror).stdout
+    return [p for p in out.split("\0") if p]
+
+
+def _refuse_strays(dest: Path, redo: list, mirrors: dict, exclude: list[str]) -> None:
+    """Refuse (exit 4, nothing changed) when a folder about to be removed and cloned again holds
+    anything the interrupted checkout did not make: a path outside the tree at the pin of the
+    upstream it lies in (the user's models, outputs, a note), at any depth."""
+    files: set[str] = set()              # relative to DEST, made by a checkout
+    dirs: set[str] = set()               # folders on the way to them (and to the nested upstreams)
+    opaque: set[str] = set()             # zpatch's and git's own: never looked into
+    for up in redo:
+        for f in _tree(mirrors[up.name], up.commit):
+            files.add(paths.under(up.path, f))
+        opaque.add(paths.under(up.path, ".git"))
+        if up.path != ".":
+            dirs.add(up.path)
+        else:
+            opaque |= {_STAGING, INCOMPLETE, INCOMPLETE + ".tmp"}
+    for p in [*files, *(u.path for u in redo if u.path != ".")]:
+        parts = p.split("/")
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    tops = [u for u in redo if not any(o is not u and o.path != u.path and _inside(u.path, o.path) for o in redo)]
+    for up in sorted(tops, key=lambda u: u.path):
+        stray = _first_stray(dest, up.path, files, dirs, opaque)
+        if stray is None:
+            continue
+        owner = max((u for u in redo if _inside(stray, u.path)), key=lambda u: len(u.path) * (u.path != "."))
+        full = dest / stray
+        raise ZpatchError(
+            f"{full}: not made by the interrupted checkout (not in {owner.name}'s tree at {owner.commit[:12]}); "
+            f"resuming would delete it with {owner.name}'s unfinished clone", Exit.BAD_CHECKOUT,
+            hint=f"move it away (mv {shlex.quote(str(full))} ~/), then rerun "
+                 f"`{resume_command(dest, {'exclude': exclude})}`")
+
+
+def _first_stray(dest: Path, folder: str, files: set[str], dirs: set[str], opaque: set[str]) -> str | None:
+    """The first path (sorted, depth first) under DEST/FOLDER that is none of FILES, DIRS or OPAQUE;
+    a symlink on the way to FOLDER counts too (the removal would act beyond it)."""
+    if folder != ".":
+        parts = folder.split("/")
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            if os.path.islink(dest / rel):
+                return rel
+            if not os.path.lexists(dest / rel):
+                return None
+            if not os.path.isdir(dest / rel):
+                return rel
+
+    def walk(rel: str) -> str | None:
+        try:
+            entries = sorted(os.scandir(dest / rel if rel != "." else dest), key=lambda e: e.name)
+        except NotADirectoryError:
+            return None
+        for e in entries:
+            p = e.name if rel == "." else f"{rel}/{e.name}"
+            if p in opaque:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                if p not in dirs and p not in files:
+                    return p
+                found = walk(p)
+                if found:
+                    return found
+            elif p not in files:
+                return p
+        return None
+
+    return walk(folder)
 
 
 def _mine(up, exclude: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def export(root: Path, checkout: Path | None, *, check: bool = False, force: boo
             for sp in plans:
                 _refuse_stale(ws, sp, plans)
         result = _result(ov, ws, plans, check=False)
+        result["recovered"] = writer.recovered
+        tips = {sp.target.name: git.rev_parse(sp.target.repo, "HEAD") for sp in plans}
+        stamps = {sp.target.name: [[p.name, _sha256(p.data)] for p in sp.patches] for sp in plans}
         if result["changed"]:
             files: dict[str, bytes | None] = {}
             for sp in plans:
@@ -115,20 +119,31 @@ def export(root: Path, checkout: Path | None, *, check: bool = False, force: boo
                 files.update({f"{d}/{p.name}": p.data for p in sp.patches if p.state != "unchanged"})
                 files.update({f"{d}/{name}": None for name in sp.removed})
                 if sp.series_changed:
-                    files[f"{d}/{seriesmod.SERIES_NAME}"] = overlay_write.render_series(sp.names)
+                    rel = f"{d}/{seriesmod.SERIES_NAME}"
+                    files[rel] = overlay_write.render_series(ov.root, rel, sp.names)
             lk = overlay_write.new_lock(ov, {sp.target.name: {p.name: _sha256(p.data) for p in sp.patches}
                                              for sp in plans})
             result["lock_changed"] = overlay_write.lock_changes(ov.lock, lk)
+            for sp in plans:      # before the write: a kill after it still knows the overlay is this branch's
+                edit_mode.record_base(sp.target, stamps[sp.target.name], tips[sp.target.name], edit_mode.NEXT)
             writer.commit(files, lk)
-        # after the commit point; a kill before these is harmless: a commit without its note is named
-        # again from its subject (and its file matched by content), a stale base is healed below
+        result["warnings"] = []
+        # after the commit point the export is done: what follows only names new commits and moves the
+        # edit base. A failure here is reported, not an error (exit 0: the overlay is written); a kill is
+        # harmless (the next export matches a commit without its note by its file, and the base by NEXT)
         for sp in plans:
-            for p in sp.patches:
-                if p.state == "new":
-                    git.add_note(sp.target.repo, p.commit, p.name)
-            stamp = [[p.name, _sha256(p.data)] for p in sp.patches]
-            if edit_mode.base_stamp(sp.target) != stamp:
-                edit_mode.record_base(sp.target, stamp)
+            t = sp.target
+            try:
+                for p in sp.patches:
+                    if p.state == "new":
+                        git.add_note(t.repo, p.commit, p.name)
+                if edit_mode.base_record(t) != {"patches": stamps[t.name], "tip": tips[t.name]}:
+                    edit_mode.record_base(t, stamps[t.name], tips[t.name])
+                if edit_mode.base_record(t, edit_mode.NEXT) is not None:
+                    git.run(["update-ref", "-d", edit_mode.NEXT], cwd=t.repo)
+            except ZpatchError as e:
+                result["warnings"].append(f"{t.repo}: the overlay is written, but recording it in the checkout "
+                                          f"failed ({e.message}); the next export repairs it")
     return result
 
 
@@ -139,21 +154,33 @@ def _sha256(data: bytes) -> str:
 def _refuse_stale(ws: Workspace, sp: edit_mode.SeriesPlan, plans: list[edit_mode.SeriesPlan]) -> None:
     """The overlay moved on since `zpatch edit` made this branch (another checkout exported, a rebase
     changed a patch at the same pin): writing the branch would put the older text back over the newer,
-    as a non-fast-forward push would. Refuse, unless the overlay already is what this export writes."""
+    as a non-fast-forward push would. Refuse, unless the overlay already is what this export writes, or
+    what this branch last exported (recorded before that export wrote, so a kill there does not count)."""
     t = sp.target
-    base, now = edit_mode.base_stamp(t), edit_mode.series_stamp(t.series)
+    now = edit_mode.series_stamp(t.series)
     ours = [[p.name, _sha256(p.data)] for p in sp.patches]
-    if base is None or now == base or now == ours:
+    if now == ours:
         return
+    rec, nxt = edit_mode.base_record(t), edit_mode.base_record(t, edit_mode.NEXT)
+    if rec is None:
+        raise ZpatchError(f"{t.repo}: the edit branch does not record which overlay it was made from "
+                          f"({edit_mode.OVERLAY} is missing)", Exit.BAD_CHECKOUT,
+                          hint=f"`zpatch export --force {shlex.quote(str(ws.checkout))}` writes it anyway, over "
+                               "whatever the overlay holds now")
+    base = rec["patches"]
+    if now == base or (nxt is not None and now == nxt["patches"]):
+        return
+    co = shlex.quote(str(ws.checkout))
     was, is_now = dict(base), dict(now)
     moved = next((n for n, h in now if was.get(n) != h), None) or next(n for n, _h in base if n not in is_now)
-    saves = " && ".join(f"git -C {o.target.repo} branch zpatch-saved-{git.rev_parse(o.target.repo, edit_mode.BRANCH_REF)[:12]} "
-                        f"{edit_mode.BRANCH}" for o in plans)
+    saves = " && ".join(f"git -C {shlex.quote(str(o.target.repo))} branch "
+                        f"zpatch-saved-{git.rev_parse(o.target.repo, edit_mode.BRANCH_REF)[:12]} {edit_mode.BRANCH}"
+                        for o in plans)
     raise ZpatchError(f"{t.series.directory / moved}: changed in the overlay since `zpatch edit` made the branch in "
                       f"{t.repo}; exporting would put the older text back over it", Exit.CONFLICT,
                       hint=f"to keep the overlay's version, save your branches and edit again: {saves} && "
-                           f"zpatch unapply --discard {ws.checkout} && zpatch edit {ws.checkout} (then cherry-pick "
-                           f"your commits from the saved branches); to overwrite it: zpatch export --force {ws.checkout}")
+                           f"zpatch unapply --discard {co} && zpatch edit {co} (then cherry-pick your commits from "
+                           f"the saved branches); to overwrite it: zpatch export --force {co}")
 
 
 def _result(ov: Overlay, ws: Workspace, plans: list[edit_mode.SeriesPlan], *, check: bool) -> dict:

@@ -29,6 +29,7 @@ from .workspace import Target, Workspace
 
 BASE = git.EDIT_BASE
 OVERLAY = "refs/zpatch/overlay"
+NEXT = "refs/zpatch/overlay-next"      # what an export is about to write, recorded before it writes
 BRANCH = git.EDIT_BRANCH
 BRANCH_REF = f"refs/heads/{BRANCH}"
 
@@ -51,26 +52,33 @@ def series_stamp(s: Series) -> list[list[str]]:
     return [[p.name, p.sha256] for p in s.patches]
 
 
-def base_stamp(t: Target) -> list[list[str]] | None:
-    """The series T's edit branch was made from; None when edit mode predates the record."""
-    blob = git.rev_parse(t.repo, OVERLAY, "blob")
-    data = git.read_blob(t.repo, blob) if blob else None
+def base_record(t: Target, ref: str = OVERLAY) -> dict | None:
+    """What REF records for T's edit branch: {"patches": the series' [name, sha256] it matches, "tip":
+    the branch commit that matched it}; None when REF is absent. Anything else is refused: without a
+    record, export cannot tell whether the overlay moved on since."""
+    obj = git.rev_parse(t.repo, ref, "object")
+    if obj is None:
+        return None
+    kind = git.run(["cat-file", "-t", obj], cwd=t.repo).stdout.strip()
+    data = git.read_blob(t.repo, obj) if kind == "blob" else None
     try:
-        stamp = json.loads(data.decode("utf-8"))["patches"] if data else None
-        if stamp is not None and not all(isinstance(n, str) and isinstance(h, str) for n, h in stamp):
+        rec = json.loads(data.decode("utf-8")) if data is not None else None
+        if not (isinstance(rec, dict) and isinstance(rec.get("patches"), list)
+                and all(isinstance(n, str) and isinstance(h, str) for n, h in rec["patches"])
+                and isinstance(rec.get("tip"), (str, type(None)))):
             raise ValueError
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-        raise ZpatchError(f"{t.repo}: {OVERLAY} does not name a series zpatch recorded", Exit.BAD_CHECKOUT,
-                          hint=f"git -C {t.repo} update-ref -d {OVERLAY} forgets it (export then cannot tell "
-                               "whether the overlay moved on)")
-    return stamp
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        raise ZpatchError(f"{t.repo}: {ref} is not a record zpatch wrote", Exit.BAD_CHECKOUT,
+                          hint="`zpatch export --force` writes your branch anyway (over whatever the overlay "
+                               "holds now)")
+    return rec
 
 
-def record_base(t: Target, stamp: list[list[str]]) -> None:
-    """After an export: the branch now matches the overlay (a push updating its tracking ref)."""
+def record_base(t: Target, stamp: list[list[str]], tip: str | None, ref: str = OVERLAY) -> None:
+    """Record that T's branch at TIP matches the series STAMP (a push updating its tracking ref)."""
     blob = git.run(["hash-object", "-w", "--stdin"], cwd=t.repo,
-                   input=json.dumps({"patches": stamp})).stdout.strip()
-    git.run(["update-ref", OVERLAY, blob], cwd=t.repo)
+                   input=json.dumps({"patches": stamp, "tip": tip})).stdout.strip()
+    git.run(["update-ref", ref, blob], cwd=t.repo)
 
 
 def enter(t: Target) -> list[str]:
@@ -79,7 +87,8 @@ def enter(t: Target) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="zpatch-edit-") as tmp:
         commits = git.ScratchIndex(t.repo, tmp).commit_patches(t.pin, [p.path for p in t.series.patches])
     blob = git.run(["hash-object", "-w", "--stdin"], cwd=t.repo,
-                   input=json.dumps({"patches": series_stamp(t.series)})).stdout.strip()
+                   input=json.dumps({"patches": series_stamp(t.series),
+                                     "tip": commits[-1] if commits else t.pin})).stdout.strip()
     # one ref transaction: edit mode has begun, from this pin and this series
     git.run(["update-ref", "--stdin"], cwd=t.repo,
             input=f"start\nupdate {BASE} {t.pin}\nupdate {OVERLAY} {blob}\ncommit\n")
@@ -213,6 +222,13 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
         except ZpatchError as e:
             raise ZpatchError(f"{t.repo}: commit {c[:12]} cannot become a patch: {e.message}", Exit.BAD_CHECKOUT,
                               hint=f"amend or drop it (git -C {t.repo} rebase -i {base[:12]})")
+        modes = patchfile.mode_changes(data)
+        if modes:       # `check` and `apply` refuse a mode change: never export one
+            f, mode = modes[0]
+            raise ZpatchError(f"{t.repo}: commit {c[:12]} makes {f} mode {mode}; zpatch writes regular files and "
+                              "keeps upstream's modes", Exit.BAD_CHECKOUT,
+                              hint=f"undo the mode change in that commit (git -C {t.repo} update-index --chmod=-x "
+                                   f"{f}, then git commit --amend, or rebase -i {base[:12]})")
         if src in existing and claimed[src] == c:
             old = existing[src]
             data = patchfile.keep_headers(data, old.data)
@@ -244,13 +260,25 @@ def leave(ws: Workspace, *, discard: bool = False) -> list[dict]:
         if changed:
             raise ZpatchError(f"{t.repo / changed[0]}: has uncommitted changes", Exit.BAD_CHECKOUT,
                               hint=f"commit and `zpatch export`, or stash them (git -C {t.repo} stash)")
-        if not discard and not half_made(t) and plan(ws, t, head=BRANCH_REF).changed:
+        if discard:
+            continue
+        loose = _off_branch_commits(t)
+        if loose:
+            repo = shlex.quote(str(t.repo))
+            raise ZpatchError(f"{t.repo}: HEAD is detached with {len(loose)} commit(s) on no branch; leaving edit "
+                              "mode would drop them", Exit.BAD_CHECKOUT,
+                              hint=f"keep them on a branch (git -C {repo} branch zpatch-saved-{loose[0][:12]} "
+                                   f"{loose[0]}), then rerun; or `zpatch unapply --discard "
+                                   f"{shlex.quote(str(ws.checkout))}` drops them")
+        if not half_made(t) and not exported(ws, t):
             raise ZpatchError(f"{t.repo}: the edit branch has changes that are not exported", Exit.BAD_CHECKOUT,
-                              hint=_keep_hint(ws))
+                              hint=_keep_hint(ws, t))
     for t in ws.targets:
         if not active(t):
             continue
-        args = ["switch", "--quiet", "--detach", t.pin]
+        # back to the commit the branch started from: the pin, or the old pin when a rebase has moved
+        # it since (the checkout may not even have the new one)
+        args = ["switch", "--quiet", "--detach", git.rev_parse(t.repo, BASE) or t.pin]
         r = git.run(args, cwd=t.repo, check=False)
         if not r.ok:
             raise git_cause(args, t.repo, r.returncode, r.stderr) or ZpatchError(
@@ -261,12 +289,42 @@ def leave(ws: Workspace, *, discard: bool = False) -> list[dict]:
     return out
 
 
-def _keep_hint(ws: Workspace) -> str:
+def pin_moved(t: Target) -> bool:
+    """A rebase moved T's pin since `edit` made the branch: the branch starts at the old pin."""
+    return git.rev_parse(t.repo, BASE) not in (None, t.pin)
+
+
+def exported(ws: Workspace, t: Target) -> bool:
+    """Nothing on T's edit branch is missing from the overlay. When the pin moved since `edit` the
+    branch cannot be exported any more; it then counts as exported only if it is still where the last
+    export (or the edit) left it."""
+    if pin_moved(t):
+        rec = base_record(t)
+        return bool(rec) and rec.get("tip") == git.rev_parse(t.repo, BRANCH_REF)
+    return not plan(ws, t, head=BRANCH_REF).changed
+
+
+def _off_branch_commits(t: Target) -> list[str]:
+    """Commits HEAD has that no branch has (a detached HEAD after `git rebase --quit`, a checkout of a
+    commit): leaving edit mode would leave them to the reflog. Newest first."""
+    if on_branch(t) or half_made(t):
+        return []
+    base = git.rev_parse(t.repo, BASE) or t.pin
+    return git.run(["rev-list", "HEAD", "--not", "--branches", base], cwd=t.repo).stdout.split()
+
+
+def _keep_hint(ws: Workspace, stuck: Target | None = None) -> str:
     """How to keep unexported commits: export writes every upstream from its branch checked out, so an
     upstream an interrupted unapply already took out of edit mode goes back into it first (`edit`
     enters the missing ones and puts a half-left one back on its branch), or, with all still in edit
     mode, a half-left one is switched back by hand."""
     co = shlex.quote(str(ws.checkout))
+    if stuck is not None and pin_moved(stuck):     # the branch cannot be exported onto the new pin
+        repo = shlex.quote(str(stuck.repo))
+        tip = (git.rev_parse(stuck.repo, BRANCH_REF) or "HEAD")[:12]
+        return (f"the pin moved (a rebase) since `zpatch edit`: keep the branch (git -C {repo} branch "
+                f"zpatch-saved-{tip} {BRANCH}), then `zpatch unapply --discard {co}`, `zpatch edit {co}` and "
+                "cherry-pick your commits from the saved branch")
     steps = []
     if any(not active(t) or half_made(t) for t in ws.targets):
         steps.append(f"`zpatch edit {co}`")
@@ -284,4 +342,5 @@ def forget(t: Target) -> None:
         git.run(["branch", "-D", BRANCH], cwd=t.repo)
     git.run(["update-ref", "-d", git.ZPATCH_NOTES], cwd=t.repo)
     git.run(["config", "--unset-all", "notes.rewriteRef", "^refs/notes/zpatch$"], cwd=t.repo, check=False)
-    git.run(["update-ref", "--stdin"], cwd=t.repo, input=f"start\ndelete {OVERLAY}\ndelete {BASE}\ncommit\n")
+    git.run(["update-ref", "--stdin"], cwd=t.repo,
+            input=f"start\ndelete {NEXT}\ndelete {OVERLAY}\ndelete {BASE}\ncommit\n")

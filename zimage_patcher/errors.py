@@ -146,7 +146,10 @@ def classify_git(args: list[str], cwd, returncode: int, stderr: str) -> tuple[Ex
     """Why `git ARGS` failed in CWD, as (exit code, one-line message, hint): a lock another git process
     holds is BUSY (the hint names the lock file), the file system refusing is FILESYSTEM, a git that
     crashed or is broken is ENVIRONMENT, anything else is GIT_REFUSED with git's own last line."""
-    sub = " ".join(args[:3])
+    i = 0                      # the subcommand and what follows, not the `-c key=value` options before it
+    while i < len(args) and args[i].startswith("-"):
+        i += 2 if args[i] in ("-c", "-C") else 1
+    sub = " ".join(args[i:i + 2]) or " ".join(args[:2])
     where = f" in {cwd}" if cwd else f" into {args[-1]}" if args and args[0] == "clone" else ""
     text = stderr or ""
     m = _GIT_LOCK.search(text)

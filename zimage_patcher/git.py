@@ -387,10 +387,26 @@ _IDENTITY = {"GIT_COMMITTER_NAME": "zpatch", "GIT_COMMITTER_EMAIL": "zpatch@loca
 
 
 def _neutral(args: list[str]) -> list[str]:
+    """ARGS under the neutral config; the user's `safe.directory` entries still apply (git reads them
+    only from the user's and the system's config, which the neutral run switches off: a checkout owned
+    by another user, as in a Docker image, would be refused although the user allowed it)."""
     out = []
     for kv in _NEUTRAL:
         out += ["-c", kv]
+    for d in _safe_directories():
+        out += ["-c", f"safe.directory={d}"]
     return out + args
+
+
+_SAFE: list[str] | None = None
+
+
+def _safe_directories() -> list[str]:
+    global _SAFE
+    if _SAFE is None:
+        r = run(["config", "--get-all", "safe.directory"], check=False)
+        _SAFE = r.stdout.splitlines() if r.ok else []
+    return _SAFE
 
 
 def format_patch(repo: Path, commit: str, env: dict | None = None) -> bytes:
@@ -441,9 +457,15 @@ def commits_touching(repo: Path, old: str, new: str, files: list[str], limit: in
 
 
 def rev_parse(repo: Path, rev: str, kind: str = "commit") -> str | None:
-    """The KIND object REV names in REPO; None when there is none."""
-    r = run(["rev-parse", "--verify", "-q", f"{rev}^{{{kind}}}"], cwd=repo, check=False)
-    return r.stdout.strip() if r.ok else None
+    """The KIND object REV names in REPO; None when there is none. A git that cannot read the
+    repository at all (another user's, damaged) raises: that is not "no such ref"."""
+    args = ["rev-parse", "--verify", "-q", f"{rev}^{{{kind}}}"]
+    r = run(args, cwd=repo, check=False)
+    if r.ok:
+        return r.stdout.strip()
+    if r.returncode == 1 and not r.stderr.strip():
+        return None
+    raise GitError(args, repo, r.returncode, r.stderr)
 
 
 def rev_list(repo: Path, rng: str, *extra: str) -> list[str]:

@@ -125,9 +125,21 @@ def parse_text(path: Path, text: str) -> Lock:
             path=check_relative(path, f"{where}.path", u["path"], allow_dot=True),
             patches=check_relative(path, f"{where}.patches", u["patches"]),
             sha256=_hashes(path, f"{where}.sha256", u.get("sha256", {}))))
-    paths = [u.path for u in upstreams]
-    if len(set(paths)) != len(paths):
-        raise _fail(path, "two upstreams share one path")
+    for i, a in enumerate(upstreams):
+        for b in upstreams[i + 1:]:
+            if a.path == b.path:
+                raise _fail(path, f"two upstreams share one path: {a.name} and {b.name} are both at {a.path!r}",
+                            hint="give each upstream its own path")
+            # one series folder per upstream, none inside another's: each would read the other's
+            # patches as strays or as its own, and export would write into the other's series
+            inner = next(((x, y) for x, y in ((a, b), (b, a))
+                          if x.patches == y.patches or x.patches.startswith(y.patches + "/")), None)
+            if inner:
+                x, y = inner
+                how = (f"{x.name} and {y.name} both use {x.patches!r}" if x.patches == y.patches
+                       else f"{x.name}'s {x.patches!r} is inside {y.name}'s {y.patches!r}")
+                raise _fail(path, f"two upstreams share one patches folder: {how}",
+                            hint="give each upstream its own patches folder, none inside another's")
     overlay = None
     if "overlay" in data:
         o = data["overlay"]

@@ -20,11 +20,13 @@ through a bind mount, another path, another user's cache, after the overlay was 
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import git, locks, operation, patchset, rebase_state, worktree
+from . import git, locks, operation, patchset, rebase_state, series, worktree
 from . import lock as lockmod
 from .durable import fault_point
 from .errors import Exit, ZpatchError
@@ -89,8 +91,25 @@ def busy(root: Path) -> tuple[str, str] | None:
             what = f"`zpatch {j['op']}` (pid {j['pid']})" if j else "a zpatch write"
         except ZpatchError:
             what = "a zpatch write (its journal is damaged)"
+        if _held(root):        # alive, in the middle of its writes: not interrupted
+            return f"{what} is writing this overlay right now", "wait for it to finish, then rerun"
         return f"{what} was interrupted while writing this overlay", WRITE_HINT
     return None
+
+
+def _held(root: Path) -> bool:
+    """Whether a writer holds the overlay lock now (asked without taking it for long, or creating it)."""
+    try:
+        fd = os.open(area(root) / "lock", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def refuse_installed(root: Path, command: str) -> None:
@@ -161,9 +180,11 @@ def _sweep(d: Path) -> None:
             tmp.unlink()
 
 
-def render_series(names: list[str]) -> bytes:
-    """A series file listing NAMES (quilt's format, one per line)."""
-    return "".join(n + "\n" for n in names).encode()
+def render_series(root: Path, rel: str, names: list[str]) -> bytes:
+    """The series file at ROOT/REL rewritten to list NAMES, keeping the maintainer's comments and
+    options (series.rewrite); a plain list when there is none yet."""
+    old = worktree.read(root, rel)
+    return series.rewrite(old, names) if old is not None else "".join(n + "\n" for n in names).encode()
 
 
 def new_lock(ov: patchset.Overlay, hashes: dict[str, dict[str, str]]) -> lockmod.Lock:

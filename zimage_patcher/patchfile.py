@@ -101,6 +101,58 @@ def _check_mode(name: str, line: str) -> None:
                           hint="patches may only change regular files")
 
 
+def _git_mode(raw: str) -> int:
+    """The mode git reads from a mode line's text (strtoul base 8: leading zeros are fine, no digits is
+    0), canonicalized as git stores it in the index: a regular file is 100644 or, with the owner's
+    execute bit, 100755; a symlink 120000; anything else a folder or a gitlink (160000)."""
+    digits = re.match(r"[0-7]+", raw)
+    mode = int(digits.group(), 8) if digits else 0
+    kind = mode & 0o170000
+    if kind == 0o100000:
+        return 0o100755 if mode & 0o100 else 0o100644
+    return kind if kind in (0o120000, 0o040000) else 0o160000
+
+
+def mode_changes(data: bytes) -> list[tuple[str, str]]:
+    """(file, new mode) for each file of the git-format patch DATA that a `new mode` or `new file mode`
+    line gives a mode other than 100644, judged as git will (100700 is 100755, 100600 is 100644,
+    `new mode 0100755` is 100755), the mode as six octal digits. The file is the new name (a rename's
+    `rename to`, else `+++ b/...`, else the header's b side). Lenient: nothing is refused here."""
+    text = data.decode("utf-8", "surrogateescape")
+    out: list[tuple[str, str]] = []
+    name: str | None = None
+    mode: int | None = None
+    in_header = False
+
+    def flush() -> None:
+        if name is not None and mode is not None and mode != 0o100644:
+            out.append((name, f"{mode:06o}"))
+
+    for line in (l.rstrip("\r") for l in text.split("\n")):
+        if line.startswith("diff --git "):
+            flush()
+            m = _DIFF_GIT.match(line)
+            name = _strip(_unquote(m.group(2)), "b/") if m else None
+            mode, in_header = None, True
+        elif not in_header:
+            continue
+        elif line.startswith(("@@ ", "Binary files ", "GIT binary patch")):
+            in_header = False
+        elif line.startswith("rename to "):
+            name = _unquote(line[len("rename to "):])
+        elif line.startswith("+++ "):
+            target = _unquote(line[4:].split("\t", 1)[0])
+            if target != "/dev/null":
+                name = _strip(target, "b/")
+            in_header = False
+        elif line.startswith(("new mode", "new file mode")):
+            m = _MODE_LINE.match(line)
+            if m and m.group(1) is not None:
+                mode = _git_mode(m.group(1))
+    flush()
+    return out
+
+
 def _strip(path: str, prefix: str) -> str:
     return path[len(prefix):] if path.startswith(prefix) else path
 

@@ -115,7 +115,8 @@ def _no_link(root: Path, rel: str) -> None:
     for part in PurePosixPath(rel).parts:
         cur = cur / part
         if cur.is_symlink():
-            raise ZpatchError(f"{cur}: is a symlink; the overlay's lock, series folders and patches must be plain",
+            raise ZpatchError(f"{cur}: is a symlink; the overlay's lock, series folders, patches and node "
+                              "files must be plain",
                               Exit.BAD_OVERLAY, hint="replace the link with the file or folder it points to")
 
 
@@ -163,6 +164,7 @@ def collect(root: Path, *, verify_hashes: bool = True) -> tuple[Overlay | None, 
     problems += [Problem("layout", e, up) for up, e in _layout_problems(ov)]
     if lk.overlay:
         try:
+            _no_link(root, lk.overlay.source)    # the folder and every folder above it, as for patches
             src = ov.overlay_source()
             overlay_files(src)     # refuses symlinks in the node's source folder
             if verify_hashes:

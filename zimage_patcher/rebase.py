@@ -410,7 +410,7 @@ def _overlay_files(ov: Overlay, s: Series, op: RebaseState) -> tuple[dict[str, b
 
         hashes[e["name"]] = e["data_sha256"]
     if list(hashes) != [p.name for p in s.patches]:     # keep quilt's comments when nothing moved
-        files[f"{d}/series"] = overlay_write.render_series(list(hashes))
+        files[f"{d}/series"] = overlay_write.render_series(ov.root, f"{d}/series", list(hashes))
     lk = lockmod.parse(ov.root / lockmod.LOCK_NAME)
     for u in lk.upstreams:
         if u.name == s.upstream.name:

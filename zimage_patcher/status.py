@@ -62,7 +62,9 @@ def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
     """An upstream in edit mode: its commits as export would write them (the branch's, when an edit or
     unapply killed between its git steps left HEAD off it; none when it has no branch yet)."""
     interrupted = edit_mode.half_made(t) or not edit_mode.on_branch(t)
-    sp = None if edit_mode.half_made(t) else edit_mode.plan(ws, t, allow_dirty=True, head=edit_mode.BRANCH_REF)
+    moved = edit_mode.pin_moved(t)         # a rebase moved the pin: the branch cannot be exported any more
+    sp = (None if edit_mode.half_made(t) or moved
+          else edit_mode.plan(ws, t, allow_dirty=True, head=edit_mode.BRANCH_REF))
     states = {"unchanged": "committed", "changed": "changed", "new": "new"}
     patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches] if sp else []
     patches += [{"name": n, "state": "dropped"} for n in sp.removed] if sp else []
@@ -71,7 +73,8 @@ def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
     return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
             "patches": patches, "foreign_changes": foreign,
             "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches) if sp else 0,
-                     "exported": bool(sp) and not sp.changed and not interrupted, "interrupted": interrupted}}
+                     "exported": (edit_mode.exported(ws, t) if moved else bool(sp) and not sp.changed)
+                     and not interrupted, "interrupted": interrupted, "pin_moved": moved}}
 
 
 def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:

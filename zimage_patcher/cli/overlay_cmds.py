@@ -36,8 +36,10 @@ def lock_cmd(ctx):
     root = ctx.overlay_root(for_writing=True)
     with overlay_write.hold(root, "lock") as writer:
         changed = overlay_write.relock(root, writer)
-    ctx.emit({"overlay": str(root), "changed": changed},
-             ("Updated upstream.lock: " + ", ".join(changed)) if changed else "upstream.lock is up to date.")
+    said = [writer.recovered] if writer.recovered else []
+    ctx.emit({"overlay": str(root), "changed": changed, "recovered": writer.recovered},
+             "\n".join(said + [("Updated upstream.lock: " + ", ".join(changed)) if changed
+                                else "upstream.lock is up to date."]))
 
 
 @command("export", "zpatch export ./ComfyUI --check")
@@ -60,7 +62,7 @@ def export_cmd(ctx, checkout, check, offline, force):
     else:
         res = edit.export(ctx.overlay_root(for_writing=not check), Path(checkout) if checkout else None,
                           check=check, force=force)
-    lines = []
+    lines = [res["recovered"]] if res.get("recovered") else []
     for u in res["upstreams"]:
         moved = [p for p in u["patches"] if p["state"] != "unchanged"]
         lines.append(f"{u['name']}: {len(u['patches'])} patch(es), {len(moved)} to write"
@@ -71,6 +73,8 @@ def export_cmd(ctx, checkout, check, offline, force):
                   "(`zpatch check` requires them; git commit --amend to add)"
                   for p in u["patches"] if p.get("missing_headers")]
         lines += [f"  dropped   {n}" for n in u["removed"]]
+    for w in res.get("warnings", []):
+        ctx.warn(w)
     if not res["changed"]:
         lines.append("The patch files are up to date." if check else "Nothing to export: the patch files are up to date.")
     elif check:

@@ -157,6 +157,9 @@ def _status_advice(res: dict) -> list[str]:
         out.append(f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either first rolls the "
                    "interrupted change back)")
     editing = [u for u in res["upstreams"] if u.get("edit")]
+    if any(u["edit"].get("pin_moved") for u in editing):
+        out.append(f"  (edit mode: the pin moved since `zpatch edit` (a rebase); `zpatch unapply {co}` leaves it, "
+                   "and says how to keep commits that were not exported)")
     if any(u["edit"].get("interrupted") for u in editing):
         out.append(f"  (edit mode was interrupted half way: `zpatch edit {co}` finishes entering it, "
                    f"`zpatch unapply {co}` finishes leaving it)")
