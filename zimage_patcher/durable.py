@@ -68,23 +68,18 @@ def sync_files(paths) -> None:
     sync_dirs([*held, *(p.parent for p in held)])
 
 
-def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: bool | None = None) -> None:
-    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
-    SYNC: also durable across a power cut once it returns (the file, then its folder; SYNC_FOLDER
-    False leaves the folder to a caller that writes many files there and syncs it once).
-    An exception (a full disk, Ctrl-C, SIGTERM) removes the temp file before it goes on."""
-    tmp = path.with_name(path.name + ".tmp")
-    if os.path.lexists(tmp):
-        if not stat.S_ISREG(os.lstat(tmp).st_mode):
-            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
-                              hint="move it away, then rerun")
-        os.unlink(tmp)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+def fill_and_rename(fd: int, tmp: Path, path: Path, data: bytes, *, sync: bool = True,
+                    mode: int | None = None) -> None:
+    """Write DATA to FD (the temp file TMP, opened by the caller), give it MODE, sync it, close it and
+    rename it over PATH. An exception (a full disk, Ctrl-C, SIGTERM) removes TMP before it goes on,
+    and an OSError names PATH (a write on a descriptor names no file)."""
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            if mode is not None:
+                os.fchmod(fd, mode)
             if sync:
                 os.fsync(fd)
         finally:
@@ -97,8 +92,23 @@ def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: boo
         except OSError:
             pass
         if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(path)        # a write on a descriptor names no file: the error must
+            e.filename = str(path)
         raise
+
+
+def write_atomic(path: Path, data: bytes, *, sync: bool = True, sync_folder: bool | None = None) -> None:
+    """Temp, fsync, rename, never through a symlink: readers see the old bytes or the new.
+    SYNC: also durable across a power cut once it returns (the file, then its folder; SYNC_FOLDER
+    False leaves the folder to a caller that writes many files there and syncs it once).
+    An exception (a full disk, Ctrl-C, SIGTERM) removes the temp file before it goes on."""
+    tmp = path.with_name(path.name + ".tmp")
+    if os.path.lexists(tmp):
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise ZpatchError(f"{tmp}: is in the way of zpatch's temporary file", Exit.BAD_CHECKOUT,
+                              hint="move it away, then rerun")
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fill_and_rename(fd, tmp, path, data, sync=sync)
     if sync if sync_folder is None else sync_folder:
         sync_dirs([path.parent])
     fault_point()

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path, PurePosixPath
 
 from . import git, paths
-from .durable import fault_point
+from .durable import fault_point, fill_and_rename
 from .errors import Exit, ZpatchError, from_oserror
 
 TMP_SUFFIX = ".zpatch-tmp"
@@ -84,26 +84,7 @@ def write(root: Path, rel: str, data: bytes, *, executable: bool = False) -> lis
         os.unlink(tmp)
     # a new file gets 0666/0777 minus the umask, as git gives it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o777 if executable else 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if keep is not None:
-                os.fchmod(fd, keep)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fault_point()
-        os.replace(tmp, target)
-    except BaseException as e:      # a full disk, Ctrl-C, SIGTERM: no temp file left behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(target)      # a write on a descriptor names no file: the error must
-        raise
+    fill_and_rename(fd, tmp, target, data, mode=keep)
     fault_point()
     return created
 
