@@ -94,7 +94,7 @@ class Context:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
         stopped, a write interrupted). Writers ask the front door (overlay_write.hold), which refuses."""
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
-        if not for_writing and self.command != "rebase":
+        if not for_writing:
             from .. import overlay_write
             busy = overlay_write.busy(root)
             if busy:
