@@ -262,3 +262,18 @@ def test_stripspace_is_gits():
     for case in cases:
         # bytes in, so git's answer comes back without Python's newline translation
         assert git.stripspace(case) == git.run(["stripspace"], input=case.encode()).stdout, repr(case)
+
+
+def test_export_check_shows_what_differs(zpatch, world, checkout):
+    """A newcomer: `export --check` said "stale" without showing what differs."""
+    import re
+    p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
+    p.write_bytes(re.sub(rb"^index ([0-9a-f]{7})[0-9a-f]+\.\.([0-9a-f]{7})[0-9a-f]+", rb"index \1..\2",
+                         p.read_bytes(), flags=re.M))          # short blob ids: applies, but not canonical
+    world.relock()
+    r = zpatch("export", "--check", expect=1)
+    assert "--- a/patches/comfyui-gguf/0002-loader-tokenizer.patch" in r.stdout
+    res = zpatch.json("export", "--check", expect=1)
+    diff = next(p["diff"] for u in res["upstreams"] for p in u["patches"] if p["name"] == "0002-loader-tokenizer.patch")
+    assert re.search(r"^-index [0-9a-f]{7}\.\.[0-9a-f]{7} ", diff, re.M) and re.search(r"^\+index [0-9a-f]{40}\.\.", diff, re.M)
+    assert all(p["diff"] == "" for u in res["upstreams"] for p in u["patches"] if p["name"] != "0002-loader-tokenizer.patch")

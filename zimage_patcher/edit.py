@@ -5,6 +5,7 @@ commits, rebase -i, drop), and `export` writes the series back through the overl
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import shlex
@@ -187,11 +188,24 @@ def _result(ov: Overlay, ws: Workspace, plans: list[edit_mode.SeriesPlan], *, ch
     result = {"overlay": str(ov.root), "checkout": str(ws.checkout), "check": check,
               "changed": any(p.changed for p in plans), "upstreams": []}
     for sp in plans:
+        old = {p.name: p.data for p in sp.target.series.patches}
+        d = sp.target.series.upstream.patches
         result["upstreams"].append({
             "name": sp.target.name, "reordered": sp.reordered, "removed": sp.removed,
             "patches": [{"name": p.name, "state": p.state, "commit": p.commit,
-                         "missing_headers": _missing_headers(p.data)} for p in sp.patches]})
+                         "missing_headers": _missing_headers(p.data),
+                         "diff": _diff(f"{d}/{p.name}", old.get(p.name), p.data)} for p in sp.patches]})
     return result
+
+
+def _diff(rel: str, old: bytes | None, new: bytes | None) -> str:
+    """What would change in the patch file REL, as `git diff` shows it ("" when nothing)."""
+    if old == new:
+        return ""
+    a = (old or b"").decode("utf-8", "replace").splitlines(keepends=True)
+    b = (new or b"").decode("utf-8", "replace").splitlines(keepends=True)
+    return "".join(difflib.unified_diff(a, b, f"a/{rel}" if old is not None else "/dev/null",
+                                        f"b/{rel}" if new is not None else "/dev/null"))
 
 
 def _missing_headers(data: bytes) -> list[str]:
@@ -215,7 +229,8 @@ def canonical(ov: Overlay, *, offline: bool = False) -> dict:
             for c, p in zip(commits, s.patches):
                 data = patchfile.keep_headers(idx.format_patch(c), p.data)
                 state = "unchanged" if data == p.data else "changed"
-                entry["patches"].append({"name": p.name, "state": state, "commit": None})
+                entry["patches"].append({"name": p.name, "state": state, "commit": None,
+                                         "diff": _diff(f"{s.upstream.patches}/{p.name}", p.data, data)})
                 result["changed"] |= state != "unchanged"
         result["upstreams"].append(entry)
     return result

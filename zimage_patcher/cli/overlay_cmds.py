@@ -77,7 +77,8 @@ def export_cmd(ctx, checkout, check, offline, force):
         ctx.warn(w)
     if not res["changed"]:
         lines.append("The patch files are up to date." if check else "Nothing to export: the patch files are up to date.")
-    elif check:
+    elif check:      # what differs, as `git diff --exit-code` shows it
+        lines += [p["diff"].rstrip("\n") for u in res["upstreams"] for p in u["patches"] if p.get("diff")]
         lines.append("The patch files differ from the export: run `zpatch export "
                      + (str(checkout) if checkout else "CHECKOUT") + "` (from an edit-mode checkout)")
     else:
