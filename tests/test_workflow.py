@@ -150,6 +150,8 @@ def test_allow_drift_applies_three_way_on_a_moved_upstream(world, zpatch, tmp_pa
     text = (dest / "comfy/sd.py").read_text()
     assert "line 10 PATCHED" in text and "line 30 upstream" in text
     assert git("diff", "--cached", "--name-only", cwd=dest) == ""   # index left alone
+    out = zpatch("status", dest, expect=1).output      # off the pin on purpose: no advice to merge again
+    assert "--3way" not in out and "off pin" not in out
 
 
 def test_console_script_runs(world, tmp_path):

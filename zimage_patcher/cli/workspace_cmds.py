@@ -167,7 +167,8 @@ def _status_advice(res: dict) -> list[str]:
         if not all(u["edit"]["exported"] for u in editing):
             out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
         out.append(f"  (edit mode: `zpatch unapply {co}` goes back to the pins once exported)")
-    off = [u for u in res["upstreams"] if not u["at_pin"] and not u.get("edit")]
+    # off its pin and not merged there on purpose (a 3-way apply that succeeded needs no advice)
+    off = [u for u in res["upstreams"] if not u["at_pin"] and not u.get("edit") and not u["three_way"]]
     if off:
         out.append(f"  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --3way {co}` to merge)")
     if states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing" and not editing):
