@@ -646,3 +646,31 @@ def test_the_hint_for_an_edited_file_a_patch_created_is_a_command_that_works(zpa
     mine.unlink()                        # the user follows it (after saving the edit)
     zpatch("apply", checkout)
     assert zpatch.json("status", checkout)["clean"]
+
+
+def test_following_the_save_hints_for_edits_in_both_upstreams_loses_nothing(world, zpatch, checkout, tmp_path,
+                                                                            monkeypatch):
+    """A newcomer lost work: the hint saved every edit to one `my.patch`, so following it for the second
+    repository overwrote the first. Each hint now names its own file; run literally, they keep both."""
+    import re
+    import subprocess
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    zpatch("apply", checkout)
+    sd, loader = checkout / "comfy/sd.py", checkout / "custom_nodes/ComfyUI-GGUF/loader.py"
+    sd.write_text(sd.read_text().replace("line 11 of sd.py", "line 11 MINE-A"))
+    loader.write_text(loader.read_text().replace("loader line 30", "loader line 30 MINE-B"))
+    for _ in range(4):
+        r = zpatch("apply", checkout, expect=None)
+        if r.exit_code == 0:
+            break
+        assert r.exit_code == 4, r.output
+        hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+        save, restore = re.fullmatch(r"hint: save your edit \((.+)\), restore the file with (.+), then rerun", hint).groups()
+        for cmd in (save, restore):
+            assert subprocess.run(cmd, shell=True, capture_output=True).returncode == 0, cmd
+    assert r.exit_code == 0
+    saved = sorted((tmp_path / "home").glob("zpatch-saved-*.patch"))
+    assert len(saved) == 2
+    texts = sorted(p.read_text() for p in saved)
+    assert ["MINE-A" in t for t in texts].count(True) == 1 and ["MINE-B" in t for t in texts].count(True) == 1

@@ -6,7 +6,6 @@ with a journal. Nothing is written or deleted unless its bytes are what zpatch e
 """
 from __future__ import annotations
 
-import shlex
 import tempfile
 from pathlib import Path, PurePosixPath
 
@@ -15,7 +14,7 @@ from .errors import Exit, ZpatchError
 from .operation import Change
 from .patchset import Overlay, cwd, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
-from .workspace import Target, Workspace, edited, user_edits
+from .workspace import Target, Workspace, edited, save_edit_hint, user_edits
 
 
 def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
@@ -52,14 +51,8 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
         if ur:
             edited = user_edits(t, ur)
             if edited:
-                path = t.repo / edited[0]
-                if git.tree_blobs(t.repo, "HEAD", [edited[0]]):
-                    hint = (f"save your edit (git -C {shlex.quote(str(t.repo))} diff > my.patch), restore the file "
-                            f"with git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(edited[0])}, then rerun")
-                else:      # a patch created it: git knows nothing to diff or check out
-                    hint = f"save your edit (cp {shlex.quote(str(path))} ~/), then rm -- {shlex.quote(str(path))} and rerun"
-                raise ZpatchError(f"{path}: modified since zpatch applied it; refusing to overwrite",
-                                  Exit.BAD_CHECKOUT, hint=hint)
+                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
+                                  Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
         head = git.tree_blobs(t.repo, "HEAD", fresh)
@@ -285,9 +278,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
             edited = user_edits(t, ur) if ur else []
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
-                                  "that edit", Exit.BAD_CHECKOUT,
-                                  hint=f"keep a copy of your edit, make the file upstream's again (git -C {t.repo} "
-                                       f"checkout -- {edited[0]}, or delete it if a patch created it), then rerun")
+                                  "that edit", Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
         changes: list[Change] = []
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)

@@ -3,6 +3,7 @@
 The commands on it live in clone.py, apply.py, edit.py and status.py."""
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -195,3 +196,19 @@ def user_edits(t: Target, ur: UpstreamRecord) -> list[str]:
     which knows eol conversion, decides): those hold someone's work."""
     changed = edited(t, ur)
     return sorted(git.changed_paths(t.repo, changed)) if changed else []
+
+
+def save_edit_hint(t: Target, rel: str) -> str:
+    """How to keep someone's edit of REL (in T) and make the file upstream's again, as commands to
+    copy. The copy is named after the upstream, the file and the edit's own blob id, so following the
+    hint for several files, or twice, never writes over an earlier copy."""
+    path = t.repo / rel
+    blob = (worktree.blob_id(t.top, t.file(rel)) or "gone")[:12]
+    repo, q = shlex.quote(str(t.repo)), shlex.quote(rel)
+    name = f"zpatch-saved-{t.name}-{PurePosixPath(rel).name}-{blob}"
+    if git.tree_blobs(t.repo, "HEAD", [rel]):
+        return (f"save your edit (git -C {repo} diff -- {q} > ~/{name}.patch), restore the file with "
+                f"git -C {repo} checkout -- {q}, then rerun")
+    # a patch created it: git knows nothing to diff or check out
+    return f"save your edit (cp -- {shlex.quote(str(path))} ~/{name}), then rm -- {shlex.quote(str(path))} and rerun"
+

@@ -177,7 +177,8 @@ def _status_advice(res: dict) -> list[str]:
         out.append("  (conflict: the patch does not apply to the files as they are; "
                    "`git diff` shows what differs from upstream)")
     if "modified" in states or (res["node"] and res["node"]["state"] == "modified"):
-        out.append("  (edited after apply: keep the edit with `git diff > my.patch`, or restore the file)")
+        out.append("  (edited after apply: keep each edit (git -C REPO diff -- FILE > FILE.edit.patch), or restore the "
+                   "file (git -C REPO checkout -- FILE); `zpatch unapply` names each file)")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
