@@ -222,3 +222,24 @@ def test_json_envelope_and_keys_are_stable(world, zpatch, tmp_path):
     err = zpatch.json("apply", tmp_path / "missing", expect=4)
     assert set(err) == {"schema", "command", "ok", "error", "hint", "exit_code", "details"}
     assert err["ok"] is False and err["exit_code"] == 4 and err["schema"] == 2
+
+
+def test_the_off_pin_hint_works_as_printed_on_an_applied_checkout(world, zpatch, tmp_path):
+    """A newcomer: on an applied checkout that had moved off its pin, the hint `git checkout <pin>`
+    failed (git refuses to check out over zpatch's changes). The hint, run literally, gets back."""
+    import os
+    import sys
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    moved = commit(world.comfy_up, {"nodes.py": "NODES = 2\n"}, "upstream moves elsewhere")
+    git("fetch", "-q", "origin", cwd=dest)
+    git("checkout", "-q", "--detach", moved, cwd=dest)          # git carries zpatch's changes along
+    r = zpatch("apply", dest, expect=4)
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    cmd = hint[len("hint: "):].split("; or rerun with --3way", 1)[0]
+    assert cmd.startswith(f"zpatch unapply {dest} && git -C {dest} checkout --detach {world.comfy_pin}")
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=world.overlay, env=env)
+    assert done.returncode == 0, done.stderr
+    assert git("rev-parse", "HEAD", cwd=dest) == world.comfy_pin
+    assert zpatch.json("status", dest)["clean"] is True

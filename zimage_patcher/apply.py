@@ -7,6 +7,7 @@ with a journal. Nothing is written or deleted unless its bytes are what zpatch e
 from __future__ import annotations
 
 import tempfile
+import shlex
 from pathlib import Path, PurePosixPath
 
 from . import clone, diagnose, edit_mode, git, operation, patchfile, record, worktree
@@ -35,6 +36,18 @@ def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     return True
 
 
+def _back_to_pin(ws: Workspace, t: Target, rec: Record | None) -> str:
+    """Commands that put T back on its pin in the state it is in: an applied checkout is unapplied
+    first (git would refuse to check out over zpatch's changes) and applied again after, and a pin
+    the repository lacks is fetched first."""
+    co, repo = shlex.quote(str(ws.checkout)), shlex.quote(str(t.repo))
+    steps = [] if git.has_commit(t.repo, t.pin) else [f"git -C {repo} fetch origin {t.pin}"]
+    steps.append(f"git -C {repo} checkout --detach {t.pin}")
+    if rec is not None and rec.upstreams:
+        steps = [f"zpatch unapply {co}", *steps, f"zpatch apply {co}"]
+    return f"{' && '.join(steps)}; or rerun with --3way to merge the patches onto what is there"
+
+
 def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, str | None]:
     """Everything that can refuse the apply, checked before anything is written."""
     heads = {}
@@ -43,9 +56,7 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
         if heads[t.name] != t.pin and not three_way:
             at = f"is at {heads[t.name][:12]}" if heads[t.name] else "has a HEAD that cannot be read"
             raise ZpatchError(f"{t.repo}: {t.name} {at}, pinned at {t.pin[:12]}",
-                              Exit.BAD_CHECKOUT,
-                              hint=f"git -C {t.repo} checkout {t.pin}, or rerun with --3way "
-                                   "to merge the patches onto what is there")
+                              Exit.BAD_CHECKOUT, hint=_back_to_pin(ws, t, rec))
     for t in ws.targets:
         ur = rec.upstreams.get(t.name) if rec else None
         if ur:
