@@ -243,3 +243,14 @@ def test_the_off_pin_hint_works_as_printed_on_an_applied_checkout(world, zpatch,
     assert done.returncode == 0, done.stderr
     assert git("rev-parse", "HEAD", cwd=dest) == world.comfy_pin
     assert zpatch.json("status", dest)["clean"] is True
+
+
+def test_verify_says_a_patch_that_no_longer_applies_is_a_conflict(world, zpatch):
+    """A newcomer: verify exited 1 (findings) when a patch no longer applied, and --json said ok."""
+    p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace(" # loader line 19\n", " # loader line 19 NOT THERE\n", 1))
+    world.relock()
+    res = zpatch.json("verify", "--no-smoke", expect=5)
+    assert res["ok"] is False and res["exit_code"] == 5 and res["passed"] is False
+    failed = res["steps"][-1]
+    assert failed["step"] == "check" and "0002-loader-tokenizer.patch" in failed["error"]["error"]

@@ -94,7 +94,13 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     def do_check():
         res = check.run(root, offline=offline)
         if not res["clean"]:
-            raise ZpatchError(res["problems"][0]["message"], check.exit_code(res), details=res)
+            # a failing step is a failure (2 and up), never check's "found something" (1): a patch that
+            # does not apply is a conflict, an unreachable upstream is unreachable, the rest is the overlay
+            kinds = {p["kind"] for p in res["problems"]}
+            code = (Exit.CONFLICT if "conflict" in kinds else Exit.UNREACHABLE if kinds <= {"upstream"}
+                    else Exit.BAD_OVERLAY)
+            first = next((p for p in res["problems"] if p["kind"] == "conflict"), res["problems"][0])
+            raise ZpatchError(first["message"], code, hint=first.get("hint"), details=res)
         return f"{sum(len(s['patches']) for s in res['series'])} patches lint clean and apply on the pins", res
 
     def do_apply():
