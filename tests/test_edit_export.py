@@ -277,3 +277,21 @@ def test_export_check_shows_what_differs(zpatch, world, checkout):
     diff = next(p["diff"] for u in res["upstreams"] for p in u["patches"] if p["name"] == "0002-loader-tokenizer.patch")
     assert re.search(r"^-index [0-9a-f]{7}\.\.[0-9a-f]{7} ", diff, re.M) and re.search(r"^\+index [0-9a-f]{40}\.\.", diff, re.M)
     assert all(p["diff"] == "" for u in res["upstreams"] for p in u["patches"] if p["name"] != "0002-loader-tokenizer.patch")
+
+
+def test_an_exported_change_says_when_and_exports_once(zpatch, world, checkout):
+    """A newcomer: export kept a stale Last-Update on a patch it rewrote."""
+    import datetime
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    zpatch("edit", checkout)
+    g = gguf(checkout)
+    (g / "loader.py").write_text((g / "loader.py").read_text().replace("loader line 36\n", "loader line 36 x\n"))
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
+    zpatch("export", checkout)
+    p = world.overlay / "patches/comfyui-gguf/0003-loader-external-tokenizer.patch"
+    assert f"\nLast-Update: {today}\n" in p.read_text()
+    untouched = (world.overlay / "patches/comfyui-gguf/0001-loader-gemma3.patch").read_text()
+    assert f"Last-Update: {today}" not in untouched          # only what changed is stamped
+    assert zpatch.json("export", checkout)["changed"] is False   # the stamp alone is no change
+    assert zpatch.json("export", checkout, "--check")["changed"] is False
+    assert zpatch.json("export", "--check")["changed"] is False

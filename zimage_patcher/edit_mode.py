@@ -232,8 +232,10 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
         if src in existing and claimed[src] == c:
             old = existing[src]
             data = patchfile.keep_headers(data, old.data)
-            p = PatchOut(src, old.data if data == old.data else data,
-                         "unchanged" if data == old.data else "changed", c)
+            if patchfile.same_but_last_update(data, old.data):     # the file's own date stays
+                p = PatchOut(src, old.data, "unchanged", c)
+            else:                 # a patch whose change moved says when (as rebase does)
+                p = PatchOut(src, patchfile.stamp_last_update(data), "changed", c)
         else:
             name = git.format_patch_name(t.repo, c, i)
             if name in existing and name not in claimed and existing[name].data == data:

@@ -1,6 +1,7 @@
 """One git-mailbox patch: its headers, the paths it touches, and the checks that refuse hostile ones."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -282,6 +283,22 @@ def _fields(head: bytes) -> list[tuple[bytes, list[bytes]]]:
             key = next((k for k in _KNOWN if line.startswith(k)), line.split(b":", 1)[0])
             fields.append((key, [line]))
     return fields
+
+
+def stamp_last_update(data: bytes) -> bytes:
+    """DATA with its message's DEP-3 Last-Update set to today (UTC): a patch whose change moved says when."""
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    head, sep, diff = data.partition(b"\ndiff --git ")
+    head = re.sub(rb"^Last-Update:.*$", f"Last-Update: {today}".encode(), head, count=1, flags=re.M)
+    return head + sep + diff
+
+
+def same_but_last_update(a: bytes, b: bytes) -> bool:
+    """A and B differ at most in their messages' Last-Update line."""
+    def strip(d: bytes) -> bytes:
+        head, sep, diff = d.partition(b"\ndiff --git ")
+        return re.sub(rb"^Last-Update:.*$", b"Last-Update:", head, count=1, flags=re.M) + sep + diff
+    return strip(a) == strip(b)
 
 
 def keep_headers(new: bytes, old: bytes) -> bytes:

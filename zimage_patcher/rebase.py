@@ -20,7 +20,6 @@ patch is through, as its one transaction, whose commit point is the lock: a kill
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 import re
@@ -54,17 +53,6 @@ def _series(ov: Overlay, name: str) -> Series:
         raise ZpatchError(f"{name}: no such upstream in {lockmod.LOCK_NAME}", Exit.USAGE,
                           hint="one of: " + ", ".join(s.upstream.name for s in ov.series))
     return s
-
-
-def _today() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-
-
-def _stamp(data: bytes) -> bytes:
-    """DATA with its message's DEP-3 Last-Update set to today: a patch that moved says when."""
-    head, sep, diff = data.partition(b"\ndiff --git ")
-    head = re.sub(rb"^Last-Update:.*$", f"Last-Update: {_today()}".encode(), head, count=1, flags=re.M)
-    return head + sep + diff
 
 
 _HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@", re.M)
@@ -209,7 +197,7 @@ def _classify(entry: dict, data: bytes, p: Patch) -> bytes:
         entry["state"] = "unchanged"
         return data
     entry["state"] = "refreshed" if _change(data) == _change(p.data) else "changed"
-    return _stamp(data)
+    return patchfile.stamp_last_update(data)
 
 
 def _change(data: bytes) -> list[bytes]:
@@ -321,7 +309,7 @@ def _format(ov: Overlay, idx: git.ScratchIndex, op: RebaseState, by_name: dict[s
                           Exit.INTERNAL, hint="zpatch rebase --abort, then report this")
     for e, data in zip(todo, texts):
         if e.get("resolved"):
-            data = _stamp(patchfile.keep_headers(data, by_name[e["name"]].data))
+            data = patchfile.stamp_last_update(patchfile.keep_headers(data, by_name[e["name"]].data))
         else:
             data = _classify(e, data, by_name[e["name"]])
         e["data_sha256"] = hashlib.sha256(data).hexdigest()
