@@ -176,6 +176,9 @@ def test_verify_stops_at_the_failing_step(world, zpatch, tmp_path):
     world.relock()
     r = zpatch("verify", "--no-smoke", expect=5)
     assert "FAIL compile" in r.stdout and "does not compile" in r.stderr
+    import re
+    import shutil
+    shutil.rmtree(re.search(r"kept in (\S+) \(remove it", r.stdout).group(1))
 
 
 def test_noop_fast_path_reads_head_on_a_branch_too(world, zpatch, tmp_path):
@@ -254,3 +257,16 @@ def test_verify_says_a_patch_that_no_longer_applies_is_a_conflict(world, zpatch)
     assert res["ok"] is False and res["exit_code"] == 5 and res["passed"] is False
     failed = res["steps"][-1]
     assert failed["step"] == "check" and "0002-loader-tokenizer.patch" in failed["error"]["error"]
+
+
+def test_a_failed_verify_keeps_the_folder_its_hint_names(world, zpatch):
+    """A newcomer: verify's failure hint named files in a temporary folder gone when verify exited."""
+    p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
+    p.write_text(p.read_text().replace("+# loader line 20 tokenizer", "+def broken(:"))
+    world.relock()
+    res = zpatch.json("verify", "--no-smoke", expect=5)
+    from pathlib import Path
+    kept = Path(res["workdir"])
+    assert res["kept"] is True and (kept / "ComfyUI/custom_nodes/ComfyUI-GGUF/loader.py").is_file()
+    import shutil
+    shutil.rmtree(kept)

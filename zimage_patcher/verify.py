@@ -56,8 +56,9 @@ def _warnings(name: str, data) -> list:
 
 def run(root: Path, *, workdir: Path | None = None, offline: bool = False, python: str | None = None,
         device: str = "cpu", control: bool = False, smoke: bool = True, on_step=None,
-        progress: bool = False) -> dict:
-    """Each step's result goes to ON_STEP as soon as it finishes (the CLI streams them)."""
+        progress: bool = False, keep_failed: bool = False) -> dict:
+    """Each step's result goes to ON_STEP as soon as it finishes (the CLI streams them).
+    KEEP_FAILED: a scratch folder (no WORKDIR) is kept when a step fails, for the files its hint names."""
     scratch = _workdir(workdir)
     steps: list[dict] = []
     result = {"workdir": str(scratch), "passed": False, "steps": steps}
@@ -167,7 +168,9 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     except _Stop:
         pass
     finally:
-        if workdir is None:
+        # a failure's hint names files in the scratch folder: keep it for the user to look at
+        result["kept"] = workdir is not None or (keep_failed and not result["passed"])
+        if not result["kept"]:
             shutil.rmtree(scratch, ignore_errors=True)
     return result
 

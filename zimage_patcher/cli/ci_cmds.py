@@ -55,13 +55,14 @@ def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
     on_step = None if ctx.as_json or ctx.verbosity < 0 else (lambda s: click.echo(_step_line(s)))
     res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
                      device=device, control=control, smoke=not no_smoke, on_step=on_step,
-                     progress=on_step is not None)
+                     progress=on_step is not None, keep_failed=True)
     if res["passed"]:
         done = "Verified: the overlay applies on the pins" + (
             " and compiles; the smoke generation was not run (--no-smoke)." if no_smoke
             else " and the smoke generation passes.")
     else:
-        done = f"Verification failed at {res['steps'][-1]['step']}."
+        done = (f"Verification failed at {res['steps'][-1]['step']}; its files are kept in {res['workdir']} "
+                "(remove it when done).")
     ctx.emit(res, done)
     if not res["passed"]:
         err = next(s["error"] for s in res["steps"] if not s["ok"])
