@@ -171,7 +171,7 @@ def test_the_hint_carries_the_excludes_the_checkout_began_with(world, zpatch, tm
     assert cli(world.overlay, "checkout", dest, "--exclude", "nodes.py", kill_at=6).returncode == -signal.SIGKILL
     r = zpatch("status", dest, expect=4)
     argv = hinted(r)
-    assert argv[2:] == [str(dest), "--exclude", "nodes.py"], argv
+    assert argv[2:] == ["--overlay", str(world.overlay), str(dest), "--exclude", "nodes.py"], argv
     zpatch(*argv[1:])
     assert not (dest / "nodes.py").exists() and (ref / ".git/info/sparse-checkout").read_text() == \
         (dest / ".git/info/sparse-checkout").read_text()

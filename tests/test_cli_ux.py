@@ -157,3 +157,23 @@ def test_global_options_go_before_the_command_too_and_quiet_keeps_the_failure(wo
     assert r.stderr.startswith("error: CONFLICT in 0002-loader-tokenizer.patch") and r.stderr.count("\n") == 1
     r = CliRunner().invoke(main, ["--json", "rebase", "--overlay", str(world.overlay), "--abort"])
     assert r.exit_code == 0 and __import__("json").loads(r.stdout)["exit_code"] == 0
+
+
+def test_a_hint_names_the_overlay_the_user_named(world, zpatch, tmp_path, monkeypatch):
+    """A newcomer ran `zpatch check --overlay OV` from elsewhere; the hint's `zpatch lock` then failed
+    where they stood. With --overlay given, every zpatch command in a hint carries it."""
+    import shlex
+    import subprocess
+    import sys
+    p = world.overlay / "patches/comfyui-gguf/0001-loader-gemma3.patch"
+    p.write_bytes(p.read_bytes().replace(b"Last-Update:", b"X-Reviewed: yes\nLast-Update:", 1))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    r = zpatch("export", "--check", expect=3)
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    assert f"zpatch lock --overlay {shlex.quote(str(world.overlay))}" in hint, hint
+    cmd = hint.split("run `", 1)[1].split("`", 1)[0]
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    assert subprocess.run(cmd, shell=True, cwd=elsewhere, env=env, capture_output=True).returncode == 0
+    assert zpatch.json("check", "--no-apply")["clean"]

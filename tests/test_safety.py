@@ -482,10 +482,11 @@ def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
     zpatch("checkout", dest)
 
 
-def test_outside_any_checkout_the_hint_is_to_name_one(zpatch, tmp_path, monkeypatch):
+def test_outside_any_checkout_the_hint_is_to_name_one(zpatch, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = zpatch("status", expect=4)
-    assert "not inside a ComfyUI checkout" in error_line(r) and "zpatch checkout DIR" in r.stderr
+    assert "not inside a ComfyUI checkout" in error_line(r) and \
+        f"zpatch checkout --overlay {world.overlay} DIR" in r.stderr      # the overlay the user named
     assert "git clone" not in r.stderr
 
 

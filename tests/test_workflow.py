@@ -240,7 +240,8 @@ def test_the_off_pin_hint_works_as_printed_on_an_applied_checkout(world, zpatch,
     r = zpatch("apply", dest, expect=4)
     hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
     cmd = hint[len("hint: "):].split("; or rerun with --3way", 1)[0]
-    assert cmd.startswith(f"zpatch unapply {dest} && git -C {dest} checkout --detach {world.comfy_pin}")
+    ov = f"--overlay {world.overlay}"        # the hint names the overlay the user named
+    assert cmd.startswith(f"zpatch unapply {ov} {dest} && git -C {dest} checkout --detach {world.comfy_pin}")
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=world.overlay, env=env)
     assert done.returncode == 0, done.stderr

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -54,6 +55,19 @@ def say(text: str, *, err: bool = False) -> None:
 def warn(text: str) -> None:
     click.echo(click.style("warning:", fg="yellow") if _colour() else "warning:", err=True, nl=False)
     click.echo(" " + safe(text), err=True)
+
+
+_ZPATCH_CMD = re.compile(r"\bzpatch (checkout|apply|unapply|status|check|lock|export|edit|rebase|drift|verify)\b"
+                         r"(?![^`;,)]*--overlay)")
+
+
+def with_overlay(text: str | None, overlay_dir: str | None) -> str | None:
+    """TEXT with every zpatch command in it given `--overlay DIR` when the user named the overlay on the
+    command line: the advice must work where the user is, which need not be in the overlay."""
+    if not text or not overlay_dir:
+        return text
+    q = shlex.quote(str(Path(overlay_dir).resolve()))
+    return _ZPATCH_CMD.sub(lambda m: f"{m.group(0)} --overlay {q}", text)
 
 
 def report_error(message: str, hint: str | None) -> None:
@@ -261,6 +275,7 @@ def command(name: str, help_example: str):
             except ZpatchError as e:
                 if ctx.overlay_busy and e.exit_code == Exit.BAD_OVERLAY:
                     e.hint = ctx.overlay_busy     # not "zpatch lock" or "restore the file" by hand
+                e.hint = with_overlay(e.hint, overlay_dir)
                 if as_json:
                     click.echo(envelope(name, False, e.to_json()))
                 else:
