@@ -94,7 +94,7 @@ def test_status_reports_modified_patches_and_foreign_changes(world, zpatch, tmp_
     st = zpatch.json("status", dest, expect=1)
     comfy = st["upstreams"][0]
     assert comfy["patches"] == [{"name": "0001-sd-accept-4-D-latents.patch", "state": "modified"}]
-    assert comfy["foreign_changes"] == [{"path": "nodes.py", "git_status": " M"}]
+    assert comfy["foreign_changes"] == [{"path": "nodes.py", "git_status": " M", "in_patched_file": False}]
     text = zpatch("status", dest, expect=1).stdout
     assert "foreign    M nodes.py" in text and "edited after apply" in text and "zpatch apply" not in text
     # the nested repository's files are not reported as foreign to ComfyUI
@@ -271,3 +271,24 @@ def test_a_failed_verify_keeps_the_folder_its_hint_names(world, zpatch):
     assert res["kept"] is True and (kept / "ComfyUI/custom_nodes/ComfyUI-GGUF/loader.py").is_file()
     import shutil
     shutil.rmtree(kept)
+
+
+def test_status_shows_a_hand_edit_on_an_unapplied_checkout_and_its_advice_works(world, zpatch, tmp_path):
+    """A newcomer: status on an unapplied checkout hid a hand edit in a patched file, and its advice
+    (`zpatch apply`) then refused. It names the edit; its advice, run literally, applies and keeps it."""
+    import os
+    import sys
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    sd = dest / "comfy/sd.py"
+    sd.write_text(sd.read_text().replace("line 3 of sd.py", "line 3 MINE"))
+    res = zpatch.json("status", dest, expect=1)
+    assert {"path": "comfy/sd.py", "git_status": " M", "in_patched_file": True} in res["upstreams"][0]["foreign_changes"]
+    out = zpatch("status", dest, expect=1).output
+    import re
+    line = next(ln for ln in out.splitlines() if "keep them aside with" in ln)
+    cmd = " && ".join(re.findall(r"`([^`]+)`", line))
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=world.overlay, env=env)
+    assert done.returncode == 0, (cmd, done.stderr)
+    assert zpatch.json("status", dest)["clean"] is True
+    assert "line 3 MINE" in git("stash", "show", "-p", cwd=dest)            # the edit is kept

@@ -40,8 +40,13 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
             else:
                 s = "applied"
             patches.append({"name": p.name, "state": s})
-        foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
-                   if f not in t.series.files and not _inside_nested(t, ws.targets, f)]
+        # a file the series changes is the patches' business only where a patch is there (zpatch's or
+        # applied by hand); anywhere else a change in it is the user's own edit, in the way of apply
+        theirs = {f for p, e in zip(t.series.patches, patches) if e["state"] != "missing" and e["state"] != "conflict"
+                  for f in p.files} | (set(ur.files) if ur else set())
+        foreign = [{"path": f, "git_status": code, "in_patched_file": f in t.series.files}
+                   for f, code in sorted(git.changed_paths(t.repo).items())
+                   if f not in theirs and not _inside_nested(t, ws.targets, f)]
         entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
                  "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign}
         out["upstreams"].append(entry)

@@ -1,6 +1,7 @@
 """checkout, apply, unapply, status: the commands that act on a ComfyUI checkout."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -171,7 +172,12 @@ def _status_advice(res: dict) -> list[str]:
     off = [u for u in res["upstreams"] if not u["at_pin"] and not u.get("edit") and not u["three_way"]]
     if off:
         out.append(f"  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --3way {co}` to merge)")
-    if states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing" and not editing):
+    blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
+    if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
+        stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash" for u in blocking)
+        out.append(f"  (your edits in files the patches change: keep them aside with `{stash}`, then "
+                   f"`zpatch apply {shlex.quote(co)}`)")
+    elif states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing" and not editing):
         out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
     if "conflict" in states:
         out.append("  (conflict: the patch does not apply to the files as they are; "
