@@ -209,8 +209,8 @@ def test_status_sees_edits_and_untracked_files_inside_the_nested_repository(zpat
     (gguf / "nodes.py").write_text("GGUF = 2\n")
     (gguf / "new_file.py").write_text("x\n")
     st = zpatch.json("status", checkout, expect=1)
-    assert st["upstreams"][1]["foreign_changes"] == [{"path": "new_file.py", "git_status": "??"},
-                                                     {"path": "nodes.py", "git_status": " M"}]
+    assert st["upstreams"][1]["foreign_changes"] == [{"path": "new_file.py", "git_status": "??", "in_patched_file": False},
+                                                     {"path": "nodes.py", "git_status": " M", "in_patched_file": False}]
     assert st["upstreams"][0]["foreign_changes"] == []
     assert "foreign    M nodes.py" in zpatch("status", checkout, expect=1).stdout
 
