@@ -463,8 +463,8 @@ def rev_parse(repo: Path, rev: str, kind: str = "commit") -> str | None:
     r = run(args, cwd=repo, check=False)
     if r.ok:
         return r.stdout.strip()
-    if r.returncode == 1 and not r.stderr.strip():
-        return None
+    if (r.returncode == 1 and not r.stderr.strip()) or "dereferences to" in r.stderr:
+        return None           # no such ref, or one that names another kind of object
     raise GitError(args, repo, r.returncode, r.stderr)
 
 
