@@ -141,8 +141,14 @@ def commit(root: Path, journal: Path, kind: str, changes: list[Change], point: P
     # folders the writes will create: a rollback removes them again when empty
     dirs = sorted({d for c in changes if c.after is not None for d in parent_dirs(paths.under(c.root, c.path))
                    if not os.path.lexists(root / d)})
+    # A commit point whose bytes do not change cannot tell "done" from "not begun": then the journal
+    # records none, and a kill is always rolled back (a series reordered with the lock unchanged).
+    try:
+        same = point_data is not None and point.read_bytes() == point_data
+    except OSError:
+        same = False
     entry = {"version": 2, "op": kind, "pid": os.getpid(),
-             "commit_after": digest(point_data) if point_data is not None else None,
+             "commit_after": digest(point_data) if point_data is not None and not same else None,
              "changes": [{k: v for k, v in asdict(c).items() if k != "data"} for c in changes],
              "dirs": dirs, "sweep": list(sweep)}
     # the journal's folders may be new (`.git/zpatch`, a rebase's area): their names must last too
