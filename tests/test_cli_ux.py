@@ -177,3 +177,15 @@ def test_a_hint_names_the_overlay_the_user_named(world, zpatch, tmp_path, monkey
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
     assert subprocess.run(cmd, shell=True, cwd=elsewhere, env=env, capture_output=True).returncode == 0
     assert zpatch.json("check", "--no-apply")["clean"]
+
+
+def test_shell_completion_offers_the_overlays_upstream_names(world):
+    """A newcomer: completion did not complete upstream names (rebase UPSTREAM, drift --upstream)."""
+    import subprocess
+    import sys
+    env = {**os.environ, "_ZPATCH_COMPLETE": "bash_complete", "COMP_CWORD": "4"}
+    for words, want in ((["rebase", "--overlay", str(world.overlay), "comfyui-"], ["comfyui-gguf"]),
+                        (["rebase", "--overlay", str(world.overlay), "comf"], ["comfyui", "comfyui-gguf"])):
+        r = subprocess.run([sys.executable, "-c", "from zimage_patcher.cli import main; main(prog_name='zpatch')"],
+                           capture_output=True, text=True, env={**env, "COMP_WORDS": " ".join(["zpatch", *words])})
+        assert [line.split(",", 1)[1] for line in r.stdout.split()] == want, r.stdout + r.stderr

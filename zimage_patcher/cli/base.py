@@ -177,6 +177,17 @@ class Group(click.Group):
             sys.exit(int(Exit.USAGE))
 
 
+def complete_upstream(ctx, _param, incomplete: str):
+    """Shell completion of an upstream name: the overlay's, from its lock (--overlay when given)."""
+    from .. import lock as lockmod
+    try:
+        root = patchset.find_root(ctx.params.get("overlay_dir"))
+        names = [u.name for u in lockmod.parse(root / lockmod.LOCK_NAME).upstreams]
+    except ZpatchError:
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
 def _hoist(args: list[str]) -> list[str]:
     """ARGS with the shared options given before the command name moved after it."""
     front: list[str] = []

@@ -7,7 +7,7 @@ import click
 
 from ..errors import Exit, ZpatchError
 from ..smoke.oneline import one_line
-from .base import command, report_error
+from .base import command, complete_upstream, report_error
 
 
 @command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models")
@@ -73,7 +73,8 @@ def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
 
 
 @command("drift", "zpatch drift --upstream comfyui --smoke --markdown")
-@click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.")
+@click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.",
+              shell_complete=complete_upstream)
 @click.option("--to", "to", default=None, metavar="REF", help="Target instead of origin/<tracked branch>.")
 @click.option("--markdown", is_flag=True, help="Print the report as Markdown (a step summary, an issue body).")
 @click.option("--smoke", is_flag=True,

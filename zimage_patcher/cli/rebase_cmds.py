@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import Exit, ZpatchError
-from .base import command
+from .base import command, complete_upstream
 
 
 def _text(res: dict) -> str:
@@ -30,7 +30,7 @@ def _text(res: dict) -> str:
 
 
 @command("rebase", "zpatch rebase comfyui --onto origin/master --dry-run")
-@click.argument("upstream", required=False)
+@click.argument("upstream", required=False, shell_complete=complete_upstream)
 @click.option("--onto", "onto", metavar="REF", help="Target: a commit, tag, branch or origin/<branch>.")
 @click.option("--dry-run", is_flag=True, help="Do everything, write nothing; report every patch.")
 @click.option("--allow-unrelated", is_flag=True, help="Allow a target that does not descend from the pin.")
