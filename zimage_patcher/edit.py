@@ -106,13 +106,14 @@ def export(root: Path, checkout: Path | None, *, check: bool = False, force: boo
         ov = patchset.load(root)                 # read under the lock: what this export replaces
         ws = Workspace.open(ov, checkout)
         plans = [edit_mode.plan(ws, t) for t in ws.targets]
+        # what each branch exports, as the edit base records a series: [name, sha256] in order
+        stamps = {sp.target.name: [[p.name, _sha256(p.data)] for p in sp.patches] for sp in plans}
         if not force:
             for sp in plans:
-                _refuse_stale(ws, sp, plans)
+                _refuse_stale(ws, sp, plans, stamps[sp.target.name])
         result = _result(ov, ws, plans, check=False)
         result["recovered"] = writer.recovered
         tips = {sp.target.name: git.rev_parse(sp.target.repo, "HEAD") for sp in plans}
-        stamps = {sp.target.name: [[p.name, _sha256(p.data)] for p in sp.patches] for sp in plans}
         if result["changed"]:
             files: dict[str, bytes | None] = {}
             for sp in plans:
@@ -122,8 +123,7 @@ def export(root: Path, checkout: Path | None, *, check: bool = False, force: boo
                 if sp.series_changed:
                     rel = f"{d}/{seriesmod.SERIES_NAME}"
                     files[rel] = overlay_write.render_series(ov.root, rel, sp.names)
-            lk = overlay_write.new_lock(ov, {sp.target.name: {p.name: _sha256(p.data) for p in sp.patches}
-                                             for sp in plans})
+            lk = overlay_write.new_lock(ov, {name: dict(stamp) for name, stamp in stamps.items()})
             result["lock_changed"] = overlay_write.lock_changes(ov.lock, lk)
             for sp in plans:      # before the write: a kill after it still knows the overlay is this branch's
                 edit_mode.record_base(sp.target, stamps[sp.target.name], tips[sp.target.name], edit_mode.NEXT)
@@ -152,14 +152,14 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _refuse_stale(ws: Workspace, sp: edit_mode.SeriesPlan, plans: list[edit_mode.SeriesPlan]) -> None:
+def _refuse_stale(ws: Workspace, sp: edit_mode.SeriesPlan, plans: list[edit_mode.SeriesPlan],
+                  ours: list[list[str]]) -> None:
     """The overlay moved on since `zpatch edit` made this branch (another checkout exported, a rebase
     changed a patch at the same pin): writing the branch would put the older text back over the newer,
     as a non-fast-forward push would. Refuse, unless the overlay already is what this export writes, or
     what this branch last exported (recorded before that export wrote, so a kill there does not count)."""
     t = sp.target
     now = edit_mode.series_stamp(t.series)
-    ours = [[p.name, _sha256(p.data)] for p in sp.patches]
     if now == ours:
         return
     rec, nxt = edit_mode.base_record(t), edit_mode.base_record(t, edit_mode.NEXT)
