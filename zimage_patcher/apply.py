@@ -104,7 +104,7 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
         idx = git.ScratchIndex(t.repo, tmp)
         idx.read_tree("HEAD")
         if reverse:
-            _load_work_tree(t, idx, paths, current, head)
+            load_work_tree(t, idx, paths, current, head)
             copies = [record.copy_path(ws.zdir, ref) for ref in undo.patches]
             for ref, c in zip(undo.patches, copies):
                 extra = set(patchfile.load(c, ref.name).files) - set(paths)
@@ -137,7 +137,7 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                 for p in paths}, head
 
 
-def _load_work_tree(t: Target, idx: git.ScratchIndex, paths: list[str], current: dict[str, bytes | None],
+def load_work_tree(t: Target, idx: git.ScratchIndex, paths: list[str], current: dict[str, bytes | None],
                     head: dict[str, tuple[str, str]]) -> None:
     """The work tree's bytes of PATHS into IDX, as git would store them; a file whose upstream blob
     has CRLF keeps its bytes (git's own rule: never renormalize what the index holds with CRLF)."""

@@ -36,7 +36,8 @@ EXIT_HELP = {
     Exit.BAD_OVERLAY: "overlay invalid: `upstream.lock`, a series or a patch malformed, tampered or hostile",
     Exit.BAD_CHECKOUT: "checkout invalid: missing, not a repository, off its pin, user changes in the way, "
                        "or its zpatch record damaged",
-    Exit.CONFLICT: "a patch does not apply (`rebase`, `drift`: a conflict on the new upstream commit)",
+    Exit.CONFLICT: "a patch does not apply (`rebase`, `drift`: a conflict on the new upstream commit; `refresh`: an "
+                   "edit no single patch owns, or a later patch in its way)",
     Exit.UNREACHABLE: "an upstream cannot be reached (or, with `--offline`, is not cached)",
     Exit.SMOKE_FAILED: "the smoke generation failed (`drift --smoke`: on the rebased series)",
     Exit.ENVIRONMENT: "a required tool (git, the smoke Python) is missing or failed",

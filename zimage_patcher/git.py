@@ -538,3 +538,67 @@ def stripspace(text: str) -> str:
         blank = False
         out.append(line)
     return "".join(line + "\n" for line in out)
+
+
+# ---------------------------------------------------------------- refresh: whose lines an edit touches
+
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def diff_hunks(repo: Path, old: str, new: str, path: str) -> list[tuple[int, int, int, int]] | None:
+    """PATH's changes from tree-ish OLD to NEW as (old_start, old_len, new_start, new_len) hunks
+    without context (git's numbering: a zero-length side starts at the line before); None when git
+    calls the change binary."""
+    out = run(_neutral(["diff-tree", "-p", "-U0", "--no-renames", "--no-ext-diff", "--no-textconv", old, new,
+                        "--", path]), cwd=repo, env=_QUIET).stdout
+    hunks = []
+    for line in out.splitlines():
+        if line.startswith("Binary files ") or line == "GIT binary patch":
+            return None
+        m = _HUNK.match(line)
+        if m:
+            a, b, c, d = m.groups()
+            hunks.append((int(a), 1 if b is None else int(b), int(c), 1 if d is None else int(d)))
+    return hunks
+
+
+def diff_trees(repo: Path, old: str, new: str) -> bytes:
+    """The patch from tree-ish OLD to NEW, full index lines, as `git apply` takes it."""
+    r = run(_neutral(["diff-tree", "-p", "--full-index", "--binary", "--no-renames", "--no-ext-diff",
+                      "--no-textconv", old, new]), cwd=repo, env=_QUIET, input=b"")
+    return r.stdout.encode("utf-8", "surrogateescape")
+
+
+def blame_commits(repo: Path, boundary: str, rev: str, path: str, first: int, last: int) -> set[str]:
+    """The commits of BOUNDARY..REV that last changed lines FIRST..LAST of PATH at REV (lines older
+    than BOUNDARY are its, and count as none)."""
+    r = run(["blame", "--porcelain", "-L", f"{first},{last}", f"{boundary}..{rev}", "--", path], cwd=repo)
+    found, skip = set(), set()
+    current = None
+    for line in r.stdout.splitlines():
+        m = re.match(r"^([0-9a-f]{40}) \d+ \d+", line)
+        if m:
+            current = m.group(1)
+            found.add(current)
+        elif line == "boundary" and current:
+            skip.add(current)
+    return found - skip
+
+
+def write_blobs(repo: Path, datas: list[bytes]) -> list[str]:
+    """DATAS into REPO's object store byte for byte (they are already as git stores them), one process."""
+    if not datas:
+        return []
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="zpatch-blobs-") as tmp:
+        names = []
+        for i, data in enumerate(datas):
+            name = os.path.join(tmp, str(i))
+            with open(name, "wb") as f:
+                f.write(data)
+            names.append(name)
+        ids = run(["hash-object", "-w", "--no-filters", "--stdin-paths"], cwd=repo,
+                  input="".join(n + "\n" for n in names)).stdout.split()
+    if len(ids) != len(datas):
+        raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(datas)} blobs", Exit.ENVIRONMENT)
+    return ids

@@ -1,5 +1,5 @@
 """The one front door for writing the overlay: patches/<upstream>/ (patch files and series) and
-upstream.lock. rebase, export, lock and edit come in here; nothing else writes those files.
+upstream.lock. rebase, export, lock, refresh and edit come in here; nothing else writes those files.
 
 It works as git's lockfile API does for the index and refs. `hold(root, command)`:
   1. refuses the overlay bundled into an installed zpatch (nobody should edit that copy);

@@ -136,7 +136,8 @@ def status_cmd(ctx, checkout):
         else:
             pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
         lines.append(f"{u['name']} ({u['path']}): pin {u['pin'][:12]}, {pin}")
-        lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"]]
+        lines += [f"  {p['state']:<9} {p['name']}" + (f" ({', '.join(map(field, p['edited']))})" if p.get("edited") else "")
+                  for p in u["patches"]]
         lines += [f"  foreign   {f['git_status']} {field(f['path'])}" for f in u["foreign_changes"]]
     if res["node"]:
         lines.append(f"node {res['node']['path']}: {res['node']['state']}")
@@ -183,8 +184,9 @@ def _status_advice(res: dict) -> list[str]:
         out.append("  (conflict: the patch does not apply to the files as they are; "
                    "`git diff` shows what differs from upstream)")
     if "modified" in states or (res["node"] and res["node"]["state"] == "modified"):
-        out.append("  (edited after apply: keep each edit (git -C REPO diff -- FILE > FILE.edit.patch), or restore the "
-                   "file (git -C REPO checkout -- FILE); `zpatch unapply` names each file)")
+        out.append(f"  (edited after apply: `zpatch refresh {shlex.quote(co)}` folds the edits into their patches and "
+                   "the overlay's node; or keep each edit aside (git -C REPO diff -- FILE > FILE.edit.patch) and "
+                   "restore the file (git -C REPO checkout -- FILE))")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
@@ -203,4 +205,41 @@ def edit_cmd(ctx, checkout):
         lines.append(f"{u['name']}: {len(u['commits'])} commit(s) on {u['branch']} over {u['base'][:12]}")
         lines += [f"  {c['commit'][:12]} {c['patch']}" for c in u["commits"]]
     lines.append(f"Edit with git in each repository, then: zpatch export {res['checkout']}")
+    ctx.emit(res, "\n".join(lines))
+
+
+@command("refresh", "zpatch refresh ./ComfyUI --dry-run")
+@click.argument("checkout", **CHECKOUT_ARG)
+@click.option("--into", "into", metavar="PATCH", default=None,
+              help="Put every edit into this patch (its file name), wherever its lines come from.")
+@click.option("--new", "new", metavar="SUBJECT", default=None,
+              help="Put every edit into a new patch with this subject, at the end of its series.")
+@click.option("--dry-run", is_flag=True, help="Say which patch each edit would go into; write nothing.")
+def refresh_cmd(ctx, checkout, into, new, dry_run):
+    """Fold your edits of an applied checkout into the overlay, as `quilt refresh` does: each changed
+    hunk goes into the patch that owns its lines (the one that last changed them), edits of the node
+    go into the overlay's node, and upstream.lock follows. The checkout stays applied; a fresh
+    checkout + apply then gives the same bytes. An edit on lines no single patch owns needs --into
+    or --new."""
+    from .. import refresh
+    res = refresh.refresh(ctx.overlay_root(for_writing=not dry_run), _path(checkout), into=into, new=new,
+                          dry_run=dry_run)
+    lines = [res["recovered"]] if res.get("recovered") else []
+    for u in res["upstreams"]:
+        if u["rerecorded"]:
+            lines.append(f"{u['name']}: the checkout already holds the overlay's series; recorded it as applied")
+        for h in u["hunks"]:
+            lines.append(f"{u['name']}: {field(h['path'])} lines {h['lines'][0]}-{h['lines'][1]} -> {h['patch']}")
+        lines += [f"  {p['state']:<9} {p['name']}" for p in u["patches"] if p["state"] != "unchanged"]
+    lines += [f"node: {field(f)} -> the overlay's node" for f in res["node_files"]]
+    for w in res["warnings"]:
+        ctx.warn(w)
+    if not res["changed"] and not any(u["rerecorded"] for u in res["upstreams"]):
+        lines.append("Nothing to refresh: no file was edited since apply.")
+    elif dry_run:
+        lines.append(f"Dry run: nothing written. Fold them with: zpatch refresh {shlex.quote(res['checkout'])}"
+                     + (f" --into {shlex.quote(into)}" if into else "") + (f" --new {shlex.quote(new)}" if new else ""))
+    else:
+        lines.append(f"Refreshed the overlay ({res['overlay']}); the checkout stays applied. Review with "
+                     f"`git -C {shlex.quote(res['overlay'])} diff`, then commit the overlay.")
     ctx.emit(res, "\n".join(lines))

@@ -1,0 +1,262 @@
+"""`zpatch refresh`: a hand edit in an applied checkout goes home to the patch that owns its lines (or
+where --into / --new say), and a fresh checkout + apply then gives the same bytes. Every refusal's
+advice is followed literally; a kill at every write point is finished by the next refresh."""
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from testing import run
+from testing.fixtures import LOADER_PY, error_line, git, overlay_snapshot, replace_line
+
+GGUF = "custom_nodes/ComfyUI-GGUF"
+PATCHES = "patches/comfyui-gguf"
+
+
+def edit(path, old: str, new: str) -> None:
+    text = path.read_bytes().decode()
+    assert old in text
+    path.write_bytes(text.replace(old, new, 1).encode())
+
+
+def files(co) -> dict[str, bytes]:
+    """Every work-tree file of a checkout (outside .git), by path."""
+    return {p.relative_to(co).as_posix(): p.read_bytes() for p in sorted(co.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(co).parts}
+
+
+def reproduces(world, zpatch, co, tmp_path, name="fresh") -> None:
+    """A fresh checkout of the pins + apply of the overlay as it is now gives CO's bytes, file for file;
+    the overlay passes `check`; CO's status is clean."""
+    fresh = world.clone_checkout(tmp_path / name)
+    zpatch("apply", fresh)
+    assert files(fresh) == files(co)
+    zpatch("check")
+    assert zpatch.json("status", co)["clean"]
+
+
+def hint_commands(r) -> list[str]:
+    """The commands of an error's hint, as the user would copy them (alternatives split on '   or   ')."""
+    hint = next(line for line in r.output.splitlines() if line.startswith("hint: "))[len("hint: "):]
+    return hint.split("   or   ")
+
+
+def follow(world, command: str, cwd) -> subprocess.CompletedProcess:
+    """Run a printed command line literally, in a shell, with the world's git config, zpatch as installed,
+    and CWD as the home folder (where hints save edits)."""
+    import os
+    import sys
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(command, shell=True, cwd=cwd, env={**os.environ, **world.env, "PATH": path, "HOME": str(cwd)},
+                          capture_output=True, text=True)
+
+
+def test_an_edit_goes_into_the_patch_that_owns_its_lines(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    g = checkout / GGUF
+    edit(g / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, fixed by hand\n")
+    st = zpatch.json("status", checkout, expect=1)
+    mod = [p for p in st["upstreams"][1]["patches"] if p["state"] == "modified"]
+    assert mod and all(p["edited"] == ["loader.py"] for p in mod)          # status names the file
+    text = zpatch("status", checkout, expect=1).output
+    assert "zpatch refresh" in text and "loader.py" in text
+    before = overlay_snapshot(world)
+    res = zpatch.json("refresh", checkout)
+    u = res["upstreams"][1]
+    assert u["hunks"] == [{"path": "loader.py", "lines": [20, 20], "patch": "0002-loader-tokenizer.patch"}]
+    assert [p["state"] for p in u["patches"]] == ["unchanged", "changed", "changed"]
+    after = overlay_snapshot(world)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    assert changed == [f"{PATCHES}/0002-loader-tokenizer.patch", f"{PATCHES}/0003-loader-external-tokenizer.patch",
+                       "upstream.lock"]
+    # patch 3 only names its new preimage blob (git apply --3way looks it up); its change is the same
+    three = f"{PATCHES}/0003-loader-external-tokenizer.patch"
+    differ = [(a, b) for a, b in zip(before[three].splitlines(), after[three].splitlines()) if a != b]
+    assert differ and all(a.startswith((b"index ", b"Last-Update:")) for a, _b in differ)
+    assert b"+# loader line 20 tokenizer, fixed by hand" in (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_bytes()
+    assert res["upstreams"][0] == {"name": "comfyui", "rerecorded": False, "hunks": [],
+                                   "patches": [{"name": "0001-sd-accept-4-D-latents.patch", "state": "unchanged"}]}
+    reproduces(world, zpatch, checkout, tmp_path)
+    assert "Nothing to refresh" in zpatch("refresh", checkout).output
+
+
+def test_inserted_lines_move_the_later_patches_and_apply_fresh(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    g = checkout / GGUF
+    edit(g / "loader.py", "loader line 5 gemma3\n", "loader line 5 gemma3\n# two more\n# lines\n")
+    res = zpatch.json("refresh", checkout)
+    states = {p["name"]: p["state"] for p in res["upstreams"][1]["patches"]}
+    assert states["0001-loader-gemma3.patch"] == "changed"
+    assert states["0002-loader-tokenizer.patch"] == "changed"       # its line numbers moved by two
+    reproduces(world, zpatch, checkout, tmp_path)
+    # each patch holds only its own change: patch 1 alone gives the insertion, not patch 2's line
+    one = world.clone_checkout(tmp_path / "one")
+    subprocess.run(["git", "apply", str(world.overlay / PATCHES / "0001-loader-gemma3.patch")], cwd=one / GGUF,
+                   check=True)
+    text = (one / GGUF / "loader.py").read_text()
+    assert "# two more\n# lines\n" in text and "tokenizer" not in text
+
+
+@pytest.mark.parametrize("way", [0, 1], ids=["into-the-last-patch", "a-new-patch"])
+def test_an_edit_of_upstream_lines_says_where_it_can_go_and_both_ways_work(world, zpatch, checkout, tmp_path, way):
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 10\n", "loader line 10 by hand\n")
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", checkout, expect=5)
+    assert "lines 10-10 are upstream's own" in error_line(r)
+    assert overlay_snapshot(world) == before
+    ways = hint_commands(r)
+    assert len(ways) == 2 and "--into 0003-loader-external-tokenizer.patch" in ways[0] and "--new" in ways[1]
+    done = follow(world, ways[way], tmp_path)
+    assert done.returncode == 0, done.stderr
+    if way == 1:
+        series = (world.overlay / PATCHES / "series").read_text().split()
+        assert series[-1] == "0004-Subject.patch" and len(series) == 4
+        new = (world.overlay / PATCHES / "0004-Subject.patch").read_text()
+        assert "Origin:" in new and "Upstream-License:" in new and "Forwarded: no" in new
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_a_later_patch_in_the_way_is_named_and_its_hint_works(world, zpatch, checkout, tmp_path):
+    l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
+    l2 = replace_line(l1, "loader line 7\n", "loader line 7 next to it\n")
+    world.build_overlay(gguf_edits=[("loader: gemma3", {"loader.py": l1}), ("loader: close by", {"loader.py": l2})])
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 5 gemma3\n", "loader line 5 gemma3 fixed\n")
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", checkout, expect=5)
+    assert "belongs to 0001-loader-gemma3.patch, but 0002-loader-close-by.patch after it" in error_line(r)
+    assert overlay_snapshot(world) == before
+    done = follow(world, hint_commands(r)[0].split(": ", 1)[1], tmp_path)
+    assert done.returncode == 0, done.stderr
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_edits_in_both_upstreams_and_the_node_go_home_at_once(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    edit(checkout / "comfy/sd.py", "line 10 PATCHED\n", "line 10 PATCHED twice\n")
+    edit(checkout / GGUF / "tokenizer_util.py", "UTIL = 1\n", "UTIL = 2\n")       # a file a patch creates
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"
+    node.write_text("X = 2\n")
+    res = zpatch.json("refresh", checkout)
+    assert res["node_files"] == ["nodes.py"]
+    assert (world.overlay / "node/ComfyUI-ZImage-Fix/nodes.py").read_text() == "X = 2\n"
+    assert [h["patch"] for u in res["upstreams"] for h in u["hunks"]] == [
+        "0001-sd-accept-4-D-latents.patch", "0003-loader-external-tokenizer.patch"]
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_dry_run_and_the_refusals_change_nothing(world, zpatch, checkout, tmp_path):
+    r = zpatch("refresh", checkout, expect=4)                      # nothing applied
+    assert "not applied here" in error_line(r) and "zpatch apply" in r.output
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    before, work = overlay_snapshot(world), files(checkout)
+    res = zpatch.json("refresh", checkout, "--dry-run")
+    assert res["changed"] and res["upstreams"][1]["hunks"][0]["patch"] == "0002-loader-tokenizer.patch"
+    assert "Dry run: nothing written" in zpatch("refresh", checkout, "--dry-run").output
+    assert zpatch("refresh", checkout, "--into", "nope.patch", expect=2)
+    assert zpatch("refresh", checkout, "--into", "0001-sd-accept-4-D-latents.patch", expect=2)   # another upstream's
+    assert overlay_snapshot(world) == before and files(checkout) == work
+
+
+def test_an_edit_on_an_older_series_is_refused_and_its_hint_carries_it_over(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    # the overlay moves on meanwhile (a teammate's change to patch 1, pulled into the overlay)
+    l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3 v2\n")
+    l2 = replace_line(l1, "loader line 20\n", "loader line 20 tokenizer\n")
+    l3 = replace_line(l2, "loader line 35\n", "loader line 35 external\n")
+    world.build_overlay(gguf_edits=[("loader: gemma3", {"loader.py": l1}), ("loader: tokenizer", {"loader.py": l2}),
+                                    ("loader: external tokenizer", {"loader.py": l3, "tokenizer_util.py": "UTIL = 1\n"})])
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", checkout, expect=4)
+    assert "series changed since this checkout was applied" in error_line(r)
+    assert overlay_snapshot(world) == before
+    hint = hint_commands(r)[0]
+    chain = hint.split("apply the new series: ", 1)[1].split("; then redo", 1)[0]
+    done = follow(world, chain, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    saved = shlex.split(chain.split(" > ", 1)[1])[0]
+    assert saved.startswith("~/")
+    assert "+# loader line 20 tokenizer!" in (tmp_path / saved[2:]).read_text()     # the edit is kept
+    assert "gemma3 v2" in (checkout / GGUF / "loader.py").read_text()     # the new series is applied
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")   # redone
+    assert "zpatch refresh" in hint.split("; then redo", 1)[1]
+    zpatch("refresh", checkout)
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_crlf_files_come_back_byte_for_byte(world, zpatch, checkout, tmp_path):
+    crlf = world.make_gguf_crlf()
+    git("fetch", "-q", "origin", cwd=checkout / GGUF)
+    git("checkout", "-q", "--detach", world.gguf_pin, cwd=checkout / GGUF)
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "line 20 x\r\n", "line 20 x by hand\r\n")
+    assert b"by hand\r\n" in (checkout / GGUF / "loader.py").read_bytes() and crlf
+    zpatch("refresh", checkout)
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_edit_mode_is_refused(world, zpatch, checkout):
+    zpatch("edit", checkout)
+    r = zpatch("refresh", checkout, expect=4)
+    assert "edit mode" in error_line(r)
+
+
+def test_a_kill_at_every_write_point_is_finished_by_the_next_refresh(world, zpatch, checkout, tmp_path):
+    """Killed anywhere, the overlay holds either the old series or the refreshed one (never a mix), the
+    edit is still in the checkout, and the next refresh leaves the same overlay and checkout an
+    uninterrupted run leaves."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"
+    node.write_text("X = 3\n")
+    overlay0 = tmp_path / "overlay0"
+    shutil.copytree(world.overlay, overlay0, symlinks=True)
+    co0 = tmp_path / "co0"
+    shutil.copytree(checkout, co0, symlinks=True)
+    zpatch("refresh", checkout)
+    want_overlay, want_files = overlay_snapshot(world), files(checkout)
+    n = 0
+    while True:
+        n += 1
+        shutil.rmtree(world.overlay)
+        shutil.copytree(overlay0, world.overlay, symlinks=True)
+        co = tmp_path / f"k{n}"
+        shutil.copytree(co0, co, symlinks=True)
+        r = run.zpatch("refresh", "--overlay", world.overlay, co, kill_at=n)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr
+        assert files(co) == want_files                      # the user's edit is never lost
+        done = run.zpatch("refresh", "--overlay", world.overlay, co)
+        assert done.returncode == 0, f"kill point {n}: {done.stderr}"
+        assert overlay_snapshot(world) == want_overlay, f"kill point {n}"
+        assert files(co) == want_files
+        assert zpatch.json("status", co)["clean"], f"kill point {n}"
+        shutil.rmtree(co)
+    assert n > 5
+
+
+def test_a_refresh_in_the_middle_of_its_writes_makes_the_others_wait(world, zpatch, checkout):
+    """Held after planning (both locks taken), a refresh keeps apply, export, lock and another refresh
+    out (exit 10, nothing changed), then finishes as if alone."""
+    from testing.pause import Held, zpatch_cmd
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    before, work = overlay_snapshot(world), files(checkout)
+    held = Held(zpatch_cmd(world.overlay, "refresh", checkout), "overlay-planned")
+    try:
+        for args in (("apply", checkout), ("refresh", checkout), ("lock",), ("unapply", checkout)):
+            r = run.zpatch(args[0], "--overlay", world.overlay, *args[1:])
+            assert r.returncode == 10, (args, r.stderr)
+        assert overlay_snapshot(world) == before and files(checkout) == work
+    finally:
+        done = held.release()
+    assert done.returncode == 0, done.stderr
+    assert b"tokenizer!" in (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_bytes()
+    assert zpatch.json("status", checkout)["clean"]
