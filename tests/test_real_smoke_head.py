@@ -100,7 +100,10 @@ def test_rebased_series_passes_the_smoke_at_comfyui_head(env, overlay, tmp_path)
     assert "(1500 if len(shape) < 5 or shape[2] <= 4 else 6000) * shape[-2] * shape[-1]" in text
     assert "image_latent = self.latent_dim == 3 and samples_in.ndim == 4" in text
 
-    rep = zpatch("smoke", dest, "--out", tmp_path / "smoke", env=env)["report"]
+    # the smoke checks the checkout against the overlay it is told about: the rebased one, not the repository's
+    refused = zpatch("smoke", dest, "--out", tmp_path / "smoke", env=env, expect=4)
+    assert "is not applied here" in refused["error"] and "(outdated)" in refused["error"]
+    rep = zpatch("smoke", dest, "--out", tmp_path / "smoke", "--overlay", overlay, env=env)["report"]
     assert rep["ok"] is True and rep["failure"] is None, rep["failure"]
     assert rep["commits"]["comfyui"]["commit"] == head
     assert {"stage": "load", "level": "WARNING", "message": "unet unexpected: ['norm_final.weight']"} \

@@ -17,15 +17,17 @@ _NET_ENV = {"GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "20"}
 
 
 def cache_home() -> Path:
-    """zpatch's folder under the XDG cache directory (repositories, smoke venv, smoke models)."""
+    """Everything zpatch keeps outside a checkout and an overlay (upstream repositories, the smoke venv
+    and models, the last internal error's traceback): $ZPATCH_CACHE, else zimage-patcher/ in the XDG
+    cache directory. One setting moves it all."""
+    if os.environ.get("ZPATCH_CACHE"):
+        return Path(os.environ["ZPATCH_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "zimage-patcher"
 
 
 def cache_root() -> Path:
-    """Where the bare upstream repositories live; $ZPATCH_CACHE overrides."""
-    if os.environ.get("ZPATCH_CACHE"):
-        return Path(os.environ["ZPATCH_CACHE"])
+    """Where the bare upstream repositories live."""
     return cache_home() / "repos"
 
 

@@ -89,3 +89,24 @@ def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:
     abs_path = t.repo / rel
     return any(o is not t and o.repo != t.repo and t.repo in o.repo.parents
                and (o.repo == abs_path or o.repo in abs_path.parents) for o in targets)
+
+
+def not_ready_for_smoke(ov: Overlay, checkout: Path, *, pristine: bool) -> str | None:
+    """Why CHECKOUT cannot give a meaningful smoke of overlay OV (PRISTINE: its negative control, which
+    needs upstream without the overlay); None when it can. A patch applied by hand (git am) counts as
+    applied; an edited one too (the smoke then tests the edit)."""
+    st = status(ov, checkout)
+    node = st["node"]["state"] if st["node"] else None
+    if pristine:
+        there = [p["name"] for u in st["upstreams"] for p in u["patches"] if p["state"] not in ("missing", "conflict")]
+        if there or node not in (None, "missing"):
+            return (f"the negative control needs upstream without the overlay, but {there[0] if there else 'its node'} "
+                    "is applied")
+        return None
+    absent = [f"{p['name']} ({p['state']})" for u in st["upstreams"] for p in u["patches"]
+              if p["state"] in ("missing", "conflict", "outdated")]
+    if absent or node == "missing":
+        what = absent[0] if absent else f"the node {st['node']['path']} (missing)"
+        return f"the overlay at {ov.root} is not applied here: {what}" + (
+            f" and {len(absent) - 1} more" if len(absent) > 1 else "")
+    return None

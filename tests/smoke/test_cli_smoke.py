@@ -30,12 +30,13 @@ def test_verify_with_control_passes_every_step(pristine_checkout, smoke_python, 
     assert len(smoke["images"]) == 2 and all(os.path.isfile(i["path"]) for i in smoke["images"])
 
 
-def test_smoke_on_pristine_upstream_exits_7_with_one_line(pristine_checkout, smoke_python, tmp_path):
+def test_smoke_on_pristine_upstream_is_refused_before_it_runs(pristine_checkout, smoke_python, tmp_path):
     r = zpatch("smoke", pristine_checkout, "--out", tmp_path / "out", smoke_python=smoke_python)
-    assert r.returncode == 7, r.stdout + r.stderr
+    assert r.returncode == 4, r.stdout + r.stderr
     errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert len(errors) == 1 and "smoke failed at import" in errors[0] and "zpatch apply" in errors[0]
-    assert any(l.startswith("hint: ") for l in r.stderr.splitlines())
+    assert len(errors) == 1 and "is not applied here" in errors[0] and "(missing)" in errors[0]
+    assert f"hint: zpatch apply {pristine_checkout}" in r.stderr
+    assert not (tmp_path / "out").exists()                # nothing ran, nothing was written
 
 
 def test_smoke_with_a_missing_python_exits_8(pristine_checkout, tmp_path):

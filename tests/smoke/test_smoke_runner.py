@@ -30,6 +30,7 @@ def bare_python(tmp_path) -> str:
 def no_env(monkeypatch, tmp_path):
     """No $ZPATCH_SMOKE_PYTHON, and a managed venv location in tmp (nothing there yet)."""
     monkeypatch.delenv(runner.ENV_PYTHON, raising=False)
+    monkeypatch.delenv("ZPATCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return runner.managed_venv_dir()
 

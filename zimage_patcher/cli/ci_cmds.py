@@ -25,9 +25,16 @@ from .base import command, complete_upstream, report_error
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where PNGs and report.json go (default: CHECKOUT/output/zpatch-smoke).")
 def smoke_cmd(ctx, checkout, device, tier, models, python, unpatched, out_dir):
-    """Run the Z-Image workflow headless through the patched ComfyUI stack and check the image."""
+    """Run the Z-Image workflow headless through the patched ComfyUI stack and check the image.
+    First checks that CHECKOUT holds the overlay (the one --overlay or ZPATCH_OVERLAY names), or with
+    --unpatched that it does not, so a smoke never tests something else than it says."""
+    from .. import status
     from ..smoke import runner
     checkout = Path(checkout)
+    why = status.not_ready_for_smoke(ctx.load(), checkout, pristine=unpatched)
+    if why:
+        raise ZpatchError(f"{checkout}: {why}", Exit.BAD_CHECKOUT,
+                          hint=f"zpatch unapply {checkout}" if unpatched else f"zpatch apply {checkout}")
     out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
     report = runner.run_smoke(checkout, out, python=python, device=device,
                               tier=tier or ("tiny" if device == "cpu" else "full"),

@@ -6,8 +6,10 @@ ComfyUI's requirements (pristine and patched ComfyUI could not share one process
 Python resolution (``choose_python``): the explicit ``python`` argument, else
 ``$ZPATCH_SMOKE_PYTHON``, else the interpreter running zpatch when it already has the smoke
 packages (``make run``'s .venv does), else a venv zpatch manages under
-``$XDG_CACHE_HOME/zimage-patcher/smoke-venv`` (default ``~/.cache``), created on demand from
-requirements.txt next to this file (about 6 GB: torch's CUDA build).
+``$ZPATCH_CACHE/smoke-venv`` (default ``~/.cache/zimage-patcher``), created on demand from
+requirements.txt next to this file: CPU wheels of torch on a machine without an NVIDIA GPU when
+PyTorch's CPU index answers, else PyPI's build (about 6 GB, with CUDA); ``torch_source`` decides and
+says why.
 """
 from __future__ import annotations
 
@@ -97,6 +99,57 @@ def _managed_is_current(venv: Path) -> bool:
             and stamp.read_text().strip() == _requirements_digest())
 
 
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+ENV_TORCH = "ZPATCH_SMOKE_TORCH"          # cpu, or pypi: override the choice of torch build
+ENV_CPU_INDEX = "ZPATCH_TORCH_CPU_INDEX"  # a mirror of PyTorch's CPU index
+
+
+def has_nvidia_gpu() -> bool:
+    """The NVIDIA driver lists a GPU (nvidia-smi -L)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return False
+    try:
+        r = subprocess.run([exe, "-L"], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0 and "GPU" in r.stdout
+
+
+def _answers(index: str) -> bool:
+    """INDEX serves torch (its simple-index page for torch answers within a few seconds)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(index.rstrip("/") + "/torch/", timeout=8) as r:
+            return 200 <= r.status < 300
+    except Exception:       # any network failure means "not reachable"; the choice falls back to PyPI
+        return False
+
+
+def torch_source() -> tuple[str | None, str]:
+    """Where the managed venv takes torch from: an extra pip index (PyTorch's CPU wheels, about 1 GB
+    instead of 6), or None for PyPI's default build (with CUDA); and why, in words."""
+    cpu = os.environ.get(ENV_CPU_INDEX) or CPU_INDEX
+    choice = os.environ.get(ENV_TORCH, "").strip().lower()
+    if choice == "cpu":
+        return cpu, f"CPU wheels from {cpu} (${ENV_TORCH}=cpu)"
+    if choice == "pypi":
+        return None, f"PyPI's torch build, with CUDA (${ENV_TORCH}=pypi)"
+    if has_nvidia_gpu():
+        return None, "PyPI's torch build, with CUDA: nvidia-smi lists a GPU"
+    if _answers(cpu):
+        return cpu, f"CPU wheels from {cpu}: no NVIDIA GPU here (set {ENV_TORCH}=pypi for the CUDA build)"
+    return None, (f"PyPI's torch build, with CUDA (about 6 GB): no NVIDIA GPU here, but {cpu} does not answer "
+                  f"(a mirror of it: {ENV_CPU_INDEX}=URL)")
+
+
+def install_command(python: Path, index: str | None) -> list[str]:
+    """The pip command that fills the managed venv, from INDEX too when given (torch's local
+    version +cpu satisfies requirements.txt's ==pin and sorts above PyPI's build of the same version)."""
+    extra = ["--extra-index-url", index] if index else []
+    return [str(python), "-m", "pip", "install", "--disable-pip-version-check", *extra, "-r", str(REQUIREMENTS)]
+
+
 def _run_streamed(cmd: list[str]) -> tuple[int, str]:
     """Run cmd with its stdout on our stderr (pip's progress bar stays live on a terminal) and
     its stderr copied to ours as it comes (pip's errors go there); returns the exit status and
@@ -136,16 +189,15 @@ def ensure_managed_venv(venv: Path | None = None) -> str:
             lock.acquire(timeout=3600)
         if _managed_is_current(venv):
             return str(py)
-        cpu = "https://download.pytorch.org/whl/cpu"
+        index, why = torch_source()
         print(f"zpatch: creating the smoke venv in {venv} (pip's progress follows; this takes minutes)\n"
-              f"zpatch: it needs about 6 GB of disk: torch 2.14.1 + torchvision 0.29.1, a CUDA build\n"
-              f"zpatch: on a CPU-only machine you may prefer the CPU wheels from {cpu}: rerun with "
-              f"PIP_EXTRA_INDEX_URL={cpu}, or pass --python / set {ENV_PYTHON}\n"
+              f"zpatch: torch: {why}\n"
+              f"zpatch: or pass --python / set {ENV_PYTHON} to an interpreter you have\n"
               f"zpatch: to remove it later: rm -rf {venv}", file=sys.stderr)
         steps = []
         if not py.is_file():
             steps.append([sys.executable, "-m", "venv", str(venv)])
-        steps.append([str(py), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(REQUIREMENTS)])
+        steps.append(install_command(py, index))
         for cmd in steps:
             rc, err = _run_streamed(cmd)
             if rc != 0:
@@ -270,7 +322,7 @@ def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, devic
     """Run the smoke generation (or with unpatched=True the negative control) on a checkout.
 
     synthetic_dir: where the synthetic models are written, or reused when its manifest matches
-    (default: the managed cache, $XDG_CACHE_HOME/zimage-patcher/smoke-models/TIER).
+    (default: the managed cache, $ZPATCH_CACHE/smoke-models/TIER).
 
     Returns the harness's report (a dict, also written to OUT_DIR/smoke-report.json). Raises
     ZpatchError: Exit.SMOKE_FAILED when the run fails (details = the report), Exit.ENVIRONMENT
