@@ -1,11 +1,11 @@
-"""check and lock: the commands that read or write the overlay itself (never a checkout)."""
+"""check, lock, export and publish: the commands that read or write the overlay itself (never a checkout)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from .base import command
+from .base import command, complete_upstream
 
 
 @command("check", "zpatch check --offline")
@@ -85,3 +85,33 @@ def export_cmd(ctx, checkout, check, offline, force):
         lines.append("Exported; upstream.lock updated. Review with `git diff`, then commit the overlay.")
     ctx.emit(res, "\n".join(lines))
     return Exit.FINDINGS if check and res["changed"] else Exit.OK
+
+
+@command("publish", "zpatch publish comfyui-gguf --remote git@github.com:me/ComfyUI-GGUF.git")
+@click.argument("upstream", shell_complete=complete_upstream)
+@click.option("--remote", "remote", required=True, metavar="URL",
+              help="Where to push: your fork of that upstream (a URL or path git push takes).")
+@click.option("--branch", "branch", default=None, metavar="NAME", help="Branch to publish (default: zpatch/UPSTREAM).")
+@click.option("--tag", "tag", default=None, metavar="NAME", help="Also tag the published commit (never moved).")
+@click.option("--dry-run", is_flag=True, help="Build the commits and compare with the remote; push nothing.")
+@click.option("--offline", is_flag=True, help="Use the cache only for the upstream (the push still needs the remote).")
+def publish_cmd(ctx, upstream, remote, branch, tag, dry_run, offline):
+    """Publish UPSTREAM's series as a branch of your fork: its pin plus one commit per patch (author,
+    date and message from the patch). Deterministic: the same overlay gives the same commit ids, so
+    publishing an unchanged series pushes nothing. Users then install the patched upstream by git URL
+    and branch, without zpatch. Nothing is written locally."""
+    from .. import publish
+    res = publish.publish(ctx.load(), upstream, remote, branch=branch, tag=tag, dry_run=dry_run, offline=offline)
+    where = f"{res['remote']} {res['branch']}"
+    if not res["would_push"]:
+        head = f"Up to date: {where} is {res['commit'][:12]} ({len(res['commits'])} patch commit(s) on the pin)."
+    elif dry_run:
+        head = (f"Would {'rewrite' if res['forced'] else 'update'} {where}: "
+                f"{(res['before'] or 'nothing')[:12]} -> {res['commit'][:12]}" + (f", tag {tag}" if tag else "")
+                + ". Nothing pushed.")
+    else:
+        head = (f"{'Rewrote' if res['forced'] else 'Published'} {where}: {(res['before'] or 'new')[:12]} -> "
+                f"{res['commit'][:12]}" + (f", tagged {tag}" if tag else ""))
+    lines = [head] + [f"  {c['commit'][:12]} {c['patch']}" for c in res["commits"]]
+    lines.append(f"Install it without zpatch: {res['install']}")
+    ctx.emit(res, "\n".join(lines))
