@@ -484,6 +484,17 @@ def run(argv: list[str], st: dict, token: str) -> tuple[str, str, bool]:
             raise GhError("fake gh: --head is required (the fake never pushes or guesses the current branch)")
         head, origin = opts["head"], st["origin"]
         base = opts.get("base") or _git(origin, "symbolic-ref", "--short", "HEAD").stdout.strip()
+        if ":" in head:             # OWNER:BRANCH, a branch of a fork (FakeGitHub.add_fork names its folder)
+            owner, head = head.split(":", 1)
+            fork = st.get("forks", {}).get(owner)
+            oid = _git(fork, "rev-parse", "--verify", "-q", f"refs/heads/{head}^{{commit}}") if fork else None
+            if oid is None or oid.returncode:
+                raise GhError("pull request create failed: GraphQL: Head sha can't be blank, Head ref must be a "
+                              "branch (createPullRequest)")
+            rec = _new(st, "pr", title, body, labels, login, headRefName=head, baseRefName=base,
+                       headRefOid=oid.stdout.strip(), isDraft=bool(opts.get("draft")), mergedAt=None,
+                       fork_oid=oid.stdout.strip(), fork_owner=owner)
+            return f"https://github.com/{repo}/pull/{rec['number']}\n", "", True
         oid = _git(origin, "rev-parse", "--verify", "-q", f"refs/heads/{head}^{{commit}}")
         if oid.returncode:
             raise GhError("pull request create failed: GraphQL: Head sha can't be blank, Base sha can't be blank, "
@@ -618,6 +629,11 @@ class FakeGitHub:
 
     def _rec(self, st, kind, n):
         return next(r for r in st["prs" if kind == "pr" else "issues"] if r["number"] == n)
+
+    def add_fork(self, owner: str, path) -> None:
+        """OWNER's fork of the repository is the bare repository at PATH (for `gh pr create --head OWNER:BRANCH`)."""
+        with self._mutate() as st:
+            st.setdefault("forks", {})[owner] = str(Path(path).resolve())
 
     def fork_pr(self, branch: str, body: str, *, login: str = "stranger", state: str = "OPEN") -> int:
         """A pull request from someone's fork whose branch has the same name (gh pr list --head matches

@@ -17,15 +17,12 @@ against this overlay's lock; their text reaches GitHub only through drift_report
 """
 from __future__ import annotations
 
-import base64
 import json
-import os
 import re
-import subprocess
 import tempfile
 from pathlib import Path
 
-from . import cache, drift, drift_report, drift_schema, git, patchset, rebase
+from . import cache, drift, drift_report, drift_schema, git, github, patchset, rebase
 from .errors import Exit, ZpatchError
 from .smoke.oneline import one_line
 
@@ -63,43 +60,6 @@ def _same(a: str | None, b: str | None) -> bool:
     def norm(s):
         return "\n".join(line.rstrip() for line in (s or "").replace("\r\n", "\n").split("\n")).strip()
     return norm(a) == norm(b)
-
-
-class Gh:
-    """The `gh` CLI, the only way this module talks to GitHub's API. DRY_RUN: reads run, writes are
-    only recorded."""
-
-    def __init__(self, *, dry_run: bool = False):
-        self.dry_run, self.writes = dry_run, []
-
-    def read(self, *args: str) -> list | dict:
-        return json.loads(self._run(list(args)) or "null")
-
-    def write(self, *args: str, body: str | None = None) -> str:
-        self.writes.append(" ".join(args[:3]))
-        if self.dry_run:
-            return ""
-        if body is None:
-            return self._run(list(args))
-        with tempfile.NamedTemporaryFile("w", suffix=".md", encoding="utf-8", delete=False) as f:
-            f.write(body)
-        try:
-            return self._run([*args, "--body-file", f.name])
-        finally:
-            os.unlink(f.name)
-
-    @staticmethod
-    def _run(args: list[str]) -> str:
-        try:
-            r = subprocess.run(["gh", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        except OSError as e:
-            raise ZpatchError(f"gh {args[0]}: cannot run the GitHub CLI: {e}", Exit.ENVIRONMENT,
-                              hint="install gh (https://cli.github.com) and set GH_TOKEN") from None
-        if r.returncode:
-            msg = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
-            raise ZpatchError(f"gh {' '.join(args[:2])}: {msg}", Exit.ENVIRONMENT,
-                              hint="check GH_TOKEN's permissions (contents, pull-requests, issues: write)")
-        return r.stdout
 
 
 def _pr_body(u: dict, *, target: str, pushed: str, token_kind: str, artifact: str | None) -> str:
@@ -152,7 +112,7 @@ def publish(root: Path, report_paths: list[Path], *, recreate: set[str] = frozen
             continue
         reports.append(drift_schema.load_report(Path(path)))
     merged = drift_schema.merge(reports) if reports else {"upstreams": []}
-    gh = Gh(dry_run=dry_run)
+    gh = github.Gh(dry_run=dry_run)
     base = git.run(["rev-parse", "HEAD"], cwd=root).stdout.strip()
     results = []
     if merged["upstreams"]:
@@ -195,7 +155,7 @@ def _refuse(s, u: dict) -> str | None:
     return None
 
 
-def _pull_request(root: Path, gh: Gh, u: dict, s, *, base: str, remote: str, token_kind: str, recreate: bool,
+def _pull_request(root: Path, gh: github.Gh, u: dict, s, *, base: str, remote: str, token_kind: str, recreate: bool,
                   dry_run: bool, artifact: str | None) -> str:
     name, target, br = u["name"], u.get("target"), branch(u["name"])
     prs = gh.read("pr", "list", "--head", br, "--state", "all", "--limit", "50",
@@ -265,19 +225,8 @@ def _opened(url: str) -> str:
 
 
 def _remote_head(root: Path, remote: str, br: str) -> str:
-    r = git.run(["ls-remote", remote, f"refs/heads/{br}"], cwd=root, env=_auth_env())
+    r = git.run(["ls-remote", remote, f"refs/heads/{br}"], cwd=root, env=github.auth_env())
     return r.stdout.split()[0] if r.stdout.strip() else ""
-
-
-def _auth_env() -> dict:
-    """The token for git's https requests to github.com, in the environment of that one process
-    (never in a file or on a command line); a local origin in the tests ignores it."""
-    token = os.environ.get("GH_TOKEN") or os.environ.get("GITHUB_TOKEN")
-    if not token:
-        return {}
-    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.https://github.com/.extraheader",
-            "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}"}
 
 
 def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease: str, dry_run: bool) -> str:
@@ -306,11 +255,11 @@ def _push(root: Path, u: dict, s, target: str, *, base: str, remote: str, lease:
             git.run(["worktree", "remove", "--force", str(wt)], cwd=root, check=False)
     if not dry_run:
         git.run(["push", "--quiet", f"--force-with-lease=refs/heads/{branch(name)}:{lease}", remote,
-                 f"{sha}:refs/heads/{branch(name)}"], cwd=root, env=_auth_env())
+                 f"{sha}:refs/heads/{branch(name)}"], cwd=root, env=github.auth_env())
     return sha
 
 
-def _issue(gh: Gh, u: dict, issues: list[dict], *, artifact: str | None) -> str:
+def _issue(gh: github.Gh, u: dict, issues: list[dict], *, artifact: str | None) -> str:
     name = u["name"]
     ours = [i for i in issues if (read_marker(i.get("body"), "issue") or {}).get("upstream") == name]
     mine = [i for i in ours if i.get("state") == "OPEN"]

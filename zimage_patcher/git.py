@@ -602,3 +602,32 @@ def write_blobs(repo: Path, datas: list[bytes]) -> list[str]:
     if len(ids) != len(datas):
         raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(datas)} blobs", Exit.ENVIRONMENT)
     return ids
+
+
+# ---------------------------------------------------------------- remotes: publish and forward
+
+def remote_refs(remote: str, refs: list[str], env: dict | None = None) -> dict[str, str]:
+    """REFS as REMOTE has them now (an absent ref is not in the dict)."""
+    r = run(["ls-remote", remote, *refs], check=False, env={"GIT_TERMINAL_PROMPT": "0", **(env or {})})
+    if not r.ok:
+        raise ZpatchError(f"{remote}: cannot read the remote: {r.last_line()}", Exit.UNREACHABLE,
+                          hint="check the URL (your fork of the upstream) and your credentials")
+    out = {}
+    for line in r.stdout.splitlines():
+        sha, _, name = line.partition("\t")
+        if name in refs:
+            out[name] = sha
+    return out
+
+
+def push_with_lease(repo: Path, remote: str, specs: list[str], lease_ref: str, expected: str | None,
+                    env: dict | None = None) -> None:
+    """Push SPECS from REPO to REMOTE in one atomic push, only if LEASE_REF there is still EXPECTED (None:
+    absent): a push someone made meanwhile is refused, never overwritten."""
+    r = run(["push", "--quiet", "--atomic", f"--force-with-lease={lease_ref}:{expected or ''}", remote, *specs],
+            cwd=repo, check=False, env={"GIT_TERMINAL_PROMPT": "0", **(env or {})})
+    if not r.ok:
+        import shlex
+        raise ZpatchError(f"{remote}: push refused: {r.last_line()}", Exit.GIT_REFUSED,
+                          hint="someone pushed there meanwhile, or the remote needs credentials: "
+                               f"git ls-remote {shlex.quote(remote)} shows what is there")

@@ -314,3 +314,19 @@ def keep_headers(new: bytes, old: bytes) -> bytes:
     for lines in fresh.values():
         out += lines
     return b"\n".join(out) + sep + rest
+
+
+def set_field(data: bytes, key: str, value: str) -> bytes:
+    """DATA with its message's DEP-3 field KEY set to VALUE: the field's line replaced where it is, or
+    added after the message's last DEP-3 field (at the end of the message when it has none)."""
+    head, sep, diff = data.partition(b"\ndiff --git ")
+    line = f"{key}: {value}".encode("utf-8")
+    pattern = re.compile(rb"^" + re.escape(key.encode()) + rb":.*$", re.M)
+    if pattern.search(head):
+        return pattern.sub(lambda _m: line, head, count=1) + sep + diff
+    fields = [m for m in re.finditer(rb"^(" + b"|".join(re.escape(k.encode()) for k in _DEP3) + rb"):.*$", head, re.M)]
+    if fields:
+        at = fields[-1].end()
+        return head[:at] + b"\n" + line + head[at:] + sep + diff
+    message, cut, stat = head.partition(b"\n---\n")       # git am drops what follows a cut line
+    return message.rstrip(b"\n") + b"\n\n" + line + b"\n" + cut + stat + sep + diff

@@ -34,7 +34,7 @@ def publish(ov: Overlay, upstream: str, remote: str, *, branch: str | None = Non
         idx = git.ScratchIndex(mirror, tmp, read_only=True)
         commits = idx.commit_patches(s.upstream.commit, [p.path for p in s.patches])
         tip = commits[-1] if commits else s.upstream.commit
-        remote_refs = _remote_refs(remote, [f"refs/heads/{branch}", *([f"refs/tags/{tag}"] if tag else [])])
+        remote_refs = git.remote_refs(remote, [f"refs/heads/{branch}", *([f"refs/tags/{tag}"] if tag else [])])
         before = remote_refs.get(f"refs/heads/{branch}")
         result = {"upstream": upstream, "remote": remote, "branch": branch, "commit": tip, "before": before,
                   "commits": [{"commit": c, "patch": p.name} for c, p in zip(commits, s.patches)],
@@ -52,29 +52,10 @@ def publish(ov: Overlay, upstream: str, remote: str, *, branch: str | None = Non
         if tag and old_tag is None:
             specs.append(f"{tip}:refs/tags/{tag}")
         if specs and not dry_run:
-            lease = f"--force-with-lease=refs/heads/{branch}:{before or ''}"
-            r = idx.run(["push", "--quiet", "--atomic", lease, remote, *specs], check=False, env={"GIT_TERMINAL_PROMPT": "0"})
-            if not r.ok:
-                raise ZpatchError(f"{remote}: push refused: {r.last_line()}", Exit.GIT_REFUSED,
-                                  hint="someone pushed to the branch meanwhile, or the remote needs credentials: "
-                                       f"git ls-remote {shlex.quote(remote)} {shlex.quote(branch)} shows what is there")
+            git.push_with_lease(mirror, remote, specs, f"refs/heads/{branch}", before, env=idx.env)
             result["pushed"] = True
         result["would_push"] = bool(specs)
     return result
-
-
-def _remote_refs(remote: str, refs: list[str]) -> dict[str, str]:
-    """REFS as REMOTE has them now (absent: not in the dict)."""
-    r = git.run(["ls-remote", remote, *refs], check=False, env={"GIT_TERMINAL_PROMPT": "0"})
-    if not r.ok:
-        raise ZpatchError(f"{remote}: cannot read the remote: {r.last_line()}", Exit.UNREACHABLE,
-                          hint="check the URL (a fork of the upstream) and your credentials")
-    out = {}
-    for line in r.stdout.splitlines():
-        sha, _, name = line.partition("\t")
-        if name in refs:
-            out[name] = sha
-    return out
 
 
 def _contains(idx: git.ScratchIndex, tip: str, old: str) -> bool:

@@ -157,11 +157,12 @@ def _outdated(ws: Workspace, t: Target, files: list[str]) -> ZpatchError:
 
 def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: str | None) -> Plan:
     """What refreshing T's series from the work tree writes (nothing, when T holds no edit)."""
-    co = shlex.quote(str(ws.checkout))
-    if ur.three_way or ur.commit != t.pin or git.head_commit(t.repo) != t.pin:
+    head = git.head_commit(t.repo)
+    if ur.three_way or ur.commit != t.pin or head != t.pin:
         raise ZpatchError(f"{t.repo}: {t.name} is not at its pin {t.pin[:12]} (or was applied with --3way); refresh "
                           "folds edits made on the pin", Exit.BAD_CHECKOUT,
-                          hint=f"rebase the series first (zpatch rebase {t.name} --onto <commit>)")
+                          hint=f"carry the series to that commit first (zpatch rebase {t.name} --onto {head}), or "
+                               "make the edit on a checkout at the pin")
     changed = edited(t, ur)
     same_series = [(p.name, p.sha256) for p in ur.patches] == [(p.name, p.sha256) for p in t.series.patches]
     if not same_series:

@@ -57,7 +57,7 @@ def warn(text: str) -> None:
     click.echo(" " + safe(text), err=True)
 
 
-_ZPATCH_CMD = re.compile(r"\bzpatch (checkout|apply|unapply|status|check|lock|export|edit|refresh|rebase|drift|verify|smoke|publish)\b"
+_ZPATCH_CMD = re.compile(r"\bzpatch (checkout|apply|unapply|status|check|lock|export|edit|refresh|rebase|drift|verify|smoke|publish|forward|import)\b"
                          r"(?![^`;,)]*--overlay)")
 
 

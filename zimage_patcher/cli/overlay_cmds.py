@@ -1,4 +1,4 @@
-"""check, lock, export and publish: the commands that read or write the overlay itself (never a checkout)."""
+"""check, lock, export, publish and forward: the commands that read or write the overlay itself (never a checkout)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -114,4 +114,43 @@ def publish_cmd(ctx, upstream, remote, branch, tag, dry_run, offline):
                 f"{res['commit'][:12]}" + (f", tagged {tag}" if tag else ""))
     lines = [head] + [f"  {c['commit'][:12]} {c['patch']}" for c in res["commits"]]
     lines.append(f"Install it without zpatch: {res['install']}")
+    ctx.emit(res, "\n".join(lines))
+
+
+@command("forward", "zpatch forward comfyui-gguf 0002 --push git@github.com:me/ComfyUI-GGUF.git --pr")
+@click.argument("upstream", shell_complete=complete_upstream)
+@click.argument("patches", nargs=-1, required=True)
+@click.option("--onto", "onto", metavar="REF", default=None,
+              help="Upstream commit, tag or branch to build on (default: origin/<its tracked branch>).")
+@click.option("--branch", "branch", metavar="NAME", default=None,
+              help="Name of the branch (default: zpatch-forward/<first patch>).")
+@click.option("--push", "push", metavar="URL", default=None, help="Push the branch to your fork (with a lease).")
+@click.option("--pr", is_flag=True, help="Open the pull request with gh (needs --push) and record its URL.")
+@click.option("--forwarded", "forwarded", metavar="URL", default=None,
+              help="Record this URL (a request opened by hand) as the patches' Forwarded field.")
+@click.option("--dry-run", is_flag=True, help="Build and check the commits; keep, push and write nothing.")
+@click.option("--offline", is_flag=True, help="Use the cache only (no fetch of the upstream branch).")
+def forward_cmd(ctx, upstream, patches, onto, branch, push, pr, forwarded, dry_run, offline):
+    """Make PATCHES (file names, or numbers such as 0002) of UPSTREAM an upstream-ready branch: commits on
+    the upstream branch's head with each patch's author, subject and description (the overlay's own
+    header fields left out), built over the cache's mirror, never in a checkout. --push puts it on your
+    fork, --pr opens the pull request with gh; the PR's URL (or --forwarded URL) is written into the
+    patches' Forwarded field through the overlay's front door."""
+    from .. import forward
+    res = forward.forward(ctx.overlay_root(for_writing=bool(pr or forwarded) and not dry_run), upstream,
+                          list(patches), onto=onto, branch=branch, push=push, pr=pr, forwarded=forwarded,
+                          dry_run=dry_run, offline=offline)
+    lines = [f"{upstream}: {len(res['commits'])} commit(s) on {res['onto_ref']} ({res['onto'][:12]})"
+             + ("  [dry run]" if dry_run else f", branch {res['branch']}")]
+    lines += [f"  {c['commit'][:12]} {c['patch']}" for c in res["commits"]]
+    if res["pushed"]:
+        lines.append(f"Pushed to {res['pushed']['remote']} {res['branch']}" if res["pushed"]["changed"]
+                     else f"{res['pushed']['remote']} {res['branch']} already holds it")
+    if res["pr"]:
+        lines.append(f"Opened {res['pr']}")
+    if res["written"]:
+        lines.append(f"Recorded Forwarded: {res['forwarded']} in " + ", ".join(res["written"])
+                     + "; commit the overlay.")
+    if not dry_run:
+        lines.append(f"Look at it: {forward.hint_for(res).split(': ', 1)[1]}")
     ctx.emit(res, "\n".join(lines))

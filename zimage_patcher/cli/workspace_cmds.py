@@ -118,10 +118,15 @@ def unapply_cmd(ctx, checkout, discard):
 
 @command("status", "zpatch status ./ComfyUI --json")
 @click.argument("checkout", **CHECKOUT_ARG)
-def status_cmd(ctx, checkout):
+@click.option("--upstream-state", "upstream_state", is_flag=True,
+              help="Instead: where each patch of the overlay stands upstream (not-forwarded, forwarded, merged, "
+                   "superseded, rejected, local-only), its age and size. Needs no checkout.")
+def status_cmd(ctx, checkout, upstream_state):
     """Per upstream: pin vs HEAD, each patch applied / missing / modified / outdated / conflict,
     foreign changes (inside nested repositories too), and the custom node. Read-only.
     Exits 1 when anything differs from a cleanly applied overlay."""
+    if upstream_state:
+        return _upstream_state(ctx)
     from .. import status
     res = status.status(ctx.load(), _path(checkout))
     lines = []
@@ -144,6 +149,22 @@ def status_cmd(ctx, checkout):
     lines += _status_advice(res)
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
+
+
+def _upstream_state(ctx) -> None:
+    from .. import upstream_state
+    res = upstream_state.overlay_report(ctx.load())
+    lines = []
+    for u in res["upstreams"]:
+        lines.append(f"{u['name']} ({u['url']}):")
+        for p in u["patches"]:
+            age = f", {p['age_days']} days" if p["age_days"] is not None else ""
+            lines.append(f"  {p['state']:<14} {p['name']}  (+{p['lines_added']} -{p['lines_removed']}{age})"
+                         + (f"  {field(p['where'])}" if p["where"] else ""))
+    lines.append("Totals: " + ", ".join(f"{n} {s}" for s, n in sorted(res["counts"].items())) + ".")
+    if res["counts"].get("not-forwarded"):
+        lines.append("Next: zpatch forward UPSTREAM PATCH makes an upstream-ready branch of a patch (--push, --pr)")
+    ctx.emit(res, "\n".join(lines))
 
 
 def _status_advice(res: dict) -> list[str]:
