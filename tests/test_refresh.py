@@ -122,7 +122,7 @@ def test_an_edit_of_upstream_lines_says_where_it_can_go_and_both_ways_work(world
 
 def test_a_later_patch_in_the_way_is_named_and_its_hint_works(world, zpatch, checkout, tmp_path):
     l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
-    l2 = replace_line(l1, "loader line 7\n", "loader line 7 next to it\n")
+    l2 = replace_line(l1, "loader line 6\n", "loader line 6 next to it\n")
     world.build_overlay(gguf_edits=[("loader: gemma3", {"loader.py": l1}), ("loader: close by", {"loader.py": l2})])
     zpatch("apply", checkout)
     edit(checkout / GGUF / "loader.py", "loader line 5 gemma3\n", "loader line 5 gemma3 fixed\n")
@@ -260,3 +260,106 @@ def test_a_refresh_in_the_middle_of_its_writes_makes_the_others_wait(world, zpat
     assert done.returncode == 0, done.stderr
     assert b"tokenizer!" in (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_bytes()
     assert zpatch.json("status", checkout)["clean"]
+
+
+# ---- what an attack on refresh found (each was a defect; each test failed before its fix)
+
+def test_an_edit_that_is_not_utf8_is_refused_before_anything_is_written(world, zpatch, checkout):
+    zpatch("apply", checkout)
+    p = checkout / GGUF / "loader.py"
+    p.write_bytes(p.read_bytes().replace(b"loader line 20 tokenizer\n", b"loader line 20 tokenizer \xff\xe9\n"))
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", checkout, expect=4)
+    assert "not UTF-8 text after the edit" in error_line(r)
+    assert overlay_snapshot(world) == before
+    zpatch("status", checkout, expect=1)          # the overlay still reads
+
+
+def test_an_edit_that_undoes_a_whole_patch_drops_it(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20\n")
+    res = zpatch.json("refresh", checkout)
+    assert {p["name"]: p["state"] for p in res["upstreams"][1]["patches"]}["0002-loader-tokenizer.patch"] == "dropped"
+    assert not (world.overlay / PATCHES / "0002-loader-tokenizer.patch").exists()
+    assert "0002-loader-tokenizer.patch" not in (world.overlay / PATCHES / "series").read_text()
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_a_node_the_maintainer_relocked_since_apply_keeps_its_hashes(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    (world.overlay / "node/ComfyUI-ZImage-Fix/nodes.py").write_text("X = 'maintainer'\n")
+    zpatch("lock")
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    zpatch("refresh", checkout)
+    assert zpatch.json("check", "--no-apply")["clean"]
+    assert (world.overlay / "node/ComfyUI-ZImage-Fix/nodes.py").read_text() == "X = 'maintainer'\n"
+
+
+def test_a_patch_the_overlay_dropped_since_apply_is_not_taken_for_applied(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "tokenizer_util.py", "UTIL = 1\n", "UTIL = 'mine'\n")
+    series = world.overlay / PATCHES / "series"
+    series.write_text(series.read_text().replace("0003-loader-external-tokenizer.patch\n", ""))
+    (world.overlay / PATCHES / "0003-loader-external-tokenizer.patch").unlink()
+    world.relock()
+    r = zpatch("refresh", checkout, expect=4)
+    assert "series changed since this checkout was applied" in error_line(r)
+    zpatch("unapply", checkout, expect=4)                                   # the edit is never thrown away
+    assert (checkout / GGUF / "tokenizer_util.py").read_text() == "UTIL = 'mine'\n"
+
+
+def test_an_edit_in_a_file_of_look_alike_lines_lands_where_it_was_made(world, zpatch, checkout, tmp_path):
+    base = "p0\n" * 60
+    l1 = "".join("p\n" if 10 <= i <= 30 else "p0\n" for i in range(1, 61))
+    l2 = "top\n" * 5 + l1
+    git("checkout", "-q", "-b", "side", cwd=world.gguf_up)
+    from testing.fixtures import commit as commit_files
+    world.gguf_pin = commit_files(world.gguf_up, {"same.py": base}, "look-alike lines")
+    world.build_overlay(gguf_edits=[("same: p", {"same.py": l1}), ("same: top", {"same.py": l2})])
+    git("fetch", "-q", "origin", cwd=checkout / GGUF)
+    git("checkout", "-q", "--detach", world.gguf_pin, cwd=checkout / GGUF)
+    zpatch("apply", checkout)
+    lines = (checkout / GGUF / "same.py").read_text().split("\n")
+    at = [i for i, x in enumerate(lines) if x == "p"][11]          # after the 12th p
+    lines.insert(at + 1, "X")
+    (checkout / GGUF / "same.py").write_text("\n".join(lines))
+    res = zpatch.json("refresh", checkout)
+    assert [h["patch"] for h in res["upstreams"][1]["hunks"]] == ["0001-same-p.patch"]
+    two = (world.overlay / PATCHES / "0002-same-top.patch").read_text()
+    assert "+X" not in two and "-X" not in two                      # patch 2 holds only its own change
+    one = world.clone_checkout(tmp_path / "one")
+    git("fetch", "-q", "origin", cwd=one / GGUF)
+    git("checkout", "-q", "--detach", world.gguf_pin, cwd=one / GGUF)
+    subprocess.run(["git", "apply", str(world.overlay / PATCHES / "0001-same-p.patch")], cwd=one / GGUF, check=True)
+    got = (one / GGUF / "same.py").read_text().split("\n")
+    assert got.index("X") == [i for i, x in enumerate(got) if x == "p"][11] + 1
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_changes_outside_the_patches_are_named_and_folded_only_when_told_where(world, zpatch, checkout, tmp_path):
+    zpatch("apply", checkout)
+    g = checkout / GGUF
+    (g / "nodes.py").write_text("GGUF = 'mine'\n")                     # a file no patch changes
+    (g / "notes.txt").write_text("untracked\n")
+    (g / "loader.py").chmod(0o755)
+    (checkout / "custom_nodes/ComfyUI-ZImage-Fix/extra.py").write_text("EXTRA = 1\n")   # a new node file
+    r = zpatch("refresh", checkout, expect=1)
+    out = r.output
+    assert "not folded: custom_nodes/ComfyUI-GGUF/nodes.py (no patch changes this file" in out
+    assert "not folded: custom_nodes/ComfyUI-GGUF/notes.txt (untracked" in out
+    assert "not folded: custom_nodes/ComfyUI-GGUF/loader.py (mode change" in out
+    assert (world.overlay / "node/ComfyUI-ZImage-Fix/extra.py").read_text() == "EXTRA = 1\n"   # the node took it
+    (g / "loader.py").chmod(0o644)
+    (g / "notes.txt").unlink()
+    res = zpatch.json("refresh", checkout, "--new", "Bump GGUF")
+    assert [h["patch"] for h in res["upstreams"][1]["hunks"]] == ["0004-Bump-GGUF.patch"] and not res["left_out"]
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
+@pytest.mark.parametrize("subject", ["   ", "two\nlines", "x\nFrom: evil <e@x>"])
+def test_a_new_subject_is_one_line_of_text(world, zpatch, checkout, subject):
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 10\n", "loader line 10!\n")
+    before = overlay_snapshot(world)
+    assert "a subject is one line of text" in error_line(zpatch("refresh", checkout, "--new", subject, expect=2))
+    assert overlay_snapshot(world) == before

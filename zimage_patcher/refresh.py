@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import hashlib
+import re
 import shlex
 import tempfile
 from dataclasses import dataclass, field
@@ -53,12 +54,17 @@ class Plan:
     hunks: list[Hunk] = field(default_factory=list)
     patches: list[tuple[str, bytes, str]] = field(default_factory=list)   # the new series: name, data, state
     rerecord: bool = False       # the checkout already holds the overlay's series: only record it
+    left_out: list[dict] = field(default_factory=list)   # changes not folded: {path, why}
 
     def files(self) -> dict[str, bytes | None]:
         """The overlay files this plan writes (relative to the overlay)."""
         d = self.target.series.upstream.patches
-        out: dict[str, bytes | None] = {f"{d}/{n}": data for n, data, state in self.patches if state != "unchanged"}
-        return out
+        return {f"{d}/{n}": None if state == "dropped" else data for n, data, state in self.patches
+                if state != "unchanged"}
+
+    def series(self) -> list[tuple[str, bytes]]:
+        """The series after the fold: each patch's name and bytes (a dropped one left out)."""
+        return [(n, d) for n, d, state in self.patches if state != "dropped"]
 
 
 def refresh(root: Path, checkout: Path | None, *, into: str | None = None, new: str | None = None,
@@ -66,6 +72,9 @@ def refresh(root: Path, checkout: Path | None, *, into: str | None = None, new: 
     clone.refuse_incomplete(checkout, patchset.cwd() if checkout is None else None)
     if into and new:
         raise ZpatchError("--into and --new exclude each other", Exit.USAGE, hint="give one of them")
+    if new is not None and (not new.strip() or re.search(r"[\x00-\x1f\x7f]", new)):
+        raise ZpatchError(f"--new {new!r}: a subject is one line of text", Exit.USAGE,
+                          hint="zpatch refresh --new 'Fix the tokenizer for ...'")
     with overlay_write.hold(root, "refresh") as writer:
         ov = patchset.load(root)          # read under the overlay lock: what this refresh replaces
         ws = Workspace.open(ov, checkout)
@@ -83,20 +92,21 @@ def refresh(root: Path, checkout: Path | None, *, into: str | None = None, new: 
             node_files, node = _node_plan(ws, rec)
             result = {"overlay": str(ov.root), "checkout": str(ws.checkout), "dry_run": dry_run,
                       "recovered": recovered, "changed": False, "node_files": sorted(node_files),
-                      "upstreams": [_plan_result(p) for p in plans], "warnings": []}
+                      "upstreams": [_plan_result(p) for p in plans], "warnings": [],
+                      "left_out": [x for p in plans for x in p.left_out]}
             writes = {k: v for p in plans for k, v in p.files().items()}
             if not any(p.hunks or p.rerecord for p in plans) and not node_files and node == rec.node:
                 return result
             result["changed"] = bool(writes or node_files)
             if dry_run:
                 return result
-            lk = overlay_write.new_lock(ov, {p.target.name: {n: _sha256(d) for n, d, _s in p.patches}
+            lk = overlay_write.new_lock(ov, {p.target.name: {n: _sha256(d) for n, d in p.series()}
                                              for p in plans if p.hunks})
             for p in plans:
-                if any(s == "new" for _n, _d, s in p.patches):
+                if any(s in ("new", "dropped") for _n, _d, s in p.patches):
                     rel = f"{p.target.series.upstream.patches}/{seriesmod.SERIES_NAME}"
-                    writes[rel] = overlay_write.render_series(ov.root, rel, [n for n, _d, _s in p.patches])
-            if lk.overlay and node is not None:
+                    writes[rel] = overlay_write.render_series(ov.root, rel, [n for n, _d in p.series()])
+            if lk.overlay and node_files:
                 writes.update({f"{lk.overlay.source}/{f}": data for f, data in node_files.items()})
                 lk.overlay.sha256 = dict(node.files)
             writer.commit(writes, lk)               # the commit point: the overlay holds the fold
@@ -118,7 +128,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _plan_result(p: Plan) -> dict:
-    names = [n for n, _d, _s in p.patches]
+    names = [n for n, _d, _s in p.patches]     # a hunk's owner indexes the series before the fold
     return {"name": p.target.name, "rerecorded": p.rerecord,
             "hunks": [{"path": h.path, "lines": h.lines, "patch": names[h.owner]} for h in p.hunks],
             "patches": [{"name": n, "state": s} for n, _d, s in p.patches]}
@@ -126,15 +136,16 @@ def _plan_result(p: Plan) -> dict:
 
 def _series_data(t: Target, plans: list[Plan]) -> list[bytes]:
     p = next((p for p in plans if p.target is t), None)
-    return [d for _n, d, _s in p.patches] if p else [x.data for x in t.series.patches]
+    return [d for _n, d in p.series()] if p else [x.data for x in t.series.patches]
 
 
 def _new_record(ws: Workspace, rec: Record, plans: list[Plan], node: NodeRecord | None) -> Record:
     ups = dict(rec.upstreams)
     for p in plans:
         t, ur = p.target, rec.upstreams[p.target.name]
-        files = set(ur.files) | {f for _n, d, _s in p.patches for f in patchfile.parse(_n, d).files}
-        ups[t.name] = UpstreamRecord(ur.commit, [PatchRef(n, _sha256(d)) for n, d, _s in p.patches],
+        series = p.series()
+        files = {f for n, d in series for f in patchfile.parse(n, d).files}
+        ups[t.name] = UpstreamRecord(ur.commit, [PatchRef(n, _sha256(d)) for n, d in series],
                                      {f: worktree.blob_id(t.top, t.file(f)) for f in sorted(files)})
     return Record(ups, node)
 
@@ -164,13 +175,16 @@ def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: s
                           hint=f"carry the series to that commit first (zpatch rebase {t.name} --onto {head}), or "
                                "make the edit on a checkout at the pin")
     changed = edited(t, ur)
+    others, left_out = _others(ws, t, ur, take=into is not None or new is not None)
     same_series = [(p.name, p.sha256) for p in ur.patches] == [(p.name, p.sha256) for p in t.series.patches]
     if not same_series:
-        if _holds_series(t):           # a refresh killed after it wrote the overlay: record what is there
-            return Plan(t, patches=[(p.name, p.data, "unchanged") for p in t.series.patches], rerecord=True)
+        if _holds_series(t, ur):       # a refresh killed after it wrote the overlay: record what is there
+            return Plan(t, patches=[(p.name, p.data, "unchanged") for p in t.series.patches], rerecord=True,
+                        left_out=left_out)
         raise _outdated(ws, t, changed or sorted(ur.files))
     patches = t.series.patches
-    as_is = Plan(t, patches=[(p.name, p.data, "unchanged") for p in patches])
+    as_is = Plan(t, patches=[(p.name, p.data, "unchanged") for p in patches], left_out=left_out)
+    changed = sorted(set(changed) | set(others))
     if not changed:
         return as_is
     with tempfile.TemporaryDirectory(prefix="zpatch-refresh-") as tmp:
@@ -184,12 +198,40 @@ def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: s
         hunks = _hunks(t, commits, top, wanted, changed, into, new)
         if not hunks:
             return as_is                     # bytes differ only as git's filters see them (eol)
-        trees = _fold(t, idx, tmp, commits, top, wanted, hunks)
-        return Plan(t, hunks, _patches(t, idx, tmp, commits, trees, new))
+        trees = _fold(t, commits, top, wanted, hunks, idx)
+        return Plan(t, hunks, _patches(t, idx, tmp, commits, trees, new), left_out=left_out)
 
 
-def _holds_series(t: Target) -> bool:
-    """The work tree holds exactly T's series applied on its pin, in every file the series touches."""
+def _others(ws: Workspace, t: Target, ur: UpstreamRecord, *, take: bool) -> tuple[list[str], list[dict]]:
+    """Changes in T outside what zpatch applied: the tracked files to fold too (TAKE: --into or --new
+    says where they go), and what is left out, with why (untracked files, which may be build output;
+    mode changes, which patches do not carry; tracked files when nothing says where they go)."""
+    from .status import inside_nested
+    take_now, left = [], []
+    for f, code in sorted(git.changed_paths(t.repo).items()):
+        if f in ur.files or inside_nested(t, ws.targets, f):
+            continue
+        if code == "??":
+            left.append({"path": t.file(f), "why": "untracked: refresh folds changes to tracked files "
+                                                   "(git add it, then refresh with --new or --into)"})
+        elif take:
+            take_now.append(f)
+        else:
+            left.append({"path": t.file(f), "why": "no patch changes this file: --new SUBJECT or --into PATCH "
+                                                   "takes it"})
+    head = git.tree_entries(t.repo, "HEAD", sorted(ur.files))
+    for f in sorted(ur.files):
+        path = t.repo / f
+        if f in head and path.is_file() and not path.is_symlink():
+            exe = bool(path.stat().st_mode & 0o111)
+            if exe != (head[f][0] == "100755"):
+                left.append({"path": t.file(f), "why": "mode change: patches keep upstream's modes"})
+    return take_now, left
+
+
+def _holds_series(t: Target, ur: UpstreamRecord) -> bool:
+    """The work tree holds exactly T's series applied on its pin, in every file the series touches, and
+    upstream's bytes in every other file the record names (a patch the overlay dropped is not there)."""
     with tempfile.TemporaryDirectory(prefix="zpatch-refresh-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
         try:
@@ -197,7 +239,7 @@ def _holds_series(t: Target) -> bool:
         except ZpatchError:
             return False
         top = commits[-1] if commits else t.pin
-        files = t.series.files
+        files = sorted(set(t.series.files) | set(ur.files))
         idx.read_tree(top)
         apply.load_work_tree(t, idx, files, {f: worktree.read(t.top, t.file(f)) for f in files},
                              git.tree_entries(t.repo, top, files))
@@ -216,6 +258,11 @@ def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str
             raise ZpatchError(f"{t.repo / f}: a binary change; refresh folds text edits", Exit.BAD_CHECKOUT,
                               hint="make the change in edit mode: zpatch edit, commit it, zpatch export")
         length = len(_lines(git.show_blob(t.repo, top, f)))
+        try:
+            (git.show_blob(t.repo, wanted, f) or b"").decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ZpatchError(f"{t.repo / f}: not UTF-8 text after the edit (byte {e.start}); the patches are "
+                              "UTF-8 text", Exit.BAD_CHECKOUT, hint="save the file as UTF-8, then rerun") from None
         for a, b, c, d in found:
             h = Hunk(f, (a, b), (c, d))
             if into is not None:
@@ -261,61 +308,68 @@ def _splice(old: list[bytes], new: list[bytes], hunks: list[Hunk]) -> bytes:
     return b"".join(out + old[at:])
 
 
-def _fold(t: Target, idx: git.ScratchIndex, tmp: str, commits: list[str], top: str, wanted: str,
-          hunks: list[Hunk]) -> list[str]:
-    """The tree of every patch of the series (and of a new one at the end) with the hunks of each
-    owner put into that patch and carried through every patch after it."""
-    owners = sorted({h.owner for h in hunks})
-    entries = git.tree_entries(t.repo, top, sorted({h.path for h in hunks}))
-    want_entries = git.tree_entries(t.repo, wanted, sorted({h.path for h in hunks}))
-    diffs = []                        # per owner: its hunks as a patch over the hunks of the owners before it
-    before = f"{top}^{{tree}}"
-    for j, o in enumerate(owners):
-        done = [h for h in hunks if h.owner in owners[:j + 1]]
-        blobs: dict[str, tuple[str, str] | None] = {}
-        for f in sorted({h.path for h in done}):
-            mine = [h for h in done if h.path == f]
-            if len(mine) == len([h for h in hunks if h.path == f]):      # all of the file's edit: its bytes
-                blobs[f] = want_entries.get(f)
-                continue
-            old = _lines(git.read_blob(t.repo, entries[f][1]) if f in entries else None)
-            new = _lines(git.read_blob(t.repo, want_entries[f][1]) if f in want_entries else None)
-            blob = git.write_blobs(t.repo, [_splice(old, new, mine)])[0]
-            blobs[f] = ((entries.get(f) or want_entries.get(f) or ("100644",))[0], blob)
-        idx.read_tree(top)
-        idx.set_blobs(blobs)
-        after = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
-        path = Path(tmp) / f"fold-{j}.patch"
-        path.write_bytes(git.diff_trees(t.repo, before, after))
-        diffs.append((o, path))
-        before = after
-    if before != wanted:
-        raise ZpatchError(f"{t.repo}: the fold does not reproduce the work tree (tree {before[:12]}, want "
-                          f"{wanted[:12]})", Exit.INTERNAL, hint="this is a bug; please report it")
+def _fold(t: Target, commits: list[str], top: str, wanted: str, hunks: list[Hunk],
+          idx: git.ScratchIndex) -> list[str | None]:
+    """The tree of every patch of the series (and of a new one at the end, else None) with the hunks of
+    each owner spliced into that patch and every patch after it, at the lines they are at in that tree:
+    each position is mapped exactly through the diff from the tree to the series' result (no context
+    search, so no edit lands in a look-alike spot); a hunk on or next to lines a later patch changes
+    cannot be moved under it (CONFLICT)."""
     names = [p.name for p in t.series.patches]
-    trees = []
+    paths = sorted({h.path for h in hunks})
+    want = git.tree_entries(t.repo, wanted, paths)
+    new_lines = {f: _lines(git.read_blob(t.repo, want[f][1]) if f in want else None) for f in paths}
+    trees: list[str | None] = []
     for i, c in enumerate([*commits, None]):
-        mine = [(o, d) for o, d in diffs if o <= i]
-        if c is None:
-            trees.append(wanted if owners[-1] == len(commits) else None)
+        mine = [h for h in hunks if h.owner <= i]
+        if c is None:                           # the new patch: the whole edit on the series' result
+            trees.append(wanted if any(h.owner == len(commits) for h in hunks) else None)
             continue
         if not mine:
             trees.append(git.rev_parse(t.repo, f"{c}^{{tree}}", "tree"))
             continue
+        here = git.tree_entries(t.repo, c, paths)
+        blobs: dict[str, tuple[str, str] | None] = {}
+        for f in sorted({h.path for h in mine}):
+            moved = [_moved(t, h, git.diff_hunks(t.repo, c, top, f) if c != top else [], names, i)
+                     for h in mine if h.path == f]
+            data = _splice(_lines(git.read_blob(t.repo, here[f][1]) if f in here else None), new_lines[f], moved)
+            every = len(moved) == len([h for h in hunks if h.path == f])
+            if every and f not in want and not data:
+                blobs[f] = None                 # the edit deletes the file
+            else:
+                mode = (here.get(f) or want.get(f) or ("100644",))[0]
+                blobs[f] = (mode, git.write_blobs(t.repo, [data])[0])
         idx.read_tree(c)
-        for o, d in mine:
-            r = idx.apply([d])
-            if not r.ok:
-                h = next(h for h in hunks if h.owner == o)
-                later = [p.name for p in t.series.patches[o + 1:] if h.path in p.files]
-                last = later[-1] if later else names[o]
-                raise ZpatchError(f"{t.repo / h.path}: the edit at lines {h.lines[0]}-{h.lines[1]} belongs to "
-                                  f"{names[o]}, but {' and '.join(later) or 'a later patch'} after it changes the "
-                                  "lines around it",
-                                  Exit.CONFLICT, hint=f"put it into the later patch: zpatch refresh --into {last} "
-                                                      f"{shlex.quote(str(t.top))}")
+        idx.set_blobs(blobs)
         trees.append(idx.run(["write-tree", "--missing-ok"]).stdout.strip())
+    last = trees[-1] if trees[-1] is not None else trees[-2] if len(trees) > 1 else None
+    if last is not None and last != wanted:
+        raise ZpatchError(f"{t.repo}: the fold does not reproduce the work tree (tree {last[:12]}, want "
+                          f"{wanted[:12]})", Exit.INTERNAL, hint="this is a bug; please report it")
     return trees
+
+
+def _moved(t: Target, h: Hunk, later: list[tuple[int, int, int, int]] | None, names: list[str], i: int) -> Hunk:
+    """H (in the series' result's lines) in the lines of patch I's tree, given LATER, the diff from that
+    tree to the result (the patches after I). Refuses a hunk on or next to lines they change."""
+    a, b = h.old
+    first, last = (a - 1, a + b) if b else (a, a + 1)        # the hunk's lines and one on each side
+    shift = 0
+    for os_, ol, ns, nl in later or []:
+        lo, hi = (ns, ns + nl - 1) if nl else (ns + 0.5, ns + 0.5)     # a deletion sits between lines
+        if hi < first:
+            shift += nl - ol
+        elif lo <= last:
+            after = [p.name for p in t.series.patches[h.owner + 1:] if h.path in p.files] or [names[-1]]
+            raise ZpatchError(f"{t.repo / h.path}: the edit at lines {h.lines[0]}-{h.lines[1]} belongs to "
+                              f"{names[h.owner]}, but {' and '.join(after)} after it changes the lines around it",
+                              Exit.CONFLICT, hint=f"put it into the later patch: zpatch refresh --into {after[-1]} "
+                                                  f"{shlex.quote(str(t.top))}")
+    if later is None:
+        raise ZpatchError(f"{t.repo / h.path}: a binary change between {names[i]} and the series' end",
+                          Exit.BAD_CHECKOUT, hint="make the change in edit mode: zpatch edit, commit, zpatch export")
+    return Hunk(h.path, (a - shift, b), h.new, h.owner)
 
 
 def _patches(t: Target, idx: git.ScratchIndex, tmp: str, commits: list[str], trees: list[str | None],
@@ -330,6 +384,9 @@ def _patches(t: Target, idx: git.ScratchIndex, tmp: str, commits: list[str], tre
             parent = c
             continue
         moved = True
+        if tree == git.rev_parse(t.repo, f"{parent}^{{tree}}", "tree"):
+            out.append((p.name, p.data, "dropped"))           # the edit undoes all of it
+            continue
         mine = idx.commit_tree(tree, parent, p.path)
         data = patchfile.keep_headers(idx.format_patch(mine), p.data)
         if data == patchfile.keep_headers(idx.format_patch(c), p.data):
@@ -377,6 +434,9 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
     edits, stale, missing = {}, False, []
     for f, want in lo.sha256.items():
         data = worktree.read(ws.checkout, f"{lo.path}/{f}")
+        if data is None and f not in old.files:
+            stale = True                   # the overlay added it since apply
+            continue
         if data is None:
             missing.append(f)
             continue
@@ -385,6 +445,9 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
             stale |= d != want
         elif d != want:                    # (== want: a refresh killed after it wrote the overlay)
             edits[f] = data
+    for f in _node_folder(ws.checkout / lo.path):         # files the user added to the node
+        if f not in lo.sha256 and f not in old.files:
+            edits[f] = worktree.read(ws.checkout, f"{lo.path}/{f}")
     if missing:
         raise ZpatchError(f"{ws.checkout / lo.path / missing[0]}: missing; refresh does not delete the node's files",
                           Exit.BAD_CHECKOUT, hint=f"to drop it, delete {lo.source}/{missing[0]} in the overlay and run "
@@ -400,3 +463,15 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
     if stale or old.files == lo.sha256:
         return {}, old                      # nothing edited (or the overlay moved on: apply installs it)
     return {}, NodeRecord(old.path, dict(lo.sha256), list(old.dirs))
+
+
+def _node_folder(top: Path) -> list[str]:
+    """The files in the installed node's folder (no link followed, no bytecode cache), by relative path."""
+    out = []
+    if top.is_dir() and not top.is_symlink():
+        for p in sorted(top.rglob("*")):
+            rel = p.relative_to(top)
+            if "__pycache__" in rel.parts or p.suffix == ".pyc" or p.is_symlink() or not p.is_file():
+                continue
+            out.append(rel.as_posix())
+    return out

@@ -47,7 +47,7 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
                   for f in p.files} | (set(ur.files) if ur else set())
         foreign = [{"path": f, "git_status": code, "in_patched_file": f in t.series.files}
                    for f, code in sorted(git.changed_paths(t.repo).items())
-                   if f not in theirs and not _inside_nested(t, ws.targets, f)]
+                   if f not in theirs and not inside_nested(t, ws.targets, f)]
         entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
                  "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign}
         out["upstreams"].append(entry)
@@ -75,7 +75,7 @@ def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
     patches = [{"name": p.name, "state": states[p.state]} for p in sp.patches] if sp else []
     patches += [{"name": n, "state": "dropped"} for n in sp.removed] if sp else []
     foreign = [{"path": f, "git_status": code} for f, code in sorted(git.changed_paths(t.repo).items())
-               if not _inside_nested(t, ws.targets, f)]
+               if not inside_nested(t, ws.targets, f)]
     return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
             "patches": patches, "foreign_changes": foreign,
             "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches) if sp else 0,
@@ -83,7 +83,7 @@ def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
                      and not interrupted, "interrupted": interrupted, "pin_moved": moved}}
 
 
-def _inside_nested(t: Target, targets: list[Target], rel: str) -> bool:
+def inside_nested(t: Target, targets: list[Target], rel: str) -> bool:
     """A path inside an upstream nested in T's tree is that upstream's business (its own status
     covers it); everything else in T, including inside nested folders of T, is T's."""
     abs_path = t.repo / rel

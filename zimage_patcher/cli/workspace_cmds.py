@@ -255,12 +255,18 @@ def refresh_cmd(ctx, checkout, into, new, dry_run):
     lines += [f"node: {field(f)} -> the overlay's node" for f in res["node_files"]]
     for w in res["warnings"]:
         ctx.warn(w)
-    if not res["changed"] and not any(u["rerecorded"] for u in res["upstreams"]):
-        lines.append("Nothing to refresh: no file was edited since apply.")
+    wrote = res["changed"]
+    if not wrote and not any(u["rerecorded"] for u in res["upstreams"]):
+        lines.append("Nothing folded." if res["left_out"] else "Nothing to refresh: no file was edited since apply.")
     elif dry_run:
         lines.append(f"Dry run: nothing written. Fold them with: zpatch refresh {shlex.quote(res['checkout'])}"
                      + (f" --into {shlex.quote(into)}" if into else "") + (f" --new {shlex.quote(new)}" if new else ""))
-    else:
+    elif wrote:
         lines.append(f"Refreshed the overlay ({res['overlay']}); the checkout stays applied. Review with "
                      f"`git -C {shlex.quote(res['overlay'])} diff`, then commit the overlay.")
+    else:
+        lines.append("Nothing to write in the overlay; the checkout is recorded as holding its series.")
+    for x in res["left_out"]:
+        lines.append(f"  not folded: {field(x['path'])} ({x['why']})")
     ctx.emit(res, "\n".join(lines))
+    return Exit.FINDINGS if res["left_out"] else Exit.OK
