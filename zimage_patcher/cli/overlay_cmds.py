@@ -1,4 +1,4 @@
-"""check, lock, export, publish and forward: the commands that read or write the overlay itself (never a checkout)."""
+"""check, lock, export, publish, forward and import: the commands that read or write the overlay itself (never a checkout)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -153,4 +153,30 @@ def forward_cmd(ctx, upstream, patches, onto, branch, push, pr, forwarded, dry_r
                      + "; commit the overlay.")
     if not dry_run:
         lines.append(f"Look at it: {forward.hint_for(res).split(': ', 1)[1]}")
+    ctx.emit(res, "\n".join(lines))
+
+
+@command("import", "zpatch import comfyui-gguf --pr 402 --after 0002")
+@click.argument("upstream", shell_complete=complete_upstream)
+@click.argument("rev", required=False, metavar="[COMMIT|A..B]")
+@click.option("--pr", "pr", type=int, default=None, metavar="N", help="The upstream pull request N (refs/pull/N/head).")
+@click.option("--after", "after", metavar="PATCH", default=None,
+              help="Insert after this patch (name or number; default: at the end of the series).")
+@click.option("--dry-run", is_flag=True, help="Check that it applies; write nothing.")
+@click.option("--offline", is_flag=True, help="Use the cache only (no fetch; a commit already there).")
+def import_cmd(ctx, upstream, rev, pr, after, dry_run, offline):
+    """Carry an upstream pull request (--pr N) or an upstream commit or range as patches of UPSTREAM's
+    series: each commit applied 3-way at its place on the pin, with its author and message and the
+    DEP-3 fields Origin, Forwarded (the request), Applied-Upstream (when upstream already has it),
+    Last-Update and Upstream-License. The patches after it must still apply. Written through the
+    overlay's front door."""
+    from .. import importer
+    res = importer.import_patches(ctx.overlay_root(for_writing=not dry_run), upstream, pr=pr, rev=rev, after=after,
+                                  dry_run=dry_run, offline=offline)
+    lines = [res["recovered"]] if res.get("recovered") else []
+    lines.append(f"{'Would import' if dry_run else 'Imported'} {res['origin']} into {upstream}"
+                 + (" (upstream already has it: Applied-Upstream)" if res["merged_upstream"] else "") + ":")
+    lines += [f"  new       {p['name']}  (from {p['commit'][:12]})" for p in res["patches"]]
+    if not dry_run:
+        lines.append("Next: zpatch check, then zpatch apply a checkout; commit the overlay.")
     ctx.emit(res, "\n".join(lines))
