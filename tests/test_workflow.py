@@ -93,7 +93,8 @@ def test_status_reports_modified_patches_and_foreign_changes(world, zpatch, tmp_
     (dest / "nodes.py").write_text("changed\n")
     st = zpatch.json("status", dest, expect=1)
     comfy = st["upstreams"][0]
-    assert comfy["patches"] == [{"name": "0001-sd-accept-4-D-latents.patch", "state": "modified"}]
+    assert comfy["patches"] == [{"name": "0001-sd-accept-4-D-latents.patch", "state": "modified",
+                                 "edited": ["comfy/sd.py"]}]
     assert comfy["foreign_changes"] == [{"path": "nodes.py", "git_status": " M", "in_patched_file": False}]
     text = zpatch("status", dest, expect=1).stdout
     assert "foreign    M nodes.py" in text and "edited after apply" in text and "zpatch apply" not in text

@@ -84,6 +84,11 @@ def _analyse(ov: Overlay, s: Series, *, to: str | None, offline: bool) -> tuple[
     for p in patches:
         if p["state"] == "obsolete" and p.get("files"):
             p["also_conflict"] = True
+    from . import upstream_state
+    for p, src in zip(patches, s.patches):
+        if p["name"] == src.name:
+            p["upstream"] = {**upstream_state.of(src),
+                             "pull_request": upstream_state.pull_request(src, up.url, mirror, head, offline=offline)}
     cls = _classify(patches, res["ahead"])
     entry = {"name": up.name, "url": up.url, "branch": up.branch, "ref": ref, "pin": up.commit, "head": head,
              "ahead": res["ahead"],

@@ -69,6 +69,11 @@ def upstream_section(u: dict, *, level: str = "###") -> str:
                     " in " + ", ".join(_name(f) for f in p.get("files", []))
             if p.get("probe_errors"):
                 note += " (probe not read: " + "; ".join(clean(e, 120) for e in p["probe_errors"]) + ")"
+            pr = (p.get("upstream") or {}).get("pull_request") or {}
+            if pr.get("state") == "merged":
+                note += f"; its pull request #{int(pr.get('number', 0))} is merged upstream: drop this patch at the next rebase"
+            elif pr.get("state"):
+                note += f"; forwarded as pull request #{int(pr.get('number', 0))} ({clean(pr['state'], 40)})"
             out.append(f"| {_name(p.get('name', '?'))} | {note} |")
         for p in u["patches"]:
             if p.get("hunks"):       # the commits that touched the lines of each conflicting hunk

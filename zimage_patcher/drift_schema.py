@@ -18,6 +18,7 @@ EXIT_CODES = {"current": Exit.OK, "moved-clean": Exit.FINDINGS, "upstreamed": Ex
               "moved-conflict": Exit.CONFLICT, "smoke-failed": Exit.SMOKE_FAILED}
 CLASSES = tuple(EXIT_CODES)
 STATES = ("carried", "unchanged", "refreshed", "changed", "upstreamed", "obsolete", "conflict", "skipped")
+UPSTREAM_STATES = ("not-forwarded", "forwarded", "merged", "superseded", "rejected", "local-only")   # upstream_state.STATES
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")          # an upstream's name in upstream.lock
 REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")          # origin/<branch>, a tag, a sha
 SHA = re.compile(r"[0-9a-f]{40}")
@@ -98,6 +99,17 @@ def _patch(p, where):
     _list(p.get("hunks"), f"{where}.hunks", _hunk, optional=True)
     if "also_conflict" in p:
         _bool(p["also_conflict"], f"{where}.also_conflict")
+    if _dict(p.get("upstream"), f"{where}.upstream", optional=True):
+        u = p["upstream"]
+        if u.get("state") not in UPSTREAM_STATES:
+            _fail(f"{where}.upstream.state", "expected one of " + ", ".join(UPSTREAM_STATES))
+        for key in ("where", "field"):
+            _str(u.get(key), f"{where}.upstream.{key}", optional=True, limit=500)
+        if _dict(u.get("pull_request"), f"{where}.upstream.pull_request", optional=True):
+            pr = u["pull_request"]
+            _int(pr.get("number"), f"{where}.upstream.pull_request.number")
+            for key in ("state", "checked_by"):
+                _str(pr.get(key), f"{where}.upstream.pull_request.{key}", limit=40)
 
 
 def _touching(c, where):

@@ -84,3 +84,36 @@ def overlay_report(ov) -> dict:
         for p in u["patches"]:
             counts[p["state"]] = counts.get(p["state"], 0) + 1
     return {"overlay": str(ov.root), "upstreams": ups, "counts": counts}
+
+
+_PR = re.compile(r"^https://github\.com/([^/\s]+/[^/\s]+)/pull/(\d+)\b")
+
+
+def pull_request(p: Patch, upstream_url: str, mirror, branch_head: str, *, offline: bool = False) -> dict | None:
+    """For a patch forwarded as a pull request of its own upstream: whether that request is merged.
+    Asks gh when it is there and has a token (it knows squash merges and closed requests), else git:
+    the request's head (refs/pull/N/head) reachable from the branch's head means merged. None for a
+    patch not forwarded as such a request."""
+    import os
+    import shutil
+    from . import git, github
+    st = of(p)
+    m = _PR.match(st["where"] or "") if st["state"] == "forwarded" else None
+    if not m or m.group(1).lower() != (github.slug(upstream_url) or "").lower():
+        return None
+    slug, number = m.group(1), int(m.group(2))
+    if shutil.which("gh") and (os.environ.get("GH_TOKEN") or os.environ.get("GITHUB_TOKEN")) and not offline:
+        try:
+            info = github.Gh().read("pr", "view", str(number), "--repo", slug, "--json", "state,mergedAt")
+            return {"number": number, "state": str(info.get("state", "")).lower() or "unknown", "checked_by": "gh"}
+        except Exception:        # gh failed (rate limit, no access): git can still tell a merge
+            pass
+    ref = f"refs/zpatch/pull/{number}"
+    if not offline:
+        git.run(["fetch", "--quiet", upstream_url, f"+refs/pull/{number}/head:{ref}"], cwd=mirror, check=False,
+                env={"GIT_TERMINAL_PROMPT": "0"})
+    head = git.rev_parse(mirror, ref)
+    if head is None:
+        return {"number": number, "state": "unknown", "checked_by": "git"}
+    merged = git.run(["merge-base", "--is-ancestor", head, branch_head], cwd=mirror, check=False).ok
+    return {"number": number, "state": "merged" if merged else "not merged", "checked_by": "git"}
