@@ -28,6 +28,7 @@ bench: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.apply_bench
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.rebase_bench
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.drift_bench
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m bench.node_check_bench
 	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m bench.smoke_bench
 
 clean:
