@@ -5,6 +5,9 @@
 1. fresh checkout + apply from a warm cache   vs  git clone/checkout both pins + git apply + cp
 2. re-apply when already applied              vs  git rev-parse HEAD + git status per repository
 3. apply time for synthetic series of 1, 10, 100, 1000 patches  vs  one git apply of them
+4. `zpatch --help`                            vs  `git --help` and `python -c pass`
+
+The git processes of rows 1 and 2 are counted once (GIT_TRACE2_EVENT, git's own children included).
 
 Uses the real upstreams when reachable (for example through url.insteadOf mirrors), otherwise
 the synthetic repositories of the test fixtures; the report says which.
@@ -23,7 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
-ZPATCH_EXE = shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
+# BENCH_ZPATCH: another zpatch executable to measure (an older build, say)
+ZPATCH_EXE = os.environ.get("BENCH_ZPATCH") or shutil.which("zpatch", path=str(Path(sys.executable).parent)) or None
 RUNS = int(os.environ.get("BENCH_RUNS", "9"))
 
 
@@ -50,6 +54,18 @@ def timed_together(*fns, runs=RUNS, setup=None) -> list[float]:
 def zp(*args, env):
     exe = [ZPATCH_EXE] if ZPATCH_EXE else ZPATCH
     return sh([*exe, *map(str, args)], env=env, cwd=ROOT)
+
+
+def git_processes(fn, env: dict) -> int:
+    """How many git processes FN starts (git's own children included), from git's trace2 events."""
+    with tempfile.TemporaryDirectory(prefix="zpatch-trace-") as tmp:
+        trace = Path(tmp) / "events"
+        env["GIT_TRACE2_EVENT"] = str(trace)
+        try:
+            fn()
+        finally:
+            del env["GIT_TRACE2_EVENT"]
+        return trace.read_text().count('"event":"start"') if trace.exists() else 0
 
 
 def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> list[tuple]:
@@ -95,6 +111,7 @@ def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> li
         os.sync()
 
     t_raw, t_ours, t_one = timed_together(raw, ours, ours_one_step, setup=settle)
+    procs = [git_processes(fn, env) for fn in (raw, ours, ours_one_step)]
     d = fresh_dir()
     zp("checkout", d, *exclude, env=env)
     zp("apply", d, env=env)
@@ -107,10 +124,20 @@ def bench_checkout_apply(overlay: Path, env: dict, work: Path, real: bool) -> li
             sh(["git", "rev-parse", "HEAD"], cwd=repo, env=env)
             sh(["git", "status", "--porcelain"], cwd=repo, env=env)
 
-    t_raw2, t_ours2 = timed_together(raw_reapply, lambda: zp("apply", d, env=env))
-    return [("fresh checkout + apply (warm cache), two commands", t_raw, t_ours),
-            ("fresh checkout + apply (warm cache), `checkout --apply`", t_raw, t_one),
-            ("re-apply, already applied (no-op)", t_raw2, t_ours2)]
+    t_raw2, t_ours2 = timed_together(raw_reapply, lambda: zp("apply", d, env=env), runs=max(RUNS, 21))
+    procs2 = [git_processes(fn, env) for fn in (raw_reapply, lambda: zp("apply", d, env=env))]
+    return [("fresh checkout + apply (warm cache), two commands", t_raw, t_ours, (procs[0], procs[1])),
+            ("fresh checkout + apply (warm cache), `checkout --apply`", t_raw, t_one, (procs[0], procs[2])),
+            ("re-apply, already applied (no-op)", t_raw2, t_ours2, tuple(procs2))]
+
+
+def bench_start(env: dict) -> list[tuple]:
+    """What starting zpatch costs: `zpatch --help` against git's own help and an empty Python."""
+    t_git, t_py, t_help = timed_together(lambda: sh(["git", "--help"], env=env),
+                                         lambda: sh([sys.executable, "-c", "pass"], env=env),
+                                         lambda: zp("--help", env=env), runs=max(RUNS, 21))
+    return [("`zpatch --help` vs `git --help`", t_git, t_help),
+            ("`zpatch --help` vs `python -c pass` (the interpreter starting, nothing imported)", t_py, t_help)]
 
 
 def bench_series(env: dict, work: Path) -> list[tuple]:
@@ -157,6 +184,7 @@ def main() -> None:
     sh([sys.executable, "-m", "compileall", "-q", str(ROOT / "zimage_patcher")])
     work = Path(tempfile.mkdtemp(prefix="zpatch-bench-"))
     env = dict(os.environ, ZPATCH_CACHE=str(work / "cache"), LC_ALL="C")
+    load = [os.getloadavg()[0]]
     try:
         real = unreachable_reason() is None
         if real:
@@ -170,21 +198,27 @@ def main() -> None:
             source = f"synthetic fixture repositories ({unreachable_reason()})"
         env["ZPATCH_OVERLAY"] = str(overlay)
         rows = bench_checkout_apply(overlay, env, work, real)
+        rows += bench_start(env)
         env.pop("ZPATCH_OVERLAY")
         rows += bench_series(env, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    load.append(os.getloadavg()[0])
     lines = ["# zpatch apply benchmarks", "",
-             f"Command: `python -m bench.apply_bench` (median of {RUNS} interleaved runs; series rows: median of 3)", "",
+             f"Command: `python -m bench.apply_bench` (median of {RUNS} interleaved runs, {max(RUNS, 21)} for the "
+             "no-op and --help rows; series rows: median of 3)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"{sh(['git', '--version']).stdout.strip()}", f"Upstreams: {source}", "",
-             "| case | raw git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|"]
-    for name, raw, ours in rows:
-        lines.append(f"| {name} | {raw:.3f} | {ours:.3f} | {ours / raw:.2f}x |")
+             f"{sh(['git', '--version']).stdout.strip()}; load average {load[0]:.1f} at the start, {load[1]:.1f} "
+             "at the end (compare ratios from one run, not times across runs)", f"Upstreams: {source}", "",
+             "| case | raw git (s) | zpatch (s) | ratio | git processes (raw / zpatch) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, raw, ours, *procs in rows:
+        count = f"{procs[0][0]} / {procs[0][1]}" if procs else ""
+        lines.append(f"| {name} | {raw:.3f} | {ours:.3f} | {ours / raw:.2f}x | {count} |")
     series = [r for r in rows if r[0].startswith("series")]
     if len(series) == 4:
         # Linear growth: the marginal cost per added patch stays flat from one size to the next.
-        sizes = [int(name.split()[2]) for name, _, _ in series]
+        sizes = [int(r[0].split()[2]) for r in series]
         marg = [(series[i + 1][2] - series[i][2]) / (sizes[i + 1] - sizes[i]) * 1000 for i in range(3)]
         lines += ["", "zpatch marginal cost per added patch: " + ", ".join(
             f"{sizes[i]}->{sizes[i + 1]}: {m:.2f} ms" for i, m in enumerate(marg))

@@ -65,10 +65,8 @@ def synthetic(tmp: Path):
 
 def main() -> None:
     user_env = dict(os.environ)          # the synthetic world replaces the git config; the real part needs it
-    out = ["# zpatch rebase and export benchmarks", "",
-           f"Command: `python -m bench.rebase_bench` (median of {RUNS} interleaved runs)", "",
-           f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-           f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}", ""]
+    load = os.getloadavg()[0]
+    out = []
     with tempfile.TemporaryDirectory(prefix="zpatch-rbench-") as t:
         tmp = Path(t)
         w, git = synthetic(tmp)
@@ -91,25 +89,29 @@ def main() -> None:
                 p.write_bytes(data)
             git("checkout", "-q", "--detach", series_tip, cwd=clone)
 
-        def zpatch_rebase():
-            r = subprocess.run([*ZPATCH, "rebase", "--overlay", str(ov), "comfyui-gguf", "--onto", "main"],
-                               capture_output=True, text=True)
+        def zpatch_rebase(*extra, env=None):
+            r = subprocess.run([*ZPATCH, "rebase", "--overlay", str(ov), "comfyui-gguf", "--onto", "main", *extra],
+                               capture_output=True, text=True, env=env)
             assert r.returncode == 0, r.stderr
+
+        def zpatch_dry_run(env=None):
+            zpatch_rebase("--dry-run", env=env)
 
         who = {**os.environ, "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@x"}
 
-        def git_rebase():
+        def git_rebase(env=None):
             subprocess.run(["git", "rebase", "-q", "--onto", "main", w.gguf_pin], cwd=clone, check=True,
-                           capture_output=True, env=who)
+                           capture_output=True, env={**who, **(env or {})})
 
         pipeline = tmp / "pipeline"
         git("clone", "-q", "--no-checkout", str(w.gguf_up), str(pipeline))
 
-        def git_same_job():
+        def git_same_job(env=None):
             """What zpatch does, as raw git commands in a clone: the old series as commits on the pin,
             rebased onto the target, formatted back into patch files, and the range-diff."""
             def run(*args):
-                subprocess.run(["git", *args], cwd=pipeline, check=True, capture_output=True, env=who)
+                subprocess.run(["git", *args], cwd=pipeline, check=True, capture_output=True,
+                               env={**who, **(env or {})})
             run("checkout", "-q", "--detach", w.gguf_pin)
             run("am", "-q", "--keep-cr", *map(str, patches))
             run("tag", "-f", "old-tip")
@@ -122,22 +124,31 @@ def main() -> None:
         def zpatch_start():
             subprocess.run([*ZPATCH, "rebase", "--help"], check=True, capture_output=True)
 
-        times = {"zpatch": [], "git": [], "pipeline": [], "start": []}
+        jobs = (("zpatch", zpatch_rebase), ("dry", zpatch_dry_run), ("git", git_rebase), ("pipeline", git_same_job),
+                ("start", zpatch_start))
+        times = {name: [] for name, _ in jobs}
         for _ in range(RUNS):
-            for name, fn in (("zpatch", zpatch_rebase), ("git", git_rebase), ("pipeline", git_same_job),
-                             ("start", zpatch_start)):
+            for name, fn in jobs:
                 reset()
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-        z, g, pl, st = (statistics.median(times[k]) for k in ("zpatch", "git", "pipeline", "start"))
-        out += ["| case | git (s) | zpatch (s) | ratio |", "|---|---:|---:|---:|",
+        procs = {}          # git processes of one run of each (git's own children included)
+        for name, fn in jobs[:4]:
+            reset()
+            with tempfile.TemporaryDirectory(prefix="zpatch-trace-") as tr:
+                fn(env={**os.environ, "GIT_TRACE2_EVENT": f"{tr}/events"})
+                procs[name] = Path(tr, "events").read_text().count('"event":"start"')
+        z, dr, g, pl, st = (statistics.median(times[k]) for k in ("zpatch", "dry", "git", "pipeline", "start"))
+        out += ["| case | git (s) | zpatch (s) | ratio | git processes (git / zpatch) |", "|---|---:|---:|---:|---:|",
                 f"| 10 patches over 500 upstream commits (`git rebase --onto` vs `zpatch rebase --onto`) "
-                f"| {g:.3f} | {z:.3f} | {z / g:.2f}x |",
+                f"| {g:.3f} | {z:.3f} | {z / g:.2f}x | {procs['git']} / {procs['zpatch']} |",
                 f"| the same job as raw git commands (`am` on the pin, `rebase --onto`, `format-patch`, `range-diff`) "
-                f"vs `zpatch rebase --onto` | {pl:.3f} | {z:.3f} | {z / pl:.2f}x |",
+                f"vs `zpatch rebase --onto` | {pl:.3f} | {z:.3f} | {z / pl:.2f}x | {procs['pipeline']} / {procs['zpatch']} |",
+                f"| the same job vs `zpatch rebase --onto --dry-run` (writes nothing) "
+                f"| {pl:.3f} | {dr:.3f} | {dr / pl:.2f}x | {procs['pipeline']} / {procs['dry']} |",
                 f"| zpatch's floor: `zpatch rebase --help` (Python, click and the CLI's imports) vs `git rebase --onto` "
-                f"| {g:.3f} | {st:.3f} | {st / g:.2f}x |"]
+                f"| {g:.3f} | {st:.3f} | {st / g:.2f}x | |"]
         # export of an unchanged series
         reset()
         co = w.clone_checkout(tmp / "co")
@@ -150,7 +161,7 @@ def main() -> None:
             ex.append(time.perf_counter() - t0)
             assert '"changed": false' in r.stdout
         out.append(f"| export of an unchanged 11-patch series (nothing rewritten) | | "
-                   f"{statistics.median(ex):.3f} | |")
+                   f"{statistics.median(ex):.3f} | | |")
     # the real series, when the upstreams are reachable
     from testing.upstream import probe
     os.environ.clear()
@@ -169,7 +180,13 @@ def main() -> None:
             out.append(f"| {name} | {res['onto'][:12]} ({ref}) | {res['ahead']} | {dt:.2f} | {states} |")
     else:
         out += ["", "Real series: not measured (upstreams unreachable)."]
-    text = "\n".join(out) + "\n"
+    head = ["# zpatch rebase and export benchmarks", "",
+            f"Command: `python -m bench.rebase_bench` (median of {RUNS} interleaved runs)", "",
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}; load average "
+            f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (compare ratios from one run, not times "
+            "across runs)", ""]
+    text = "\n".join(head + out) + "\n"
     (ROOT / "bench/results/rebase.md").write_text(text)
     print(text)
 

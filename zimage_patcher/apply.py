@@ -6,11 +6,11 @@ with a journal. Nothing is written or deleted unless its bytes are what zpatch e
 """
 from __future__ import annotations
 
-import tempfile
 import shlex
 from pathlib import Path, PurePosixPath
 
-from . import clone, diagnose, edit_mode, git, operation, patchfile, record, worktree
+# edit_mode, diagnose and tempfile are imported where they are used: a no-op apply never needs them
+from . import clone, git, operation, patchfile, record, worktree
 from .errors import Exit, ZpatchError
 from .operation import Change
 from .patchset import Overlay, cwd, overlay_files
@@ -48,9 +48,11 @@ def _back_to_pin(ws: Workspace, t: Target, rec: Record | None) -> str:
     return f"{' && '.join(steps)}; or rerun with --3way to merge the patches onto what is there"
 
 
-def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, str | None]:
-    """Everything that can refuse the apply, checked before anything is written."""
-    heads = {}
+def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[str, list[str]]
+               ) -> tuple[dict[str, str | None], dict[str, dict[str, tuple[str, str]]]]:
+    """Everything that can refuse the apply, checked before anything is written. Returns each
+    upstream's HEAD and HEAD's entries of its PATHS (read once here, reused by _scratch_result)."""
+    heads, entries = {}, {}
     for t in ws.targets:
         heads[t.name] = git.head_commit(t.repo)
         if heads[t.name] != t.pin and not three_way:
@@ -66,7 +68,8 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
                                   Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
-        head = git.tree_blobs(t.repo, "HEAD", fresh)
+        entries[t.name] = git.tree_entries(t.repo, "HEAD", paths[t.name])     # FRESH are among them
+        head = {f: entries[t.name][f][1] for f in fresh if f in entries[t.name]}
         # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
         # go to `git status`, which knows about filters such as core.autocrlf.
         suspects = []
@@ -83,12 +86,13 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool) -> dict[str, 
             f = sorted(dirty)[0]
             raise ZpatchError(f"{t.repo / f}: has uncommitted changes and a patch touches it", Exit.BAD_CHECKOUT,
                               hint=f"commit or stash them first: git -C {t.repo} stash")
-    return heads
+    return heads, entries
 
 
 def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[str, bytes | None],
                     undo: UpstreamRecord | None, then: list[patchfile.Patch], three_way: bool,
-                    base: str | None) -> tuple[dict[str, tuple[str, str] | None], dict[str, tuple[str, str]]]:
+                    base: str | None, head: dict[str, tuple[str, str]] | None = None,
+                    ) -> tuple[dict[str, tuple[str, str] | None], dict[str, tuple[str, str]]]:
     """PATHS after taking out what UNDO (zpatch's record) put in and applying THEN, computed in a
     scratch index. Returns path -> (mode, blob, work-tree bytes) or None, and HEAD's entries.
     A fixed number of git processes, however many files and patches.
@@ -97,8 +101,11 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
     the record was made on this HEAD, HEAD's own entries are the starting point: no work-tree bytes
     go through git's eol filters (which would turn ComfyUI-GGUF's CRLF into LF under core.autocrlf),
     and a file the user already put back needs nothing. Only on another HEAD are the recorded
-    copies reversed from the work tree's bytes."""
-    head = git.tree_entries(t.repo, "HEAD", paths)
+    copies reversed from the work tree's bytes. HEAD: HEAD's entries of PATHS when the caller has
+    read them already."""
+    import tempfile
+    if head is None:
+        head = git.tree_entries(t.repo, "HEAD", paths)
     reverse = undo is not None and undo.patches and undo.commit != git.head_commit(t.repo)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
@@ -118,10 +125,13 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                                   f"{r.last_line()}", Exit.CONFLICT,
                                   hint="restore the files by hand (git checkout -- <files>) and move "
                                        f"{ws.zdir} away")
+        entries = None
         if then:
             r = idx.apply([p.path for p in then], three_way=three_way)
-            unmerged = [p for p, e in idx.entries(paths).items() if e[2]]
+            entries = idx.entries(paths)          # the result, read once: the check below and what follows
+            unmerged = [p for p, e in entries.items() if e[2]]
             if not r.ok or unmerged:
+                from . import diagnose
                 fails = diagnose.failures(t.repo, base or "HEAD", then, stop_at_first=True)
                 first = diagnose.one_line(fails[0]) if fails else r.last_line()
                 how = (f"the 3-way merge left conflicts in {', '.join(unmerged)}; " if three_way and unmerged else "")
@@ -129,7 +139,8 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                                   hint="nothing was changed; `zpatch check` lists every failing hunk against the "
                                        "pins" + ("" if not three_way else "; or move the upstream back to its pin"),
                                   details={"failures": fails, "conflicted_files": unmerged})
-        entries = idx.entries(paths)
+        if entries is None:
+            entries = idx.entries(paths)
         _check_modes(t, then, entries, head)
         present = [p for p in paths if p in entries]
         idx.checkout_to(Path(tmp) / "out", present)      # the bytes git would check out (filters, eol)
@@ -216,34 +227,56 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
     return changes, node
 
 
-def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dict:
+def _open(ov: Overlay, checkout: Path | None) -> tuple[Workspace, dict]:
     clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
-    result = {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
-              "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
-    if not ws.journal.exists() and not ws.journal.with_name(ws.journal.name + ".tmp").exists():
-        # the no-op fast path reads files only: no lock, no git. A run in flight has a journal (or was
-        # killed writing it: the locked path below sweeps what it left).
-        rec = ws.load_record()
-        if _fast_noop(ws, rec):
-            result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
-            return result
+    return ws, {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
+                "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
+
+
+def _unlocked_noop(ws: Workspace, result: dict) -> bool:
+    """The no-op fast path: reads files only, no lock, no git. A run in flight has a journal (or was
+    killed writing it: the locked path sweeps what it left)."""
+    if ws.journal.exists() or ws.journal.with_name(ws.journal.name + ".tmp").exists():
+        return False
+    rec = ws.load_record()
+    if not _fast_noop(ws, rec):
+        return False
+    result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
+    return True
+
+
+def already_applied(ov: Overlay, checkout: Path | None) -> dict | None:
+    """What `apply` returns when CHECKOUT already holds exactly this overlay, decided by apply's own
+    first step (files only); None when only the locked path can tell. The console script's fast path
+    (entry.py) asks this before it loads the CLI."""
+    ws, result = _open(ov, checkout)
+    return result if _unlocked_noop(ws, result) else None
+
+
+def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dict:
+    ws, result = _open(ov, checkout)
+    if _unlocked_noop(ws, result):
+        return result
     with ws.locked() as recovered:
+        from . import edit_mode
         result["recovered"] = recovered
         edit_mode.refuse(ws, "apply")
         rec = ws.load_record()
         if _fast_noop(ws, rec):
             result["upstreams"] = [_up_result(t, rec.upstreams[t.name]) for t in ws.targets]
             return result
-        heads = _preflight(ws, rec, three_way)
+        olds = {t.name: rec.upstreams.get(t.name) if rec else None for t in ws.targets}
+        touched = {t.name: list(dict.fromkeys([*(olds[t.name].files if olds[t.name] else []), *t.series.files]))
+                   for t in ws.targets}
+        heads, head_entries = _preflight(ws, rec, three_way, touched)
         changes: list[Change] = []
         ups = {}
         for t in ws.targets:
-            old = rec.upstreams.get(t.name) if rec else None
-            paths = list(dict.fromkeys([*(old.files if old else []), *t.series.files]))
+            old, paths = olds[t.name], touched[t.name]
             cur = {p: worktree.read(t.top, t.file(p)) for p in paths}
             res, _head = _scratch_result(ws, t, paths, cur, old, t.series.patches,
-                                         three_way and heads[t.name] != t.pin, heads[t.name])
+                                         three_way and heads[t.name] != t.pin, heads[t.name], head_entries[t.name])
             ch, after = _changes_for(t, paths, cur, res)
             changes += ch
             ups[t.name] = UpstreamRecord(heads[t.name], [PatchRef(p.name, p.sha256) for p in t.series.patches],
@@ -272,6 +305,7 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
 
 
 def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dict:
+    from . import edit_mode
     clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
     with ws.locked() as recovered:

@@ -18,7 +18,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from . import cache, git, locks, paths, worktree
+# cache is imported where it is used: apply, unapply and status import this module for refuse_incomplete
+from . import git, locks, paths, worktree
 from .durable import fault_point, sync_dirs, write_atomic
 from .errors import Exit, ZpatchError, from_oserror, git_cause
 from .patchset import Overlay
@@ -152,13 +153,14 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
     resumed = info is not None
     result = {"checkout": str(dest), "upstreams": [], "missing_objects": [], "partial": [],
               "resumed": resumed, "kept": []}
+    from . import cache
     try:
         if not resumed:
             _mark(dest, exclude)
         mirrors = {s.upstream.name: cache.ensure(s.upstream.url, s.upstream.commit, offline=offline,
                                                  progress=progress) for s in ov.series}
-        for s in ov.series:
-            _check_excludes(mirrors[s.upstream.name], s.upstream, exclude)
+        # each upstream's excluded files at its pin, read from the cache: a clone of it reads the same
+        known = {s.upstream.name: _check_excludes(mirrors[s.upstream.name], s.upstream, exclude) for s in ov.series}
         keep: set[str] = set()
         if resumed:
             same = info.get("exclude") == exclude    # else nothing the interrupted run cloned can be kept
@@ -181,7 +183,7 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
                                             "url": up.url, "excluded": _mine(up, exclude)})
                 continue
             _clear(dest, up)
-            _clone(dest, up, mirrors[up.name], exclude, result)
+            _clone(dest, up, mirrors[up.name], exclude, result, known[up.name])
     except BaseException:
         if not resumed:
             # this run began with DEST empty (checked under the lock): all in it is this run's
@@ -307,9 +309,10 @@ def _mine(up, exclude: list[str]) -> list[str]:
             if up.path == "." or e.startswith(up.path + "/")]
 
 
-def _check_excludes(mirror: Path, up, exclude: list[str]) -> None:
+def _check_excludes(mirror: Path, up, exclude: list[str]) -> dict[str, str]:
     """Each exclude inside UP names a file or folder of it at its pin (asked of the cache, before any
-    write: a resumed checkout is refused before anything of it is touched)."""
+    write: a resumed checkout is refused before anything of it is touched). Returns the excluded
+    files' blob ids at the pin."""
     mine = _mine(up, exclude)
     known = git.tree_blobs(mirror, up.commit, mine) if mine else {}
     unknown = [m for m in mine if m not in known and not git.run(
@@ -317,9 +320,11 @@ def _check_excludes(mirror: Path, up, exclude: list[str]) -> None:
     if unknown:
         raise ZpatchError(f"--exclude {unknown[0]}: no such path in {up.name} at {up.commit[:12]}",
                           Exit.USAGE, hint="name a file or folder of the upstream")
+    return known
 
 
-def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict) -> None:
+def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict, known: dict[str, str]) -> None:
+    """UP cloned from MIRROR at its pin; KNOWN: its excluded files' blob ids there (_check_excludes)."""
     repo = dest / up.path
     if up.path == ".":
         # DEST holds the marker, and git clones into an empty folder only: clone beside it, inside
@@ -336,10 +341,9 @@ def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict) -> No
     git.run(["remote", "set-url", "origin", up.url], cwd=repo)
     mine = _mine(up, exclude)
     if mine:
-        known = git.tree_blobs(repo, up.commit, mine)
         git.run(["sparse-checkout", "set", "--no-cone", "/*", *[f"!/{m}" for m in mine]], cwd=repo)
-        absent = [m for m, blob in known.items()
-                  if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok]
+        lacks = git.missing_objects(repo, list(dict.fromkeys(known.values())))
+        absent = [m for m, blob in known.items() if blob in lacks]
         if absent:
             # A source that lacks these blobs makes this a partial clone, and git commits over
             # a missing blob only in a promisor repository with the path out of the work tree:

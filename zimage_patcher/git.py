@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,17 +57,25 @@ def _subcommand(args: list[str]) -> str | None:
     return args[i] if i < len(args) else None
 
 
+_EXE: dict[str | None, str | None] = {}     # $PATH -> git found there: one PATH search per process
+
+
 def _git_exe() -> str:
-    exe = shutil.which("git")
+    path = os.environ.get("PATH")
+    if path not in _EXE:
+        import shutil
+        _EXE[path] = shutil.which("git")
+    exe = _EXE[path]
     if exe is None:
         raise ZpatchError("git is not installed or not on PATH", Exit.ENVIRONMENT,
                           hint="install git 2.25 or newer")
     return exe
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc) -> None:
     """End a git that zpatch no longer waits for (a timeout, Ctrl-C, SIGTERM): SIGTERM first, which git
     answers by removing its lock files (a SIGKILL would leave index.lock behind), SIGKILL if it lingers."""
+    import subprocess
     try:
         proc.terminate()
         proc.wait(timeout=10)
@@ -89,6 +95,7 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
 
     stream_stderr lets git's own progress meter reach the terminal (clones, fetches).
     """
+    import subprocess      # here, not at the top: a command that runs no git (a no-op apply) never loads it
     full_env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     full_env.update(_ENV)
     if env:
@@ -352,9 +359,28 @@ def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = F
     if len(ids) != len(paths):
         raise ZpatchError(f"{repo}: git hash-object returned {len(ids)} ids for {len(paths)} files", Exit.ENVIRONMENT)
     if durable:
-        objects = Path(repo, run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip())
+        objects = _objects_dir(repo) or Path(repo, run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip())
         sync_files([objects / i[:2] / i[2:] for i in ids])
     return ids
+
+
+def _objects_dir(repo: Path) -> Path | None:
+    """REPO's object store read from files, for a repository git has just worked in: its own .git
+    (folder or gitfile) with objects/ and refs/ there and no commondir (a linked worktree's store is
+    elsewhere). None: ask git (`rev-parse --git-path objects`)."""
+    gd = git_dir_of(Path(repo))
+    if gd is None or os.path.lexists(gd / "commondir"):
+        return None
+    objects = gd / "objects"
+    return objects if objects.is_dir() and (gd / "refs").is_dir() else None
+
+
+def missing_objects(repo: Path, ids: list[str]) -> set[str]:
+    """The object ids of IDS that REPO lacks, from one process (`cat-file -e` asks one at a time)."""
+    if not ids:
+        return set()
+    out = run(["cat-file", "--batch-check=%(objectname)"], cwd=repo, input="".join(i + "\n" for i in ids)).stdout
+    return {line.split()[0] for line in out.splitlines() if line.endswith(" missing")}
 
 
 def read_blob(repo: Path, blob: str) -> bytes | None:

@@ -40,5 +40,6 @@ def test_smoke_on_pristine_upstream_is_refused_before_it_runs(pristine_checkout,
 
 
 def test_smoke_with_a_missing_python_exits_8(pristine_checkout, tmp_path):
-    r = zpatch("smoke", pristine_checkout, "--python", tmp_path / "no-such-python", smoke_python="unused")
+    r = zpatch("smoke", pristine_checkout, "--unpatched", "--python", tmp_path / "no-such-python",
+               smoke_python="unused")
     assert r.returncode == 8 and "smoke python not found" in r.stderr

@@ -11,12 +11,11 @@ import shlex
 import signal
 import sys
 import threading
-import traceback
 from pathlib import Path
 
 import click
 
-from .. import patchset
+# patchset and traceback are imported where they are used: `--help` and usage errors never need them
 from ..errors import EXIT_HELP, Exit, Terminated, ZpatchError, from_oserror
 
 SCHEMA = 2
@@ -83,6 +82,7 @@ def envelope(command: str, ok: bool, payload: dict) -> str:
 
 def _internal(command: str, exc: BaseException) -> ZpatchError:
     """An unexpected exception: a bug. Keep the traceback in a log, say where, exit 9."""
+    import traceback
     from ..cache import cache_home
     log = cache_home() / "last-error.log"
     try:
@@ -107,6 +107,7 @@ class Context:
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
         stopped, a write interrupted). Writers ask the front door (overlay_write.hold), which refuses."""
+        from .. import patchset
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
         if not for_writing:
             from .. import overlay_write
@@ -118,6 +119,7 @@ class Context:
         return root
 
     def load(self, verify: bool = True):
+        from .. import patchset
         return patchset.load(self.overlay_root(), verify_hashes=verify)
 
     def emit(self, payload: dict, text: str) -> None:
@@ -179,7 +181,7 @@ class Group(click.Group):
 
 def complete_upstream(ctx, _param, incomplete: str):
     """Shell completion of an upstream name: the overlay's, from its lock (--overlay when given)."""
-    from .. import lock as lockmod
+    from .. import lock as lockmod, patchset
     try:
         root = patchset.find_root(ctx.params.get("overlay_dir"))
         names = [u.name for u in lockmod.parse(root / lockmod.LOCK_NAME).upstreams]
@@ -216,6 +218,7 @@ def _version(ctx, _param, value):
     except PackageNotFoundError:
         v = "unknown"
     lines = [f"zpatch {v}"]
+    from .. import patchset
     try:
         root = patchset.find_root(None)
         from .. import lock as lockmod
@@ -277,10 +280,12 @@ def command(name: str, help_example: str):
                                       hint="the overlay files are malformed")
                 except OSError as e:      # a full disk, a permission (FILESYSTEM); or a path the user gave: too long, gone, ...
                     if os.environ.get("ZPATCH_TRACE"):
+                        import traceback
                         traceback.print_exc()
                     raise from_oserror(e, code=Exit.BAD_CHECKOUT, hint="check the path and the current directory")
                 except Exception as e:   # the boundary: nothing escapes as a traceback
                     if os.environ.get("ZPATCH_TRACE"):
+                        import traceback
                         traceback.print_exc()
                     raise _internal(name, e)
             except ZpatchError as e:

@@ -6,7 +6,6 @@ from pathlib import Path
 import click
 
 from ..errors import Exit, ZpatchError
-from ..smoke.oneline import one_line
 from .base import command, complete_upstream, report_error
 
 
@@ -102,6 +101,7 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
     moved-conflict 5, smoke-failed 7 (the worst upstream decides).
     Never changes a checkout, patches/ or upstream.lock."""
     from .. import drift, drift_report, drift_schema
+    from ..smoke.oneline import one_line
     if saved:
         if smoke or offline or to or python:
             raise ZpatchError("--from renders a saved report: --smoke, --to, --offline and --python do not apply",
