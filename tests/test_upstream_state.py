@@ -75,3 +75,51 @@ def test_drift_says_a_forwarded_request_was_merged(world, zpatch, monkeypatch):
     assert "pull request #1 is merged upstream: drop this patch at the next rebase" in md
     other = next(p for p in u["patches"] if p["name"] == "0001-loader-gemma3.patch")
     assert other["upstream"] == {"state": "not-forwarded", "where": None, "field": "Forwarded", "pull_request": None}
+
+
+def test_rebases_survived_come_from_the_overlay_history(world, zpatch):
+    ov = world.overlay
+    git("init", "-q", cwd=ov)
+    git("add", "-A", cwd=ov)
+    git("commit", "-q", "-m", "overlay", cwd=ov)
+    moved = commit(world.gguf_up, {"nodes.py": "GGUF = 3\n"}, "upstream moves")
+    zpatch("rebase", "comfyui-gguf", "--onto", moved)
+    git("commit", "-q", "-am", "rebase", cwd=ov)
+    (ov / "patches/comfyui-gguf/0004-late.patch").write_bytes(
+        (ov / "patches/comfyui-gguf/0003-loader-external-tokenizer.patch").read_bytes().replace(
+            b"tokenizer_util.py", b"late_util.py"))
+    # a patch added after the rebase has survived none
+    with open(ov / "patches/comfyui-gguf/series", "a") as f:
+        f.write("0004-late.patch\n")
+    zpatch("lock")
+    git("add", "-A", cwd=ov)
+    git("commit", "-q", "-m", "a late patch", cwd=ov)
+    got = {p["name"]: p["rebases_survived"] for p in zpatch.json("status", "--upstream-state")["upstreams"][1]["patches"]}
+    assert got == {"0001-loader-gemma3.patch": 1, "0002-loader-tokenizer.patch": 1,
+                   "0003-loader-external-tokenizer.patch": 1, "0004-late.patch": 0}
+    from zimage_patcher import patchset
+    survived = upstream_state.rebases_survived(patchset.load(ov, verify_hashes=False))
+    assert survived[("comfyui-gguf", "0004-late.patch")] == 0
+    assert survived[("comfyui", "0001-sd-accept-4-D-latents.patch")] == 0
+
+
+def test_status_turns_a_forwarded_patch_merged_when_its_request_is(world, zpatch, monkeypatch):
+    monkeypatch.delenv("GH_TOKEN", raising=False)
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    lock = world.overlay / "upstream.lock"
+    lock.write_text(lock.read_text().replace(GGUF_URL, UP))
+    cfg = world.tmp / "gitconfig"
+    cfg.write_text(cfg.read_text() + f'[url "{world.gguf_up}"]\n\tinsteadOf = {UP}\n')
+    zpatch("forward", "comfyui-gguf", "0002", "--forwarded", f"{UP}/pull/1")
+    git("checkout", "-q", "-b", "pr1", world.gguf_pin, cwd=world.gguf_up)
+    head = commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 tokenizer\n")},
+                  "tokenizer")
+    git("update-ref", "refs/pull/1/head", head, cwd=world.gguf_up)
+    git("checkout", "-q", "main", cwd=world.gguf_up)
+    p2 = lambda: zpatch.json("status", "--upstream-state")["upstreams"][1]["patches"][1]   # noqa: E731
+    assert p2()["state"] == "forwarded"
+    git("merge", "-q", "--no-ff", "-m", "Merge pull request #1", "pr1", cwd=world.gguf_up)
+    assert (p2()["state"], p2()["pull_request"]["state"]) == ("merged", "merged")
+    assert "its pull request is merged upstream" in zpatch("status", "--upstream-state").output
+    res = zpatch.json("rebase", "comfyui-gguf", "--onto", "origin/main")           # and the next rebase drops it
+    assert {p["name"]: p["state"] for p in res["patches"]}["0002-loader-tokenizer.patch"] == "upstreamed"

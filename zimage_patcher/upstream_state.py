@@ -73,12 +73,32 @@ def stats(p: Patch, today: datetime.date | None = None) -> dict:
     return {"age_days": age, "lines_added": added, "lines_removed": removed}
 
 
-def overlay_report(ov) -> dict:
-    """Every patch of OV with its upstream state and statistics (`status --upstream-state`)."""
+def overlay_report(ov, *, offline: bool = False) -> dict:
+    """Every patch of OV with its upstream state and statistics (`status --upstream-state`). A patch
+    forwarded as a pull request of its upstream is asked about (pull_request): merged there, its state
+    is merged."""
+    from . import cache
+    from .errors import ZpatchError
+    survived = rebases_survived(ov)
     ups = []
     for s in ov.series:
-        ups.append({"name": s.upstream.name, "url": s.upstream.url,
-                    "patches": [{"name": p.name, "subject": p.subject, **of(p), **stats(p)} for p in s.patches]})
+        entries = []
+        head = mirror = None
+        for p in s.patches:
+            e = {"name": p.name, "subject": p.subject, **of(p), **stats(p),
+                 "rebases_survived": survived.get((s.upstream.name, p.name)), "pull_request": None}
+            if e["state"] == "forwarded" and _PR.match(e["where"] or ""):
+                try:
+                    if mirror is None:
+                        mirror, head = cache.resolve(s.upstream.url, s.upstream.commit, f"origin/{s.upstream.branch}",
+                                                     offline=offline)
+                    e["pull_request"] = pull_request(p, s.upstream.url, mirror, head, offline=offline)
+                except ZpatchError:          # unreachable: the header's word stands
+                    pass
+                if (e["pull_request"] or {}).get("state") == "merged":
+                    e.update(state="merged", field="pull request")
+            entries.append(e)
+        ups.append({"name": s.upstream.name, "url": s.upstream.url, "patches": entries})
     counts: dict[str, int] = {}
     for u in ups:
         for p in u["patches"]:
@@ -117,3 +137,35 @@ def pull_request(p: Patch, upstream_url: str, mirror, branch_head: str, *, offli
         return {"number": number, "state": "unknown", "checked_by": "git"}
     merged = git.run(["merge-base", "--is-ancestor", head, branch_head], cwd=mirror, check=False).ok
     return {"number": number, "state": "merged" if merged else "not merged", "checked_by": "git"}
+
+
+def rebases_survived(ov) -> dict[tuple[str, str], int]:
+    """(upstream, patch name) -> how many times the upstream's pin moved since the patch file was first
+    committed, read from the overlay's git history in one `git log` (empty when the overlay is not a
+    git repository). A patch not committed yet has no entry."""
+    from . import git
+    r = git.run(["log", "--reverse", "--format=>>%H", "-p", "-U5", "--no-renames", "--", "upstream.lock",
+                 *[s.upstream.patches for s in ov.series]], cwd=ov.root, check=False)
+    if not r.ok:
+        return {}
+    by_dir = {s.upstream.patches.rstrip("/"): s.upstream.name for s in ov.series}
+    moves: dict[str, int] = {}
+    born: dict[tuple[str, str], int] = {}
+    section, path, was = None, None, False
+    for line in r.stdout.splitlines():
+        if line.startswith("diff --git "):
+            path = line.split(" b/", 1)[-1]
+            section, was = None, False
+        elif line.startswith("new file mode") and path:
+            folder, _, name = path.rpartition("/")
+            if folder in by_dir:
+                born.setdefault((by_dir[folder], name), moves.get(by_dir[folder], 0))
+        elif path == "upstream.lock" and line[:1] in (" ", "+", "-"):
+            m = re.match(r"^[ +-]\[upstream\.([^\].]+)\]\s*$", line)
+            if m:
+                section, was = m.group(1), False
+            elif line.startswith("-commit = "):
+                was = True                   # a pin replaced, not the first one written
+            elif line.startswith("+commit = ") and section and was:
+                moves[section] = moves.get(section, 0) + 1
+    return {key: moves.get(key[0], 0) - at for key, at in born.items()}

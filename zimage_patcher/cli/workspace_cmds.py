@@ -159,8 +159,11 @@ def _upstream_state(ctx) -> None:
         lines.append(f"{u['name']} ({u['url']}):")
         for p in u["patches"]:
             age = f", {p['age_days']} days" if p["age_days"] is not None else ""
-            lines.append(f"  {p['state']:<14} {p['name']}  (+{p['lines_added']} -{p['lines_removed']}{age})"
-                         + (f"  {field(p['where'])}" if p["where"] else ""))
+            kept = f", {p['rebases_survived']} rebase(s)" if p["rebases_survived"] is not None else ""
+            merged = (" (its pull request is merged upstream: the next rebase drops it)"
+                      if p["field"] == "pull request" else "")
+            lines.append(f"  {p['state']:<14} {p['name']}  (+{p['lines_added']} -{p['lines_removed']}{age}{kept})"
+                         + (f"  {field(p['where'])}" if p["where"] else "") + merged)
     lines.append("Totals: " + ", ".join(f"{n} {s}" for s, n in sorted(res["counts"].items())) + ".")
     if res["counts"].get("not-forwarded"):
         lines.append("Next: zpatch forward UPSTREAM PATCH makes an upstream-ready branch of a patch (--push, --pr)")
