@@ -92,7 +92,7 @@ IMPLEMENTED = {  # the flags the fake acts on; the rest of gh's exist but are re
     ("label", "create"): {"force", "description", "color"}, ("label", "list"): {"json", "limit"},
 }
 PR_FIELDS = {"number", "title", "body", "state", "headRefName", "headRefOid", "baseRefName", "labels", "comments",
-             "isCrossRepository",
+             "isCrossRepository", "headRepositoryOwner",
              "url", "isDraft", "mergedAt", "closedAt", "author", "createdAt", "updatedAt", "closed", "id"}
 ISSUE_FIELDS = {"number", "title", "body", "state", "stateReason", "labels", "comments", "url", "author",
                 "createdAt", "updatedAt", "closedAt", "closed", "id"}
@@ -191,7 +191,9 @@ def render(st: dict, kind: str, rec: dict) -> dict:
     if kind == "pr":
         out.update({k: rec[k] for k in ("headRefName", "baseRefName", "isDraft", "mergedAt")},
                    headRefOid=rec["fork_oid"] if rec.get("fork_oid") else _head_oid(st, rec),
-                   isCrossRepository=bool(rec.get("fork_oid")))
+                   isCrossRepository=bool(rec.get("fork_oid")),
+                   headRepositoryOwner={"login": rec.get("fork_owner") or (rec["author"] if rec.get("fork_oid")
+                                                                           else st["repo"].split("/")[0])})
     else:
         out["stateReason"] = rec.get("stateReason")
     return out

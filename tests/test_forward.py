@@ -123,3 +123,35 @@ def test_a_kill_while_recording_forwarded_leaves_the_old_overlay_or_the_new(gh_w
         shutil.rmtree(w.overlay)
         shutil.copytree(start, w.overlay)
     assert overlay_snapshot(w) == want and n > 3
+
+
+def test_a_stranger_s_request_from_a_branch_of_the_same_name_is_not_taken_for_ours(gh_world, zpatch):
+    w = gh_world
+    stranger = w.gh.fork_pr("zpatch-forward/0001-loader-gemma3", "someone else's work")
+    res = zpatch.json("forward", "comfyui-gguf", "0001", "--push", FORK, "--pr")
+    assert res["pr"] != w.gh.pr(stranger)["url"] and not res["pr_reused"]
+    assert len([p for p in w.gh.prs if p["state"] == "OPEN"]) == 2
+
+
+def test_commits_someone_pushed_to_the_forward_branch_are_not_pushed_over(gh_world, zpatch, tmp_path):
+    w = gh_world
+    zpatch("forward", "comfyui-gguf", "0001", "--push", FORK)
+    branch = "zpatch-forward/0001-loader-gemma3"
+    other = tmp_path / "reviewer"
+    git("clone", "-q", "--branch", branch, str(w.fork), str(other))
+    (other / "loader.py").write_text((other / "loader.py").read_text() + "# fixup\n")
+    git("commit", "-q", "-am", "review fixup", cwd=other)
+    git("push", "-q", "origin", f"HEAD:{branch}", cwd=other)
+    theirs = git("rev-parse", "HEAD", cwd=other)
+    r = zpatch("forward", "comfyui-gguf", "0001", "--push", FORK, expect=5)
+    assert "holds commits forward did not make" in error_line(r)
+    assert git("rev-parse", f"refs/heads/{branch}", cwd=w.fork) == theirs
+
+
+@pytest.mark.parametrize("value", ["", "a\nb", "https://x/\u00a0pull/1", "no such"])
+def test_a_bad_forwarded_value_is_refused_before_anything_is_pushed(gh_world, zpatch, value):
+    w = gh_world
+    before = overlay_snapshot(w)
+    r = zpatch("forward", "comfyui-gguf", "0001", "--push", FORK, "--forwarded", value, expect=2)
+    assert "not a URL" in error_line(r)
+    assert git("for-each-ref", cwd=w.fork) == "" and overlay_snapshot(w) == before

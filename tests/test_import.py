@@ -49,11 +49,13 @@ def test_import_a_pull_request_after_a_patch(pr_world, zpatch, checkout, tmp_pat
 
 def test_once_upstream_merges_it_import_says_so_and_rebase_drops_it(pr_world, zpatch):
     w = pr_world
-    zpatch("import", "comfyui-gguf", "--pr", "1")
     git("merge", "-q", "--no-ff", "-m", "Merge pull request #1", "pr1", cwd=w.gguf_up)
     # importing a request upstream has merged records that upstream has it (the series is still on the pin)
-    res = zpatch.json("import", "comfyui-gguf", w.pr_head, "--dry-run")
-    assert res["merged_upstream"] is True and res["origin"] == f"{UP}/commit/{w.pr_head}"
+    res = zpatch.json("import", "comfyui-gguf", "--pr", "1")
+    assert res["merged_upstream"] is True and res["origin"] == f"{UP}/pull/1"
+    assert f"Applied-Upstream: {UP}/pull/1" in (w.overlay / PATCHES / res["patches"][0]["name"]).read_text()
+    r = zpatch("import", "comfyui-gguf", "--pr", "1", expect=2)                # twice: it is there already
+    assert "its change is already in the comfyui-gguf series" in error_line(r)
     res = zpatch.json("rebase", "comfyui-gguf", "--onto", "origin/main")
     states = {p["name"]: p["state"] for p in res["patches"]}
     assert states["0004-Support-Gemma-3-in-nodes.patch"] == "upstreamed"
@@ -97,3 +99,50 @@ def test_a_kill_leaves_the_overlay_old_or_new(pr_world, zpatch, tmp_path):
         shutil.rmtree(w.overlay)
         shutil.copytree(start, w.overlay)
     assert overlay_snapshot(w) == want and n > 3
+
+
+def three_commit_pr(w, n: int) -> list[str]:
+    """Pull request N: three commits, each building on the one before, on a side branch."""
+    git("checkout", "-q", "-b", f"pr{n}", w.gguf_pin, cwd=w.gguf_up)
+    out = [commit(w.gguf_up, {"gemma.py": "A = 1\n"}, "Add gemma.py")]
+    out.append(commit(w.gguf_up, {"gemma.py": "A = 1\nB = 2\n"}, "More gemma"))
+    out.append(commit(w.gguf_up, {"gemma.py": "A = 1\nB = 2\nC = 3\n"}, "Even more gemma"))
+    git("update-ref", f"refs/pull/{n}/head", out[-1], cwd=w.gguf_up)
+    git("checkout", "-q", "main", cwd=w.gguf_up)
+    return out
+
+
+def test_a_request_of_several_commits_comes_in_their_order(pr_world, zpatch, checkout):
+    w = pr_world
+    three_commit_pr(w, 3)
+    res = zpatch.json("import", "comfyui-gguf", "--pr", "3")
+    assert [p["name"] for p in res["patches"]] == ["0004-Add-gemma.py.patch", "0005-More-gemma.patch",
+                                                   "0006-Even-more-gemma.patch"]
+    zpatch("apply", checkout)
+    assert (checkout / "custom_nodes/ComfyUI-GGUF/gemma.py").read_text() == "A = 1\nB = 2\nC = 3\n"
+
+
+def test_a_request_merged_with_a_merge_commit_comes_whole(pr_world, zpatch):
+    w = pr_world
+    ours = three_commit_pr(w, 3)
+    git("merge", "-q", "--no-ff", "-m", "Merge pull request #3", "pr3", cwd=w.gguf_up)
+    res = zpatch.json("import", "comfyui-gguf", "--pr", "3", "--dry-run")
+    assert [p["commit"] for p in res["patches"]] == ours and res["merged_upstream"]
+
+
+def test_a_merge_commit_is_refused_and_its_hint_imports_what_it_merged(pr_world, zpatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+    w = pr_world
+    three_commit_pr(w, 3)
+    git("merge", "-q", "--no-ff", "-m", "Merge pull request #3", "pr3", cwd=w.gguf_up)
+    merge = git("rev-parse", "HEAD", cwd=w.gguf_up)
+    r = zpatch("import", "comfyui-gguf", merge, expect=2)
+    assert "a merge commit" in error_line(r)
+    hint = next(line for line in r.output.splitlines() if line.startswith("hint: "))[len("hint: "):]
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
+    done = subprocess.run(hint, shell=True, capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert done.returncode == 0, done.stderr
+    assert len((w.overlay / PATCHES / "series").read_text().split()) == 6
+    assert zpatch.json("check")["clean"]

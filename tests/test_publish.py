@@ -65,9 +65,12 @@ def test_a_push_made_meanwhile_is_not_overwritten(world, zpatch, tmp_path):
     git("commit", "-q", "-m", "someone else's work", cwd=other)
     git("push", "-q", "origin", "HEAD:zpatch/comfyui-gguf", cwd=other)
     theirs = git("rev-parse", "HEAD", cwd=other)
-    # the overlay is unchanged, but the branch moved: publish puts the series back, with a lease on what it saw
-    res = zpatch.json("publish", "comfyui-gguf", "--remote", remote)
-    assert res["before"] == theirs and res["forced"] and res["pushed"]
+    # the branch holds a commit publish did not make: publishing again would drop it, so it refuses
+    r = zpatch("publish", "comfyui-gguf", "--remote", remote, expect=5)
+    assert f"holds commits publish did not make (its tip {theirs[:12]})" in error_line(r)
+    assert git("rev-parse", "refs/heads/zpatch/comfyui-gguf", cwd=remote) == theirs
+    # its hint, followed: look at them, then publish elsewhere
+    assert zpatch.json("publish", "comfyui-gguf", "--remote", remote, "--branch", "zpatch/gguf-2")["pushed"]
 
 
 def test_bad_input_is_one_line(world, zpatch, tmp_path):
@@ -77,3 +80,6 @@ def test_bad_input_is_one_line(world, zpatch, tmp_path):
     assert "not a valid git ref name" in error_line(r)
     r = zpatch("publish", "comfyui", "--remote", tmp_path / "missing.git", expect=6)
     assert "cannot read the remote" in error_line(r)
+    witness = tmp_path / "pwned"
+    r = zpatch("publish", "comfyui", "--remote", f"--upload-pack=touch {witness}", expect=2)
+    assert "not a remote's URL or path" in error_line(r) and not witness.exists()

@@ -57,9 +57,14 @@ def forward(root: Path, upstream: str, wanted: list[str], *, onto: str | None = 
     if pr and not push:
         raise ZpatchError("--pr needs --push REMOTE: the pull request's branch lives on your fork", Exit.USAGE,
                           hint=f"zpatch forward {upstream} {' '.join(wanted)} --push <your fork's URL> --pr")
-    if pr and forwarded:
+    if pr and forwarded is not None:
         raise ZpatchError("--pr and --forwarded exclude each other: the PR's URL is recorded", Exit.USAGE,
                           hint="give one of them")
+    if forwarded is not None and not re.fullmatch(r"[!-~]+", forwarded):
+        raise ZpatchError(f"--forwarded {forwarded!r}: not a URL (printable ASCII, no spaces)", Exit.USAGE,
+                          hint="give the pull request's URL, e.g. https://github.com/city96/ComfyUI-GGUF/pull/402")
+    if push is not None:
+        git.check_remote(push)
     target = github.slug(s.upstream.url)
     fork = github.slug(push) if push else None
     if pr and (target is None or fork is None):
@@ -75,19 +80,28 @@ def forward(root: Path, upstream: str, wanted: list[str], *, onto: str | None = 
     tip = commits[-1]["commit"]
     result = {"upstream": upstream, "onto": head, "onto_ref": ref, "branch": branch, "commits": commits,
               "commit": tip, "mirror": str(mirror), "ref": f"refs/zpatch/forward/{branch}", "dry_run": dry_run,
-              "pushed": None, "pr": None, "forwarded": forwarded, "written": []}
+              "pushed": None, "pr": None, "pr_reused": False, "forwarded": forwarded, "written": []}
     if dry_run:
         return result
+    ours = git.rev_parse(mirror, result["ref"])          # what the last forward of this branch made
+    before = None
+    if push:
+        before = git.remote_refs(push, [f"refs/heads/{branch}"]).get(f"refs/heads/{branch}")
+        if before is not None and before not in (tip, ours):
+            q = shlex.quote
+            raise ZpatchError(f"{git.redact(push)}: {branch} holds commits forward did not make (its tip "
+                              f"{before[:12]}); pushing would drop them", Exit.CONFLICT,
+                              hint=f"look at them (git fetch {q(git.redact(push))} {q(branch)} && git log -p FETCH_HEAD), "
+                                   "then forward to another branch (--branch NAME)")
     with locks.mirror(mirror):
         git.run(["update-ref", result["ref"], tip], cwd=mirror)
     if push:
-        before = git.remote_refs(push, [f"refs/heads/{branch}"]).get(f"refs/heads/{branch}")
         if before != tip:
             git.push_with_lease(mirror, push, [f"{tip}:refs/heads/{branch}"], f"refs/heads/{branch}", before,
                                 env=github.auth_env())
-        result["pushed"] = {"remote": push, "before": before, "changed": before != tip}
+        result["pushed"] = {"remote": git.redact(push), "before": before, "changed": before != tip}
     if pr:
-        result["pr"] = _open_pr(s, target, fork, branch, head, chosen)
+        result["pr"], result["pr_reused"] = _open_pr(s, target, fork, branch, head, chosen)
         result["forwarded"] = result["pr"]
     if result["forwarded"]:
         result["written"] = record_forwarded(root, upstream, [p.name for p in chosen], result["forwarded"])
@@ -128,8 +142,9 @@ def _commits(s: Series, mirror: Path, head: str, ref: str, chosen: list[Patch]) 
     return out
 
 
-def _open_pr(s: Series, target: str, fork: str, branch: str, head: str, chosen: list[Patch]) -> str:
-    """The pull request of BRANCH (on FORK) against the upstream's branch; its URL."""
+def _open_pr(s: Series, target: str, fork: str, branch: str, head: str, chosen: list[Patch]) -> tuple[str, bool]:
+    """The pull request of BRANCH (on FORK) against the upstream's branch: its URL, and whether it was
+    open already (then the push updated it)."""
     first = chosen[0]
     title = first.subject if len(chosen) == 1 else f"{first.subject} (and {len(chosen) - 1} more)"
     parts = []
@@ -140,12 +155,16 @@ def _open_pr(s: Series, target: str, fork: str, branch: str, head: str, chosen: 
             "where its smoke generation (a Z-Image graph with a Gemma 3 GGUF text encoder and the Wan VAE, "
             f"run by `zpatch verify`) passes; here it was applied 3-way onto {head[:12]} and committed, not run.\n")
     gh = github.Gh()
-    open_ = gh.read("pr", "list", "--repo", target, "--head", branch, "--state", "open", "--json", "url,headRefName")
-    if open_:                      # forwarded before: the push updated that request
-        return open_[0]["url"]
-    url = gh.write("pr", "create", "--repo", target, "--head", f"{fork.split('/')[0]}:{branch}",
+    owner = fork.split("/")[0]
+    open_ = gh.read("pr", "list", "--repo", target, "--head", branch, "--state", "open", "--json",
+                    "url,headRefName,headRepositoryOwner")
+    # --head matches the branch name only: a stranger's request from a branch of that name is not ours
+    mine = [p for p in open_ or [] if ((p.get("headRepositoryOwner") or {}).get("login") or "").lower() == owner.lower()]
+    if mine:                       # forwarded before: the push updated that request
+        return mine[0]["url"], True
+    url = gh.write("pr", "create", "--repo", target, "--head", f"{owner}:{branch}",
                    "--base", s.upstream.branch, "--title", title, body=body)
-    return url.strip().splitlines()[-1] if url.strip() else ""
+    return (url.strip().splitlines()[-1] if url.strip() else ""), False
 
 
 def _description(p: Patch) -> str:
@@ -161,8 +180,9 @@ def _description(p: Patch) -> str:
 def record_forwarded(root: Path, upstream: str, names: list[str], where: str) -> list[str]:
     """Write `Forwarded: WHERE` into the patches NAMES of UPSTREAM, through the front door (their hashes
     into upstream.lock in the same transaction). The overlay files that changed."""
-    if re.search(r"[\x00-\x1f\x7f]", where):
-        raise ZpatchError(f"{where!r}: not a one-line URL", Exit.USAGE, hint="give the pull request's URL")
+    if not re.fullmatch(r"[!-~]+", where):
+        raise ZpatchError(f"{where!r}: not a URL (printable ASCII, no spaces)", Exit.USAGE,
+                          hint="give the pull request's URL")
     with overlay_write.hold(root, "forward") as writer:
         ov = patchset.load(root)
         s = next(s for s in ov.series if s.upstream.name == upstream)
@@ -180,5 +200,5 @@ def record_forwarded(root: Path, upstream: str, names: list[str], where: str) ->
 
 def hint_for(result: dict) -> str:
     """What to do next, as commands."""
-    m, ref = shlex.quote(result["mirror"]), result["ref"]
+    m, ref = shlex.quote(result["mirror"]), shlex.quote(result["ref"])
     return f"look at it: git -C {m} log -p {result['onto'][:12]}..{ref}"

@@ -409,7 +409,8 @@ _QUIET = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONF
 ZPATCH_NOTES = "refs/notes/zpatch"       # commit -> the patch file it came from (edit mode)
 EDIT_BASE = "refs/zpatch/base"           # the pin the edit branch starts from (Electron keeps such a ref)
 EDIT_BRANCH = "zpatch/edit"
-_IDENTITY = {"GIT_COMMITTER_NAME": "zpatch", "GIT_COMMITTER_EMAIL": "zpatch@localhost"}
+COMMITTER = ("zpatch", "zpatch@localhost")     # of the commits zpatch makes from patches (edit, publish)
+_IDENTITY = {"GIT_COMMITTER_NAME": COMMITTER[0], "GIT_COMMITTER_EMAIL": COMMITTER[1]}
 
 
 def _neutral(args: list[str]) -> list[str]:
@@ -632,11 +633,25 @@ def write_blobs(repo: Path, datas: list[bytes]) -> list[str]:
 
 # ---------------------------------------------------------------- remotes: publish and forward
 
+def redact(url: str) -> str:
+    """URL with any user:password@ (a token) hidden, for messages."""
+    return re.sub(r"(?<=//)[^/@\s]+@", "***@", url)
+
+
+def check_remote(remote: str) -> None:
+    """A remote given on the command line is a URL or a path, never an option for git."""
+    if not remote or remote.startswith("-"):
+        raise ZpatchError(f"{redact(remote)!r}: not a remote's URL or path", Exit.USAGE,
+                          hint="give your fork's URL, e.g. git@github.com:me/ComfyUI-GGUF.git")
+
+
 def remote_refs(remote: str, refs: list[str], env: dict | None = None) -> dict[str, str]:
     """REFS as REMOTE has them now (an absent ref is not in the dict)."""
+    check_remote(remote)
     r = run(["ls-remote", remote, *refs], check=False, env={"GIT_TERMINAL_PROMPT": "0", **(env or {})})
     if not r.ok:
-        raise ZpatchError(f"{remote}: cannot read the remote: {r.last_line()}", Exit.UNREACHABLE,
+        why = next((line for line in r.stderr.splitlines() if line.startswith(("fatal:", "error:"))), r.last_line())
+        raise ZpatchError(f"{redact(remote)}: cannot read the remote: {why}", Exit.UNREACHABLE,
                           hint="check the URL (your fork of the upstream) and your credentials")
     out = {}
     for line in r.stdout.splitlines():
@@ -650,10 +665,13 @@ def push_with_lease(repo: Path, remote: str, specs: list[str], lease_ref: str, e
                     env: dict | None = None) -> None:
     """Push SPECS from REPO to REMOTE in one atomic push, only if LEASE_REF there is still EXPECTED (None:
     absent): a push someone made meanwhile is refused, never overwritten."""
+    check_remote(remote)
     r = run(["push", "--quiet", "--atomic", f"--force-with-lease={lease_ref}:{expected or ''}", remote, *specs],
             cwd=repo, check=False, env={"GIT_TERMINAL_PROMPT": "0", **(env or {})})
     if not r.ok:
         import shlex
-        raise ZpatchError(f"{remote}: push refused: {r.last_line()}", Exit.GIT_REFUSED,
-                          hint="someone pushed there meanwhile, or the remote needs credentials: "
-                               f"git ls-remote {shlex.quote(remote)} shows what is there")
+        why = next((line for line in r.stderr.splitlines() if "rejected" in line or line.startswith(("fatal:", "error:"))),
+                   r.last_line())
+        raise ZpatchError(f"{redact(remote)}: push refused: {why}", Exit.GIT_REFUSED,
+                          hint="someone pushed there meanwhile, or the remote refuses (credentials, a checked-out "
+                               f"branch): git ls-remote {shlex.quote(redact(remote))} shows what is there")

@@ -29,6 +29,8 @@ def import_patches(root, upstream: str, *, pr: int | None = None, rev: str | Non
     if (pr is None) == (rev is None):
         raise ZpatchError("say what to import: --pr N or a commit/range", Exit.USAGE,
                           hint=f"zpatch import {upstream} --pr 402   or   zpatch import {upstream} <commit>")
+    if pr is not None and pr < 1:
+        raise ZpatchError(f"--pr {pr}: pull requests are numbered from 1", Exit.USAGE, hint="give its number")
     with overlay_write.hold(root, "import") as writer:
         ov = patchset.load(root)
         s = next((s for s in ov.series if s.upstream.name == upstream), None)
@@ -89,10 +91,14 @@ def _commits(mirror, up, branch_head: str, *, pr: int | None, rev: str | None) -
             raise ZpatchError(f"{up.url}: no pull request {pr} ({r.last_line()})", Exit.UNREACHABLE,
                               hint=f"check the number on {_url(up.url, pr=pr)}")
         head = git.rev_parse(mirror, ref)
-        base = git.run(["merge-base", head, branch_head], cwd=mirror).stdout.strip()
-        commits = git.rev_list(mirror, f"{base}..{head}", "--reverse", "--no-merges")
-        if not commits:            # merged by a fast-forward: the PR's own commits are on the branch
-            commits = [head]
+        commits = _pr_commits(mirror, head, branch_head)
+        if commits is None:
+            raise ZpatchError(f"pull request {pr} is merged into {up.branch} without a merge commit, so its first "
+                              "commit cannot be told from the branch's", Exit.USAGE,
+                              hint=f"name its commits as a range: zpatch import {up.name} <commit before it>..{head[:12]}")
+        if not commits:
+            raise ZpatchError(f"pull request {pr} has no commits of its own to import", Exit.USAGE,
+                              hint=f"look at it: {_url(up.url, pr=pr)}")
         return commits, _url(up.url, pr=pr)
     if ".." in rev:
         a, b = rev.split("..", 1)
@@ -100,7 +106,7 @@ def _commits(mirror, up, branch_head: str, *, pr: int | None, rev: str | None) -
         if not ca or not cb:
             raise ZpatchError(f"{rev}: not a range of {up.url}'s commits", Exit.USAGE,
                               hint=f"list them with: git -C {mirror} log --oneline origin/{up.branch}")
-        commits = git.rev_list(mirror, f"{ca}..{cb}", "--reverse", "--no-merges")
+        commits = git.rev_list(mirror, f"{ca}..{cb}", "--no-merges")
         if not commits:
             raise ZpatchError(f"{rev}: no commits in that range", Exit.USAGE, hint="name the older end first: A..B")
         return commits, _url(up.url, commit=cb)
@@ -108,7 +114,26 @@ def _commits(mirror, up, branch_head: str, *, pr: int | None, rev: str | None) -
     if not c:
         raise ZpatchError(f"{rev}: no such commit in {up.url}", Exit.USAGE,
                           hint=f"list them with: git -C {mirror} log --oneline origin/{up.branch}")
+    if len(git.run(["rev-list", "--parents", "-n1", c], cwd=mirror).stdout.split()) > 2:
+        raise ZpatchError(f"{rev}: a merge commit; zpatch imports the commits it merged", Exit.USAGE,
+                          hint=f"zpatch import {up.name} {c[:12]}^1..{c[:12]}^2")
     return [c], _url(up.url, commit=c)
+
+
+def _pr_commits(mirror, head: str, branch_head: str) -> list[str] | None:
+    """The commits of a pull request whose head is HEAD, oldest first, merges left out. Open: those the
+    branch lacks. Merged with a merge commit M (the oldest first-parent commit of the branch that has
+    HEAD): M^1..HEAD. Merged without one (fast-forward, rebase): None, its start is not in the graph."""
+    if not git.run(["merge-base", "--is-ancestor", head, branch_head], cwd=mirror, check=False).ok:
+        base = git.run(["merge-base", head, branch_head], cwd=mirror).stdout.strip()
+        return git.rev_list(mirror, f"{base}..{head}", "--no-merges")
+    line = git.rev_list(mirror, f"{head}..{branch_head}", "--first-parent", "--ancestry-path")
+    if not line:
+        return None                           # HEAD is the branch's head itself
+    parents = git.run(["rev-list", "--parents", "-n1", line[0]], cwd=mirror).stdout.split()[1:]
+    if len(parents) < 2 or head in parents[:1]:
+        return None                           # HEAD is on the first-parent line: no merge commit
+    return git.rev_list(mirror, f"{parents[0]}..{head}", "--no-merges")
 
 
 def _carry(s, mirror, commits: list[str], at: int, fields: dict[str, str]) -> list[tuple[str, bytes]]:
@@ -134,6 +159,10 @@ def _carry(s, mirror, commits: list[str], at: int, fields: dict[str, str]) -> li
                                   Exit.CONFLICT, hint="import it at another place (--after PATCH), or rebase the "
                                                       "series onto a newer upstream commit first")
             tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
+            if tree == git.rev_parse(mirror, f"{parent}^{{tree}}", "tree"):
+                raise ZpatchError(f"{c[:12]}: its change is already in the {s.upstream.name} series at place {at + 1}",
+                                  Exit.USAGE, hint="nothing to import; `zpatch status --upstream-state` lists the "
+                                                   "series")
             parent = idx.commit_tree(tree, parent, path)
             data = idx.format_patch(parent)
             for key, value in fields.items():

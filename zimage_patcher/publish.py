@@ -36,15 +36,21 @@ def publish(ov: Overlay, upstream: str, remote: str, *, branch: str | None = Non
         tip = commits[-1] if commits else s.upstream.commit
         remote_refs = git.remote_refs(remote, [f"refs/heads/{branch}", *([f"refs/tags/{tag}"] if tag else [])])
         before = remote_refs.get(f"refs/heads/{branch}")
-        result = {"upstream": upstream, "remote": remote, "branch": branch, "commit": tip, "before": before,
+        result = {"upstream": upstream, "remote": git.redact(remote), "branch": branch, "commit": tip, "before": before,
                   "commits": [{"commit": c, "patch": p.name} for c, p in zip(commits, s.patches)],
                   "pushed": False, "forced": False, "tag": tag, "dry_run": dry_run,
-                  "install": f"git clone --branch {shlex.quote(branch)} {shlex.quote(remote)} "
+                  "install": f"git clone --branch {shlex.quote(branch)} {shlex.quote(git.redact(remote))} "
                              + shlex.quote(s.upstream.path.rsplit('/', 1)[-1] if s.upstream.path != '.' else 'ComfyUI')}
         old_tag = remote_refs.get(f"refs/tags/{tag}") if tag else None
         if tag and old_tag not in (None, tip):
-            raise ZpatchError(f"{remote}: tag {tag} already names {old_tag[:12]}, not this series ({tip[:12]})",
+            raise ZpatchError(f"{git.redact(remote)}: tag {tag} already names {old_tag[:12]}, not this series ({tip[:12]})",
                               Exit.CONFLICT, hint="a published tag is never moved: choose another --tag")
+        if before is not None and before != tip and not _published_by_us(idx, remote, branch, before):
+            q = shlex.quote
+            raise ZpatchError(f"{git.redact(remote)}: {branch} holds commits publish did not make (its tip {before[:12]}); "
+                              "publishing would drop them", Exit.CONFLICT,
+                              hint=f"look at them (git fetch {q(git.redact(remote))} {q(branch)} && git log -p FETCH_HEAD), "
+                                   "then publish to another branch (--branch NAME)")
         specs = []
         if before != tip:
             result["forced"] = before is not None and not _contains(idx, tip, before)
@@ -61,3 +67,14 @@ def publish(ov: Overlay, upstream: str, remote: str, *, branch: str | None = Non
 def _contains(idx: git.ScratchIndex, tip: str, old: str) -> bool:
     """OLD is an ancestor of TIP (a fast-forward), as far as the objects here can tell."""
     return idx.run(["merge-base", "--is-ancestor", old, tip], check=False).ok
+
+
+def _published_by_us(idx: git.ScratchIndex, remote: str, branch: str, tip: str) -> bool:
+    """REMOTE's BRANCH, at TIP, is a branch publish made: its tip has publish's committer (fetched into the
+    scratch store to look). Anyone's commit on top of it is theirs, and is not pushed over."""
+    r = idx.run(["fetch", "--quiet", "--no-tags", remote, f"refs/heads/{branch}"], check=False,
+                env={"GIT_TERMINAL_PROMPT": "0"})
+    if not r.ok:
+        return False
+    who = idx.run(["log", "-1", "--format=%cn <%ce>", tip], check=False).stdout.strip()
+    return who == f"{git.COMMITTER[0]} <{git.COMMITTER[1]}>"

@@ -144,8 +144,11 @@ def rebases_survived(ov) -> dict[tuple[str, str], int]:
     committed, read from the overlay's git history in one `git log` (empty when the overlay is not a
     git repository). A patch not committed yet has no entry."""
     from . import git
-    r = git.run(["log", "--reverse", "--format=>>%H", "-p", "-U5", "--no-renames", "--", "upstream.lock",
-                 *[s.upstream.patches for s in ov.series]], cwd=ov.root, check=False)
+    # the neutral config (no colour, prefixes, renames or other diff settings of the user's) and paths
+    # relative to the overlay, which may sit in a folder of a bigger repository
+    r = git.run(git._neutral(["log", "--reverse", "--format=>>%H", "-p", "-U5", "--no-renames", "--no-color",
+                              "--relative", "--no-ext-diff", "--", "upstream.lock",
+                              *[s.upstream.patches for s in ov.series]]), cwd=ov.root, check=False, env=git._QUIET)
     if not r.ok:
         return {}
     by_dir = {s.upstream.patches.rstrip("/"): s.upstream.name for s in ov.series}

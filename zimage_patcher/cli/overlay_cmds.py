@@ -147,7 +147,7 @@ def forward_cmd(ctx, upstream, patches, onto, branch, push, pr, forwarded, dry_r
         lines.append(f"Pushed to {res['pushed']['remote']} {res['branch']}" if res["pushed"]["changed"]
                      else f"{res['pushed']['remote']} {res['branch']} already holds it")
     if res["pr"]:
-        lines.append(f"Opened {res['pr']}")
+        lines.append(f"{'Updated (already open)' if res['pr_reused'] else 'Opened'} {res['pr']}")
     if res["written"]:
         lines.append(f"Recorded Forwarded: {res['forwarded']} in " + ", ".join(res["written"])
                      + "; commit the overlay.")
