@@ -1,0 +1,302 @@
+"""`zpatch models fetch DIR`: real zpatch processes and the real huggingface_hub, against a local server
+that answers as the Hub does for hf_hub_download (HF_ENDPOINT points there; HF_HOME is a tmp dir).
+
+The fake Hub serves `{endpoint}/{repo_id}/resolve/{revision}/{filename}`: HEAD with X-Repo-Commit,
+ETag and X-Linked-Etag (the sha256, as for an LFS file), X-Linked-Size and Content-Length; GET whole
+or, for a `Range: bytes=N-` request, 206 with Content-Range. It sends no X-Xet-* header, so the plain
+HTTP path is taken; a new commit id whenever a repository's bytes change. It can cut a GET after N bytes once, and answer 401 GatedRepo for a repository."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FILES = {    # role -> (local name, repo_id, filename in the repo, bytes)
+    "diffusion_model": ("z_image_turbo-Q5_K_M.gguf", "test-org/Z-Image-Turbo-GGUF", "z_image_turbo-Q5_K_M.gguf",
+                        b"GGUF" + os.urandom(6000)),
+    "text_encoder": ("gemma-3-4b-it-Q4_K_M.gguf", "test-org/gemma-3-4b-it-GGUF", "gemma-3-4b-it-Q4_K_M.gguf",
+                     b"GGUF" + os.urandom(5000)),
+    "tokenizer": ("tokenizer.model", "test-org/gemma-3-4b-it", "tokenizer.model", os.urandom(3000)),
+    "vae": ("qwen_image_vae.safetensors", "test-org/Qwen-Image_ComfyUI", "split_files/vae/qwen_image_vae.safetensors",
+            os.urandom(4000)),
+}
+PINNED = ("diffusion_model", "vae")      # the others have no sha256 in the test manifest
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class FakeHub:
+    def __init__(self):
+        self.files = {(repo, path): data for _, repo, path, data in FILES.values()}
+        self.gated: set[str] = set()
+        self.cut: dict[str, int] = {}       # filename -> bytes sent before the connection drops (once)
+        self.log: list[tuple[str, str, str | None]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self._answer(body=False)
+
+            def do_GET(self):
+                self._answer(body=True)
+
+            def _answer(self, body: bool):
+                hub.log.append((self.command, self.path, self.headers.get("Range")))
+                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
+                if len(parts) < 5 or parts[2] != "resolve":
+                    return self._error(404, "RepoNotFound")
+                repo, path = "/".join(parts[:2]), "/".join(parts[4:])
+                if repo in hub.gated:
+                    return self._error(401, "GatedRepo", f"Access to model {repo} is restricted.")
+                data = hub.files.get((repo, path))
+                if data is None:
+                    return self._error(404, "EntryNotFound")
+                # a new commit whenever the repository's bytes change, as on the Hub (huggingface_hub
+                # keys its snapshots by commit: the same commit means the same files)
+                commit = hashlib.sha1(b"".join(d for (r, _), d in sorted(hub.files.items()) if r == repo)).hexdigest()
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes=") and rng.endswith("-"):
+                    start = int(rng[len("bytes="):-1])
+                self.send_response(206 if start else 200)
+                self.send_header("X-Repo-Commit", commit)
+                self.send_header("ETag", f'"{sha(data)}"')
+                self.send_header("X-Linked-Etag", f'"{sha(data)}"')
+                self.send_header("X-Linked-Size", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if not body:
+                    return
+                cut = hub.cut.pop(path.rsplit("/", 1)[-1], None)
+                if cut is not None:      # the declared length, fewer bytes, then the connection closes
+                    self.wfile.write(data[start:start + cut])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:])
+
+            def _error(self, code: int, kind: str, message: str = ""):
+                self.send_response(code)
+                self.send_header("X-Error-Code", kind)
+                if message:
+                    self.send_header("X-Error-Message", message)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def gets(self) -> list:
+        return [entry for entry in self.log if entry[0] == "GET" and "/resolve/" in entry[1]]
+
+
+@pytest.fixture
+def hub():
+    h = FakeHub()
+    h.thread.start()
+    yield h
+    h.server.shutdown()
+    h.server.server_close()
+
+
+def write_manifest(path: Path, *, pin=PINNED, override: dict | None = None) -> Path:
+    lines = ["version = 1", ""]
+    for role, (name, repo, filename, data) in FILES.items():
+        lines += [f"[model.{role}]", f'name = "{name}"', f'repo_id = "{repo}"', 'revision = "main"',
+                  f'filename = "{filename}"']
+        if role in pin:
+            lines += [f"size = {len(data)}", f'sha256 = "{(override or {}).get(role, sha(data))}"']
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def env(tmp_path, hub):
+    e = {k: v for k, v in os.environ.items()
+         if not k.startswith("HF_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), NO_COLOR="1", NO_PROXY="127.0.0.1",
+             ZPATCH_CACHE=str(tmp_path / "zpatch-cache"), HF_HUB_DISABLE_TELEMETRY="1")
+    return e
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    return write_manifest(tmp_path / "models.toml")
+
+
+def fetch(env, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "models", "fetch", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
+
+
+def model_files(d: Path) -> dict[str, bytes]:
+    """What DIR holds, leaving out the record; a temporary (half) file fails the test."""
+    assert not [p.name for p in d.iterdir() if p.name.endswith(".part")] if d.exists() else True
+    return {p.name: p.read_bytes() for p in d.iterdir() if p.name != ".zpatch-models.json"} if d.exists() else {}
+
+
+def expected_files() -> dict[str, bytes]:
+    return {name: data for name, _, _, data in FILES.values()}
+
+
+def test_a_fresh_fetch_lays_out_every_file_verified_and_a_second_run_downloads_nothing(hub, env, manifest, tmp_path):
+    d = tmp_path / "models"
+    r = fetch(env, d, "--manifest", manifest)
+    assert r.returncode == 0, r.stderr
+    assert model_files(d) == expected_files()
+    for role, (name, repo, _, data) in FILES.items():
+        assert f"fetched       {name}" in r.stdout and f"from {repo}@main" in r.stdout
+        recorded = f"sha256 not pinned in the manifest; recorded {sha(data)}; pin it in models.toml"
+        assert (recorded in r.stdout) == (role not in PINNED)
+    assert f"Next: zpatch smoke ./ComfyUI --models {d}" in r.stdout and "--device cuda" in r.stdout
+    # where the smoke looks: flat in DIR (smoke/harness.py REAL_MODEL_FILES)
+    sys.path.insert(0, str(ROOT / "zimage_patcher" / "smoke"))
+    try:
+        from harness import REAL_MODEL_FILES
+    finally:
+        sys.path.pop(0)
+    assert all((d / names[0]).is_file() for names in REAL_MODEL_FILES.values())
+    assert (d / "qwen_image_vae.safetensors").stat().st_nlink == 2      # a hard link to the cache's blob
+
+    hub.log.clear()
+    again = fetch(env, d, "--manifest", manifest, "--json")
+    assert again.returncode == 0, again.stderr
+    assert hub.log == []                     # verified where they are: not even a HEAD
+    out = json.loads(again.stdout)
+    assert out["ok"] and out["dir"] == str(d)
+    assert {f["name"]: (f["state"], f["sha256"], f["size"], f["pinned"]) for f in out["files"]} == {
+        name: ("present", sha(data), len(data), role in PINNED) for role, (name, _, _, data) in FILES.items()}
+
+    # gone from DIR, still in the Hugging Face cache: back without a download
+    (d / "tokenizer.model").unlink()
+    hub.log.clear()
+    third = fetch(env, d, "--manifest", manifest, "--only", "tokenizer")
+    assert third.returncode == 0, third.stderr
+    assert "verified      tokenizer.model" in third.stdout and hub.gets() == []
+    assert model_files(d) == expected_files()
+
+
+def test_a_connection_cut_mid_file_is_resumed_and_the_result_verifies(hub, env, manifest, tmp_path):
+    # huggingface_hub writes in chunks of 10 MiB and, when the connection drops, asks for the rest from the
+    # last whole chunk on (within the run: a run that dies keeps no partial file); hence 11 MiB here
+    big = os.urandom(11 * 1024 * 1024)
+    hub.files[(FILES["tokenizer"][1], "tokenizer.model")] = big
+    hub.cut["tokenizer.model"] = cut = 10 * 1024 * 1024 + 1000
+    d = tmp_path / "models"
+    r = fetch(env, d, "--manifest", manifest, "--only", "tokenizer.model")
+    assert r.returncode == 0, r.stderr
+    ranges = [g[2] for g in hub.gets()]
+    assert len(ranges) == 2 and ranges[0] is None
+    assert ranges[1].startswith("bytes=") and 0 < int(ranges[1][6:-1]) <= cut, ranges
+    assert model_files(d) == {"tokenizer.model": big}
+    assert f"recorded {sha(big)}" in r.stdout
+
+
+def test_a_wrong_sha256_is_refused_and_the_file_not_kept(hub, env, tmp_path):
+    manifest = write_manifest(tmp_path / "models.toml", override={"vae": "f" * 64})
+    d = tmp_path / "models"
+    r = fetch(env, d, "--manifest", manifest, "--only", "vae")
+    assert r.returncode == 8
+    error, hint = r.stderr.strip().splitlines()[-2:]
+    assert error.startswith("error: qwen_image_vae.safetensors from test-org/Qwen-Image_ComfyUI@main: ")
+    assert sha(FILES["vae"][3]) in error and "f" * 64 in error
+    assert hint.startswith("hint: ") and "not kept" in hint
+    assert model_files(d) == {}
+    hub.files[(FILES["vae"][1], FILES["vae"][2])] = b"fixed upstream"   # and the bad bytes left no trace in
+    again = fetch(env, d, "--manifest", manifest, "--only", "vae")       # the cache: the next run asks again
+    assert again.returncode == 8 and "14 bytes" in again.stderr
+
+
+def test_the_hash_recorded_at_the_first_fetch_holds_later(hub, env, manifest, tmp_path):
+    d = tmp_path / "models"
+    assert fetch(env, d, "--manifest", manifest, "--only", "tokenizer").returncode == 0
+    hub.files[(FILES["tokenizer"][1], "tokenizer.model")] = b"other bytes"      # the repo's main moved
+    (d / "tokenizer.model").unlink()
+    r = fetch(env, d, "--manifest", manifest, "--only", "tokenizer")
+    assert r.returncode == 8 and "recorded at the first fetch" in r.stderr
+    assert "tokenizer.model" not in model_files(d)
+
+
+def test_offline_uses_a_filled_cache_and_says_what_an_empty_one_lacks(hub, env, manifest, tmp_path):
+    d = tmp_path / "models"
+    assert fetch(env, d, "--manifest", manifest).returncode == 0
+    for p in d.iterdir():
+        p.unlink()
+    hub.log.clear()
+    r = fetch({**env, "HF_HUB_OFFLINE": "1"}, d, "--manifest", manifest)
+    assert r.returncode == 0, r.stderr
+    assert hub.log == [] and model_files(d) == expected_files()
+    assert r.stdout.count("verified      ") == 4
+
+    empty = tmp_path / "empty"
+    for how in ({"HF_HUB_OFFLINE": "1"}, {}):
+        r = fetch({**env, "HF_HOME": str(tmp_path / "hf-empty"), **how}, empty, "--manifest", manifest,
+                  *([] if how else ["--offline"]))
+        assert r.returncode == 6
+        assert r.stderr.startswith("error: z_image_turbo-Q5_K_M.gguf: not in the Hugging Face cache (")
+        assert "offline" in r.stderr and not empty.exists()
+    assert hub.log == []
+
+
+def test_a_gated_repository_gives_the_one_line_auth_hint(hub, env, manifest, tmp_path):
+    hub.gated.add(FILES["text_encoder"][1])
+    d = tmp_path / "models"
+    r = fetch(env, d, "--manifest", manifest, "--only", "text_encoder")
+    assert r.returncode == 6
+    assert r.stderr.splitlines() == [
+        "error: gemma-3-4b-it-Q4_K_M.gguf: test-org/gemma-3-4b-it-GGUF is a gated repository (HTTP 401): it needs "
+        "an account that accepted its terms",
+        f"hint: accept them on {hub.url}/test-org/gemma-3-4b-it-GGUF, then `hf auth login` (or set HF_TOKEN)"]
+    assert not d.exists()
+    js = fetch(env, d, "--manifest", manifest, "--only", "text_encoder", "--json")
+    assert json.loads(js.stdout)["exit_code"] == 6
+
+
+@pytest.mark.parametrize("text, field", [
+    ('version = 1\n[model.vae]\nname = "../vae.safetensors"\nrepo_id = "a/b"\nrevision = "main"\nfilename = "v"\n',
+     "model.vae.name"),
+    ('version = 1\n[model.vae]\nname = "v"\nrepo_id = "a/b"\nrevision = "main"\nfilename = "v"\nsha256 = "xyz"\n',
+     "model.vae.sha256"),
+    ('version = 1\n[model.vae]\nname = "v"\nrepo_id = "a/b"\nfilename = "v"\n', "model.vae.revision"),
+    ('version = 1\n[model.vae]\nname = "v"\nrepo_id = "a/b"\nrevision = "main"\nfilename = "v"\nsize = -1\n',
+     "model.vae.size"),
+])
+def test_a_bad_manifest_is_one_line_naming_file_and_field(env, tmp_path, text, field):
+    manifest = tmp_path / "models.toml"
+    manifest.write_text(text, encoding="utf-8")
+    d = tmp_path / "models"
+    r = fetch(env, d, "--manifest", manifest)
+    assert r.returncode == 3
+    error, hint = r.stderr.splitlines()
+    assert error.startswith(f"error: {manifest}: {field}: ") and hint.startswith("hint: ")
+    assert not d.exists()
+
+
+def test_the_overlay_manifest_is_valid_and_names_what_the_smoke_reads():
+    from zimage_patcher import models
+    listed = models.load_manifest(ROOT / models.MANIFEST)
+    assert {m.name for m in listed} == {name for name, *_ in FILES.values()}
+
+
+def test_other_commands_do_not_import_huggingface_hub():
+    code = "import sys; import zimage_patcher.cli; print('huggingface_hub' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT).stdout == "False\n"
