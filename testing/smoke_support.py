@@ -8,12 +8,12 @@ from pathlib import Path
 
 from zimage_patcher import apply, clone, patchset
 
+from testing.smoke_server import SMOKE_MODULES  # noqa: F401
 from testing.upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_DIR = ROOT / "zimage_patcher" / "smoke"
 HERE = ROOT / "tests" / "smoke"
-SMOKE_MODULES = ("torch", "numpy", "gguf", "sentencepiece", "safetensors")
 
 
 def build_checkout(dest: Path) -> Path:
@@ -25,6 +25,16 @@ def build_checkout(dest: Path) -> Path:
 def apply_overlay(dest: Path) -> Path:
     """Both series and the node, applied by zpatch."""
     apply.apply(patchset.load(ROOT), dest)
+    return dest
+
+
+def byte_compiled(dest: Path, python: str) -> Path:
+    """DEST's modules byte-compiled by PYTHON, as the first import of a checkout leaves them where Python
+    may write bytecode: the many smoke runs on one session checkout then read ComfyUI's bytecode instead
+    of each compiling it again (under PYTHONDONTWRITEBYTECODE too). Hash-checked, so a file a test
+    edits is compiled afresh from its source, however quick the edit."""
+    subprocess.run([python, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash", str(dest)],
+                   capture_output=True)
     return dest
 
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from testing import smoke_server
 from testing.fixtures import World
 
 from zimage_patcher.cli import main
@@ -21,15 +25,81 @@ def pytest_configure(config):
         config._zpatch_cache = os.environ["ZPATCH_CACHE"]
 
 
+# How the run is spread over the workers (pyproject.toml: -n auto). The tests that need the smoke
+# interpreter (the `smoke_python` fixture) go to one worker as one unit: one fork server with torch,
+# one set of checkouts at the pins, their module fixtures built once. Being the biggest unit, it is
+# handed out first. The other tests go one at a time, those marked `slow` first (tens of seconds:
+# kill loops, whole workflow runs), so that the run does not end waiting on one of them.
+# (xdist's own --dist loadgroup cannot do this on pytest 9: pytest-xdist issue #1386.)
+SMOKE_TESTS = ("tests/smoke/", "tests/test_real_smoke_head.py", "tests/test_real_upstream.py",
+               "tests/test_drift_job.py::test_the_job_on_the_real_upstreams", "tests/test_overlay_node.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "load":      # a --dist the user chose on the command line
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SmokeTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "smoke" if nodeid.startswith(SMOKE_TESTS) else nodeid
+
+    return SmokeTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)   # stable: otherwise as collected
+    for item in items:
+        if "smoke_python" in getattr(item, "fixturenames", ()) and not item.nodeid.startswith(SMOKE_TESTS):
+            warnings.warn(f"{item.nodeid} needs the smoke interpreter: add it to SMOKE_TESTS in tests/conftest.py "
+                          "(else its worker starts a second smoke server)", pytest.PytestWarning)
+
+
+def pytest_sessionstart(session):
+    """At its end pytest deletes the temporary folders of the run three runs back (a run leaves about a
+    gigabyte, 150,000 files): ~10 s on one core after the last test. Start that deletion now, beside the
+    tests, in a process of its own running pytest's own cleanup (which skips folders another live run
+    holds); pytest_sessionfinish waits for it, and pytest's cleanup at the end then finds little left."""
+    config = session.config
+    factory = getattr(config, "_tmp_path_factory", None)
+    if hasattr(config, "workerinput") or factory is None or factory._given_basetemp is not None \
+            or config.getini("tmp_path_retention_policy") == "none":
+        return
+    try:
+        from _pytest.pathlib import LOCK_TIMEOUT
+        base = factory.getbasetemp()
+        keep = int(config.getini("tmp_path_retention_count"))
+        code = ("import sys; from pathlib import Path; from _pytest.pathlib import cleanup_numbered_dir; "
+                "cleanup_numbered_dir(Path(sys.argv[1]), 'pytest-', int(sys.argv[2]), float(sys.argv[3]))")
+        config._zpatch_tmp_cleanup = subprocess.Popen(
+            [sys.executable, "-c", code, str(base.parent), str(keep), str(base.stat().st_mtime - LOCK_TIMEOUT)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (ImportError, AttributeError, OSError, ValueError):
+        pass            # a pytest that keeps its folders otherwise: it cleans up at the end, as always
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    cleanup = getattr(session.config, "_zpatch_tmp_cleanup", None)
+    if cleanup is not None:
+        cleanup.wait()
+
+
 def pytest_unconfigure(config):
     cache = getattr(config, "_zpatch_cache", None)
     if cache:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def world_template(tmp_path_factory) -> World:
+    """One World built per test process; each test's `world` is a copy of it (the same pins)."""
+    return World(tmp_path_factory.mktemp("world-template"))
+
+
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    w = World(tmp_path)
+def world(world_template, tmp_path, monkeypatch):
+    w = World(tmp_path, template=world_template)
     for k, v in w.env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("ZPATCH_OVERLAY", raising=False)
@@ -61,3 +131,20 @@ def zpatch(world):
 def checkout(world, tmp_path):
     """A user's own ComfyUI install (plain git clones at the pins)."""
     return world.clone_checkout(tmp_path / "ComfyUI")
+
+
+@pytest.fixture(scope="session")
+def smoke_python():
+    """The smoke interpreter ($ZPATCH_SMOKE_PYTHON if set, else the one running the tests) behind a fork
+    server with torch imported (testing/smoke_server.py), one per test process; skips when it lacks
+    torch/gguf/sentencepiece/safetensors."""
+    py = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
+    folder = Path(tempfile.mkdtemp(prefix="zpatch-smoke-"))     # short: a socket path has ~100 bytes
+    try:
+        server = smoke_server.start(py, folder)
+    except RuntimeError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(str(e))
+    yield str(server.python)
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from testing.fixtures import LOADER_PY, commit, overlay_snapshot, replace_line
 
 DATA = Path(__file__).parent / "data"
@@ -298,6 +300,7 @@ def test_publish_refuses_typos_and_duplicates_before_any_write(zpatch, world, tm
     assert gh.calls == []
 
 
+@pytest.mark.slow
 def test_fuzzed_reports_get_a_one_line_error_never_a_traceback(zpatch, world, tmp_path, monkeypatch):
     """Reports from a job that ran upstream code: every field replaced by junk of every type."""
     import random

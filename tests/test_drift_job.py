@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -91,6 +90,7 @@ def test_upstream_moves_again_updates_the_same_branch_and_pr(job, world):
     assert git("rev-parse", "zpatch-drift/comfyui-gguf^", cwd=job.origin) == git("rev-parse", "main", cwd=job.origin)
 
 
+@pytest.mark.slow
 def test_a_human_commit_on_the_branch_is_kept_until_a_fresh_branch_is_asked_for(job, world):
     _gguf_moves(world)
     job.run()
@@ -115,6 +115,7 @@ def test_a_human_commit_on_the_branch_is_kept_until_a_fresh_branch_is_asked_for(
     assert job.branch("comfyui-gguf") not in (mine, head)
 
 
+@pytest.mark.slow
 def test_a_pr_closed_without_merge_skips_its_target_until_upstream_moves(job, world):
     _gguf_moves(world)
     job.run()
@@ -187,7 +188,7 @@ from testing.upstream import unreachable_reason  # noqa: E402
 
 
 @pytest.mark.skipif(unreachable_reason() is not None, reason=str(unreachable_reason()))
-def test_the_job_on_the_real_upstreams(tmp_path):
+def test_the_job_on_the_real_upstreams(tmp_path, smoke_python):
     """This repository's overlay, the real upstream histories (as the user's git config reaches them),
     the real smoke: ComfyUI's head conflicts from its first commit after the pin (no target: an issue
     that names that commit), ComfyUI-GGUF moves clean and gets its pull request."""
@@ -200,7 +201,7 @@ def test_the_job_on_the_real_upstreams(tmp_path):
     gitconfig = os.environ.get("GIT_CONFIG_GLOBAL") or str(Path.home() / ".gitconfig")
     world = SimpleNamespace(overlay=src, env={"GIT_CONFIG_GLOBAL": gitconfig})
     job = Job(world, tmp_path / "job")
-    job.env["ZPATCH_SMOKE_PYTHON"] = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
+    job.env["ZPATCH_SMOKE_PYTHON"] = smoke_python
     res = job.run()
     reports = {n: load_report(res.artifacts_dir / f"drift-{n}" / "drift.json") for n in ("comfyui", "comfyui-gguf")}
     comfy, gguf = reports["comfyui"]["upstreams"][0], reports["comfyui-gguf"]["upstreams"][0]
@@ -215,6 +216,7 @@ def test_the_job_on_the_real_upstreams(tmp_path):
     assert f'commit = "{gguf["head"]}"' in job.lock_on("zpatch-drift/comfyui-gguf")
 
 
+@pytest.mark.slow
 def test_an_issue_closed_by_a_person_stays_closed_until_the_finding_changes(job, world):
     commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
            "gguf: rewrites line 20")
@@ -277,6 +279,7 @@ def test_a_fork_pr_with_the_same_branch_name_is_not_the_jobs(job, world):
     assert len(ours) == 1 and _marker(ours[0]["body"])["target"] == g1
 
 
+@pytest.mark.slow
 def test_a_human_commit_on_the_branch_of_a_closed_pr_is_not_overwritten(job, world):
     _gguf_moves(world)
     job.run()

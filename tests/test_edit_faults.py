@@ -68,6 +68,7 @@ def states(world, zpatch, checkout, tmp_path):
     return before, after
 
 
+@pytest.mark.slow
 def test_kill_edit_at_every_point_then_edit_or_unapply_finishes(world, zpatch, checkout, states, tmp_path):
     before, after = states
     n = 0
@@ -96,6 +97,7 @@ def test_kill_edit_at_every_point_then_edit_or_unapply_finishes(world, zpatch, c
     assert n > 8, "edit has a point after each ref, note, config and switch"
 
 
+@pytest.mark.slow
 def test_kill_edit_of_an_applied_checkout_then_edit_finishes(world, zpatch, checkout, states, tmp_path):
     """From an applied checkout edit unapplies first (a journaled transaction), then enters."""
     before, after = states
@@ -124,6 +126,7 @@ def exported(world, zpatch, checkout, states):
     return checkout
 
 
+@pytest.mark.slow
 def test_kill_unapply_leaving_edit_mode_at_every_point(world, zpatch, exported, states, tmp_path):
     before, after = states
     n = 0
@@ -179,6 +182,7 @@ def _run_hint(zp, hint: str) -> None:
             git(*argv[1:])
 
 
+@pytest.mark.slow
 def test_kill_unapply_discard_with_unexported_work(world, zpatch, checkout, states, tmp_path):
     before, after = states
     zpatch("edit", checkout)

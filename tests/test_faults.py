@@ -60,6 +60,7 @@ def prepare(world, tmp_path, op: str) -> tuple[Path, dict, dict]:
     return base, tree_snapshot(base), tree_snapshot(ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op", ["apply", "reapply", "unapply"])
 def test_kill_at_every_write_point(world, tmp_path, op):
     base, before, after = prepare(world, tmp_path, op)
@@ -90,6 +91,7 @@ def test_kill_at_every_write_point(world, tmp_path, op):
     assert outcomes["before"] and outcomes["after"], outcomes   # both sides of the commit point were hit
 
 
+@pytest.mark.slow
 def test_a_killed_recovery_is_recovered_too(world, tmp_path):
     """Kill apply at each write point, then kill the recovery itself: the third run still ends at
     exactly the state after, with no temp file of either killed run left behind (found by an attack)."""
@@ -211,6 +213,7 @@ def test_a_file_edited_after_a_kill_is_never_overwritten_and_the_hint_puts_it_ba
     assert tree_snapshot(co) == after
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_journal_leaves_no_litter_for_the_opposite_command(world, tmp_path):
     """Found by an attack: apply killed before its journal existed, then unapply ("nothing to do"),
     left `.git/zpatch/*.tmp` behind; and the other way round."""

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+@pytest.fixture(scope="module", autouse=True)
+def torch():
+    """torch, imported when the first test here runs: not at collection, in every worker (this module
+    runs in the worker of the smoke tests, tests/conftest.py)."""
+    return pytest.importorskip("torch")
 
 OVERLAY = Path(__file__).resolve().parent.parent / "zimage_patcher" / "overlay"
 NODE_DIR = OVERLAY / "ComfyUI-ZImage-Fix"
@@ -49,7 +53,7 @@ def test_package_exports_mappings_like_comfyui_loads_it():
     assert callable(getattr(cls(), cls.FUNCTION))
 
 
-def test_4d_latent_becomes_one_frame_5d_with_identical_values(node):
+def test_4d_latent_becomes_one_frame_5d_with_identical_values(node, torch):
     latent = torch.randn(2, 16, 8, 12)
     (out,) = node.unsqueeze({"samples": latent})
     assert out["samples"].shape == (2, 16, 1, 8, 12)
@@ -58,7 +62,7 @@ def test_4d_latent_becomes_one_frame_5d_with_identical_values(node):
     assert torch.equal(out["samples"].squeeze(2), latent)
 
 
-def test_input_dict_is_not_mutated(node):
+def test_input_dict_is_not_mutated(node, torch):
     latent = torch.randn(1, 16, 4, 4)
     samples = {"samples": latent}
     node.unsqueeze(samples)
@@ -66,7 +70,7 @@ def test_input_dict_is_not_mutated(node):
     assert samples["samples"].shape == (1, 16, 4, 4)
 
 
-def test_5d_latent_passes_unchanged(node):
+def test_5d_latent_passes_unchanged(node, torch):
     latent = torch.randn(1, 16, 3, 8, 8)
     samples = {"samples": latent, "batch_index": [0]}
     (out,) = node.unsqueeze(samples)
@@ -75,7 +79,7 @@ def test_5d_latent_passes_unchanged(node):
     assert out["samples"].shape == (1, 16, 3, 8, 8)
 
 
-def test_extra_keys_are_preserved(node):
+def test_extra_keys_are_preserved(node, torch):
     latent = torch.randn(3, 16, 8, 8)
     mask = torch.ones(3, 1, 64, 64)
     samples = {"samples": latent, "noise_mask": mask, "batch_index": [4, 5, 6], "type": "image"}
@@ -88,7 +92,7 @@ def test_extra_keys_are_preserved(node):
 
 
 @pytest.mark.parametrize("shape", [(16, 8), (1, 16, 8), (1, 1, 16, 1, 8, 8)])
-def test_other_ranks_are_refused_with_the_shape(node, shape):
+def test_other_ranks_are_refused_with_the_shape(node, shape, torch):
     with pytest.raises(ValueError, match=r"got shape \(" + ", ".join(map(str, shape))):
         node.unsqueeze({"samples": torch.zeros(shape)})
 

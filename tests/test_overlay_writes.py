@@ -67,6 +67,7 @@ def _trial(world, checkout, tmp_path, n):
     return ov, co
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("next_command", ["export", "lock"])
 def test_export_killed_at_every_write_and_git_step_is_finished_by_the_next_writer(world, checkout, tmp_path,
                                                                                 edited, next_command):

@@ -24,7 +24,6 @@ from testing.upstream import EXCLUDE, ROOT, lock, unreachable_reason
 
 pytestmark = pytest.mark.skipif(unreachable_reason() is not None, reason=str(unreachable_reason()))
 
-SMOKE_MODULES = ("torch", "numpy", "gguf", "sentencepiece", "safetensors")
 CONFLICT = re.compile(r"^<{7}[^\n]*\n(?P<ours>.*?)(?:^\|{7}[^\n]*\n.*?)?^={7}\n(?P<theirs>.*?)^>{7}[^\n]*\n",
                       re.S | re.M)
 
@@ -56,12 +55,8 @@ def zpatch(*args, env, expect=0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    py = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
-    r = subprocess.run([py, "-c", "import " + ", ".join(SMOKE_MODULES)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"smoke python {py} lacks one of {', '.join(SMOKE_MODULES)}")
-    e = dict(os.environ, ZPATCH_SMOKE_PYTHON=py)   # ZPATCH_CACHE: the run's shared cache (conftest.py)
+def env(tmp_path_factory, smoke_python) -> dict:
+    e = dict(os.environ, ZPATCH_SMOKE_PYTHON=smoke_python)   # ZPATCH_CACHE: the run's shared cache (conftest.py)
     e["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg"))  # rebase scratch area, smoke models
     e.pop("ZPATCH_OVERLAY", None)
     return e

@@ -63,9 +63,7 @@ def test_real_checkout_apply_compile_unapply(env, tmp_path):
     assert not (dest / "custom_nodes/ComfyUI-ZImage-Fix").exists()
 
 
-def test_patched_modules_import_under_torch(env, tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("gguf")
+def test_patched_modules_import_under_torch(env, tmp_path, smoke_python):
     dest = tmp_path / "ComfyUI"
     zpatch("checkout", dest, "--exclude", EXCLUDE, env=env)
     zpatch("apply", dest, env=env)
@@ -77,7 +75,9 @@ def test_patched_modules_import_under_torch(env, tmp_path):
             "assert 'LatentUnsqueeze' in nodes.NODE_CLASS_MAPPINGS\n"
             "assert 'CLIPLoaderGGUF' in nodes.NODE_CLASS_MAPPINGS\n"
             "print('OK')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=dest, capture_output=True, text=True, timeout=300)
+    script = tmp_path / "import_patched.py"      # run by the smoke interpreter (torch imported already)
+    script.write_text("import os, sys; sys.path.insert(0, os.getcwd())   # as for python -c CODE\n" + code)
+    r = subprocess.run([smoke_python, script], cwd=dest, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
     assert "IMPORT FAILED" not in r.stderr
 

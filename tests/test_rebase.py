@@ -61,8 +61,8 @@ def _rebased_copy(world, tmp_path) -> dict:
     import shutil
     reference = tmp_path / "reference"
     shutil.copytree(world.overlay, reference)
-    subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(reference),
-                    "comfyui-gguf", "--onto", "main"], check=True, capture_output=True)
+    r = run.zpatch("rebase", "--overlay", reference, "comfyui-gguf", "--onto", "main")
+    assert r.returncode == 0, r.stderr
     return {p.relative_to(reference).as_posix(): p.read_bytes() for p in sorted(reference.rglob("*"))
             if p.is_file() and ".zpatch" not in p.relative_to(reference).parts}
 
@@ -347,6 +347,7 @@ def test_refusals(zpatch, world):
     assert "a rebase of comfyui-gguf" in zpatch("check", "--no-apply").stderr   # every command says so
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finish", ["--abort", "--continue"])
 def test_killed_at_every_write_point_then_abort_or_continue(world, tmp_path, finish):
     """SIGKILL at each write point in turn (its state, the formatted patches, the transaction over
@@ -355,16 +356,14 @@ def test_killed_at_every_write_point_then_abort_or_continue(world, tmp_path, fin
     rebase ends."""
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)
-    cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
     want = _rebased_copy(world, tmp_path)
     assert want != before
     for kill_at in range(1, 200):
-        env = {**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)}
-        r = subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], env=env, capture_output=True, text=True)
+        r = _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at)
         if r.returncode == 0:
             break
         assert r.returncode == -9, r.stderr
-        r = subprocess.run([*cmd, finish], capture_output=True, text=True)
+        r = _cli(world, "rebase", finish)
         nothing = r.returncode == 2 and "no rebase in progress" in r.stderr    # killed before its state existed
         assert nothing or r.returncode == 0, (kill_at, r.stderr)
         assert not list(world.overlay.rglob("*.tmp")), kill_at
@@ -373,8 +372,7 @@ def test_killed_at_every_write_point_then_abort_or_continue(world, tmp_path, fin
             assert now in (before, want), kill_at
         else:
             assert now == want, kill_at
-        assert "in progress" not in subprocess.run([*cmd[:3], "check", "--overlay", str(world.overlay), "--no-apply"],
-                                                   capture_output=True, text=True).stderr, kill_at
+        assert "in progress" not in _cli(world, "check", "--no-apply").stderr, kill_at
         for rel, data in before.items():        # the next trial starts from the old overlay again
             (world.overlay / rel).write_bytes(data)
         for rel in set(now) - set(before):
@@ -525,10 +523,8 @@ def test_a_symlinked_keep_folder_in_the_rebase_area_is_refused(zpatch, world, tm
     before = overlay_snapshot(world)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    cmd = [sys.executable, "-m", "zimage_patcher.cli", "rebase", "--overlay", str(world.overlay)]
     for kill_at in range(1, 8):     # the first kill that leaves its state saved
-        r = subprocess.run([*cmd, "comfyui-gguf", "--onto", "main"], capture_output=True,
-                           env={**os.environ, "ZPATCH_TEST_KILL_AT": str(kill_at)})
+        r = _cli(world, "rebase", "comfyui-gguf", "--onto", "main", kill_at=kill_at)
         assert r.returncode == -9
         if (_area(world.overlay) / "rebase" / "op.json").is_file():
             break
@@ -558,6 +554,7 @@ def test_an_edit_to_a_carried_patch_while_stopped_is_never_overwritten(zpatch, w
     assert b"USER NOTE" in p1.read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adopts", [False, True])
 def test_a_rebase_killed_while_writing_the_overlay_is_finished_by_the_next_writer(world, tmp_path, adopts):
     """Half-written, the overlay looks tampered. `check` (a reader) must not send the user to `zpatch
@@ -594,6 +591,7 @@ def test_a_rebase_killed_while_writing_the_overlay_is_finished_by_the_next_write
     assert hinted, "no kill left a half-written overlay"
 
 
+@pytest.mark.slow
 def test_killed_recoveries_leave_no_temp_file_in_the_overlay(world, tmp_path):
     commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
     before = overlay_snapshot(world)

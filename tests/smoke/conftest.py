@@ -3,35 +3,20 @@
 Checkouts are built with raw git from the pinned upstreams (a url.insteadOf mirror works); when
 the upstream URLs are unreachable the tests skip with a one-line reason. Everything that imports
 ComfyUI runs in a subprocess under the smoke Python: $ZPATCH_SMOKE_PYTHON if set, else the
-interpreter running the tests.
+interpreter running the tests, forked from a server that has torch imported (the `smoke_python`
+fixture in tests/conftest.py).
 """
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from testing.smoke_support import (ROOT, SMOKE_DIR, SMOKE_MODULES, apply_overlay, build_checkout,  # noqa: E402
-                           lock, run_probe, unreachable_reason)
-
-
-@pytest.fixture(scope="session")
-def smoke_python() -> str:
-    """The smoke interpreter; skips when it lacks torch/gguf/sentencepiece/safetensors."""
-    py = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
-    if os.path.abspath(py) == os.path.abspath(sys.executable):  # not realpath: a venv's python links out
-        for mod in SMOKE_MODULES:
-            pytest.importorskip(mod)
-    else:
-        r = subprocess.run([py, "-c", "import " + ", ".join(SMOKE_MODULES)], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"smoke python {py} lacks one of {', '.join(SMOKE_MODULES)}")
-    return py
+from testing.smoke_support import (ROOT, SMOKE_DIR, apply_overlay, build_checkout, byte_compiled, lock,  # noqa: E402
+                                   run_probe, unreachable_reason)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +24,7 @@ def pristine_checkout(tmp_path_factory, smoke_python) -> Path:
     reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
-    return build_checkout(tmp_path_factory.mktemp("pristine") / "ComfyUI")
+    return byte_compiled(build_checkout(tmp_path_factory.mktemp("pristine") / "ComfyUI"), smoke_python)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +32,7 @@ def patched_checkout(tmp_path_factory, smoke_python) -> Path:
     reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
-    return apply_overlay(build_checkout(tmp_path_factory.mktemp("patched") / "ComfyUI"))
+    return byte_compiled(apply_overlay(build_checkout(tmp_path_factory.mktemp("patched") / "ComfyUI")), smoke_python)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.smoke_support import ROOT, apply_overlay, build_checkout
+from testing.smoke_support import ROOT, apply_overlay, build_checkout, byte_compiled
 from zimage_patcher import verify
 from zimage_patcher.errors import Exit, ZpatchError
 from zimage_patcher.smoke import runner
@@ -29,7 +29,7 @@ def checkout(tmp_path_factory, smoke_python) -> Path:
     reason = unreachable_reason()
     if reason:
         pytest.skip(reason)
-    return apply_overlay(build_checkout(tmp_path_factory.mktemp("judgement") / "ComfyUI"))
+    return byte_compiled(apply_overlay(build_checkout(tmp_path_factory.mktemp("judgement") / "ComfyUI")), smoke_python)
 
 
 def smoke(checkout: Path, out: Path, models: Path, python: str) -> dict:
