@@ -46,7 +46,9 @@ def test_the_report_schema_knows_every_state():
     assert drift_schema.UPSTREAM_STATES == upstream_state.STATES
 
 
-def test_drift_says_a_forwarded_request_was_merged(world, zpatch, monkeypatch):
+def forwarded_as_pull_request_1(world, zpatch, monkeypatch) -> None:
+    """ComfyUI-GGUF at a GitHub URL (mapped to the fixture), patch 0002 forwarded as its pull request 1,
+    and upstream's request: patch 2's change on a side branch, refs/pull/1/head (not merged yet). No gh."""
     monkeypatch.delenv("GH_TOKEN", raising=False)
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     lock = world.overlay / "upstream.lock"
@@ -54,12 +56,15 @@ def test_drift_says_a_forwarded_request_was_merged(world, zpatch, monkeypatch):
     cfg = world.tmp / "gitconfig"
     cfg.write_text(cfg.read_text() + f'[url "{world.gguf_up}"]\n\tinsteadOf = {UP}\n')
     zpatch("forward", "comfyui-gguf", "0002", "--forwarded", f"{UP}/pull/1")
-    # upstream: the request (patch 2's change) on its own branch, merged into main
     git("checkout", "-q", "-b", "pr1", world.gguf_pin, cwd=world.gguf_up)
     head = commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 tokenizer\n")},
                   "tokenizer")
     git("update-ref", "refs/pull/1/head", head, cwd=world.gguf_up)
     git("checkout", "-q", "main", cwd=world.gguf_up)
+
+
+def test_drift_says_a_forwarded_request_was_merged(world, zpatch, monkeypatch):
+    forwarded_as_pull_request_1(world, zpatch, monkeypatch)
     r = zpatch("drift", "--upstream", "comfyui-gguf", "--json", expect=None)
     rep = json.loads(r.stdout)
     (u,) = rep["upstreams"]
@@ -104,18 +109,7 @@ def test_rebases_survived_come_from_the_overlay_history(world, zpatch):
 
 
 def test_status_turns_a_forwarded_patch_merged_when_its_request_is(world, zpatch, monkeypatch):
-    monkeypatch.delenv("GH_TOKEN", raising=False)
-    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
-    lock = world.overlay / "upstream.lock"
-    lock.write_text(lock.read_text().replace(GGUF_URL, UP))
-    cfg = world.tmp / "gitconfig"
-    cfg.write_text(cfg.read_text() + f'[url "{world.gguf_up}"]\n\tinsteadOf = {UP}\n')
-    zpatch("forward", "comfyui-gguf", "0002", "--forwarded", f"{UP}/pull/1")
-    git("checkout", "-q", "-b", "pr1", world.gguf_pin, cwd=world.gguf_up)
-    head = commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 tokenizer\n")},
-                  "tokenizer")
-    git("update-ref", "refs/pull/1/head", head, cwd=world.gguf_up)
-    git("checkout", "-q", "main", cwd=world.gguf_up)
+    forwarded_as_pull_request_1(world, zpatch, monkeypatch)
     p2 = lambda: zpatch.json("status", "--upstream-state")["upstreams"][1]["patches"][1]   # noqa: E731
     assert p2()["state"] == "forwarded"
     git("merge", "-q", "--no-ff", "-m", "Merge pull request #1", "pr1", cwd=world.gguf_up)
