@@ -8,7 +8,6 @@ from pathlib import Path
 
 from zimage_patcher import apply, clone, patchset
 
-from testing.smoke_server import SMOKE_MODULES  # noqa: F401
 from testing.upstream import EXCLUDE, lock, unreachable_reason  # noqa: E402,F401  (one reachability probe per run)
 
 ROOT = Path(__file__).resolve().parents[1]

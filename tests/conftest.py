@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,33 @@ SMOKE_TESTS = ("tests/smoke/", "tests/test_real_smoke_head.py", "tests/test_real
                "tests/test_drift_job.py::test_the_job_on_the_real_upstreams", "tests/test_overlay_node.py")
 
 
+@pytest.hookimpl(optionalhook=True)                 # a hook of pytest-xdist: unknown under -p no:xdist
+def pytest_xdist_auto_num_workers(config):
+    """-n auto: a worker per core, plus one per core that other processes keep busy (at most two workers
+    per core). A worker keeps about one core busy (pytest, zpatch and git run one after another); where
+    other work already runs, the kernel shares each core among the runnable processes, and the extra
+    workers keep the suite's share near what it has alone. Busy: the machine's CPU time over a quarter
+    of a second now, while this process waits (not a load average, which still counts a run just
+    finished)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not hasattr(os, "sched_getaffinity"):
+        return None                                    # pytest-xdist's own answer
+
+    def ticks() -> tuple[int, int]:                    # (busy, all) jiffies of all cores, from /proc/stat
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+        return user + nice + system + irq + softirq, user + nice + system + idle + iowait + irq + softirq + steal
+
+    cores = len(os.sched_getaffinity(0))
+    try:
+        busy0, all0 = ticks()
+        time.sleep(0.25)
+        busy1, all1 = ticks()
+    except (OSError, ValueError):
+        return None
+    others = (busy1 - busy0) / max(1, all1 - all0) * (os.cpu_count() or cores)
+    return max(cores, min(2 * cores, cores + round(others)))
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     if config.getoption("dist") != "load":      # a --dist the user chose on the command line
         return None
@@ -61,12 +89,13 @@ def pytest_sessionstart(session):
     tests, in a process of its own running pytest's own cleanup (which skips folders another live run
     holds); pytest_sessionfinish waits for it, and pytest's cleanup at the end then finds little left."""
     config = session.config
-    factory = getattr(config, "_tmp_path_factory", None)
-    if hasattr(config, "workerinput") or factory is None or factory._given_basetemp is not None \
-            or config.getini("tmp_path_retention_policy") == "none":
-        return
+    if hasattr(config, "workerinput") or config.getini("tmp_path_retention_policy") == "none":
+        return                  # a worker's folders are in the main process's; "none" keeps nothing to delete
     try:
         from _pytest.pathlib import LOCK_TIMEOUT
+        factory = config._tmp_path_factory
+        if factory._given_basetemp is not None:
+            return              # --basetemp: pytest empties that folder itself, at the start
         base = factory.getbasetemp()
         keep = int(config.getini("tmp_path_retention_count"))
         code = ("import sys; from pathlib import Path; from _pytest.pathlib import cleanup_numbered_dir; "
@@ -141,10 +170,10 @@ def smoke_python():
     py = os.environ.get("ZPATCH_SMOKE_PYTHON") or sys.executable
     folder = Path(tempfile.mkdtemp(prefix="zpatch-smoke-"))     # short: a socket path has ~100 bytes
     try:
-        server = smoke_server.start(py, folder)
+        server, stand_in = smoke_server.start(py, folder)
     except RuntimeError as e:
         shutil.rmtree(folder, ignore_errors=True)
         pytest.skip(str(e))
-    yield str(server.python)
+    yield str(stand_in)
     server.stop()
     shutil.rmtree(folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """.github/workflows/upstream-drift.yml run as GitHub runs it (testing/gha.py), with a stand-in `gh`
 that keeps state (testing/fake_gh.py) and a local bare repository as origin, on the fixtures'
 upstreams. The smoke is testing/stub_smoke.py (the fixtures' ComfyUI is a stub); every other step
-runs as written except the venv install, replaced by a link to the test's own venv.
+runs as written except the venv install, replaced by a link to a venv whose `zpatch` is the test's own
+(its runs, and those of the fake gh and the stub smoke, forked from one server: testing/drift_job.py).
 
 Each scenario is a day in the life of the job: what it pushes, which PRs and issues it opens, edits
 or closes, and what it leaves alone."""
@@ -10,17 +11,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from testing.drift_job import ROOT, TOKEN, Job
+from testing.drift_job import ROOT, TOKEN, Job, Programs
 from testing.fixtures import LOADER_PY, SD_PY, commit, git, replace_line
 
 
+@pytest.fixture(scope="session")
+def programs():
+    folder = Path(tempfile.mkdtemp(prefix="zpatch-job-"))      # short: a socket path has ~100 bytes
+    served = Programs(folder)
+    yield served
+    served.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
-def job(world, tmp_path):
-    return Job(world, tmp_path / "job")
+def job(world, tmp_path, programs):
+    return Job(world, tmp_path / "job", programs)
 
 
 def _marker(body: str) -> dict:
@@ -188,7 +199,7 @@ from testing.upstream import unreachable_reason  # noqa: E402
 
 
 @pytest.mark.skipif(unreachable_reason() is not None, reason=str(unreachable_reason()))
-def test_the_job_on_the_real_upstreams(tmp_path, smoke_python):
+def test_the_job_on_the_real_upstreams(tmp_path, smoke_python, programs):
     """This repository's overlay, the real upstream histories (as the user's git config reaches them),
     the real smoke: ComfyUI's head conflicts from its first commit after the pin (no target: an issue
     that names that commit), ComfyUI-GGUF moves clean and gets its pull request."""
@@ -200,7 +211,7 @@ def test_the_job_on_the_real_upstreams(tmp_path, smoke_python):
         (shutil.copytree if (ROOT / rel).is_dir() else shutil.copy2)(ROOT / rel, src / rel)
     gitconfig = os.environ.get("GIT_CONFIG_GLOBAL") or str(Path.home() / ".gitconfig")
     world = SimpleNamespace(overlay=src, env={"GIT_CONFIG_GLOBAL": gitconfig})
-    job = Job(world, tmp_path / "job")
+    job = Job(world, tmp_path / "job", programs)
     job.env["ZPATCH_SMOKE_PYTHON"] = smoke_python
     res = job.run()
     reports = {n: load_report(res.artifacts_dir / f"drift-{n}" / "drift.json") for n in ("comfyui", "comfyui-gguf")}

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
+OVERLAY = Path(__file__).resolve().parent.parent / "zimage_patcher" / "overlay"
+NODE_DIR = OVERLAY / "ComfyUI-ZImage-Fix"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def torch():
     """torch, imported when the first test here runs: not at collection, in every worker (this module
     runs in the worker of the smoke tests, tests/conftest.py)."""
     return pytest.importorskip("torch")
-
-OVERLAY = Path(__file__).resolve().parent.parent / "zimage_patcher" / "overlay"
-NODE_DIR = OVERLAY / "ComfyUI-ZImage-Fix"
 
 
 def _load_module(name, path, package_dir=None):
