@@ -8,6 +8,7 @@ Prints one line ``PROBE {json}`` with the findings; the tests assert on them. Co
   tokenizer   SentencePiece model -> GGUF metadata -> spiece_model; external tokenizer.model
   bigvocab    the real vocabulary size: 262144-row embedding and tokenizer
   vae         Wan 2.1 VAE decode of a 4-D latent vs the LatentUnsqueeze'd 5-D latent
+  start       custom_nodes/ loaded as ComfyUI's start loads it, logging through ComfyUI's own logger
 """
 from __future__ import annotations
 
@@ -306,6 +307,25 @@ def cmd_vae(ns) -> dict:
     return out
 
 
+def cmd_start(ns) -> dict:
+    """What main.py does for custom nodes at start (nodes.init_extra_nodes -> load_custom_node for each
+    folder of custom_nodes/, with app.logger's handler on stderr), without the server and the API nodes."""
+    import logging
+    from app.logger import setup_logger
+    setup_logger(log_level="INFO")
+    import nodes
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    folder = ns.checkout / "custom_nodes"
+    loaded = {}
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and not d.name.startswith((".", "__")):
+            loaded[d.name] = asyncio.run(nodes.load_custom_node(str(d)))
+    logging.getLogger().handlers[0].flush()
+    import app.logger
+    return {"loaded": loaded, "new_nodes": sorted(set(nodes.NODE_CLASS_MAPPINGS) - before),
+            "log": [entry["m"] for entry in app.logger.get_logs() or []]}    # what ComfyUI's own log view shows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkout", required=True, type=Path)
@@ -326,6 +346,7 @@ def main() -> int:
     p = sub.add_parser("vae")
     p.add_argument("--vae", required=True)
     p.add_argument("--plain", action="store_true", help="only decode 4-D latents, report errors")
+    sub.add_parser("start")
     ns = ap.parse_args()
     ns.checkout = ns.checkout.resolve()
     for attr in ("gguf_dir", "out", "vae"):
