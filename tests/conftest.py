@@ -33,7 +33,8 @@ def pytest_configure(config):
 # kill loops, whole workflow runs), so that the run does not end waiting on one of them.
 # (xdist's own --dist loadgroup cannot do this on pytest 9: pytest-xdist issue #1386.)
 SMOKE_TESTS = ("tests/smoke/", "tests/test_real_smoke_head.py", "tests/test_real_upstream.py",
-               "tests/test_drift_job.py::test_the_job_on_the_real_upstreams", "tests/test_overlay_node.py")
+               "tests/test_drift_job.py::test_the_job_on_the_real_upstreams", "tests/test_overlay_node.py",
+               "tests/test_node_package.py::test_matches_real_comfyui_at_the_pin")
 
 
 @pytest.hookimpl(optionalhook=True)                 # a hook of pytest-xdist: unknown under -p no:xdist

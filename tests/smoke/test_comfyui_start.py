@@ -35,6 +35,8 @@ def test_an_update_that_reverts_a_patch_shows_in_comfyui_s_log_and_the_named_com
     assert clean["loaded"] == {"ComfyUI-GGUF": True, "ComfyUI-ZImage-Fix": True}, clean
     assert "LatentUnsqueeze" in clean["new_nodes"] and "CLIPLoaderGGUF" in clean["new_nodes"]
     assert _warnings(clean) == []
+    # ComfyUI parses each node's pyproject.toml (comfy_config, the registry's parser) as it loads it
+    assert not [e for e in clean["log"] if "Unable to parse pyproject.toml" in e], clean["log"]
 
     git("checkout", "--", "loader.py", cwd=gguf)            # what `git pull` or ComfyUI-Manager's update does
     reverted = run_probe(smoke_python, checkout, "start")
