@@ -11,6 +11,8 @@ import subprocess
 
 from pathlib import Path
 
+import pytest
+
 from testing import run
 from testing.fixtures import error_line, git
 
@@ -305,3 +307,20 @@ def tree_snapshot_with_git(root: Path) -> dict:
         rel = p.relative_to(root).as_posix()
         out[rel] = "-> " + os.readlink(p) if p.is_symlink() else ("dir" if p.is_dir() else p.read_bytes())
     return out
+
+
+@pytest.mark.parametrize("threshold", [1, 100000], ids=["parallel-checkout", "one-process"])
+def test_a_blob_the_source_lacks_is_named_whichever_way_git_checks_out(world, zpatch, tmp_path, threshold):
+    """DESIGN section 7: a partial mirror lacks a blob. checkout names the file and --exclude leaves it
+    out, whether git writes the tree in one process or with parallel workers (their messages differ)."""
+    gitconfig = Path(world.env["GIT_CONFIG_GLOBAL"])
+    gitconfig.write_text(gitconfig.read_text() + f"[checkout]\n\tthresholdForParallelism = {threshold}\n")
+    blob = git("rev-parse", f"{world.comfy_pin}:nodes.py", cwd=world.comfy_up)
+    (world.comfy_up / ".git/objects" / blob[:2] / blob[2:]).unlink()
+    dest = tmp_path / "ComfyUI"
+    res = zpatch.json("checkout", dest)
+    assert res["missing_objects"] == ["nodes.py"]
+    assert not (dest / "nodes.py").exists() and (dest / "comfy/sd.py").is_file()
+    shutil.rmtree(dest)
+    res = zpatch.json("checkout", dest, "--exclude", "nodes.py")
+    assert res["missing_objects"] == [] and (dest / "comfy/sd.py").is_file()

@@ -25,7 +25,8 @@ from .errors import Exit, ZpatchError, from_oserror, git_cause
 from .patchset import Overlay
 
 
-_MISSING = re.compile(r"unable to read sha1 file of (.+?) \(")
+# A blob the source repository lacks, as git names it: one checkout process, or parallel checkout's workers.
+_MISSING = re.compile(r"unable to read sha1 file of (.+?) \(|cannot read object [0-9a-f]+ '(.+?)'")
 INCOMPLETE = ".zpatch-checkout-incomplete"     # in DEST from the first write to the last
 _STAGING = ".zpatch-clone"                       # the root upstream's clone, before its .git moves up
 
@@ -354,7 +355,7 @@ def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict, known
     # Parallel checkout (git >= 2.32; older git ignores the setting): a core's worth of files each.
     args = ["-c", "checkout.workers=0", "checkout", "--quiet", "--detach", up.commit]
     r = git.run(args, cwd=repo, check=False)
-    missing = _MISSING.findall(r.stderr)
+    missing = list(dict.fromkeys(a or b for a, b in _MISSING.findall(r.stderr)))
     if not r.ok and not missing:
         raise git_cause(args, repo, r.returncode, r.stderr) or ZpatchError(
             f"git checkout {up.commit[:12]} failed in {repo}: {r.last_line()}", Exit.GIT_REFUSED)
