@@ -1,9 +1,9 @@
-# The two entry points of the README: `make run` (the main job) and `make test`.
+# The entry points of the README: `make run` (the main job), `make gpu-smoke` (the GPU tier) and `make test`.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test bench clean
+.PHONY: setup run gpu-smoke test bench clean
 
 $(BIN)/zpatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,25 @@ setup: $(BIN)/zpatch
 run: setup
 	rm -rf build/verify
 	ZPATCH_SMOKE_PYTHON=$(abspath $(BIN)/python) $(BIN)/zpatch verify --control --keep build/verify
+
+# The GPU tier, unattended, on a machine with an NVIDIA GPU and internet: fresh checkout at the pins ->
+# strict apply -> compile -> the real model files from the Hugging Face Hub into MODELS (verified; kept,
+# so a second run downloads nothing) -> the real-size graph (1024x1024, 8 steps) on CUDA. Results in
+# build/gpu-smoke/: report.md (per-step and per-stage times, peak GPU memory, GPU, torch, exit status),
+# report.json, smoke/ (PNGs, smoke-report.json, smoke.log). On a failure make says verify's exit code
+# ("Error 8") and exits 2; report.md has the code and the failure.
+#   make gpu-smoke MODELS=~/models [SMOKE_PYTHON=/path/to/python-with-cuda-torch] [MANIFEST=models.toml]
+# DEVICE=cpu TIER=tiny (with a MANIFEST of tiny-tier files) rehearses the same path on a CPU, as the tests do.
+MODELS       ?= $(HOME)/models
+DEVICE       ?= cuda
+TIER         ?=
+MANIFEST     ?=
+KEEP         ?= build/gpu-smoke
+SMOKE_PYTHON ?= $(abspath $(BIN)/python)
+
+gpu-smoke: setup
+	ZPATCH_SMOKE_PYTHON=$(SMOKE_PYTHON) $(BIN)/zpatch verify --device $(DEVICE) $(if $(TIER),--tier $(TIER)) \
+	  --models $(MODELS) $(if $(MANIFEST),--manifest $(MANIFEST)) --keep $(KEEP)
 
 # Fixture tests always run; tests that need the real upstreams skip with a reason when
 # they are unreachable (configure url.<mirror>.insteadOf to run them offline).

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Full-tier smoke on a lent GPU machine (one H100, no internet): one prepared run.
-# Only the working tree travels there, so the patched checkout must travel too. Make it first
+# Full-tier smoke on a lent GPU machine WITHOUT internet (one H100): one prepared run.
+# A GPU machine WITH internet needs none of this: `make gpu-smoke MODELS=~/models` (zpatch verify
+# --device cuda --models DIR) checks out, applies, fetches the real model files and runs them.
+# Here only the working tree travels, so the patched checkout must travel too. Make it first
 # where the upstreams are reachable, and carry it (build/ is git-ignored):
 #   .venv/bin/zpatch checkout --apply build/gpu/ComfyUI
 # Usage: bench/gpu_smoke.sh [CHECKOUT]   (default build/gpu/ComfyUI; results in ${OUT:-bench/results/gpu})
+# MODELS=DIR: the real files there (zpatch models fetch DIR, carried too) instead of synthetic ones.
 # DEVICE=cpu TIER=tiny rehearses the same steps on a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +62,7 @@ done
 
 echo "== Smoke"
 args=(smoke "$checkout" --device "$device" --tier "$tier" --python "$py" --json --out "$out/smoke")
+[ -n "${MODELS:-}" ] && args+=(--models "$MODELS")   # with --tier full: the real graph on those files
 echo "  zpatch ${args[*]}"
 t0=$(date +%s%N); rc=0
 timeout 420 "${zpatch[@]}" "${args[@]}" >"$out/smoke.json" 2> >(tee "$out/smoke.stderr" >&2) || rc=$?

@@ -1,23 +1,17 @@
 """`zpatch models fetch DIR`: real zpatch processes and the real huggingface_hub, against a local server
-that answers as the Hub does for hf_hub_download (HF_ENDPOINT points there; HF_HOME is a tmp dir).
-
-The fake Hub serves `{endpoint}/{repo_id}/resolve/{revision}/{filename}`: HEAD with X-Repo-Commit,
-ETag and X-Linked-Etag (the sha256, as for an LFS file), X-Linked-Size and Content-Length; GET whole
-or, for a `Range: bytes=N-` request, 206 with Content-Range. It sends no X-Xet-* header, so the plain
-HTTP path is taken; a new commit id whenever a repository's bytes change. It can cut a GET after N bytes once, and answer 401 GatedRepo for a repository."""
+that answers as the Hub does for hf_hub_download (testing/fake_hub.py; HF_ENDPOINT points there, HF_HOME
+is a tmp dir)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
+
+from testing.fake_hub import FakeHub, hub_env, manifest_text, sha
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {    # role -> (local name, repo_id, filename in the repo, bytes)
@@ -32,110 +26,21 @@ FILES = {    # role -> (local name, repo_id, filename in the repo, bytes)
 PINNED = ("diffusion_model", "vae")      # the others have no sha256 in the test manifest
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class FakeHub:
-    def __init__(self):
-        self.files = {(repo, path): data for _, repo, path, data in FILES.values()}
-        self.gated: set[str] = set()
-        self.cut: dict[str, int] = {}       # filename -> bytes sent before the connection drops (once)
-        self.log: list[tuple[str, str, str | None]] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self._answer(body=False)
-
-            def do_GET(self):
-                self._answer(body=True)
-
-            def _answer(self, body: bool):
-                hub.log.append((self.command, self.path, self.headers.get("Range")))
-                parts = unquote(self.path.split("?")[0]).lstrip("/").split("/")
-                if len(parts) < 5 or parts[2] != "resolve":
-                    return self._error(404, "RepoNotFound")
-                repo, path = "/".join(parts[:2]), "/".join(parts[4:])
-                if repo in hub.gated:
-                    return self._error(401, "GatedRepo", f"Access to model {repo} is restricted.")
-                data = hub.files.get((repo, path))
-                if data is None:
-                    return self._error(404, "EntryNotFound")
-                # a new commit whenever the repository's bytes change, as on the Hub (huggingface_hub
-                # keys its snapshots by commit: the same commit means the same files)
-                commit = hashlib.sha1(b"".join(d for (r, _), d in sorted(hub.files.items()) if r == repo)).hexdigest()
-                start = 0
-                rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes=") and rng.endswith("-"):
-                    start = int(rng[len("bytes="):-1])
-                self.send_response(206 if start else 200)
-                self.send_header("X-Repo-Commit", commit)
-                self.send_header("ETag", f'"{sha(data)}"')
-                self.send_header("X-Linked-Etag", f'"{sha(data)}"')
-                self.send_header("X-Linked-Size", str(len(data)))
-                self.send_header("Accept-Ranges", "bytes")
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                if not body:
-                    return
-                cut = hub.cut.pop(path.rsplit("/", 1)[-1], None)
-                if cut is not None:      # the declared length, fewer bytes, then the connection closes
-                    self.wfile.write(data[start:start + cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(data[start:])
-
-            def _error(self, code: int, kind: str, message: str = ""):
-                self.send_response(code)
-                self.send_header("X-Error-Code", kind)
-                if message:
-                    self.send_header("X-Error-Message", message)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    def gets(self) -> list:
-        return [entry for entry in self.log if entry[0] == "GET" and "/resolve/" in entry[1]]
-
-
 @pytest.fixture
 def hub():
-    h = FakeHub()
-    h.thread.start()
+    h = FakeHub({(repo, path): data for _, repo, path, data in FILES.values()}).start()
     yield h
-    h.server.shutdown()
-    h.server.server_close()
+    h.stop()
 
 
 def write_manifest(path: Path, *, pin=PINNED, override: dict | None = None) -> Path:
-    lines = ["version = 1", ""]
-    for role, (name, repo, filename, data) in FILES.items():
-        lines += [f"[model.{role}]", f'name = "{name}"', f'repo_id = "{repo}"', 'revision = "main"',
-                  f'filename = "{filename}"']
-        if role in pin:
-            lines += [f"size = {len(data)}", f'sha256 = "{(override or {}).get(role, sha(data))}"']
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    path.write_text(manifest_text(FILES, pin=pin, override=override), encoding="utf-8")
     return path
 
 
 @pytest.fixture
 def env(tmp_path, hub):
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith("HF_") and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), NO_COLOR="1", NO_PROXY="127.0.0.1",
-             ZPATCH_CACHE=str(tmp_path / "zpatch-cache"), HF_HUB_DISABLE_TELEMETRY="1")
-    return e
+    return {**hub_env(os.environ, hub, tmp_path / "hf"), "ZPATCH_CACHE": str(tmp_path / "zpatch-cache")}
 
 
 @pytest.fixture

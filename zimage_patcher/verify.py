@@ -1,18 +1,28 @@
-"""`zpatch verify`: the whole chain in a scratch directory, one step after another, one report."""
+"""`zpatch verify`: the whole chain in a scratch directory, one step after another, one report.
+
+With MODELS (`zpatch verify --models DIR`, `make gpu-smoke`) a `models` step before the smoke fetches
+and verifies the real model files into DIR (models.fetch, as `zpatch models fetch DIR` does; quick when
+they are there and verified) and the smoke runs on them: the GPU tier, unattended. A kept folder gets
+report.json (what `zpatch --json verify` prints) and report.md (per-step and per-stage times, peak
+memory, GPU, torch, exit status), written by the CLI once the exit status is known."""
 from __future__ import annotations
 
+import datetime
 import py_compile
+import shlex
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from . import apply, check, clone, patchset, status, workspace
-from .errors import Exit, ZpatchError
+from . import apply, check, clone, durable, patchset, status, workspace
+from .errors import EXIT_HELP, Exit, ZpatchError, from_oserror
 from .smoke.oneline import one_line
 
 
 MARKER = ".zpatch-verify"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
 
 
 def _workdir(workdir: Path | None) -> Path:
@@ -55,13 +65,25 @@ def _warnings(name: str, data) -> list:
 
 
 def run(root: Path, *, workdir: Path | None = None, offline: bool = False, python: str | None = None,
-        device: str = "cpu", control: bool = False, smoke: bool = True, on_step=None,
-        progress: bool = False, keep_failed: bool = False) -> dict:
+        device: str = "cpu", tier: str | None = None, models: Path | None = None, manifest: Path | None = None,
+        control: bool = False, smoke: bool = True, on_step=None, progress: bool = False,
+        keep_failed: bool = False) -> dict:
     """Each step's result goes to ON_STEP as soon as it finishes (the CLI streams them).
-    KEEP_FAILED: a scratch folder (no WORKDIR) is kept when a step fails, for the files its hint names."""
+    KEEP_FAILED: a scratch folder (no WORKDIR) is kept when a step fails, for the files its hint names.
+    MODELS: a folder for the real model files: a `models` step fetches and verifies them there (from
+    MANIFEST, default the overlay's models.toml) and the smoke and control run on them. TIER: the
+    synthetic models' sizes (default by device); with MODELS, "tiny" says the files are the tiny
+    tier's (runner.run_smoke)."""
+    models = Path(models).expanduser().absolute() if models is not None else None
+    if models is not None and not smoke:
+        raise ZpatchError("--models feeds the smoke, which --no-smoke leaves out", Exit.USAGE,
+                          hint="drop --no-smoke, or fetch the files alone: zpatch models fetch "
+                               + shlex.quote(str(models)))
     scratch = _workdir(workdir)
     steps: list[dict] = []
-    result = {"workdir": str(scratch), "passed": False, "steps": steps}
+    result = {"workdir": str(scratch), "passed": False, "steps": steps, "device": device, "tier": tier,
+              "models": str(models) if models is not None else None,
+              "manifest": str(manifest) if manifest is not None else None}
     dest = scratch / "ComfyUI"
 
     # Every step carries `failure` (null, or {stage, error}: for smoke and control the harness's
@@ -136,11 +158,19 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
                 "verify removes its scratch directory: zpatch verify --keep DIR keeps the log"
         return e
 
+    def do_models():
+        from . import models as model_files
+        res = model_files.fetch(manifest or root / model_files.MANIFEST, models, offline=offline,
+                                progress=progress)
+        counts = {state: sum(f["state"] == state for f in res["files"]) for state in ("fetched", "cached", "present")}
+        how = ", ".join(f"{n} {label}" for state, label in (("fetched", "fetched"), ("cached", "from the Hugging Face "
+                        "cache"), ("present", "already there")) if (n := counts[state]))
+        return f"{len(res['files'])} model files verified in {res['dir']}: {how}", res
+
     def do_smoke():
         from .smoke import runner
         try:
-            rep = runner.run_smoke(dest, scratch / "smoke", python=python, device=device,
-                                   tier="tiny" if device == "cpu" else "full")
+            rep = runner.run_smoke(dest, scratch / "smoke", python=python, device=device, tier=tier, models=models)
         except ZpatchError as e:
             raise kept(e) from None
         return runner.summary(rep).splitlines()[0], rep
@@ -149,14 +179,17 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
         from .smoke import runner
         pristine = scratch / "pristine"
         clone.checkout(ov, pristine, offline=offline)
-        try:
-            rep = runner.run_smoke(pristine, scratch / "control", python=python, device=device, unpatched=True)
+        try:   # without MODELS the tiny synthetic set unless --tier says otherwise, on any device
+            rep = runner.run_smoke(pristine, scratch / "control", python=python, device=device,
+                                   tier=tier or (None if models else "tiny"), models=models, unpatched=True)
         except ZpatchError as e:
             raise kept(e) from None
         return runner.summary(rep).splitlines()[0], rep
 
     plan = [("checkout", do_checkout), ("check", do_check), ("apply", do_apply), ("status", do_status),
             ("compile", do_compile)]
+    if models is not None:
+        plan.append(("models", do_models))
     if smoke:
         plan.append(("smoke", do_smoke))
         if control:
@@ -168,6 +201,7 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     except _Stop:
         pass
     finally:
+        result["measurements"] = measurements(result)
         # a failure's hint names files in the scratch folder: keep it for the user to look at
         result["kept"] = workdir is not None or (keep_failed and not result["passed"])
         if not result["kept"]:
@@ -177,3 +211,118 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
 
 class _Stop(Exception):
     """A step failed; its entry already says why."""
+
+
+# ---------------------------------------------------------------- the report
+
+def exit_code(result: dict) -> Exit:
+    """The exit status of this verify: 0 when it passed, else the first failed step's error code."""
+    if result["passed"]:
+        return Exit.OK
+    failed = next((s for s in result["steps"] if not s["ok"]), None)
+    return Exit(failed["error"]["exit_code"]) if failed and failed.get("error") else Exit.INTERNAL
+
+
+# the harness's stages in the order they run (smoke, then control); any other before `total`
+STAGE_ORDER = ("environment", "models", "import", "load", "encode", "sample", "decode", "save",
+               "text_encoder_load", "vae_load", "vae_decode_4d", "total")
+
+
+def measurements(result: dict) -> dict:
+    """What the GPU tier is run for, in one place: each step's seconds, the smoke's per-stage seconds
+    (the harness's timings, `total` included), peak GPU memory (null on cpu or when the smoke did not
+    get that far), peak RSS, the GPU's name and the torch version (null when the smoke did not run)."""
+    smoke = next((s for s in result["steps"] if s["step"] == "smoke"), None)
+    rep = smoke["data"] if smoke and isinstance(smoke.get("data"), dict) else {}
+    models = rep.get("models") if isinstance(rep.get("models"), dict) else {}
+    timings = rep.get("timings") or {}          # the report is written with sorted keys: back in run order
+    order = {k: i for i, k in enumerate(STAGE_ORDER)}
+    return {"steps": {s["step"]: round(s["seconds"], 3) for s in result["steps"]},
+            "stages": {k: timings[k] for k in sorted(timings, key=lambda k: order.get(k, len(order) - 1.5))},
+            "peak_gpu_mb": rep.get("peak_gpu_mb"), "peak_gpu_reserved_mb": rep.get("peak_gpu_reserved_mb"),
+            "peak_rss_mb": rep.get("peak_rss_mb"),
+            "gpu": (rep.get("gpu") or {}).get("name"), "torch": (rep.get("versions") or {}).get("torch"),
+            "smoke_tier": rep.get("tier"), "smoke_models": models.get("source"),
+            "image_size": [rep["width"], rep["height"]] if rep.get("width") else None,
+            "sampling_steps": rep.get("steps")}
+
+
+def _mb(v) -> str:
+    return f"{v:.0f} MB" if isinstance(v, (int, float)) else "n/a"
+
+
+def markdown(result: dict, code: Exit, rerun: str) -> str:
+    """report.md: the run at a glance, for a person reading a GPU machine's results afterwards."""
+    m = result.get("measurements") or measurements(result)
+    smoke = next((s for s in result["steps"] if s["step"] == "smoke"), None)
+    rep = smoke["data"] if smoke and isinstance(smoke.get("data"), dict) else {}
+    failed = next((s for s in result["steps"] if not s["ok"]), None)
+    head = "passed" if result["passed"] else f"FAILED at {failed['step']}" if failed else "FAILED"
+    device = result.get("device", "cpu")
+    if smoke is None or not rep.get("versions"):
+        gpu = "n/a (the smoke did not run)"
+    elif device == "cpu":
+        gpu = "n/a (cpu)"
+    else:
+        g = rep.get("gpu") or {}
+        gpu = f"{g.get('name', '?')} ({g.get('total_mb', '?')} MB, compute capability {g.get('capability', '?')})"
+    if device == "cpu":
+        peak_gpu = "n/a (cpu)"
+    elif m["peak_gpu_mb"] is None:
+        peak_gpu = "n/a (the smoke did not get that far)"
+    else:
+        peak_gpu = f"{_mb(m['peak_gpu_mb'])} allocated, {_mb(m['peak_gpu_reserved_mb'])} reserved"
+    versions = rep.get("versions") or {}
+    torch = (f"{versions['torch']}" + (f" (CUDA {versions['cuda']})" if versions.get("cuda") else " (no CUDA)")
+             if versions.get("torch") else "n/a (the smoke did not run)")
+    size = (f"{m['image_size'][0]}x{m['image_size'][1]}, {m['sampling_steps']} steps, tier {m['smoke_tier']}, "
+            f"{'your model files' if m['smoke_models'] == 'user' else 'synthetic models'}"
+            if m["image_size"] else "n/a")
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# zpatch verify: {head} (exit {int(code)})", "",
+             f"- When: {when}",
+             f"- Rerun: `{rerun}`",
+             f"- Exit status: {int(code)} " + (f"({EXIT_HELP[Exit.OK]})" if not failed else
+                                               f"(the {failed['step']} step failed: see Failure below)"),
+             f"- Device: {device}; GPU: {gpu}",
+             f"- torch: {torch}",
+             f"- Graph: {size}",
+             f"- Model files: {result.get('models') or 'none (synthetic models)'}",
+             f"- Peak GPU memory: {peak_gpu}",
+             f"- Peak RSS of the smoke process: {_mb(m['peak_rss_mb'])}",
+             "", "## Steps", "", "| step | result | seconds | summary |", "|---|---|---:|---|"]
+    for s in result["steps"]:
+        summary = one_line(s["summary"], 200).replace("|", "\\|")
+        lines.append(f"| {s['step']} | {'ok' if s['ok'] else 'FAILED'} | {s['seconds']:.2f} | {summary} |")
+    if m["stages"]:
+        lines += ["", "## Smoke stages", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {'n/a' if v is None else f'{v:.2f}'} |" for k, v in m["stages"].items()]
+    if failed and failed.get("error"):
+        f = failed.get("failure") or {}
+        lines += ["", "## Failure", "", f"- Stage: {f.get('stage', failed['step'])}",
+                  f"- Error: {failed['error']['error']}"]
+        if failed["error"].get("hint"):
+            lines.append(f"- Next: {failed['error']['hint']}")
+    images = rep.get("images") or []
+    files = [f"{REPORT_JSON} (what `zpatch --json verify` prints)"]
+    if smoke is not None:
+        files.append("smoke/ (smoke-report.json, smoke.log, the PNGs)")
+    files.append("ComfyUI/ (the patched checkout)")
+    lines += ["", "## Files", ""] + [f"- {f}" for f in files] + [f"- image: {i['path']}" for i in images]
+    return "\n".join(lines) + "\n"
+
+
+def report_paths(result: dict) -> dict:
+    """Where write_reports puts report.json and report.md: the verify folder."""
+    folder = Path(result["workdir"])
+    return {"json": str(folder / REPORT_JSON), "markdown": str(folder / REPORT_MD)}
+
+
+def write_reports(result: dict, envelope: str, text: str) -> None:
+    """report.json (ENVELOPE: what `zpatch --json verify` prints) and report.md (TEXT) in the kept folder."""
+    paths = report_paths(result)
+    try:
+        durable.write_atomic(Path(paths["json"]), (envelope + "\n").encode())
+        durable.write_atomic(Path(paths["markdown"]), text.encode())
+    except OSError as e:
+        raise from_oserror(e, "cannot write the verify report", code=Exit.FILESYSTEM) from None

@@ -6,16 +6,18 @@ from pathlib import Path
 import click
 
 from ..errors import Exit, ZpatchError
-from .base import command, complete_upstream, report_error
+from .base import command, complete_upstream, envelope, field, report_error
 
 
 @command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models")
 @click.argument("checkout", type=click.Path(file_okay=False), default=".")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--tier", type=click.Choice(["tiny", "full"]), default=None,
-              help="tiny: small synthetic models (default on cpu); full: real sizes (default on cuda).")
+              help="tiny: small synthetic models (default on cpu); full: real sizes (default on cuda). "
+                   "With --models, tiny says the files there are the tiny tier's (as the tests run it).")
 @click.option("--models", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Use the real model files in this folder instead of synthetic ones (1024x1024, 8 steps).")
+              help="Use the real model files in this folder instead of synthetic ones (1024x1024, 8 steps; "
+                   "`zpatch models fetch DIR` gets them).")
 @click.option("--python", "python", default=None, metavar="PY",
               help="Interpreter with torch for the harness (default: $ZPATCH_SMOKE_PYTHON, the one running "
                    "zpatch if it has the smoke packages, else a managed venv).")
@@ -35,8 +37,7 @@ def smoke_cmd(ctx, checkout, device, tier, models, python, unpatched, out_dir):
         raise ZpatchError(f"{checkout}: {why}", Exit.BAD_CHECKOUT,
                           hint=f"zpatch unapply {checkout}" if unpatched else f"zpatch apply {checkout}")
     out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
-    report = runner.run_smoke(checkout, out, python=python, device=device,
-                              tier=tier or ("tiny" if device == "cpu" else "full"),
+    report = runner.run_smoke(checkout, out, python=python, device=device, tier=tier,
                               models=Path(models) if models else None, unpatched=unpatched)
     ctx.emit({"report": report}, runner.summary(report))
 
@@ -45,37 +46,95 @@ def _step_line(s: dict) -> str:
     return f"{'ok  ' if s['ok'] else 'FAIL'} {s['step']:<9} {s['seconds']:6.2f}s  {s['summary']}"
 
 
-@command("verify", "zpatch verify --keep ./scratch")
+@command("verify", "zpatch verify --device cuda --models ~/models --keep build/gpu-smoke")
 @click.option("--keep", "keep", type=click.Path(file_okay=False), default=None,
-              help="Work in this directory and keep it (default: a temporary one, removed after). "
-                   "A directory a previous verify left is reused.")
-@click.option("--offline", is_flag=True, help="Use only the local cache.")
-@click.option("--python", "python", default=None, metavar="PY", help="Interpreter for compile and smoke.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+              help="Work in this directory and keep it, with report.md and report.json (default: a temporary "
+                   "one, removed after). A directory a previous verify left is reused. "
+                   "Example: --keep build/verify")
+@click.option("--offline", is_flag=True,
+              help="Use only the local caches (zpatch's for the upstreams, Hugging Face's for --models).")
+@click.option("--python", "python", default=None, metavar="PY",
+              help="Interpreter for compile and smoke. Example: --python ~/ComfyUI/venv/bin/python")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the smoke runs. Example: --device cuda")
+@click.option("--tier", type=click.Choice(["tiny", "full"]), default=None,
+              help="Synthetic model sizes: tiny (default on cpu) or full (default on cuda). With --models, tiny "
+                   "says the files are the tiny tier's (how the tests rehearse the GPU tier on a CPU).")
+@click.option("--models", "models", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Fetch the real model files into DIR (a `models` step, as `zpatch models fetch DIR`; quick when "
+                   "they are there and verified) and run the smoke on them: 1024x1024, 8 steps. "
+                   "Example: --models ~/models")
+@click.option("--manifest", "manifest", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="With --models: the list of files (default: the overlay's zimage_patcher/overlay/models.toml). "
+                   "Example: --manifest my-models.toml")
 @click.option("--control", is_flag=True, help="Also run the negative control on a pristine checkout.")
 @click.option("--no-smoke", is_flag=True, help="Stop after compile (no torch needed).")
-def verify_cmd(ctx, keep, offline, python, device, control, no_smoke):
-    """Fresh checkout at the pins -> lint -> strict apply -> status -> compile -> smoke, one report.
-    Each step is printed as it finishes."""
+def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, control, no_smoke):
+    """Fresh checkout at the pins -> lint -> strict apply -> status -> compile -> (models ->) smoke,
+    one report. Each step is printed as it finishes.
+
+    \b
+    The GPU tier, unattended (`make gpu-smoke MODELS=~/models` runs it):
+      zpatch verify --device cuda --models ~/models --keep build/gpu-smoke
+    then build/gpu-smoke/report.md gives each step's and smoke stage's time,
+    peak GPU memory, the GPU, torch and the exit status (report.json: --json).
+
+    \b
+    Exit codes of this command (a failed step's own code):
+      0   verified
+      3   the overlay or models.toml is malformed
+      4   a checkout is invalid
+      5   a patch does not apply
+      6   an upstream or the Hugging Face Hub cannot be reached (or refuses)
+      7   the smoke generation (or the control) failed
+      8   a model file's size or sha256 is wrong, or the smoke Python is missing
+      12  the file system refused (full, read-only, permission)"""
+    import shlex
     from .. import verify
+    if manifest and not models:
+        raise ZpatchError("--manifest lists the files --models fetches; it needs --models DIR", Exit.USAGE,
+                          hint="zpatch verify --models ~/models --manifest " + shlex.quote(manifest))
     on_step = None if ctx.as_json or ctx.verbosity < 0 else (lambda s: click.echo(_step_line(s)))
     res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
-                     device=device, control=control, smoke=not no_smoke, on_step=on_step,
-                     progress=on_step is not None, keep_failed=True)
+                     device=device, tier=tier, models=Path(models) if models else None,
+                     manifest=Path(manifest) if manifest else None, control=control, smoke=not no_smoke,
+                     on_step=on_step, progress=on_step is not None, keep_failed=True)
+    code = verify.exit_code(res)
+    res["report_files"] = verify.report_paths(res) if res["kept"] else None
+    lines = []
+    m = res["measurements"]
+    if m["stages"]:
+        stages = "  ".join(f"{k} {v:.2f}s" for k, v in m["stages"].items() if v is not None and k != "total")
+        peak = ("peak GPU memory n/a (cpu)" if device == "cpu" else
+                f"peak GPU memory {m['peak_gpu_mb']:.0f} MB on {m['gpu']}" if m["peak_gpu_mb"] is not None
+                else "peak GPU memory n/a")
+        rss = f", peak RSS {m['peak_rss_mb']:.0f} MB" if m["peak_rss_mb"] is not None else ""
+        lines.append(f"smoke stages: {stages}")
+        lines.append(f"{peak}{rss}; torch {m['torch'] or 'n/a'}")
+    if res["report_files"]:
+        lines.append(f"Report: {field(res['report_files']['markdown'])} (and report.json)")
     if res["passed"]:
-        done = "Verified: the overlay applies on the pins" + (
+        lines.append("Verified: the overlay applies on the pins" + (
             " and compiles; the smoke generation was not run (--no-smoke)." if no_smoke
-            else " and the smoke generation passes.")
+            else " and the smoke generation passes" + (f" on the model files in {field(res['models'])}."
+                                                       if res["models"] else ".")))
     else:
-        done = (f"Verification failed at {res['steps'][-1]['step']}; its files are kept in {res['workdir']} "
-                "(remove it when done).")
-    ctx.emit(res, done)
+        lines.append(f"Verification failed at {res['steps'][-1]['step']}; its files are kept in {res['workdir']} "
+                     "(remove it when done).")
+    if res["report_files"]:
+        rerun = shlex.join(["zpatch", "verify", *(["--device", device] if device != "cpu" else []),
+                            *(["--tier", tier] if tier else []), *(["--models", res["models"]] if models else []),
+                            *(["--manifest", manifest] if manifest else []), *(["--python", python] if python else []),
+                            *(["--offline"] if offline else []), *(["--control"] if control else []),
+                            *(["--no-smoke"] if no_smoke else []), "--keep", keep or res["workdir"]])
+        verify.write_reports(res, envelope("verify", code < 2, {**res, "exit_code": int(code)}),
+                             verify.markdown(res, code, rerun))
+    ctx.emit(res, "\n".join(lines))
     if not res["passed"]:
         err = next(s["error"] for s in res["steps"] if not s["ok"])
         if not ctx.as_json:
             report_error(err["error"], err.get("hint"))
-        return Exit(err["exit_code"])
-    return Exit.OK
+    return code
 
 
 @command("drift", "zpatch drift --upstream comfyui --smoke --markdown")

@@ -23,7 +23,9 @@ one exception is a Gemma 3 weight our ComfyUI-GGUF patches rename that did not l
 
 Modes:
   default       the smoke; synthetic models (tier ``tiny`` on CPU, ``full`` real sizes for a GPU)
-                or ``--models DIR`` with the user's real files at 1024x1024, 8 steps.
+                or ``--models DIR`` with the user's real files at 1024x1024, 8 steps
+                (``--models DIR --tier tiny``: the tiny tier's files under the real names, at the
+                tiny size, as the tests run `zpatch verify --models` on a CPU).
   --unpatched   negative control for a PRISTINE pinned checkout: each stage on its own, it
                 expects the two failures the field saw (gemma3 GGUF rejected by ComfyUI-GGUF;
                 IndexError from comfy/sd.py when VAE-decoding a 4-D latent with the Wan 2.1
@@ -206,6 +208,13 @@ def git_head(path: Path) -> dict:
     head = run("rev-parse", "HEAD") or None
     status = run("status", "--porcelain", "--untracked-files=no") if head else ""
     return {"path": str(path), "commit": head, "modified_files": len(status.splitlines()) if head else None}
+
+
+def gpu_facts(torch) -> dict:
+    """The CUDA device the smoke runs on: name, memory, compute capability (device 0, as ComfyUI uses)."""
+    props = torch.cuda.get_device_properties(0)
+    return {"name": props.name, "total_mb": round(props.total_memory / 2**20),
+            "capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count()}
 
 
 def peak_rss_mb() -> float:
@@ -585,8 +594,9 @@ def parse_args(argv=None):
     ap.add_argument("--report", type=Path, help="report path (default OUT/smoke-report.json)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--tier", choices=sorted(writers.TIERS), default=None,
-                    help="synthetic model sizes: tiny (default on cpu) or full (default on cuda)")
-    ap.add_argument("--models", type=Path, help="directory with the real model files")
+                    help="synthetic model sizes: tiny (default on cpu) or full (default on cuda); with "
+                         "--models, tiny says the files there are the tiny tier's (tiny graph and hooks)")
+    ap.add_argument("--models", type=Path, help="directory with the model files, under the real names")
     ap.add_argument("--synthetic-dir", type=Path, help="where synthetic models are written/reused")
     ap.add_argument("--unpatched", action="store_true", help="negative control (pristine checkout)")
     ap.add_argument("--seed", type=int, default=0)
@@ -595,12 +605,11 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ns = ap.parse_args(argv)
-    if ns.tier is None:
-        ns.tier = "tiny" if ns.device == "cpu" else "full"
-    if ns.models:
-        ns.tier = "real"
+    if ns.models and ns.tier != "tiny":
+        ns.tier = "real"            # the user's real files: the real graph size
         defaults = (1024, 1024, 8)
-    else:
+    else:                           # synthetic files, or (--models --tier tiny) the tiny tier's under real names
+        ns.tier = ns.tier or ("tiny" if ns.device == "cpu" else "full")
         t = writers.TIERS[ns.tier]
         defaults = (t.width, t.height, t.steps)
     ns.width = ns.width or defaults[0]
@@ -618,7 +627,7 @@ def main(argv=None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     report = Report(ns.report.resolve(), mode="control" if ns.unpatched else "smoke", device=ns.device,
                     tier=ns.tier, width=ns.width, height=ns.height, steps=ns.steps, seed=ns.seed,
-                    checkout=str(ns.checkout),
+                    checkout=str(ns.checkout), gpu=None,
                     versions={"python": platform.python_version()})
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -638,6 +647,8 @@ def main(argv=None) -> int:
                 "safetensors": safetensors.__version__, "sentencepiece": sentencepiece.__version__})
             if ns.device == "cuda" and not torch.cuda.is_available():
                 raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
+            report.data["versions"]["cuda"] = torch.version.cuda
+            report.data["gpu"] = gpu_facts(torch) if ns.device == "cuda" else None
             e["torch_threads"] = torch.get_num_threads()
         report.data["commits"] = {"comfyui": git_head(ns.checkout),
                                   "comfyui-gguf": git_head(ns.checkout / "custom_nodes" / "ComfyUI-GGUF")}
@@ -676,6 +687,7 @@ def main(argv=None) -> int:
             import torch
             if torch.cuda.is_available():
                 report.data["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                report.data["peak_gpu_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
         report.collect_warnings()
         if report.data["failure"] is None:
             if ns.unpatched:

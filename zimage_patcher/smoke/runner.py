@@ -35,12 +35,13 @@ REPORT_NAME = "smoke-report.json"
 LOG_NAME = "smoke.log"
 _STAMP = ".zpatch-requirements.sha256"
 # Each distribution of requirements.txt -> the top-level module harness.py or ComfyUI imports
-# (the names differ for pyyaml, Pillow, protobuf). A test keeps this in step with requirements.txt.
+# (the names differ for pyyaml, Pillow, protobuf, pydantic-settings). A test keeps this in step with requirements.txt.
 SMOKE_MODULES = {
     "torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "einops": "einops",
     "safetensors": "safetensors", "pyyaml": "yaml", "Pillow": "PIL", "tqdm": "tqdm",
     "psutil": "psutil", "scipy": "scipy", "torchsde": "torchsde", "transformers": "transformers",
     "sentencepiece": "sentencepiece", "protobuf": "google.protobuf", "av": "av", "gguf": "gguf",
+    "pydantic-settings": "pydantic_settings",
 }
 # find_spec only locates a module (imports nothing but a dotted name's parent), so the probe
 # costs an interpreter start, not a torch import. Prints the modules it cannot find.
@@ -274,11 +275,14 @@ def failure_line(failure: dict | None) -> str:
     return one_line(f"{etype}: {msg}" if etype else msg) or "(no message)"
 
 
-def reproduce_command(checkout: Path, out_dir: Path, *, python: str, device: str, tier: str,
+def reproduce_command(checkout: Path, out_dir: Path, *, python: str, device: str, tier: str | None,
                       models: Path | None, unpatched: bool) -> str:
     """The zpatch command line that runs this smoke again, the same way."""
     args = ["zpatch", "smoke", str(checkout), "--out", str(out_dir), "--device", device]
-    args += ["--models", str(models)] if models is not None else ["--tier", tier]
+    if models is not None:
+        args += ["--models", str(models)] + (["--tier", "tiny"] if tier == "tiny" else [])
+    else:
+        args += ["--tier", tier or default_tier(device)]
     args += ["--python", python] + (["--unpatched"] if unpatched else [])
     return shlex.join(args)
 
@@ -316,11 +320,19 @@ def _hint(report: dict, checkout: Path, unpatched: bool, report_path: Path, log_
             f"patches: upstream may have changed); {where}")
 
 
+def default_tier(device: str) -> str:
+    """The synthetic tier a device gets when none is named: tiny on cpu, full (real sizes) on cuda."""
+    return "tiny" if device == "cpu" else "full"
+
+
 def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, device: str = "cpu",
-              tier: str = "tiny", models: Path | None = None, unpatched: bool = False,
+              tier: str | None = None, models: Path | None = None, unpatched: bool = False,
               timeout: float | None = None, synthetic_dir: Path | None = None) -> dict:
     """Run the smoke generation (or with unpatched=True the negative control) on a checkout.
 
+    tier: the synthetic models' sizes (None: default_tier(device)). With MODELS (the files under the
+    real names, smoke/harness.py REAL_MODEL_FILES): None or "full" runs the real graph (1024x1024,
+    8 steps); "tiny" says MODELS holds the tiny tier's files (the tiny graph, as the tests run it).
     synthetic_dir: where the synthetic models are written, or reused when its manifest matches
     (default: the managed cache, $ZPATCH_CACHE/smoke-models/TIER).
 
@@ -339,12 +351,13 @@ def run_smoke(checkout: Path, out_dir: Path, *, python: str | None = None, devic
     log_path = out_dir / LOG_NAME
     report_path.unlink(missing_ok=True)
     cmd = [py, str(HARNESS), "--checkout", str(checkout), "--out", str(out_dir),
-           "--report", str(report_path), "--device", device, "--tier", tier]
+           "--report", str(report_path), "--device", device]
     if models is not None:
-        cmd += ["--models", str(Path(models).resolve())]
+        cmd += ["--models", str(Path(models).resolve())] + (["--tier", "tiny"] if tier == "tiny" else [])
     else:
-        cmd += ["--synthetic-dir", str(Path(synthetic_dir).resolve() if synthetic_dir
-                                        else managed_models_dir(tier))]
+        tier = tier or default_tier(device)
+        cmd += ["--tier", tier, "--synthetic-dir", str(Path(synthetic_dir).resolve() if synthetic_dir
+                                                        else managed_models_dir(tier))]
     if unpatched:
         cmd.append("--unpatched")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -423,8 +436,12 @@ def summary(report: dict) -> str:
                           "vae_decode_4d") if k in t]
     if stages:
         lines.append("  " + "  ".join(f"{k} {t[k]:.2f}s" for k in stages if t[k] is not None))
+    models = report.get("models") or {}
+    if models.get("source") == "user":
+        lines.append(f"  model files: {models.get('dir')}")
     if report.get("peak_gpu_mb") is not None:
-        lines.append(f"  peak GPU memory {report['peak_gpu_mb']:.0f} MB")
+        gpu = (report.get("gpu") or {}).get("name")
+        lines.append(f"  peak GPU memory {report['peak_gpu_mb']:.0f} MB" + (f" on {gpu}" if gpu else ""))
     for w in warnings[:5]:
         lines.append(f"  warning ({w.get('stage')}): {w.get('message')}")
     if len(warnings) > 5:
