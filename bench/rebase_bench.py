@@ -124,27 +124,36 @@ def main() -> None:
         def zpatch_start():
             subprocess.run([*ZPATCH, "rebase", "--help"], check=True, capture_output=True)
 
+        series = Path(os.environ["ZPATCH_CACHE"]) / "series"       # the old series kept between runs
+
         jobs = (("zpatch", zpatch_rebase), ("dry", zpatch_dry_run), ("git", git_rebase), ("pipeline", git_same_job),
-                ("start", zpatch_start))
+                ("cold", zpatch_rebase), ("start", zpatch_start))
         times = {name: [] for name, _ in jobs}
         for _ in range(RUNS):
             for name, fn in jobs:
                 reset()
+                if name == "cold":
+                    shutil.rmtree(series, ignore_errors=True)
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
         procs = {}          # git processes of one run of each (git's own children included)
-        for name, fn in jobs[:4]:
+        for name, fn in jobs[:5]:
             reset()
+            if name == "cold":
+                shutil.rmtree(series, ignore_errors=True)
             with tempfile.TemporaryDirectory(prefix="zpatch-trace-") as tr:
                 fn(env={**os.environ, "GIT_TRACE2_EVENT": f"{tr}/events"})
                 procs[name] = Path(tr, "events").read_text().count('"event":"start"')
-        z, dr, g, pl, st = (statistics.median(times[k]) for k in ("zpatch", "dry", "git", "pipeline", "start"))
+        z, dr, g, pl, co, st = (statistics.median(times[k]) for k in ("zpatch", "dry", "git", "pipeline", "cold", "start"))
         out += ["| case | git (s) | zpatch (s) | ratio | git processes (git / zpatch) |", "|---|---:|---:|---:|---:|",
                 f"| 10 patches over 500 upstream commits (`git rebase --onto` vs `zpatch rebase --onto`) "
                 f"| {g:.3f} | {z:.3f} | {z / g:.2f}x | {procs['git']} / {procs['zpatch']} |",
                 f"| the same job as raw git commands (`am` on the pin, `rebase --onto`, `format-patch`, `range-diff`) "
                 f"vs `zpatch rebase --onto` | {pl:.3f} | {z:.3f} | {z / pl:.2f}x | {procs['pipeline']} / {procs['zpatch']} |",
+                f"| the same job vs `zpatch rebase --onto`, the first time this series is rebased (its commits on the "
+                f"old pin not yet in `$ZPATCH_CACHE/series`) | {pl:.3f} | {co:.3f} | {co / pl:.2f}x | "
+                f"{procs['pipeline']} / {procs['cold']} |",
                 f"| the same job vs `zpatch rebase --onto --dry-run` (writes nothing) "
                 f"| {pl:.3f} | {dr:.3f} | {dr / pl:.2f}x | {procs['pipeline']} / {procs['dry']} |",
                 f"| zpatch's floor: `zpatch rebase --help` (Python, click and the CLI's imports) vs `git rebase --onto` "

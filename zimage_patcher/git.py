@@ -309,7 +309,17 @@ class ScratchIndex:
         """Commit PATCHES one after another on BASE without a work tree, as `git am` would (same
         authors, dates and messages; committer zpatch). Blobs missing from files the patches do not
         touch are fine (write-tree --missing-ok), so partial mirrors and blobless clones work.
-        Raises CONFLICT naming the first patch that does not apply."""
+        Raises CONFLICT naming the first patch that does not apply. In a scratch store of its own the
+        result is kept between runs (series_cache), and the index left as a build leaves it."""
+        from . import series_cache
+        store = self.env.get("GIT_OBJECT_DIRECTORY")
+        k = series_cache.key(base, patches) if store and re.fullmatch(r"[0-9a-f]{40}", base) else None
+        if k is not None:
+            hit = series_cache.load(store, k)
+            if hit is not None and len(hit) == len(patches):
+                self.read_tree(hit[-1] if hit else base)
+                return hit
+            before = set(series_cache.objects(Path(store)))
         self.read_tree(base)
         parent, out = base, []
         for p in patches:
@@ -320,6 +330,8 @@ class ScratchIndex:
             tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
             parent = self.commit_tree(tree, parent, p)
             out.append(parent)
+        if k is not None:
+            series_cache.save(store, k, out, patches, exclude=before)
         return out
 
     def commit_tree(self, tree: str, parent: str, patch: Path) -> str:
@@ -543,13 +555,22 @@ _MESSAGES: dict[str, tuple[dict, str]] = {}
 
 def patch_message(repo: Path, patch: Path) -> tuple[dict[str, str], str]:
     """mailinfo and the commit message of PATCH, computed once per content (a rebase asks for each
-    patch twice: for the old series and the new)."""
+    patch twice: for the old series and the new; series_cache keeps them between runs)."""
     import hashlib
     key = hashlib.sha256(Path(patch).read_bytes()).hexdigest()
     if key not in _MESSAGES:
         info = mailinfo(repo, patch)
         _MESSAGES[key] = (info, commit_message(info))
     return _MESSAGES[key]
+
+
+def remembered_message(sha256: str) -> tuple[dict[str, str], str] | None:
+    """What patch_message computed for the patch whose bytes have this SHA256, if it did."""
+    return _MESSAGES.get(sha256)
+
+
+def remember_message(sha256: str, info: dict[str, str], msg: str) -> None:
+    _MESSAGES[sha256] = (dict(info), msg)
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
