@@ -1,6 +1,8 @@
 """Every bad input: a one-line error naming the culprit, a documented exit code, nothing changed."""
 from __future__ import annotations
 
+import subprocess
+
 import time
 
 import pytest
@@ -219,6 +221,13 @@ def test_existing_foreign_node_folder_is_not_overwritten(zpatch, checkout):
     r = zpatch("apply", checkout, expect=4)
     assert "exists and was not installed by zpatch" in error_line(r)
     assert tree_snapshot(checkout) == before
+    # the hint, followed literally: the folder moves to a name ComfyUI skips (no second LatentUnsqueeze)
+    hint = next(line for line in r.output.splitlines() if line.startswith("hint: "))
+    mv = hint.split("(", 1)[1].rsplit(")", 1)[0]
+    subprocess.run(mv, shell=True, check=True)
+    kept = checkout / "custom_nodes/ComfyUI-ZImage-Fix.disabled" / "__init__.py"
+    assert kept.read_text() == "# someone else's\n"
+    zpatch("apply", checkout)
 
 
 def test_lock_rewrites_hashes_after_an_intended_edit(zpatch, world, checkout):

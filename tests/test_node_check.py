@@ -75,3 +75,84 @@ def test_comfyui_importing_the_node_logs_the_warning(world, zpatch, checkout, tm
     assert "LatentUnsqueeze" in pkg.NODE_CLASS_MAPPINGS
     (msg,) = [r.getMessage() for r in caplog.records if r.name == "ComfyUI-ZImage-Fix"]
     assert "comfy/sd.py differs from what `zpatch apply` wrote" in msg
+
+
+def _record(checkout: Path) -> Path:
+    return checkout / ".git" / "zpatch" / "record.json"
+
+
+def _warning_apart(checkout: Path) -> str | None:
+    """The check's warning, from a process of its own: a hang (a read that never ends) fails the test
+    at the timeout instead of holding the suite."""
+    code = ("import sys, importlib.util as u, pathlib\n"
+            f"s = u.spec_from_file_location('oc', {str(NODE / 'overlay_check.py')!r}); m = u.module_from_spec(s)\n"
+            "s.loader.exec_module(m); print(repr(m.warning(pathlib.Path(sys.argv[1]))))")
+    r = subprocess.run([sys.executable, "-c", code, os.fsencode(checkout)], capture_output=True, text=True,
+                       timeout=120, errors="surrogateescape")
+    assert r.returncode == 0, r.stderr
+    return eval(r.stdout)
+
+
+def test_no_file_it_meets_can_hold_comfyui_s_start(world, zpatch, checkout, tmp_path):
+    """A FIFO, a device, a huge file or a link to one, as the record or as a patched file: the check
+    answers at once (never reads them), and never reads outside the checkout."""
+    zpatch("apply", checkout)
+    record = _record(checkout)
+    good = record.read_bytes()
+    loader = checkout / "custom_nodes/ComfyUI-GGUF/loader.py"
+    record.unlink()
+    for make in (lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero"),
+                 lambda p: p.write_bytes(b"x" * (check.RECORD_LIMIT + 1))):
+        make(record)
+        assert _warning_apart(checkout) is None                  # not zpatch's record: nothing said, nothing raised
+        check.check_at_start(checkout / "custom_nodes" / "ComfyUI-ZImage-Fix")
+        record.unlink()
+    record.write_bytes(good)
+    loader.unlink()
+    for make in (lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero"),
+                 lambda p: p.write_bytes(b"y" * (check.FILE_LIMIT + 1))):
+        make(loader)
+        text = _warning_apart(checkout)          # a FIFO without a writer, /dev/zero: no read may start
+        assert "custom_nodes/ComfyUI-GGUF/loader.py differs" in text, text
+        loader.unlink()
+    git("checkout", "--", "loader.py", cwd=checkout / "custom_nodes/ComfyUI-GGUF")
+
+
+def test_a_record_naming_files_outside_the_checkout_is_not_trusted(world, zpatch, checkout):
+    import json
+    zpatch("apply", checkout)
+    record = _record(checkout)
+    data = json.loads(record.read_text())
+    for bad in ("../../../etc/passwd", "/etc/shadow", "a/../../x", "", "a//b"):
+        hacked = json.loads(json.dumps(data))
+        hacked["upstreams"]["comfyui"]["files"][bad] = "0" * 40
+        record.write_text(json.dumps(hacked))
+        assert check.warning(checkout) is None, bad              # not zpatch's record: nothing said
+
+
+def test_the_warning_escapes_what_a_terminal_would_obey_and_its_command_pastes_back(world, zpatch, tmp_path):
+    """A checkout path with an escape sequence and a byte that is not UTF-8, and a log handler that
+    encodes strictly, as ComfyUI's LogInterceptor does: the node still loads, one escaped line."""
+    odd = tmp_path / os.fsdecode(b"Comfy \x1b[31mRED\xff")
+    checkout = world.clone_checkout(odd)
+    zpatch("apply", checkout)
+    git("checkout", "--", "comfy/sd.py", cwd=checkout)
+    text = check.warning(checkout)
+    assert "\x1b" not in text and "\\x1b[31mRED\\xff" in text and text.isprintable()
+    fix = text.rsplit("; ", 1)[1].split("`")[1]
+    assert fix == "zpatch apply $'" + os.fsencode(str(checkout)).decode("latin-1").replace("\x1b", "\\x1b").replace(
+        "\xff", "\\xff") + "'"
+    r = subprocess.run(["bash", "-c", f"printf %s {fix.split(' ', 2)[2]}"], capture_output=True)
+    assert r.stdout == os.fsencode(str(checkout))               # pasted into bash, the exact path
+
+    import io
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    handler = logging.StreamHandler(strict)
+    check.LOG.addHandler(handler)
+    try:
+        check.check_at_start(checkout / "custom_nodes" / "ComfyUI-ZImage-Fix")   # never raises
+        handler.flush()
+        logged = strict.buffer.getvalue().decode()
+    finally:
+        check.LOG.removeHandler(handler)
+    assert logged.count("ComfyUI-ZImage-Fix: the Z-Image overlay is no longer in place") == 1

@@ -201,7 +201,8 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
             top = ws.checkout / lo.path
             if top.is_symlink() or (top.exists() and (not top.is_dir() or any(top.iterdir()))):
                 raise ZpatchError(f"{top}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
-                                  hint=f"move it away (mv {top} {top}.bak) and rerun")
+                                  # .disabled: ComfyUI skips such a folder (a .bak beside it would load twice)
+                                  hint=f"move it away (mv {top} {top}.disabled) and rerun")
     had = {f"{old.path}/{f}": d for f, d in old.files.items()} if old else {}
     for rel in sorted(set(want) | set(had)):
         now = worktree.read(ws.checkout, rel)

@@ -43,7 +43,7 @@ def test_an_update_that_reverts_a_patch_shows_in_comfyui_s_log_and_the_named_com
     assert reverted["loaded"] == {"ComfyUI-GGUF": True, "ComfyUI-ZImage-Fix": True}, reverted
     (line,) = _warnings(reverted)
     assert line.startswith(PREFIX + str(checkout) + ": custom_nodes/ComfyUI-GGUF/loader.py differs"), line
-    fix = line.split("; `", 1)[1].split("`", 1)[0]                # the command the warning names
+    fix = line.rsplit("; ", 1)[1].split("`")[1]                    # the command the warning names for a revert
     assert fix == f"zpatch apply {checkout}"
 
     r = _zpatch(*fix.split()[1:])                                  # followed literally (zpatch = this tree)

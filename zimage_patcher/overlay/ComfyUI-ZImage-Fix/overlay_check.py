@@ -10,12 +10,54 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shlex
+import stat
+import time
 from pathlib import Path
 
 LOG = logging.getLogger("ComfyUI-ZImage-Fix")
 # where each upstream of upstream.lock sits in a ComfyUI checkout (a test keeps this in step with it)
 UPSTREAM_PATHS = {"comfyui": ".", "comfyui-gguf": "custom_nodes/ComfyUI-GGUF"}
+# Bounds, so that no file found here can hold ComfyUI's start: what zpatch writes is far smaller
+# (a record of a few kB, patched sources under 1 MB); past them the check gives up and says nothing.
+RECORD_LIMIT = 4 << 20
+FILE_LIMIT = 16 << 20
+MAX_FILES = 1000
+DEADLINE = 0.5            # seconds
+
+
+class _GiveUp(Exception):
+    """The record or a file is not what zpatch writes: no answer (never a warning on bad grounds)."""
+
+
+def _read(path: Path, limit: int) -> bytes | None:
+    """PATH's bytes when it is a regular file of at most LIMIT bytes; None when it is not there. Opened
+    without following a last symlink and without blocking (a FIFO or a device is refused before any
+    read can hang); anything else odd raises _GiveUp."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise _GiveUp(f"{path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise _GiveUp(f"{path}: not a regular file of at most {limit} bytes")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise _GiveUp(f"{path}: grew past {limit} bytes")
+        return data
+    finally:
+        os.close(fd)
 
 
 def _git_dir(repo: Path) -> Path | None:
@@ -23,7 +65,7 @@ def _git_dir(repo: Path) -> Path | None:
     if git.is_dir():
         return git
     if git.is_file():                       # a worktree or submodule: "gitdir: <path>"
-        text = git.read_text(encoding="utf-8", errors="replace").strip()
+        text = (_read(git, 4096) or b"").decode("utf-8", "replace").strip()
         if text.startswith("gitdir:"):
             path = Path(text[len("gitdir:"):].strip())
             return path if path.is_absolute() else repo / path
@@ -36,32 +78,75 @@ def _blob_id(data: bytes) -> str:
     return h.hexdigest()
 
 
+def _inside(rel: str) -> bool:
+    """REL names a file inside its upstream's folder, as zpatch records them (status refuses others)."""
+    parts = rel.split("/")
+    return bool(rel) and "\0" not in rel and not rel.startswith("/") and ".." not in parts and "" not in parts
+
+
 def differences(checkout: Path) -> list[str] | None:
     """The files (relative to CHECKOUT) whose bytes are no longer what zpatch applied; None when zpatch
-    never applied the overlay here (no record)."""
+    never applied the overlay here (no record) or the record is not one zpatch wrote."""
+    try:
+        return _differences(checkout)
+    except _GiveUp as e:
+        LOG.debug("ComfyUI-ZImage-Fix: overlay check gave up: %s", _shown(str(e)))
+        return None
+
+
+def _differences(checkout: Path) -> list[str] | None:
+    t0 = time.monotonic()
     git = _git_dir(checkout)
     if git is None:
         return None
-    try:
-        record = json.loads((git / "zpatch" / "record.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = _read(git / "zpatch" / "record.json", RECORD_LIMIT)
+    if data is None:
         return None
-    out = []
-    for name, up in sorted((record.get("upstreams") or {}).items()):
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _GiveUp("record.json is not JSON") from None
+    ups = record.get("upstreams") if isinstance(record, dict) else None
+    if not isinstance(ups, dict):
+        raise _GiveUp("record.json has no upstreams")
+    out, seen = [], 0
+    for name, up in sorted(ups.items()):
         where = UPSTREAM_PATHS.get(name)
-        if where is None or not isinstance(up, dict):
+        files = up.get("files") if isinstance(up, dict) else None
+        if where is None or not isinstance(files, dict):
             continue
-        for rel, blob in sorted((up.get("files") or {}).items()):
+        for rel, blob in sorted(files.items()):
+            seen += 1
+            if seen > MAX_FILES or not _inside(rel) or not isinstance(blob, str):
+                raise _GiveUp(f"record.json lists {rel!r}")
+            if time.monotonic() - t0 > DEADLINE:
+                raise _GiveUp("out of time")
             path = checkout / where / rel
             try:
-                now = _blob_id(path.read_bytes()) if not path.is_symlink() else "symlink"
-            except FileNotFoundError:
-                now = None
-            except OSError:
-                now = "unreadable"
+                now = "symlink" if path.is_symlink() else (lambda d: None if d is None else _blob_id(d))(
+                    _read(path, FILE_LIMIT))
+            except _GiveUp:
+                now = "not a file zpatch wrote"
             if now != blob:
                 out.append(rel if where == "." else f"{where}/{rel}")
     return out
+
+
+def _shown(text: str) -> str:
+    """TEXT safe for a log line and a terminal: control characters and undecodable bytes escaped."""
+    return "".join(c if c.isprintable() and not 0xDC80 <= ord(c) <= 0xDCFF else
+                   (f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c.encode("unicode_escape").decode())
+                   for c in text)
+
+
+def _quoted(path: Path) -> str:
+    """PATH as a shell word that a paste gives back exactly: shlex's quoting, or bash's $'...' with
+    \\xNN escapes for a path with control characters or bytes that are not UTF-8."""
+    text = str(path)
+    if text.isprintable() and _shown(text) == text:
+        return shlex.quote(text)
+    return "$'" + "".join(chr(b) if 32 <= b < 127 and chr(b) not in "\\'" else f"\\x{b:02x}"
+                          for b in os.fsencode(text)) + "'"
 
 
 def warning(checkout: Path) -> str | None:
@@ -69,20 +154,23 @@ def warning(checkout: Path) -> str | None:
     found = differences(checkout)
     if not found:
         return None
-    co = shlex.quote(str(checkout))
-    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-    return (f"the Z-Image overlay is no longer in place in {checkout}: {shown} "
+    co = _quoted(checkout)
+    shown = ", ".join(map(_shown, found[:5])) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return (f"the Z-Image overlay is no longer in place in {_shown(str(checkout))}: {shown} "
             f"{'differs' if len(found) == 1 else 'differ'} from what `zpatch apply` wrote (an update through "
             f"ComfyUI-Manager or git pull?). Gemma 3 GGUF text encoders and 4-D latents into the Wan VAE will "
-            f"fail. See `zpatch status {co}`; `zpatch apply {co}` puts the patches back.")
+            f"fail. `zpatch status {co}` names what changed and how to put the patches back; after a plain "
+            f"revert that is `zpatch apply {co}`.")
 
 
 def check_at_start(node_dir: Path) -> None:
     """Log the warning for the checkout this node sits in (<checkout>/custom_nodes/<node>); never raise."""
     try:
         text = warning(Path(node_dir).resolve().parents[1])
-    except Exception as e:      # a check that breaks must not break ComfyUI's start
-        LOG.debug("ComfyUI-ZImage-Fix: overlay check skipped: %s", e)
-        return
-    if text:
-        LOG.warning("ComfyUI-ZImage-Fix: %s", text)
+        if text:
+            LOG.warning("ComfyUI-ZImage-Fix: %s", text)
+    except Exception as e:      # a check that breaks (or a log handler that does) must not break ComfyUI's start
+        try:
+            LOG.debug("ComfyUI-ZImage-Fix: overlay check skipped: %s", _shown(str(e)))
+        except Exception:       # noqa: BLE001
+            pass
