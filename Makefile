@@ -24,7 +24,9 @@ run: setup
 # so a second run downloads nothing) -> the real-size graph (1024x1024, 8 steps) on CUDA. Results in
 # build/gpu-smoke/: report.md (per-step and per-stage times, peak GPU memory, GPU, torch, exit status),
 # report.json, smoke/ (PNGs, smoke-report.json, smoke.log). On a failure make says verify's exit code
-# ("Error 8") and exits 2; report.md has the code and the failure.
+# ("Error 8") and exits 2; report.md has the code and the failure, and a Rerun line (with SMOKE_PYTHON as
+# --python) to paste. A rerun replaces only what verify made in KEEP; one run at a time per KEEP (exit 10).
+# With DEVICE=cuda a torch without CUDA is refused (exit 8) before anything is downloaded.
 #   make gpu-smoke MODELS=~/models [SMOKE_PYTHON=/path/to/python-with-cuda-torch] [MANIFEST=models.toml]
 # DEVICE=cpu TIER=tiny (with a MANIFEST of tiny-tier files) rehearses the same path on a CPU, as the tests do.
 MODELS       ?= $(HOME)/models

@@ -194,6 +194,10 @@ class _Smoker:
                 rebase.forget_throwaway(copy)
             res = verify.run(copy, offline=True, python=self.python, smoke=True)
         failed = next((s for s in res["steps"] if not s["ok"]), None)
+        if failed and (failed["error"] or {}).get("exit_code") == Exit.INTERNAL:
+            # a bug of zpatch's in a step is no finding about upstream
+            raise ZpatchError(f"zpatch failed in the smoke's {failed['step']} step: {failed['summary']}",
+                              Exit.INTERNAL, hint=(failed["error"] or {}).get("hint"))
         if failed and failed["step"] in ("checkout", "check"):
             err = failed["error"] or {}
             raise ZpatchError(f"the smoke could not start ({failed['step']}): {failed['summary']}",

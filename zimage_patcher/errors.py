@@ -33,17 +33,19 @@ EXIT_HELP = {
     Exit.OK: "success, or nothing to do",
     Exit.FINDINGS: "`check` or `status` found something to act on; `drift`: upstream moved and the series carries forward",
     Exit.USAGE: "bad command line",
-    Exit.BAD_OVERLAY: "overlay invalid: `upstream.lock`, a series or a patch malformed, tampered or hostile",
+    Exit.BAD_OVERLAY: "overlay invalid: `upstream.lock`, a series, a patch or `models.toml` malformed, tampered or "
+                      "hostile (also a damaged `.zpatch-models.json` in a models folder)",
     Exit.BAD_CHECKOUT: "checkout invalid: missing, not a repository, off its pin, user changes in the way, "
                        "or its zpatch record damaged",
     Exit.CONFLICT: "a patch does not apply (`rebase`, `drift`: a conflict on the new upstream commit; `refresh`: an "
                    "edit no single patch owns, or a later patch in its way)",
     Exit.UNREACHABLE: "an upstream cannot be reached (or, with `--offline`, is not cached)",
     Exit.SMOKE_FAILED: "the smoke generation failed (`drift --smoke`: on the rebased series)",
-    Exit.ENVIRONMENT: "a required tool (git, the smoke Python) is missing or failed",
+    Exit.ENVIRONMENT: "a required tool (git, the smoke Python) is missing or failed; a model file's size or "
+                      "sha256 is not the one pinned",
     Exit.INTERNAL: "internal error in zpatch (a bug: please report it with the message)",
-    Exit.BUSY: "another zpatch is working on the same checkout (or a rebase is in progress, or another git holds "
-              "a lock there); retry when it has finished",
+    Exit.BUSY: "another zpatch is working on the same checkout, verify folder or models folder (or a rebase is in "
+              "progress, or another git holds a lock there); retry when it has finished",
     Exit.UPSTREAMED: "`drift`: a patch is no longer needed (upstream has it, or its Obsolete-If probe fired)",
     Exit.FILESYSTEM: "the file system refused: disk full, permission denied or read-only (the message names the path)",
     Exit.GIT_REFUSED: "git refused an operation (its message follows)",

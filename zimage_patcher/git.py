@@ -309,17 +309,8 @@ class ScratchIndex:
         """Commit PATCHES one after another on BASE without a work tree, as `git am` would (same
         authors, dates and messages; committer zpatch). Blobs missing from files the patches do not
         touch are fine (write-tree --missing-ok), so partial mirrors and blobless clones work.
-        Raises CONFLICT naming the first patch that does not apply. In a scratch store of its own the
-        result is kept between runs (series_cache), and the index left as a build leaves it."""
-        from . import series_cache
-        store = self.env.get("GIT_OBJECT_DIRECTORY")
-        k = series_cache.key(base, patches) if store and re.fullmatch(r"[0-9a-f]{40}", base) else None
-        if k is not None:
-            hit = series_cache.load(store, k)
-            if hit is not None and len(hit) == len(patches):
-                self.read_tree(hit[-1] if hit else base)
-                return hit
-            before = set(series_cache.objects(Path(store)))
+        Raises CONFLICT naming the first patch that does not apply (series_cache.commit_patches keeps
+        the result between runs)."""
         self.read_tree(base)
         parent, out = base, []
         for p in patches:
@@ -330,8 +321,6 @@ class ScratchIndex:
             tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
             parent = self.commit_tree(tree, parent, p)
             out.append(parent)
-        if k is not None:
-            series_cache.save(store, k, out, patches, exclude=before)
         return out
 
     def commit_tree(self, tree: str, parent: str, patch: Path) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 import tempfile
 
-from . import cache, git
+from . import cache, git, series_cache
 from .errors import Exit, ZpatchError
 from .patchset import Overlay
 
@@ -32,7 +32,7 @@ def publish(ov: Overlay, upstream: str, remote: str, *, branch: str | None = Non
     mirror = cache.ensure(s.upstream.url, s.upstream.commit, offline=offline)
     with tempfile.TemporaryDirectory(prefix="zpatch-publish-") as tmp:
         idx = git.ScratchIndex(mirror, tmp, read_only=True)
-        commits = idx.commit_patches(s.upstream.commit, [p.path for p in s.patches])
+        commits = series_cache.commit_patches(idx, s.upstream.commit, [p.path for p in s.patches])
         tip = commits[-1] if commits else s.upstream.commit
         remote_refs = git.remote_refs(remote, [f"refs/heads/{branch}", *([f"refs/tags/{tag}"] if tag else [])])
         before = remote_refs.get(f"refs/heads/{branch}")

@@ -27,7 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from . import cache, git, lock as lockmod, operation, overlay_write, patchfile, patchset, probes, rebase_state, worktree
+from . import (cache, git, lock as lockmod, operation, overlay_write, patchfile, patchset, probes, rebase_state,
+               series_cache, worktree)
 from .errors import Exit, ZpatchError
 from .patchfile import Patch
 from .patchset import Overlay, Series
@@ -167,7 +168,7 @@ class Trial:
 
     def __init__(self, s: Series, mirror: Path, tmpdir: str):
         self.s, self.idx = s, git.ScratchIndex(mirror, tmpdir, read_only=True)
-        self.idx.commit_patches(s.upstream.commit, [p.path for p in s.patches])
+        series_cache.commit_patches(self.idx, s.upstream.commit, [p.path for p in s.patches])
         self.count = 0
 
     def first_conflict(self, onto: str) -> str | None:
@@ -272,7 +273,7 @@ def _run(ov: Overlay, s: Series, repo: Path, idx: git.ScratchIndex, op: RebaseSt
     if not op.old_tip:
         # the old series as commits on the old pin: a 3-way merge needs each patch's preimage blobs,
         # and the range-diff needs the old commits
-        old = idx.commit_patches(op.old_pin, [p.path for p in s.patches])
+        old = series_cache.commit_patches(idx, op.old_pin, [p.path for p in s.patches])
         op.old_tip = old[-1] if old else op.old_pin
     tip = _Tip(idx, op.tip)
     order = [p.name for p in s.patches]

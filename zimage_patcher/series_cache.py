@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import zlib
 from pathlib import Path
 
 from . import git
+from .cache import cache_home
 
 FORMAT = 1                # bump when what an entry holds or means changes
 KEEP = 64                 # entries kept (the newest used); each is a few kilobytes per patch
@@ -26,8 +28,24 @@ _META = "series.json"
 
 
 def _root() -> Path:
-    from .cache import cache_home
     return cache_home() / "series"
+
+
+def commit_patches(idx: git.ScratchIndex, base: str, patches: list[Path]) -> list[str]:
+    """idx.commit_patches(BASE, PATCHES), kept between runs when IDX writes to a scratch store of its
+    own; the index is left as a build leaves it (the tip's tree)."""
+    store = idx.env.get("GIT_OBJECT_DIRECTORY")
+    if not store or not re.fullmatch(r"[0-9a-f]{40}", base):
+        return idx.commit_patches(base, patches)
+    k = key(base, patches)
+    hit = load(store, k)
+    if hit is not None and len(hit) == len(patches):
+        idx.read_tree(hit[-1] if hit else base)
+        return hit
+    before = set(objects(Path(store)))
+    out = idx.commit_patches(base, patches)
+    save(store, k, out, patches, exclude=before)
+    return out
 
 
 def key(base: str, patches: list[Path]) -> str:

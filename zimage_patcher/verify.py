@@ -4,43 +4,127 @@ With MODELS (`zpatch verify --models DIR`, `make gpu-smoke`) a `models` step bef
 and verifies the real model files into DIR (models.fetch, as `zpatch models fetch DIR` does; quick when
 they are there and verified) and the smoke runs on them: the GPU tier, unattended. A kept folder gets
 report.json (what `zpatch --json verify` prints) and report.md (per-step and per-stage times, peak
-memory, GPU, torch, exit status), written by the CLI once the exit status is known."""
+memory, GPU, torch, exit status), written by the CLI once the exit status is known. A kept folder is
+locked for the whole run (a second verify there exits BUSY), and reusing it replaces only what verify
+made there (OWN). What would fail the models step for sure (the manifest, DIR, a torch without CUDA for
+--device cuda) is checked before the first step."""
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
 import py_compile
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-from . import apply, check, clone, durable, patchset, status, workspace
-from .errors import EXIT_HELP, Exit, ZpatchError, from_oserror
+from . import apply, check, clone, durable, locks, patchset, status, workspace
+from .errors import EXIT_HELP, Exit, ZpatchError, from_oserror, last_line
 from .smoke.oneline import one_line
 
 
 MARKER = ".zpatch-verify"
+LOCK = ".zpatch-verify.lock"          # flock: one verify at a time in a --keep folder (never removed)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+# What verify makes in its folder, and all that reusing the folder removes: anything else there (the
+# user's notes, a --models DIR inside it) stays.
+OWN = ("ComfyUI", "pristine", "smoke", "control", REPORT_JSON, REPORT_MD, ".compile.pyc")
 
 
-def _workdir(workdir: Path | None) -> Path:
-    """A temporary folder, or WORKDIR: new, empty, or one a previous verify left (emptied again)."""
+def _made_by_verify(workdir: Path) -> bool:
+    """WORKDIR is empty (but for a lock file a verify killed at its start left) or holds the marker."""
+    names = set(os.listdir(workdir)) - {LOCK}
+    return not names or MARKER in names
+
+
+def _workdir(workdir: Path | None, stack: contextlib.ExitStack) -> Path:
+    """A temporary folder, or WORKDIR: new, empty, or one a previous verify left (what it made there
+    removed, the rest kept), locked in STACK for the whole run: a second verify in it exits BUSY
+    before it touches anything (it would otherwise remove the first one's checkout under it)."""
     if workdir is None:
         return Path(tempfile.mkdtemp(prefix="zpatch-verify-"))
     workdir = Path(workdir)
-    if workdir.exists():
-        if not workdir.is_dir():
-            raise ZpatchError(f"--keep {workdir}: not a directory", Exit.USAGE)
-        if any(workdir.iterdir()):
-            if not (workdir / MARKER).is_file():
-                raise ZpatchError(f"--keep {workdir}: not empty and not made by zpatch verify", Exit.USAGE,
-                                  hint="choose a new or empty directory")
-            shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("made by zpatch verify; the next verify --keep here empties it\n")
+    if workdir.exists() and not workdir.is_dir():
+        raise ZpatchError(f"--keep {workdir}: not a directory", Exit.USAGE)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not _made_by_verify(workdir):
+            raise ZpatchError(f"--keep {workdir}: not empty and not made by zpatch verify", Exit.USAGE,
+                              hint="choose a new or empty directory")
+        stack.enter_context(locks.Exclusive(workdir / LOCK, lambda pid: ZpatchError(
+            f"--keep {workdir}: another zpatch verify (pid {pid}) is working in it", Exit.BUSY,
+            hint="wait for it to finish, then rerun; or choose another --keep DIR")))
+        for name in OWN:
+            p = workdir / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                p.unlink()
+        (workdir / MARKER).write_text("made by zpatch verify; the next verify --keep here replaces "
+                                      + ", ".join(OWN) + " and keeps the rest\n")
+    except OSError as e:
+        raise from_oserror(e, f"cannot prepare the --keep folder {workdir}", code=Exit.USAGE,
+                           hint="choose another --keep DIR") from None
     return workdir
+
+
+def _check_models_place(models: Path, workdir: Path | None) -> None:
+    """A --models DIR inside what each verify --keep replaces would be removed by the next run."""
+    if workdir is None:
+        return
+    m = os.path.abspath(models)
+    for name in OWN:
+        own = os.path.abspath(Path(workdir) / name)
+        if m == own or m.startswith(own + os.sep):
+            raise ZpatchError(f"--models {models}: inside {own}, which each verify --keep {workdir} replaces",
+                              Exit.USAGE, hint=f"choose a folder outside it, e.g. {Path(workdir) / 'models'}")
+
+
+# The cheap half of the smoke's environment stage: what --device cuda needs, asked before the models
+# step downloads gigabytes that a torch without CUDA could not use.
+_CUDA_PROBE = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+
+
+def _cuda_preflight(python: str | None) -> None:
+    from .smoke import runner
+    py, _ = runner.choose_python(python)     # --python or $ZPATCH_SMOKE_PYTHON not there: ENVIRONMENT now
+    if py is None:
+        return       # the smoke makes a managed venv, with the torch this machine's GPU needs
+    try:
+        r = subprocess.run([py, "-c", _CUDA_PROBE], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                           timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ZpatchError(f"cannot run the smoke python {py}: {e}", Exit.ENVIRONMENT,
+                          hint=f"pass --python or set {runner.ENV_PYTHON}") from None
+    before = "checked before the models step: nothing was downloaded"
+    if r.returncode == 3:      # the words of the harness's environment stage, as the smoke step would fail
+        raise ZpatchError(f"smoke python {py} is not usable: RuntimeError: --device cuda but "
+                          "torch.cuda.is_available() is False", Exit.ENVIRONMENT,
+                          hint="this torch sees no GPU: use --device cpu, or a python with a CUDA build of torch "
+                               f"(--python); {before}")
+    if r.returncode != 0:
+        raise ZpatchError(f"smoke python {py} is not usable: {last_line(r.stderr)}", Exit.ENVIRONMENT,
+                          hint=f"{py} -m pip install -r {runner.REQUIREMENTS}   or pass --python / set "
+                               f"{runner.ENV_PYTHON}; {before}")
+
+
+def _step_error(name: str, e: Exception) -> ZpatchError:
+    """Whatever stopped a step, as the error its entry and the report carry: the file system refusing is
+    FILESYSTEM naming the path (errors.from_oserror), as the CLI would say it; anything else unexpected
+    is a bug (INTERNAL), its traceback kept in the step's data."""
+    if isinstance(e, ZpatchError):
+        return e
+    if isinstance(e, OSError):
+        return from_oserror(e, code=Exit.BAD_CHECKOUT, hint="check the path and the current directory")
+    return ZpatchError(f"internal error in zpatch verify ({name} step): {type(e).__name__}: {e}", Exit.INTERNAL,
+                       hint="this is a bug; please report it with the message and the step's traceback "
+                            "(details.traceback in report.json)",
+                       details={"traceback": "".join(traceback.format_exception(e))[-8000:]})
 
 
 SMOKE_STEPS = ("smoke", "control")
@@ -67,19 +151,41 @@ def _warnings(name: str, data) -> list:
 def run(root: Path, *, workdir: Path | None = None, offline: bool = False, python: str | None = None,
         device: str = "cpu", tier: str | None = None, models: Path | None = None, manifest: Path | None = None,
         control: bool = False, smoke: bool = True, on_step=None, progress: bool = False,
-        keep_failed: bool = False) -> dict:
+        keep_failed: bool = False, finish=None) -> dict:
     """Each step's result goes to ON_STEP as soon as it finishes (the CLI streams them).
     KEEP_FAILED: a scratch folder (no WORKDIR) is kept when a step fails, for the files its hint names.
     MODELS: a folder for the real model files: a `models` step fetches and verifies them there (from
     MANIFEST, default the overlay's models.toml) and the smoke and control run on them. TIER: the
     synthetic models' sizes (default by device); with MODELS, "tiny" says the files are the tiny
-    tier's (runner.run_smoke)."""
+    tier's (runner.run_smoke). FINISH(result) runs last, while WORKDIR is still locked (the CLI writes
+    the reports there)."""
     models = Path(models).expanduser().absolute() if models is not None else None
     if models is not None and not smoke:
         raise ZpatchError("--models feeds the smoke, which --no-smoke leaves out", Exit.USAGE,
                           hint="drop --no-smoke, or fetch the files alone: zpatch models fetch "
                                + shlex.quote(str(models)))
-    scratch = _workdir(workdir)
+    if models is not None:
+        # What would fail at the models step fails now, before the checkout, the folder, any download:
+        # a malformed manifest, a DIR that cannot be a folder, a torch that cannot run --device cuda.
+        from . import models as model_files
+        model_files.load_manifest(manifest or root / model_files.MANIFEST)
+        model_files.check_dir(models)
+        _check_models_place(models, workdir)
+        if device == "cuda":
+            _cuda_preflight(python)
+    ov = patchset.load(root)         # an overlay that does not load leaves a kept folder as it was
+    with contextlib.ExitStack() as held:
+        scratch = _workdir(workdir, held)
+        result = _run(root, ov, scratch, workdir=workdir, offline=offline, python=python, device=device, tier=tier,
+                      models=models, manifest=manifest, control=control, smoke=smoke, on_step=on_step,
+                      progress=progress, keep_failed=keep_failed)
+        if finish is not None:
+            finish(result)
+    return result
+
+
+def _run(root: Path, ov, scratch: Path, *, workdir, offline, python, device, tier, models, manifest, control, smoke,
+         on_step, progress, keep_failed) -> dict:
     steps: list[dict] = []
     result = {"workdir": str(scratch), "passed": False, "steps": steps, "device": device, "tier": tier,
               "models": str(models) if models is not None else None,
@@ -89,13 +195,16 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
     # Every step carries `failure` (null, or {stage, error}: for smoke and control the harness's
     # stage and first error line) and `warnings` (for smoke and control what ComfyUI only logged,
     # [{stage, level, message}]; [] for the other steps). drift reads both from steps[-1].
+    # Any exception a step raises (a full disk's OSError too) is its failure: the report says so.
     def step(name, fn):
+        durable.fault_point(f"verify-{name}")      # tests hold a run here, before the step
         t0 = time.perf_counter()
         try:
             summary, data = fn()
             entry = {"step": name, "ok": True, "seconds": time.perf_counter() - t0, "summary": summary,
                      "data": data, "error": None, "failure": None, "warnings": _warnings(name, data)}
-        except ZpatchError as e:
+        except Exception as exc:
+            e = _step_error(name, exc)
             entry = {"step": name, "ok": False, "seconds": time.perf_counter() - t0,
                      "summary": e.message, "data": e.details, "error": e.to_json(),
                      "failure": _failure(name, e), "warnings": _warnings(name, e.details)}
@@ -105,7 +214,6 @@ def run(root: Path, *, workdir: Path | None = None, offline: bool = False, pytho
         if not entry["ok"]:
             raise _Stop()
 
-    ov = patchset.load(root)
     missing: list[str] = []
 
     def do_checkout():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,14 +121,18 @@ def test_make_gpu_smoke_fetches_applies_runs_the_graph_on_the_fetched_files_and_
     assert m["peak_gpu_mb"] is None and m["gpu"] is None and m["peak_rss_mb"] > 0
     assert m["torch"] == smoke["versions"]["torch"] and (m["smoke_tier"], m["smoke_models"]) == ("tiny", "user")
 
-    # the summary for a person
+    # the summary for a person; its Rerun line works pasted: the zpatch that ran (`zpatch` when the PATH
+    # finds that one) and the interpreter make passed in $ZPATCH_SMOKE_PYTHON, as --python
+    found = shutil.which("zpatch", path=env.get("PATH"))
+    zpatch_cmd = "zpatch" if found and os.path.samefile(found, bin_dir / "zpatch") else str(bin_dir / "zpatch")
     md = (keep / "report.md").read_text()
     assert md.startswith("# zpatch verify: passed (exit 0)\n")
     for line in ("- Exit status: 0 (success, or nothing to do)", "- Device: cpu; GPU: n/a (cpu)",
                  "- Graph: 64x64, 2 steps, tier tiny, your model files",
                  f"- Model files: {d}", "- Peak GPU memory: n/a (cpu)",
                  f"- Peak RSS of the smoke process: {m['peak_rss_mb']:.0f} MB",
-                 f"- Rerun: `zpatch verify --tier tiny --models {d} --manifest {manifest} --keep {keep}`"):
+                 f"- Rerun: `{zpatch_cmd} verify --tier tiny --models {d} --manifest {manifest} --python {smoke_python} "
+                 f"--keep {keep}`"):
         assert line in md.splitlines(), line
     assert any(l.startswith(f"- torch: {m['torch']} (") for l in md.splitlines())     # and its CUDA, if any
     assert all(f"| {s} | ok | " in md for s in STEPS)

@@ -46,11 +46,44 @@ def _step_line(s: dict) -> str:
     return f"{'ok  ' if s['ok'] else 'FAIL'} {s['step']:<9} {s['seconds']:6.2f}s  {s['summary']}"
 
 
+def _zpatch_argv() -> list[str]:
+    """How this zpatch was started, as a command a person can paste: `zpatch` when that is what the
+    PATH finds, else the script's own path (make's .venv/bin/zpatch), else `python -m zimage_patcher.cli`."""
+    import os
+    import shutil
+    import sys
+    exe = Path(sys.argv[0])
+    if exe.name == "zpatch" and exe.is_file():
+        found = shutil.which("zpatch")
+        return ["zpatch"] if found and os.path.samefile(found, exe) else [str(exe.absolute())]
+    return [sys.executable, "-m", "zimage_patcher.cli"]
+
+
+def _rerun(ctx, res: dict, *, keep, offline, python, device, tier, manifest, control, no_smoke) -> str:
+    """report.md's Rerun line: this run again, pasted anywhere. The smoke interpreter is named even when
+    it came from $ZPATCH_SMOKE_PYTHON (what `make gpu-smoke SMOKE_PYTHON=...` sets), the paths are
+    absolute, and the overlay is named when it was chosen (--overlay, $ZPATCH_OVERLAY)."""
+    import os
+    import shlex
+    from ..smoke.runner import ENV_PYTHON
+    python = python or os.environ.get(ENV_PYTHON)
+    python = os.path.abspath(python) if python and os.sep in python else python    # a bare name: the PATH's
+    overlay = ctx.overlay_dir or os.environ.get("ZPATCH_OVERLAY")
+    return shlex.join([*_zpatch_argv(), "verify", *(["--overlay", os.path.abspath(overlay)] if overlay else []),
+                       *(["--device", device] if device != "cpu" else []), *(["--tier", tier] if tier else []),
+                       *(["--models", res["models"]] if res["models"] else []),
+                       *(["--manifest", os.path.abspath(manifest)] if manifest else []),
+                       *(["--python", python] if python else []),
+                       *(["--offline"] if offline else []), *(["--control"] if control else []),
+                       *(["--no-smoke"] if no_smoke else []), "--keep", os.path.abspath(keep or res["workdir"])])
+
+
 @command("verify", "zpatch verify --device cuda --models ~/models --keep build/gpu-smoke")
 @click.option("--keep", "keep", type=click.Path(file_okay=False), default=None,
               help="Work in this directory and keep it, with report.md and report.json (default: a temporary "
-                   "one, removed after). A directory a previous verify left is reused. "
-                   "Example: --keep build/verify")
+                   "one, removed after). A directory a previous verify left is reused: its ComfyUI/, pristine/, "
+                   "smoke/, control/, report.json and report.md are replaced, anything else in it is kept (a "
+                   "--models DIR inside it too). One verify at a time works in it. Example: --keep build/verify")
 @click.option("--offline", is_flag=True,
               help="Use only the local caches (zpatch's for the upstreams, Hugging Face's for --models).")
 @click.option("--python", "python", default=None, metavar="PY",
@@ -88,19 +121,39 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
       6   an upstream or the Hugging Face Hub cannot be reached (or refuses)
       7   the smoke generation (or the control) failed
       8   a model file's size or sha256 is wrong, or the smoke Python is missing
+          (with --models and --device cuda: checked before any download)
+      10  another zpatch verify works in the --keep folder
       12  the file system refused (full, read-only, permission)"""
     import shlex
     from .. import verify
+    from ..errors import Terminated
     if manifest and not models:
         raise ZpatchError("--manifest lists the files --models fetches; it needs --models DIR", Exit.USAGE,
                           hint="zpatch verify --models ~/models --manifest " + shlex.quote(manifest))
     on_step = None if ctx.as_json or ctx.verbosity < 0 else (lambda s: click.echo(_step_line(s)))
-    res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
-                     device=device, tier=tier, models=Path(models) if models else None,
-                     manifest=Path(manifest) if manifest else None, control=control, smoke=not no_smoke,
-                     on_step=on_step, progress=on_step is not None, keep_failed=True)
-    code = verify.exit_code(res)
-    res["report_files"] = verify.report_paths(res) if res["kept"] else None
+    out: dict = {}
+
+    def finish(res: dict) -> None:    # while the --keep folder is still verify's: the reports go there
+        out["code"] = code = verify.exit_code(res)
+        res["report_files"] = verify.report_paths(res) if res["kept"] else None
+        if res["report_files"]:
+            verify.write_reports(res, envelope("verify", code < 2, {**res, "exit_code": int(code)}),
+                                 verify.markdown(res, code, _rerun(ctx, res, keep=keep, offline=offline,
+                                                                  python=python, device=device, tier=tier,
+                                                                  manifest=manifest, control=control,
+                                                                  no_smoke=no_smoke)))
+    try:
+        res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
+                         device=device, tier=tier, models=Path(models) if models else None,
+                         manifest=Path(manifest) if manifest else None, control=control, smoke=not no_smoke,
+                         on_step=on_step, progress=on_step is not None, keep_failed=True, finish=finish)
+    except (KeyboardInterrupt, Terminated) as e:
+        # not the generic "an interrupted apply is rolled back": verify's checkout is its own scratch
+        term = isinstance(e, Terminated)
+        raise ZpatchError("terminated (SIGTERM)" if term else "interrupted", Exit.TERMINATED if term else
+                          Exit.INTERRUPTED, hint="rerun verify: it starts again from a fresh checkout (with "
+                                                 "--models, the model files already verified are kept)") from None
+    code = out["code"]
     lines = []
     m = res["measurements"]
     if m["stages"]:
@@ -121,14 +174,6 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
     else:
         lines.append(f"Verification failed at {res['steps'][-1]['step']}; its files are kept in {res['workdir']} "
                      "(remove it when done).")
-    if res["report_files"]:
-        rerun = shlex.join(["zpatch", "verify", *(["--device", device] if device != "cpu" else []),
-                            *(["--tier", tier] if tier else []), *(["--models", res["models"]] if models else []),
-                            *(["--manifest", manifest] if manifest else []), *(["--python", python] if python else []),
-                            *(["--offline"] if offline else []), *(["--control"] if control else []),
-                            *(["--no-smoke"] if no_smoke else []), "--keep", keep or res["workdir"]])
-        verify.write_reports(res, envelope("verify", code < 2, {**res, "exit_code": int(code)}),
-                             verify.markdown(res, code, rerun))
     ctx.emit(res, "\n".join(lines))
     if not res["passed"]:
         err = next(s["error"] for s in res["steps"] if not s["ok"])

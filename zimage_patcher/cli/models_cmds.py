@@ -29,6 +29,9 @@ def _size(n: int) -> str:
         n /= 1024
 
 
+# Ctrl-C or SIGTERM: every file that reached DIR did so whole and verified, and the record says so
+INTERRUPTED_HINT = "rerun it: the files already verified in DIR are kept; the one being fetched is fetched again"
+
 _LABEL = {"fetched": "fetched", "cached": "verified", "present": "already there"}
 
 
@@ -51,15 +54,23 @@ def fetch_cmd(ctx, directory, only, offline, manifest):
     \b
     Exit codes of this command:
       0   done (fetched, or already there and verified)
-      3   models.toml is malformed
+      3   models.toml, or the record DIR/.zpatch-models.json, is malformed
       6   the Hub cannot be reached, refuses (gated or private: `hf auth
           login` or HF_TOKEN) or lacks the file; with --offline, not cached
       8   a file's size or sha256 is wrong (a download is not kept)
+      10  another zpatch is fetching into DIR
       12  the file system refused (full, read-only, permission)"""
     from .. import models
+    from ..errors import Exit, Terminated, ZpatchError
     path = Path(manifest) if manifest else ctx.overlay_root() / models.MANIFEST
-    res = models.fetch(path, Path(directory), only=only, offline=offline,
-                       progress=not ctx.as_json and ctx.verbosity >= 0)
+    try:
+        res = models.fetch(path, Path(directory), only=only, offline=offline,
+                           progress=not ctx.as_json and ctx.verbosity >= 0)
+    except (KeyboardInterrupt, Terminated) as e:
+        # not the generic "an interrupted apply is rolled back": a fetch has nothing to roll back
+        term = isinstance(e, Terminated)
+        raise ZpatchError("terminated (SIGTERM)" if term else "interrupted", Exit.TERMINATED if term else
+                          Exit.INTERRUPTED, hint=INTERRUPTED_HINT) from None
     lines = []
     for f in res["files"]:
         how = {"linked": ", hard link to the cache", "copied": ", copied from the cache"}.get(f.get("placed"), "")
