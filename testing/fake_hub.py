@@ -9,9 +9,24 @@ and answer 401 GatedRepo for a repository."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
+
+
+# The four model files as small random stand-ins, for tests of fetching (not of the smoke):
+# role -> (local name, repo_id, filename in the repo, bytes); SMALL_PINNED: the roles a test manifest pins.
+SMALL_FILES = {
+    "diffusion_model": ("z_image_turbo-Q5_K_M.gguf", "test-org/Z-Image-Turbo-GGUF", "z_image_turbo-Q5_K_M.gguf",
+                        b"GGUF" + os.urandom(6000)),
+    "text_encoder": ("gemma-3-4b-it-Q4_K_M.gguf", "test-org/gemma-3-4b-it-GGUF", "gemma-3-4b-it-Q4_K_M.gguf",
+                     b"GGUF" + os.urandom(5000)),
+    "tokenizer": ("tokenizer.model", "test-org/gemma-3-4b-it", "tokenizer.model", os.urandom(3000)),
+    "vae": ("qwen_image_vae.safetensors", "test-org/Qwen-Image_ComfyUI", "split_files/vae/qwen_image_vae.safetensors",
+            os.urandom(4000)),
+}
+SMALL_PINNED = ("diffusion_model", "vae")      # the others have no sha256 in the test manifest
 
 
 def sha(data: bytes) -> str:

@@ -11,19 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from testing.fake_hub import FakeHub, hub_env, manifest_text, sha
+from testing.fake_hub import SMALL_FILES, SMALL_PINNED, FakeHub, hub_env, manifest_text, sha
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = {    # role -> (local name, repo_id, filename in the repo, bytes)
-    "diffusion_model": ("z_image_turbo-Q5_K_M.gguf", "test-org/Z-Image-Turbo-GGUF", "z_image_turbo-Q5_K_M.gguf",
-                        b"GGUF" + os.urandom(6000)),
-    "text_encoder": ("gemma-3-4b-it-Q4_K_M.gguf", "test-org/gemma-3-4b-it-GGUF", "gemma-3-4b-it-Q4_K_M.gguf",
-                     b"GGUF" + os.urandom(5000)),
-    "tokenizer": ("tokenizer.model", "test-org/gemma-3-4b-it", "tokenizer.model", os.urandom(3000)),
-    "vae": ("qwen_image_vae.safetensors", "test-org/Qwen-Image_ComfyUI", "split_files/vae/qwen_image_vae.safetensors",
-            os.urandom(4000)),
-}
-PINNED = ("diffusion_model", "vae")      # the others have no sha256 in the test manifest
+FILES = SMALL_FILES
+PINNED = SMALL_PINNED
 
 
 @pytest.fixture
