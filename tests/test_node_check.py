@@ -156,3 +156,27 @@ def test_the_warning_escapes_what_a_terminal_would_obey_and_its_command_pastes_b
     finally:
         check.LOG.removeHandler(handler)
     assert logged.count("ComfyUI-ZImage-Fix: the Z-Image overlay is no longer in place") == 1
+
+
+def test_a_linked_folder_on_the_way_is_a_change_and_is_never_followed(world, zpatch, checkout, tmp_path):
+    """zpatch writes through real folders only: a symlinked folder on the way to a patched file (to a
+    copy elsewhere, to /dev, to /proc/self) is named as a change without a read behind it, and a record
+    name no file system takes (a lone surrogate) is one too, never an exception."""
+    import json
+    zpatch("apply", checkout)
+    gguf = checkout / "custom_nodes/ComfyUI-GGUF"
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(gguf, elsewhere)
+    for target in (elsewhere, Path("/dev"), Path("/proc/self")):
+        gguf.symlink_to(target)
+        text = _warning_apart(checkout)
+        assert "custom_nodes/ComfyUI-GGUF/loader.py" in text, (target, text)
+        gguf.unlink()
+    shutil.move(elsewhere, gguf)
+    assert check.warning(checkout) is None
+    record = _record(checkout)
+    data = json.loads(record.read_text())
+    data["upstreams"]["comfyui"]["files"]["comfy/\ud800x.py"] = "0" * 40
+    record.write_text(json.dumps(data))
+    text = check.warning(checkout)
+    assert text is not None and "comfy/\\ud800x.py differs" in text and text.isprintable()

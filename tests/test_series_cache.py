@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from testing.fixtures import LOADER_PY, commit, replace_line
+from zimage_patcher import series_cache
 
 
 def _git_calls(stderr: str) -> list[str]:
@@ -53,7 +54,7 @@ def test_a_damaged_entry_is_made_again_and_the_answer_does_not_change(world):
     assert rc == 0 and again == first and "mailinfo" in calls   # made again, not trusted
     (meta := entry / "series.json").write_text("{not json")
     assert rebase(world, "comfyui-gguf", "--onto", "main", "--dry-run")[0] == first
-    assert json.loads(meta.read_text())["format"] == 1          # and kept again, whole
+    assert json.loads(meta.read_text())["format"] == series_cache.FORMAT     # and kept again, whole
 
 
 def test_a_stopped_rebase_continues_after_the_cache_is_gone(world):
@@ -66,3 +67,36 @@ def test_a_stopped_rebase_continues_after_the_cache_is_gone(world):
     skipped, _, rc = rebase(world, "--skip")
     assert rc == 0, skipped
     assert skipped["range_diff"]                              # the old series' commits are still there
+
+
+def _meta(entry: Path) -> tuple[Path, dict]:
+    path = entry / "series.json"
+    return path, json.loads(path.read_text())
+
+
+def test_an_entry_whose_commits_or_messages_do_not_agree_is_not_used(world):
+    """An entry is used only when it holds exactly the commits zpatch would make: a message changed, the
+    commits swapped, or a commit missing, and the entry is dropped and made again; the answer and the
+    written patches are those of a run without a cache."""
+    commit(world.gguf_up, {"loader.py": "# a new first line\n" + LOADER_PY}, "upstream inserts a line")
+    first, _, _ = rebase(world, "comfyui-gguf", "--onto", "main", "--dry-run")
+    for tamper in (lambda m: m["messages"][next(iter(m["messages"]))].__setitem__(1, "EVIL subject\n"),
+                   lambda m: m["commits"].reverse(),
+                   lambda m: m["commits"].__setitem__(-1, "1" * 40)):
+        (entry,) = entries()
+        path, meta = _meta(entry)
+        tamper(meta)
+        path.write_text(json.dumps(meta))
+        again, calls, rc = rebase(world, "comfyui-gguf", "--onto", "main", "--dry-run")
+        assert rc == 0 and again == first and "mailinfo" in calls      # not trusted: made again
+    before = {p.name: p.read_bytes() for p in (world.overlay / "patches/comfyui-gguf").glob("*.patch")}
+    (entry,) = entries()
+    path, meta = _meta(entry)
+    meta["messages"][next(iter(meta["messages"]))][1] = "EVIL subject\n"
+    path.write_text(json.dumps(meta))
+    real, _, rc = rebase(world, "comfyui-gguf", "--onto", "main")
+    assert rc == 0
+    after = {p.name: p.read_bytes() for p in (world.overlay / "patches/comfyui-gguf").glob("*.patch")}
+    assert not any(b"EVIL" in data for data in after.values())
+    assert [s for _, s in ((p["name"], p["state"]) for p in real["patches"])] == \
+           [p["state"] for p in first["patches"]] and set(after) == set(before)

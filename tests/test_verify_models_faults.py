@@ -385,6 +385,18 @@ def test_a_models_dir_verify_would_replace_is_refused(env, manifest, tmp_path):
     assert not keep.exists()
 
 
+def test_a_models_dir_verify_would_replace_is_refused_however_a_link_spells_it(env, manifest, tmp_path):
+    keep = tmp_path / "v"
+    (keep / "smoke").mkdir(parents=True)               # a previous run's smoke folder, which the next replaces
+    (tmp_path / "link").symlink_to(keep)
+    (tmp_path / "mlink").symlink_to(keep / "smoke")
+    for models, k in ((tmp_path / "link" / "smoke" / "models", keep), (keep / "smoke" / "models", tmp_path / "link"),
+                      (tmp_path / "mlink", keep)):
+        r = zpatch(env, "verify", "--models", models, "--manifest", manifest, "--keep", k)
+        assert r.returncode == 2 and "which each verify --keep" in r.stderr, (models, k, r.stderr)
+    assert os.listdir(keep) == ["smoke"] and os.listdir(keep / "smoke") == []
+
+
 def test_a_malformed_manifest_is_reported_before_the_checkout(env, tmp_path):
     manifest = tmp_path / "models.toml"
     manifest.write_text("version = 1\n[model.vae]\nname = 3\n", encoding="utf-8")

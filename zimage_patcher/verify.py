@@ -77,9 +77,9 @@ def _check_models_place(models: Path, workdir: Path | None) -> None:
     """A --models DIR inside what each verify --keep replaces would be removed by the next run."""
     if workdir is None:
         return
-    m = os.path.abspath(models)
+    m = os.path.realpath(models)         # resolved: a symlink may spell either path (a spelling is no defence)
     for name in OWN:
-        own = os.path.abspath(Path(workdir) / name)
+        own = os.path.realpath(Path(workdir) / name)
         if m == own or m.startswith(own + os.sep):
             raise ZpatchError(f"--models {models}: inside {own}, which each verify --keep {workdir} replaces",
                               Exit.USAGE, hint=f"choose a folder outside it, e.g. {Path(workdir) / 'models'}")

@@ -78,6 +78,25 @@ def _blob_id(data: bytes) -> str:
     return h.hexdigest()
 
 
+def _current(checkout: Path, rel: str) -> str | None:
+    """The blob id of CHECKOUT/REL now; None when it is not there. zpatch writes regular files through
+    real folders only, so a symlink anywhere on the way, or anything but a regular file at the end, is
+    a change, answered without following or opening it (a device is never opened)."""
+    path = checkout
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return "symlink"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    data = _read(path, FILE_LIMIT)
+    return None if data is None else _blob_id(data)
+
+
 def _inside(rel: str) -> bool:
     """REL names a file inside its upstream's folder, as zpatch records them (status refuses others)."""
     parts = rel.split("/")
@@ -90,7 +109,7 @@ def differences(checkout: Path) -> list[str] | None:
     try:
         return _differences(checkout)
     except _GiveUp as e:
-        LOG.debug("ComfyUI-ZImage-Fix: overlay check gave up: %s", _shown(str(e)))
+        LOG.debug("ComfyUI-ZImage-Fix: overlay check gave up: %s", _shown(str(e))[:300])
         return None
 
 
@@ -117,15 +136,15 @@ def _differences(checkout: Path) -> list[str] | None:
             continue
         for rel, blob in sorted(files.items()):
             seen += 1
-            if seen > MAX_FILES or not _inside(rel) or not isinstance(blob, str):
-                raise _GiveUp(f"record.json lists {rel!r}")
+            if seen > MAX_FILES:
+                raise _GiveUp(f"record.json lists more than {MAX_FILES} files")
+            if not _inside(rel) or not isinstance(blob, str):
+                raise _GiveUp(f"record.json lists {_shown(repr(rel))[:200]}")
             if time.monotonic() - t0 > DEADLINE:
                 raise _GiveUp("out of time")
-            path = checkout / where / rel
             try:
-                now = "symlink" if path.is_symlink() else (lambda d: None if d is None else _blob_id(d))(
-                    _read(path, FILE_LIMIT))
-            except _GiveUp:
+                now = _current(checkout, f"{where}/{rel}" if where != "." else rel)
+            except (_GiveUp, OSError, ValueError):     # unreadable, or a name no file system takes
                 now = "not a file zpatch wrote"
             if now != blob:
                 out.append(rel if where == "." else f"{where}/{rel}")
@@ -166,11 +185,12 @@ def warning(checkout: Path) -> str | None:
 def check_at_start(node_dir: Path) -> None:
     """Log the warning for the checkout this node sits in (<checkout>/custom_nodes/<node>); never raise."""
     try:
-        text = warning(Path(node_dir).resolve().parents[1])
+        # as ComfyUI found the node (custom_nodes/<node>), not where a linked node folder really lies
+        text = warning(Path(os.path.abspath(node_dir)).parents[1])
         if text:
             LOG.warning("ComfyUI-ZImage-Fix: %s", text)
     except Exception as e:      # a check that breaks (or a log handler that does) must not break ComfyUI's start
         try:
-            LOG.debug("ComfyUI-ZImage-Fix: overlay check skipped: %s", _shown(str(e)))
+            LOG.debug("ComfyUI-ZImage-Fix: overlay check skipped: %s", _shown(str(e))[:300])
         except Exception:       # noqa: BLE001
             pass
