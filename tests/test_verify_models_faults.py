@@ -68,12 +68,14 @@ def zpatch(env, *args, **kw) -> subprocess.CompletedProcess:
 
 
 def snapshot(d: Path) -> dict:
-    """Every entry under D: its kind and bytes (for a file), to show a run changed nothing."""
+    """Every entry under D: its kind, bytes (for a file) and inode, to show a run changed nothing: a file
+    rewritten or a folder made again gets a new inode. Not mtimes: git freshens a pack's mtime (utime)
+    when it meets an object the pack already holds, which a loaded run showed during the hold."""
     out = {}
     for p in sorted(d.rglob("*")):
         st = os.lstat(p)
         out[str(p.relative_to(d))] = (p.read_bytes() if p.is_file() and not p.is_symlink() else None, st.st_mode,
-                                      st.st_mtime_ns)
+                                      st.st_ino)
     return out
 
 
