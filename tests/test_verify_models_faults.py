@@ -156,8 +156,9 @@ def test_a_damaged_record_is_one_line_naming_it_exit_3_and_nothing_changes(hub, 
     js = zpatch(env, "models", "fetch", d, "--manifest", manifest, "--json")
     assert json.loads(js.stdout)["exit_code"] == 3 and snapshot(d) == before
 
-    # the hint, followed, works: the record is written anew from what is verified
-    os.rename(record, f"{record}.bak")
+    # the hint, followed as printed, works: the record is written anew from what is verified
+    subprocess.run(hint.split("(", 1)[1].split(")", 1)[0], shell=True, check=True)
+    assert os.path.lexists(f"{record}.bak")
     again = zpatch(env, "models", "fetch", d, "--manifest", manifest)
     assert again.returncode == 0, again.stderr
     assert len(json.loads(record.read_text())["files"]) == 4
@@ -191,7 +192,11 @@ def test_a_file_in_the_way_is_never_to_be_deleted_only_moved_aside(hub, env, man
         assert r.returncode == 8, r.stderr
         _, hint = one_error(r.stderr)
         assert f"move it aside (mv {d / name} {d / name}.bak)" in hint and "rm " not in hint
-    assert (d / "qwen_image_vae.safetensors").read_bytes() == b"the user's own file"
+        subprocess.run(hint.split("(mv ", 1)[1].split(")", 1)[0].join(["mv ", ""]), shell=True, check=True)
+        again = zpatch(env, "models", "fetch", d, "--manifest", manifest, "--only", only)   # followed as printed
+        assert again.returncode == 0, again.stderr
+    assert (d / "qwen_image_vae.safetensors.bak").read_bytes() == b"the user's own file"
+    assert (d / "tokenizer.model.bak").read_bytes() == b"another of theirs"
 
 
 def test_a_dir_under_a_file_is_a_usage_error_not_a_checkout_one(hub, env, manifest, tmp_path):
