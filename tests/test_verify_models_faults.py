@@ -440,3 +440,32 @@ def test_sigterm_of_verify_gives_verify_s_own_hint(upstreams, env, tmp_path):
     assert r.returncode == 143, r.stderr
     error, hint = one_error(r.stderr)
     assert error == "error: terminated (SIGTERM)" and hint.startswith("hint: rerun verify") and "apply" not in hint
+
+
+def test_a_fetch_killed_at_each_write_leaves_only_whole_verified_files_and_the_rerun_finishes(hub, env, manifest,
+                                                                                            tmp_path):
+    """SIGKILL at every write point of `models fetch`, one run each: what DIR holds is always whole
+    verified files and a readable record (or none), and the next run ends in the same DIR an
+    uninterrupted fetch makes, temporary files of the killed runs included in what it cleans up."""
+    want = {name: data for name, _, _, data in FILES.values()}
+    clean = tmp_path / "clean"
+    assert zpatch(env, "models", "fetch", clean, "--manifest", manifest).returncode == 0
+    expected = sorted(os.listdir(clean))
+    n = 0
+    while True:
+        n += 1
+        d = tmp_path / f"k{n}"
+        r = zpatch({**env, "ZPATCH_TEST_KILL_AT": str(n)}, "models", "fetch", d, "--manifest", manifest)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, (n, r.stderr)
+        for name in os.listdir(d) if d.exists() else []:
+            if name in want:
+                assert (d / name).read_bytes() == want[name], (n, name)
+            elif name == RECORD:
+                json.loads((d / name).read_text())
+        again = zpatch(env, "models", "fetch", d, "--manifest", manifest)
+        assert again.returncode == 0, (n, again.stderr)
+        assert sorted(os.listdir(d)) == expected, n
+        assert {k: (d / k).read_bytes() for k in want} == want
+    assert n > 4                      # every file's placement and the record's write were points

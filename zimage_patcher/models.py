@@ -378,9 +378,20 @@ def fetch(manifest: Path, dest: Path, *, only: str | None = None, offline: bool 
                            hint=f"check {dest} and the path to it, then rerun (what was verified is kept)") from None
 
 
+def _clean_leftovers(dest: Path) -> None:
+    """Remove the temporary files of a fetch that was killed here (the record's `.<record>.*.tmp`, a
+    placement's `.<name>.<pid>.part`): DEST is held, so no live fetch owns one."""
+    for entry in os.scandir(dest):
+        n = entry.name
+        if entry.is_file(follow_symlinks=False) and (
+                (n.startswith(f".{RECORD}.") and n.endswith(".tmp")) or (n.startswith(".") and n.endswith(".part"))):
+            os.unlink(entry.path)
+
+
 def _fetch(manifest: Path, dest: Path, models: list[Model], *, offline: bool, progress: bool) -> dict:
     created = not dest.exists()
     with _Held(dest):
+        _clean_leftovers(dest)
         record = _read_record(dest)        # damaged: refused before anything is written
         durable.fault_point("models-fetch")     # tests hold a fetch here, DIR locked, nothing fetched yet
         files = []
