@@ -613,16 +613,22 @@ def write_loose_object(objects: str, kind: str, body: bytes) -> str:
     import zlib
     data = f"{kind} {len(body)}\0".encode() + body
     oid = hashlib.sha1(data).hexdigest()
+    place_loose_object(objects, oid, lambda: zlib.compress(data))
+    return oid
+
+
+def place_loose_object(objects: str, oid: str, compressed) -> None:
+    """The loose object OID in the object folder OBJECTS, unless it is there: COMPRESSED() gives its
+    file's bytes, written under a temporary name and renamed into place (as git does)."""
     folder = os.path.join(objects, oid[:2])
     path = os.path.join(folder, oid[2:])
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{oid[2:10]}")
         with open(tmp, "wb") as f:
-            f.write(zlib.compress(data))
+            f.write(compressed())
         os.chmod(tmp, 0o444)
         os.replace(tmp, path)
-    return oid
 
 
 def commit_message(info: dict[str, str]) -> str:

@@ -84,12 +84,7 @@ def _copy_checked(src: Path, dest: Path, oid: str) -> bytes:
     raw = _inflate(data)
     if hashlib.sha1(raw).hexdigest() != oid:
         raise ValueError(f"object {oid} is damaged")
-    target = dest / oid[:2] / oid[2:]
-    if not target.exists():
-        target.parent.mkdir(exist_ok=True)
-        tmp = target.with_name(f"tmp_obj_{os.getpid()}_{oid[2:10]}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    git.place_loose_object(str(dest), oid, lambda: data)
     return raw
 
 
