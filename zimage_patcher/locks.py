@@ -3,7 +3,7 @@ killed run never leaves a stale lock, unlike git's index.lock). Each lock is nam
   checkout(zdir)      a ComfyUI checkout (apply, unapply, edit): <git-dir>/zpatch/lock
   overlay(path)       the overlay's files (export, lock, rebase): a file in zpatch's cache
   mirror(path)        one cache mirror (fetches), waited for rather than refused
-  folder(fd)          a folder `zpatch checkout` is filling
+  folder(fd)          a folder `zpatch checkout` is filling, or `models fetch` fills
 The holder's pid is written into the file for the message of the one that has to wait."""
 from __future__ import annotations
 
@@ -56,10 +56,11 @@ def overlay(path: Path, root: Path) -> Exclusive:
              "--skip or --abort)"))
 
 
-def folder(fd: int, dest: Path) -> None:
-    """Hold the folder open at FD (released when FD is closed or the process dies)."""
+def folder(fd: int, dest: Path, busy=None) -> None:
+    """Hold the folder open at FD (released when FD is closed or the process dies); nothing is created
+    in it. BUSY() builds the error for a folder already held (default: a checkout filling it)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise ZpatchError(f"{dest}: another zpatch checkout is filling it", Exit.BUSY,
-                          hint="wait for it, then `zpatch status` it; or choose another directory")
+        raise (busy() if busy else ZpatchError(f"{dest}: another zpatch checkout is filling it", Exit.BUSY,
+               hint="wait for it, then `zpatch status` it; or choose another directory")) from None

@@ -13,7 +13,6 @@ never guessed at."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import durable
+from . import durable, locks
 from .errors import Exit, ZpatchError, from_oserror
 
 MANIFEST = Path("zimage_patcher") / "overlay" / "models.toml"     # relative to the overlay root
@@ -338,13 +337,12 @@ class _Held:
             self.dest.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
+                locks.folder(fd, self.dest, busy=lambda: ZpatchError(
+                    f"{self.dest}: another zpatch is fetching model files into it", Exit.BUSY,
+                    hint="wait for it to finish, then rerun (what it verified is kept)"))
+            except ZpatchError:
                 os.close(fd)
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                raise ZpatchError(f"{self.dest}: another zpatch is fetching model files into it", Exit.BUSY,
-                                  hint="wait for it to finish, then rerun (what it verified is kept)") from None
+                raise
             try:                  # the folder a fetch that failed at its first file removed as we opened it
                 same = os.path.samestat(os.fstat(fd), os.stat(self.dest))
             except FileNotFoundError:
