@@ -251,9 +251,13 @@ def main():
     """
 
 
-def command(name: str, help_example: str):
+ROLLED_BACK = "an interrupted apply or unapply is rolled back by the next command"
+
+
+def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
-    The function gets a Context as `ctx` and returns an exit code (None: 0)."""
+    The function gets a Context as `ctx` and returns an exit code (None: 0). INTERRUPTED: the hint after
+    Ctrl-C or SIGTERM, what the user does next for this command."""
     def wrap(fn):
         @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{COMMAND_EXIT_CODES}")
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json.md).")
@@ -270,11 +274,9 @@ def command(name: str, help_example: str):
                 except ZpatchError:
                     raise
                 except KeyboardInterrupt:
-                    raise ZpatchError("interrupted", Exit.INTERRUPTED,
-                                      hint="an interrupted apply or unapply is rolled back by the next command")
+                    raise ZpatchError("interrupted", Exit.INTERRUPTED, hint=interrupted) from None
                 except Terminated:
-                    raise ZpatchError("terminated (SIGTERM)", Exit.TERMINATED,
-                                      hint="an interrupted apply or unapply is rolled back by the next command")
+                    raise ZpatchError("terminated (SIGTERM)", Exit.TERMINATED, hint=interrupted) from None
                 except RecursionError as e:
                     raise ZpatchError(f"input nested too deeply to read ({e})", Exit.BAD_OVERLAY,
                                       hint="the overlay files are malformed")

@@ -78,7 +78,9 @@ def _rerun(ctx, res: dict, *, keep, offline, python, device, tier, manifest, con
                        *(["--no-smoke"] if no_smoke else []), "--keep", os.path.abspath(keep or res["workdir"])])
 
 
-@command("verify", "zpatch verify --device cuda --models ~/models --keep build/gpu-smoke")
+@command("verify", "zpatch verify --device cuda --models ~/models --keep build/gpu-smoke",
+         interrupted="rerun verify: it starts again from a fresh checkout (with --models, the model files already "
+                     "verified are kept)")
 @click.option("--keep", "keep", type=click.Path(file_okay=False), default=None,
               help="Work in this directory and keep it, with report.md and report.json (default: a temporary "
                    "one, removed after). A directory a previous verify left is reused: its ComfyUI/, pristine/, "
@@ -126,7 +128,6 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
       12  the file system refused (full, read-only, permission)"""
     import shlex
     from .. import verify
-    from ..errors import Terminated
     if manifest and not models:
         raise ZpatchError("--manifest lists the files --models fetches; it needs --models DIR", Exit.USAGE,
                           hint="zpatch verify --models ~/models --manifest " + shlex.quote(manifest))
@@ -142,17 +143,10 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
                                                                   python=python, device=device, tier=tier,
                                                                   manifest=manifest, control=control,
                                                                   no_smoke=no_smoke)))
-    try:
-        res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
-                         device=device, tier=tier, models=Path(models) if models else None,
-                         manifest=Path(manifest) if manifest else None, control=control, smoke=not no_smoke,
-                         on_step=on_step, progress=on_step is not None, keep_failed=True, finish=finish)
-    except (KeyboardInterrupt, Terminated) as e:
-        # not the generic "an interrupted apply is rolled back": verify's checkout is its own scratch
-        term = isinstance(e, Terminated)
-        raise ZpatchError("terminated (SIGTERM)" if term else "interrupted", Exit.TERMINATED if term else
-                          Exit.INTERRUPTED, hint="rerun verify: it starts again from a fresh checkout (with "
-                                                 "--models, the model files already verified are kept)") from None
+    res = verify.run(ctx.overlay_root(), workdir=Path(keep) if keep else None, offline=offline, python=python,
+                     device=device, tier=tier, models=Path(models) if models else None,
+                     manifest=Path(manifest) if manifest else None, control=control, smoke=not no_smoke,
+                     on_step=on_step, progress=on_step is not None, keep_failed=True, finish=finish)
     code = out["code"]
     lines = []
     m = res["measurements"]

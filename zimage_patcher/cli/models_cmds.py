@@ -35,7 +35,8 @@ INTERRUPTED_HINT = "rerun it: the files already verified in DIR are kept; the on
 _LABEL = {"fetched": "fetched", "cached": "verified", "present": "already there"}
 
 
-@command("models fetch", "zpatch models fetch ~/models   then   zpatch smoke ./ComfyUI --models ~/models")
+@command("models fetch", "zpatch models fetch ~/models   then   zpatch smoke ./ComfyUI --models ~/models",
+         interrupted=INTERRUPTED_HINT)
 @click.argument("directory", type=click.Path(), metavar="DIR")
 @click.option("--only", "only", metavar="NAME", default=None,
               help="Only this model: its file name or role (diffusion_model, text_encoder, tokenizer, vae).")
@@ -61,16 +62,9 @@ def fetch_cmd(ctx, directory, only, offline, manifest):
       10  another zpatch is fetching into DIR
       12  the file system refused (full, read-only, permission)"""
     from .. import models
-    from ..errors import Exit, Terminated, ZpatchError
     path = Path(manifest) if manifest else ctx.overlay_root() / models.MANIFEST
-    try:
-        res = models.fetch(path, Path(directory), only=only, offline=offline,
-                           progress=not ctx.as_json and ctx.verbosity >= 0)
-    except (KeyboardInterrupt, Terminated) as e:
-        # not the generic "an interrupted apply is rolled back": a fetch has nothing to roll back
-        term = isinstance(e, Terminated)
-        raise ZpatchError("terminated (SIGTERM)" if term else "interrupted", Exit.TERMINATED if term else
-                          Exit.INTERRUPTED, hint=INTERRUPTED_HINT) from None
+    res = models.fetch(path, Path(directory), only=only, offline=offline,
+                       progress=not ctx.as_json and ctx.verbosity >= 0)
     lines = []
     for f in res["files"]:
         how = {"linked": ", hard link to the cache", "copied": ", copied from the cache"}.get(f.get("placed"), "")
