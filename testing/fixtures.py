@@ -132,6 +132,9 @@ class World:
         gitconfig.write_text(
             "[user]\n\tname = Test\n\temail = test@example.invalid\n"
             "[init]\n\tdefaultBranch = main\n"
+            # no `git maintenance run --auto` after each commit and fetch: a process apiece, and these
+            # repositories live for one test
+            "[maintenance]\n\tauto = false\n"
             f'[url "{self.comfy_up}"]\n\tinsteadOf = {COMFY_URL}\n'
             f'[url "{self.gguf_up}"]\n\tinsteadOf = {GGUF_URL}\n')
         self.env = {"GIT_CONFIG_GLOBAL": str(gitconfig), "GIT_CONFIG_NOSYSTEM": "1",

@@ -193,6 +193,33 @@ def test_noop_fast_path_reads_head_on_a_branch_too(world, zpatch, tmp_path):
     assert "Already applied" in zpatch("apply", dest).stdout
 
 
+def test_ref_absent_from_files_never_contradicts_git(world, tmp_path):
+    """edit mode's "not begun" is read off the files; it may say "ask git", never a wrong "absent"."""
+    from zimage_patcher import git as zgit
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    ref = "refs/zpatch/base"
+
+    def agrees() -> bool:
+        absent = zgit.ref_absent(dest, ref)
+        assert not (absent and zgit.rev_parse(dest, ref) is not None)
+        return absent
+
+    assert agrees() is True                                       # no such ref: no git process needed
+    git("update-ref", ref, "HEAD", cwd=dest)                      # loose
+    assert agrees() is False
+    git("pack-refs", "--all", cwd=dest)                           # packed only
+    assert not (zgit.git_dir_of(dest) / ref).exists() and agrees() is False
+    git("update-ref", "-d", ref, cwd=dest)
+    assert agrees() is True
+    git("update-ref", f"{ref}/nested", "HEAD", cwd=dest)          # a folder where the ref would be: ask git
+    assert agrees() is False
+    git("update-ref", "-d", f"{ref}/nested", cwd=dest)
+    wt = tmp_path / "linked"
+    git("worktree", "add", "-q", "--detach", str(wt), cwd=dest)   # refs live in the main repository
+    git("update-ref", ref, "HEAD", cwd=dest)
+    assert zgit.ref_absent(wt, ref) is False and zgit.rev_parse(wt, ref) is not None
+
+
 def test_checkout_with_apply_is_one_step(world, zpatch, tmp_path):
     res = zpatch.json("checkout", tmp_path / "C", "--apply")
     assert res["apply"]["changed"] is True

@@ -36,7 +36,8 @@ BRANCH_REF = f"refs/heads/{BRANCH}"
 
 def active(t: Target) -> bool:
     """Edit mode has begun in T (and not been left completely)."""
-    return git.rev_parse(t.repo, BASE) is not None
+    # asked by every apply, status and unapply: the usual answer (no) comes from the files
+    return not git.ref_absent(t.repo, BASE) and git.rev_parse(t.repo, BASE) is not None
 
 
 def refuse(ws: Workspace, command: str) -> None:
@@ -56,11 +57,13 @@ def base_record(t: Target, ref: str = OVERLAY) -> dict | None:
     """What REF records for T's edit branch: {"patches": the series' [name, sha256] it matches, "tip":
     the branch commit that matched it}; None when REF is absent. Anything else is refused: without a
     record, export cannot tell whether the overlay moved on since."""
-    obj = git.rev_parse(t.repo, ref, "object")
-    if obj is None:
+    if git.ref_absent(t.repo, ref):
         return None
-    kind = git.run(["cat-file", "-t", obj], cwd=t.repo).stdout.strip()
-    data = git.read_blob(t.repo, obj) if kind == "blob" else None
+    found = git.read_objects(t.repo, [ref])      # one process: what it names, and its bytes
+    if ref not in found:
+        return None
+    kind, data = found[ref]
+    data = data if kind == "blob" else None
     try:
         rec = json.loads(data.decode("utf-8")) if data is not None else None
         if not (isinstance(rec, dict) and isinstance(rec.get("patches"), list)
@@ -160,10 +163,9 @@ class SeriesPlan:
         return self.series_changed or any(p.state != "unchanged" for p in self.patches)
 
 
-def _check_fences(t: Target, commit: str, fences: list[str]) -> None:
+def _check_fences(t: Target, commit: str, files: list[str], fences: list[str]) -> None:
     """A commit of the parent may not write into a nested repository or the node's folder."""
-    files = git.run(["diff-tree", "--no-commit-id", "--name-only", "-r", "-z", commit], cwd=t.repo).stdout
-    for f in filter(None, files.split("\0")):
+    for f in files:
         full = f if t.rel == "." else f"{t.rel}/{f}"
         hit = next((x for x in fences if (full + "/").startswith(x + "/")), None)
         if hit:
@@ -192,7 +194,10 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
     if not git.run(["merge-base", "--is-ancestor", base, head], cwd=t.repo, check=False).ok:
         raise ZpatchError(f"{t.repo}: HEAD does not descend from the edit base {base[:12]}", Exit.BAD_CHECKOUT,
                           hint=f"git -C {t.repo} switch {git.EDIT_BRANCH}")
-    merges = git.rev_list(t.repo, f"{base}..{head}", "--merges")
+    # a fixed number of git processes however many commits: each was a few per commit (and the crash
+    # tests kill export at every git step)
+    listed = git.rev_list_parents(t.repo, f"{base}..{head}")
+    merges = [c for c, parents in listed if len(parents) > 1]
     if merges:
         raise ZpatchError(f"{t.repo}: commit {merges[0][:12]} is a merge; a series is a straight line of commits",
                           Exit.BAD_CHECKOUT, hint=f"git -C {t.repo} rebase -i {base[:12]} to linearize it")
@@ -205,10 +210,18 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
     fences += [ws.node_rel] if ws.node_rel else []
 
     existing = {p.name: p for p in t.series.patches}
-    commits = git.rev_list(t.repo, f"{base}..{head}")
+    commits = [c for c, _parents in listed]
+    files = git.files_of_commits(t.repo, commits)
     for c in commits:
-        _check_fences(t, c, fences)
-    notes = [git.note(t.repo, c) for c in commits]
+        if not files[c]:          # format-patch skips it (and would number the rest differently)
+            raise ZpatchError(f"{t.repo}: commit {c[:12]} cannot become a patch: it changes no file",
+                              Exit.BAD_CHECKOUT, hint=f"drop it (git -C {t.repo} rebase -i {base[:12]})")
+        _check_fences(t, c, files[c], fences)
+    notes = list(git.notes(t.repo, commits).values())
+    patches = git.format_patch_files(t.repo, f"{base}..{head}") if commits else []
+    if len(patches) != len(commits):
+        raise ZpatchError(f"{t.repo}: git format-patch wrote {len(patches)} patches for {len(commits)} commits",
+                          Exit.ENVIRONMENT)
     claimed = {}                     # existing file -> the first commit that carries its name
     for c, n in zip(commits, notes):
         if n in existing:
@@ -216,7 +229,7 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
     out: list[PatchOut] = []
     used: set[str] = set()
     for i, (c, src) in enumerate(zip(commits, notes), 1):
-        data = git.format_patch(t.repo, c)
+        numbered, data = patches[i - 1]
         try:
             patchfile.parse(f"commit {c[:12]}", data)     # what check will demand of the file
         except ZpatchError as e:
@@ -237,7 +250,7 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
             else:                 # a patch whose change moved says when (as rebase does)
                 p = PatchOut(src, patchfile.stamp_last_update(data), "changed", c)
         else:
-            name = git.format_patch_name(t.repo, c, i)
+            name = numbered
             if name in existing and name not in claimed and existing[name].data == data:
                 p = PatchOut(name, data, "unchanged", c)     # exported before, its note lost (cherry-pick)
             elif name in used or name in claimed:

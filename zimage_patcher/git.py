@@ -257,6 +257,24 @@ def head_commit(repo: Path) -> str | None:
     return read_head(repo) or head(repo)
 
 
+def ref_absent(repo: Path, ref: str) -> bool:
+    """True when REPO's files show it has no ref REF (no loose file, no packed-refs line), so the
+    question needs no git process; False whenever only git can tell (the ref is there, a linked
+    worktree, reftable, anything unexpected)."""
+    gd = git_dir_of(Path(repo))
+    if (gd is None or ".." in ref or not ref.startswith("refs/") or not (gd / "refs").is_dir()
+            or os.path.lexists(gd / "commondir") or os.path.lexists(gd / "reftable")
+            or os.path.lexists(gd / ref)):
+        return False
+    try:
+        packed = (gd / "packed-refs").read_bytes()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return (b" " + ref.encode() + b"\n") not in packed and not packed.endswith(b" " + ref.encode())
+
+
 # ---------------------------------------------------------------- scratch indexes
 
 class ScratchIndex:
@@ -456,12 +474,18 @@ def format_patch(repo: Path, commit: str, env: dict | None = None) -> bytes:
 def format_patches(repo: Path, rng: str, env: dict | None = None) -> list[bytes]:
     """Every commit of RNG (oldest first) as format_patch would write it, from one process: each
     into a file of its own, so no message line can be mistaken for the start of the next patch."""
+    return [data for _name, data in format_patch_files(repo, rng, env)]
+
+
+def format_patch_files(repo: Path, rng: str, env: dict | None = None) -> list[tuple[str, bytes]]:
+    """format_patches, with the file name each gets: the one format_patch_name gives commit number
+    N of RNG (0001-Subject-words.patch for the oldest)."""
     import tempfile
     with tempfile.TemporaryDirectory(prefix="zpatch-format-") as tmp:
         run(_neutral(["format-patch", "-o", tmp, "--suffix=.patch", *FORMAT_PATCH_OPTIONS, *_NEUTRAL_FLAGS, rng]),
             cwd=repo, input=b"", env={**_QUIET, **(env or {})})
         files = sorted(Path(tmp).iterdir(), key=lambda f: int(f.name.split("-", 1)[0]))
-        return [f.read_bytes() for f in files]
+        return [(f.name, f.read_bytes()) for f in files]
 
 
 def format_patch_name(repo: Path, commit: str, number: int) -> str:
@@ -507,6 +531,65 @@ def rev_parse(repo: Path, rev: str, kind: str = "commit") -> str | None:
 def rev_list(repo: Path, rng: str, *extra: str) -> list[str]:
     """Commits of RNG, oldest first."""
     return run(["rev-list", "--reverse", *extra, rng], cwd=repo).stdout.split()
+
+
+def rev_list_parents(repo: Path, rng: str) -> list[tuple[str, list[str]]]:
+    """Commits of RNG with their parents, oldest first (a merge has more than one)."""
+    out = run(["rev-list", "--reverse", "--parents", rng], cwd=repo).stdout.splitlines()
+    return [(ids[0], ids[1:]) for ids in (line.split() for line in out) if ids]
+
+
+def files_of_commits(repo: Path, commits: list[str]) -> dict[str, list[str]]:
+    """The paths each of COMMITS changes against its first parent, from one process."""
+    if not commits:
+        return {}
+    out = run(["diff-tree", "--stdin", "--always", "--no-renames", "-r", "--name-only", "-z"], cwd=repo,
+              input="".join(c + "\n" for c in commits)).stdout.split("\0")
+    files: dict[str, list[str]] = {c: [] for c in commits}
+    ahead = iter(commits)          # each commit's paths follow its id, in the order asked
+    nxt, cur = next(ahead, None), None
+    for field in filter(None, out):
+        if field == nxt:
+            cur, nxt = nxt, next(ahead, None)
+        elif cur is not None:
+            files[cur].append(field)
+    return files
+
+
+def read_objects(repo: Path, revs: list[str]) -> dict[str, tuple[str, bytes]]:
+    """REV -> (type, contents) of each of REVS (object ids or names such as a ref) from one
+    `cat-file --batch`; those that name nothing are left out."""
+    if not revs:
+        return {}
+    out = run(["cat-file", "--batch"], cwd=repo, input="".join(r + "\n" for r in revs).encode()).stdout
+    data, at, found = out.encode("utf-8", "surrogateescape"), 0, {}
+    for rev in revs:
+        end = data.index(b"\n", at)
+        head = data[at:end].split()
+        at = end + 1
+        if len(head) == 3:                       # "<id> <type> <size>", then the bytes and a newline
+            size = int(head[2])
+            found[rev] = (head[1].decode("ascii"), data[at:at + size])
+            at += size + 1
+    return found
+
+
+def read_blobs(repo: Path, ids: list[str]) -> dict[str, bytes]:
+    """The contents of the blobs IDS, from one process; absent ones left out."""
+    return {i: data for i, (kind, data) in read_objects(repo, ids).items() if kind == "blob"}
+
+
+def notes(repo: Path, commits: list[str]) -> dict[str, str | None]:
+    """note() of each of COMMITS, from two processes however many there are."""
+    listed = {}
+    r = run(["notes", f"--ref={ZPATCH_NOTES}", "list"], cwd=repo, check=False)
+    for line in r.stdout.splitlines() if r.ok else []:
+        parts = line.split()
+        if len(parts) == 2:
+            listed[parts[1]] = parts[0]
+    texts = read_blobs(repo, list(dict.fromkeys(listed[c] for c in commits if c in listed)))
+    return {c: texts[listed[c]].decode("utf-8", "surrogateescape").strip() if listed.get(c) in texts else None
+            for c in commits}
 
 
 def behind_ahead(repo: Path, base: str, target: str) -> tuple[int, int]:
