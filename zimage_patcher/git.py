@@ -287,7 +287,7 @@ class ScratchIndex:
         self.repo = repo
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, index)}
         if read_only:
-            objects = run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
+            objects = _objects_dir(repo) or run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
             os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
             self.env.update(GIT_OBJECT_DIRECTORY=os.path.join(tmpdir, "objects"),
                             GIT_ALTERNATE_OBJECT_DIRECTORIES=str((Path(repo) / objects).resolve()))
@@ -394,8 +394,11 @@ def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = F
 def _objects_dir(repo: Path) -> Path | None:
     """REPO's object store read from files, for a repository git has just worked in: its own .git
     (folder or gitfile) with objects/ and refs/ there and no commondir (a linked worktree's store is
-    elsewhere). None: ask git (`rev-parse --git-path objects`)."""
+    elsewhere), or REPO itself when it is a bare repository (the cache's mirrors). None: ask git
+    (`rev-parse --git-path objects`)."""
     gd = git_dir_of(Path(repo))
+    if gd is None and Path(repo, "HEAD").is_file() and not os.path.lexists(Path(repo, ".git")):
+        gd = Path(repo)
     if gd is None or os.path.lexists(gd / "commondir"):
         return None
     objects = gd / "objects"
