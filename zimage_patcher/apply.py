@@ -68,7 +68,7 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[s
                                   Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
-        entries[t.name] = git.tree_entries(t.repo, "HEAD", paths[t.name])     # FRESH are among them
+        entries[t.name] = git.tree_entries(t.repo, "HEAD", with_attributes(paths[t.name]))   # FRESH among them
         head = {f: entries[t.name][f][1] for f in fresh if f in entries[t.name]}
         # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
         # go to `git status`, which knows about filters such as core.autocrlf.
@@ -105,11 +105,11 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
     read them already."""
     import tempfile
     if head is None:
-        head = git.tree_entries(t.repo, "HEAD", paths)
+        head = git.tree_entries(t.repo, "HEAD", with_attributes(paths))
     reverse = undo is not None and undo.patches and undo.commit != git.head_commit(t.repo)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
-        idx.read_tree("HEAD")
+        idx.start("HEAD", head)              # HEAD's entries of PATHS (and of the .gitattributes over them) only
         if reverse:
             load_work_tree(t, idx, paths, current, head)
             copies = [record.copy_path(ws.zdir, ref) for ref in undo.patches]
@@ -146,6 +146,14 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
         idx.checkout_to(Path(tmp) / "out", present)      # the bytes git would check out (filters, eol)
         return {p: (entries[p][0], entries[p][1], (Path(tmp) / "out" / p).read_bytes()) if p in entries else None
                 for p in paths}, head
+
+
+def with_attributes(paths: list[str]) -> list[str]:
+    """PATHS and the .gitattributes files that can apply to them (one in each folder above each): a
+    scratch index that holds only PATHS must hold those too, for checkout-index reads the attributes
+    (eol, filters) from the index."""
+    extra = {".gitattributes", *(f"{d}/.gitattributes" for p in paths for d in operation.parent_dirs(p))}
+    return list(dict.fromkeys([*paths, *sorted(extra)]))
 
 
 def load_work_tree(t: Target, idx: git.ScratchIndex, paths: list[str], current: dict[str, bytes | None],

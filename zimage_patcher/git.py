@@ -286,6 +286,7 @@ class ScratchIndex:
         `status` on a read-only checkout and for the cache. INDEX: the index file's name in TMPDIR."""
         self.repo = repo
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, index)}
+        self._own = False             # the index file is one start() wrote (entries() can read it)
         if read_only:
             objects = _objects_dir(repo) or run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
             os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
@@ -297,6 +298,20 @@ class ScratchIndex:
 
     def read_tree(self, rev: str) -> None:
         self.run(["read-tree", rev])
+        self._own = False
+
+    def start(self, rev: str, entries: dict[str, tuple[str, str]]) -> None:
+        """A new index holding ENTRIES (path -> (mode, blob)), REV's entries of the paths a patch touches:
+        what applying it needs, where `read-tree REV` loads the whole tree. Written here when every
+        entry is a SHA-1 blob, link or gitlink (a process less per apply, and `entries` reads the result
+        back from the file); otherwise `read-tree REV`."""
+        data = _index_bytes(entries)
+        if data is None:
+            self.read_tree(rev)
+            return
+        with open(self.env["GIT_INDEX_FILE"], "wb") as f:
+            f.write(data)
+        self._own = True
 
     def set_blobs(self, entries: dict[str, tuple[str, str] | None]) -> None:
         """Set PATH -> (mode, blob), or remove PATH when None."""
@@ -363,6 +378,15 @@ class ScratchIndex:
         """PATH -> (mode, blob, stage) for PATHS present in the index (stage > 0: unmerged)."""
         if not paths:
             return {}
+        if self._own:
+            found = _read_index(self.env["GIT_INDEX_FILE"])
+            if found is not None:
+                want = set(paths)
+                out: dict[str, tuple[str, str, int]] = {}
+                for path, mode, blob, stage in found:
+                    if path in want and (path not in out or stage > 0):
+                        out[path] = (mode, blob, stage)
+                return out
         out = {}
         for entry in self.run(["ls-files", "-s", "-z", "--", *paths]).stdout.split("\0"):
             if entry:
@@ -371,6 +395,53 @@ class ScratchIndex:
                 if path not in out or int(stage) > 0:
                     out[path] = (mode, blob, int(stage))
         return out
+
+
+_INDEX_MODES = ("100644", "100755", "120000", "160000")
+
+
+def _index_bytes(entries: dict[str, tuple[str, str]]) -> bytes | None:
+    """ENTRIES as an index file (version 2, as gitformat-index(5) lays it out: no stat data, which a
+    scratch index without a work tree never uses); None when an entry is not one this writes (another
+    hash, an odd mode, a name of 4095 bytes or more): git writes that index."""
+    import hashlib
+    import struct
+    named = []
+    for path, (mode, blob) in entries.items():
+        name = path.encode("utf-8", "surrogateescape")
+        if mode not in _INDEX_MODES or len(blob) != 40 or len(name) >= 0xFFF or not name:
+            return None
+        named.append((name, int(mode, 8), bytes.fromhex(blob)))
+    out = [struct.pack(">4sII", b"DIRC", 2, len(named))]
+    for name, mode, oid in sorted(named):            # git's order: the names' bytes
+        entry = struct.pack(">10I20sH", 0, 0, 0, 0, 0, 0, mode, 0, 0, 0, oid, len(name)) + name
+        out.append(entry + b"\0" * (8 - len(entry) % 8))     # NUL-padded to 8 bytes, at least one NUL
+    data = b"".join(out)
+    return data + hashlib.sha1(data).digest()
+
+
+def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
+    """(path, mode, blob, stage) of each entry of a version 2 or 3 SHA-1 index file; None for
+    anything else (git reads it then)."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        sig, version, count = struct.unpack_from(">4sII", data, 0)
+        if sig != b"DIRC" or version not in (2, 3):
+            return None
+        at, out = 12, []
+        for _ in range(count):
+            mode, = struct.unpack_from(">I", data, at + 24)
+            flags, = struct.unpack_from(">H", data, at + 60)
+            start = at + 62 + (2 if flags & 0x4000 else 0)        # version 3: extended flags
+            end = data.index(b"\0", start) if flags & 0xFFF == 0xFFF else start + (flags & 0xFFF)
+            out.append((data[start:end].decode("utf-8", "surrogateescape"), f"{mode:06o}",
+                        data[at + 40:at + 60].hex(), (flags >> 12) & 3))
+            at += (end - at + 8) & ~7
+        return out
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = False) -> list[str]:

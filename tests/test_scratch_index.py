@@ -1,0 +1,84 @@
+"""The scratch index apply and unapply start from is written by zpatch itself (git.ScratchIndex.start):
+only the entries the patches touch, plus the .gitattributes over them. Here it must be an index git
+reads as its own, entry for entry, and the attributes in it must shape the bytes apply writes as
+`git checkout` would."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from testing.fixtures import commit, git
+from zimage_patcher import git as zgit
+
+
+def _entries_by_git(repo: Path, index: Path) -> list[str]:
+    return zgit.run(["ls-files", "-s", "-z"], cwd=repo, env={"GIT_INDEX_FILE": str(index)}).stdout.split("\0")
+
+
+def test_the_index_written_here_is_the_one_git_writes(tmp_path):
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    names = ["a.py", "a/b.py", "a-b.py", "a.b/c.py", "deep/er/still/x.txt", "Z.py", "é.py", "x" * 200]
+    commit(repo, {n: f"{n}\n" for n in names}, "files")
+    (repo / "run.sh").write_text("echo\n")
+    os.chmod(repo / "run.sh", 0o755)
+    os.symlink("a.py", repo / "link")
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "exec and link", cwd=repo)
+    paths = [*names, "run.sh", "link", "absent.py"]
+    head = zgit.tree_entries(repo, "HEAD", paths)
+    assert {m for m, _ in head.values()} == {"100644", "100755", "120000"}
+
+    ours = zgit.ScratchIndex(repo, str(tmp_path), index="ours")
+    ours.start("HEAD", head)
+    assert ours._own
+    theirs = tmp_path / "theirs"
+    zgit.run(["update-index", "--add", "--index-info"], cwd=repo, env={"GIT_INDEX_FILE": str(theirs)},
+             input="".join(f"{m} {b}\t{p}\n" for p, (m, b) in head.items()))
+    assert _entries_by_git(repo, tmp_path / "ours") == _entries_by_git(repo, theirs)
+    # read back as git lists it, and git's own index read the same way
+    listed = {p: (m, b, 0) for p, (m, b) in head.items()}
+    assert ours.entries(paths) == listed
+    assert {p: (m, b, s) for p, m, b, s in zgit._read_index(str(theirs))} == listed
+    # and git takes it as the tree it stands for
+    tree = zgit.run(["write-tree"], cwd=repo, env=ours.env).stdout.strip()
+    assert tree == zgit.run(["write-tree"], cwd=repo, env={"GIT_INDEX_FILE": str(theirs)}).stdout.strip()
+
+
+def test_what_this_writer_does_not_know_goes_to_git(tmp_path):
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    commit(repo, {"d/f.py": "x\n"}, "one")
+    idx = zgit.ScratchIndex(repo, str(tmp_path))
+    idx.start("HEAD", zgit.tree_entries(repo, "HEAD", ["d"]))       # a folder: read-tree, as before
+    assert not idx._own and idx.entries(["d/f.py"])["d/f.py"][0] == "100644"
+    assert zgit._index_bytes({"f": ("100644", "ab" * 32)}) is None         # a SHA-256 id
+    assert zgit._read_index(str(tmp_path / "no-such-index")) is None
+
+
+def test_attributes_over_a_patched_file_shape_what_apply_writes(world, zpatch, tmp_path):
+    """comfy/.gitattributes asks CRLF for sd.py: apply writes the patched file with CRLF, byte for byte
+    what git checks out for the patched blob, and unapply puts back what git checked out at the pin.
+    The attributes come from the index, as in a checkout: with the file gone from the work tree they
+    still hold."""
+    world.comfy_pin = commit(world.comfy_up, {"comfy/.gitattributes": "sd.py eol=crlf\n"}, "attributes")
+    world.build_overlay()
+    co = world.clone_checkout(tmp_path / "C")
+    sd = co / "comfy/sd.py"
+    pristine = sd.read_bytes()
+    assert pristine.count(b"\r\n") == 40
+    attributes = (co / "comfy/.gitattributes").read_bytes()
+    (co / "comfy/.gitattributes").unlink()
+    zpatch("apply", co)
+    (co / "comfy/.gitattributes").write_bytes(attributes)
+    patched = sd.read_bytes()
+    assert b"line 10 PATCHED\r\n" in patched and patched.count(b"\r\n") == 40
+    # what git itself makes of the patched blob in that folder
+    twin = tmp_path / "twin"
+    git("clone", "-q", str(world.comfy_up), str(twin))
+    git("checkout", "-q", "--detach", world.comfy_pin, cwd=twin)
+    git("apply", str(next((world.overlay / "patches/comfyui").glob("0001-*.patch"))), cwd=twin)
+    assert (twin / "comfy/sd.py").read_bytes() == patched
+    assert zpatch.json("status", co)["clean"] is True
+    zpatch("unapply", co)
+    assert sd.read_bytes() == pristine
