@@ -221,7 +221,8 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
     patches = git.format_patch_files(t.repo, f"{base}..{head}") if commits else []
     if len(patches) != len(commits):
         raise ZpatchError(f"{t.repo}: git format-patch wrote {len(patches)} patches for {len(commits)} commits",
-                          Exit.ENVIRONMENT)
+                          Exit.ENVIRONMENT, hint=f"see which it left out: git -C {t.repo} format-patch --stdout "
+                                                 f"{base[:12]}..{head} | grep -c '^From '")
     claimed = {}                     # existing file -> the first commit that carries its name
     for c, n in zip(commits, notes):
         if n in existing:
