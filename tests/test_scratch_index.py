@@ -82,3 +82,32 @@ def test_attributes_over_a_patched_file_shape_what_apply_writes(world, zpatch, t
     assert zpatch.json("status", co)["clean"] is True
     zpatch("unapply", co)
     assert sd.read_bytes() == pristine
+
+
+def test_trees_written_here_are_the_ones_git_writes(tmp_path):
+    """ScratchIndex.write_tree in a scratch store: the same tree ids as `git write-tree`, for names whose
+    byte order and git's folder order differ, links, executables, gitlinks and an empty index."""
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    names = ["a", "a.b", "a-b/x", "ab/c/d", "a0", "b/a", "b.c/y", "é/ü.py", "sp ace/q'uote", "Z"]
+    commit(repo, {n if n != "a" else "a/in": f"{n}\n" for n in names}, "files")
+    (repo / "run.sh").write_text("echo\n")
+    os.chmod(repo / "run.sh", 0o755)
+    os.symlink("a.b", repo / "link")
+    git("add", "-A", cwd=repo)
+    git("update-index", "--add", "--cacheinfo", f"160000,{git('rev-parse', 'HEAD', cwd=repo)},gitlink", cwd=repo)
+    git("commit", "-q", "-m", "more", cwd=repo)
+    head = git("rev-parse", "HEAD", cwd=repo)
+    idx = zgit.ScratchIndex(repo, str(tmp_path / "scratch"), read_only=True)
+    for rev, edit in ((head, None), (f"{head}~1", "a/in"), (head, "b/a")):
+        idx.read_tree(rev)
+        if edit:        # a changed blob deep in the tree, as a patch makes it
+            blob = zgit.run(["hash-object", "-w", "--stdin"], cwd=repo, env=idx.env, input="changed\n").stdout.strip()
+            idx.set_blobs({edit: ("100644", blob)})
+        written = len(idx._trees)
+        ours = idx.write_tree(sha1=True)
+        assert len(idx._trees) > written or not edit       # hashed here, not by git
+        assert ours == idx.run(["write-tree", "--missing-ok"]).stdout.strip()
+        assert zgit.run(["cat-file", "-t", ours], cwd=repo, env=idx.env).stdout.strip() == "tree"
+    zgit.run(["read-tree", "--empty"], cwd=repo, env=idx.env)
+    assert idx.write_tree(sha1=True) == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"

@@ -287,6 +287,7 @@ class ScratchIndex:
         self.repo = repo
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, index)}
         self._own = False             # the index file is one start() wrote (entries() can read it)
+        self._trees: dict[bytes, str] = {}    # tree objects written here: body -> id
         if read_only:
             objects = _objects_dir(repo) or run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
             os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
@@ -351,10 +352,21 @@ class ScratchIndex:
             if not r.ok:
                 raise ZpatchError(f"{Path(p).name}: does not apply on {parent[:12]}: {r.last_line()}", Exit.CONFLICT,
                                   hint="`zpatch check` shows the failing hunk")
-            tree = self.run(["write-tree", "--missing-ok"]).stdout.strip()
+            tree = self.write_tree(sha1=len(base) == 40)
             parent = self.commit_tree(tree, parent, p)
             out.append(parent)
         return out
+
+    def write_tree(self, *, sha1: bool = False) -> str:
+        """`git write-tree --missing-ok`. In a scratch store of its own, for a SHA-1 repository (SHA1),
+        the trees are hashed and written here from the index file: a process less per patch of a
+        rebase, a drift trial or a publish (tests/test_scratch_index.py compares the ids with git's).
+        Anything else (an index version 4, an unmerged entry) goes to git."""
+        objects = self.env.get("GIT_OBJECT_DIRECTORY")
+        entries = _read_index(self.env["GIT_INDEX_FILE"]) if objects and sha1 else None
+        if entries is not None and all(stage == 0 and mode != "040000" for _p, mode, _b, stage in entries):
+            return _write_trees(objects, entries, self._trees)
+        return self.run(["write-tree", "--missing-ok"]).stdout.strip()
 
     def commit_tree(self, tree: str, parent: str, patch: Path) -> str:
         """TREE as a commit on PARENT with PATCH's author, date and message, as `git am` makes it.
@@ -442,6 +454,33 @@ def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
         return out
     except (OSError, ValueError, struct.error):
         return None
+
+
+def _write_trees(objects: str, entries: list[tuple[str, str, str, int]], written: dict[bytes, str]) -> str:
+    """The trees of index ENTRIES as loose objects in OBJECTS, as `git write-tree` makes them; the root's
+    id. WRITTEN (body -> id) spares writing a tree again that an earlier call wrote."""
+    root: dict = {}
+    for path, mode, blob, _stage in entries:
+        *folders, name = path.split("/")
+        node = root
+        for f in folders:
+            node = node.setdefault(f, {})
+        node[name] = (mode, blob)
+
+    def tree(node: dict) -> str:
+        items = []
+        for name, v in node.items():
+            raw = name.encode("utf-8", "surrogateescape")
+            if isinstance(v, dict):               # git's order: a folder's name as if it ended in "/"
+                items.append((raw + b"/", b"40000 " + raw, tree(v)))
+            else:
+                items.append((raw, v[0].encode() + b" " + raw, v[1]))
+        body = b"".join(head + b"\0" + bytes.fromhex(oid) for _key, head, oid in sorted(items))
+        if body not in written:
+            written[body] = write_loose_object(objects, "tree", body)
+        return written[body]
+
+    return tree(root)
 
 
 def hash_files(repo: Path, paths: list[str], *, filters: bool, durable: bool = False) -> list[str]:

@@ -149,7 +149,7 @@ def _carry_on(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str
             return {"state": "obsolete" if fired else "conflict", "fired": fired, "files": files,
                     "hunks": [h for h in hunks if h["upstream_commits"]],
                     "upstream_commits": commits or git.commits_touching(repo, old_pin, onto, files, limit=20)}
-    tree = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
+    tree = idx.write_tree(sha1=len(tip.commit) == 40)
     if fired:
         tip.loaded = None
         return {"state": "obsolete", "fired": fired}
