@@ -111,3 +111,45 @@ def test_trees_written_here_are_the_ones_git_writes(tmp_path):
         assert zgit.run(["cat-file", "-t", ours], cwd=repo, env=idx.env).stdout.strip() == "tree"
     zgit.run(["read-tree", "--empty"], cwd=repo, env=idx.env)
     assert idx.write_tree(sha1=True) == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+def test_a_split_index_is_read_by_git_never_taken_for_an_empty_one(world, zpatch, tmp_path, monkeypatch):
+    """core.splitIndex: git rewrites a scratch index as a link to a shared file. Read here, it would look
+    empty (apply would delete every patched file, write_tree would give the empty tree)."""
+    with open(world.env["GIT_CONFIG_GLOBAL"], "a") as f:
+        f.write("[core]\n\tsplitIndex = true\n")
+    co = world.clone_checkout(tmp_path / "C")
+    pristine = (co / "comfy/sd.py").read_bytes()
+    zpatch("apply", co)
+    assert b"line 10 PATCHED" in (co / "comfy/sd.py").read_bytes()
+    assert zpatch.json("status", co)["clean"] is True
+    zpatch("unapply", co)
+    assert (co / "comfy/sd.py").read_bytes() == pristine
+    idx = zgit.ScratchIndex(co, str(tmp_path / "scratch"), read_only=True)
+    idx.read_tree("HEAD")
+    zgit.run(["update-index", "--split-index"], cwd=co, env=idx.env)
+    assert zgit._read_index(idx.env["GIT_INDEX_FILE"]) is None
+    assert idx.write_tree(sha1=True) == git("rev-parse", "HEAD^{tree}", cwd=co)
+
+
+def test_a_file_or_submodule_where_a_patch_needs_a_folder_still_clashes(tmp_path):
+    """HEAD has a file `a` and a submodule `sub`; patches that create a/b and sub/x.py fail in the scratch
+    index as in a full one (the folders above a touched path are in it too)."""
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    commit(repo, {"a": "file\n", "keep/k.py": "k\n"}, "files")
+    git("update-index", "--add", "--cacheinfo", f"160000,{git('rev-parse', 'HEAD', cwd=repo)},sub", cwd=repo)
+    git("commit", "-q", "-m", "submodule", cwd=repo)
+    from zimage_patcher.apply import with_attributes
+    (tmp_path / "full").mkdir()
+    (tmp_path / "own").mkdir()
+    for new in ("a/b", "sub/x.py"):
+        patch = tmp_path / "new.patch"
+        patch.write_text(f"diff --git a/{new} b/{new}\nnew file mode 100644\n--- /dev/null\n+++ b/{new}\n@@ -0,0 +1 @@\n+x\n")
+        full = zgit.ScratchIndex(repo, str(tmp_path / "full"))
+        full.read_tree("HEAD")
+        assert not full.apply([patch]).ok
+        head = zgit.tree_entries(repo, "HEAD", with_attributes([new]))
+        idx = zgit.ScratchIndex(repo, str(tmp_path / "own"))
+        idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})
+        assert idx._own and not idx.apply([patch]).ok, new

@@ -109,7 +109,7 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
     reverse = undo is not None and undo.patches and undo.commit != git.head_commit(t.repo)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
-        idx.start("HEAD", head)              # HEAD's entries of PATHS (and of the .gitattributes over them) only
+        idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})     # HEAD's, of PATHS only
         if reverse:
             load_work_tree(t, idx, paths, current, head)
             copies = [record.copy_path(ws.zdir, ref) for ref in undo.patches]
@@ -149,10 +149,12 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
 
 
 def with_attributes(paths: list[str]) -> list[str]:
-    """PATHS and the .gitattributes files that can apply to them (one in each folder above each): a
-    scratch index that holds only PATHS must hold those too, for checkout-index reads the attributes
-    (eol, filters) from the index."""
-    extra = {".gitattributes", *(f"{d}/.gitattributes" for p in paths for d in operation.parent_dirs(p))}
+    """PATHS and what else a scratch index that holds only them needs from HEAD: the folders above
+    them (HEAD's file or submodule where a patch needs a folder must clash there, as in a full index)
+    and the .gitattributes files that can apply to them (checkout-index reads attributes from the
+    index: eol, filters)."""
+    dirs = {d for p in paths for d in operation.parent_dirs(p)}
+    extra = {".gitattributes", *dirs, *(f"{d}/.gitattributes" for d in dirs)}
     return list(dict.fromkeys([*paths, *sorted(extra)]))
 
 

@@ -433,8 +433,9 @@ def _index_bytes(entries: dict[str, tuple[str, str]]) -> bytes | None:
 
 
 def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
-    """(path, mode, blob, stage) of each entry of a version 2 or 3 SHA-1 index file; None for
-    anything else (git reads it then)."""
+    """(path, mode, blob, stage) of each entry of a version 2 or 3 SHA-1 index file that holds them all
+    itself; None for anything else (git reads it then): a split index (core.splitIndex: the entries
+    are in a shared file, the `link` extension names it) or a sparse one (`sdir`)."""
     import struct
     try:
         with open(path, "rb") as f:
@@ -451,6 +452,11 @@ def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
             out.append((data[start:end].decode("utf-8", "surrogateescape"), f"{mode:06o}",
                         data[at + 40:at + 60].hex(), (flags >> 12) & 3))
             at += (end - at + 8) & ~7
+        while at + 8 <= len(data) - 20:              # the extensions, before the trailing checksum
+            sig, size = struct.unpack_from(">4sI", data, at)
+            if sig in (b"link", b"sdir"):
+                return None
+            at += 8 + size
         return out
     except (OSError, ValueError, struct.error):
         return None
