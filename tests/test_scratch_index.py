@@ -153,3 +153,23 @@ def test_a_file_or_submodule_where_a_patch_needs_a_folder_still_clashes(tmp_path
         idx = zgit.ScratchIndex(repo, str(tmp_path / "own"))
         idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})
         assert idx._own and not idx.apply([patch]).ok, new
+
+
+def test_file_names_are_never_read_as_pathspec_magic_or_globs(world, zpatch, tmp_path, monkeypatch):
+    """A file called ":x.py" is not the magic ":" prefix, and "[ab].py" does not match a.py: zpatch runs
+    git with literal pathspecs, whatever the user's environment asks (GIT_GLOB_PATHSPECS, say)."""
+    monkeypatch.setenv("GIT_GLOB_PATHSPECS", "1")
+    monkeypatch.setenv("GIT_ICASE_PATHSPECS", "1")
+    world.comfy_pin = commit(world.comfy_up, {":x.py": "colon\n", "a.py": "a\n", "[ab].py": "glob\n"}, "odd names")
+    world.build_overlay(comfy_edits=[("odd names", {":x.py": "colon PATCHED\n", "[ab].py": "glob PATCHED\n"})])
+    co = world.clone_checkout(tmp_path / "C")
+    assert zgit.tree_entries(co, "HEAD", [":x.py", "[ab].py"]).keys() == {":x.py", "[ab].py"}
+    (co / "a.py").write_text("a, edited by the user\n")
+    assert zgit.changed_paths(co, ["[ab].py"]) == {}           # a.py is not "[ab].py"
+    zpatch("apply", co)
+    assert (co / ":x.py").read_text() == "colon PATCHED\n" and (co / "[ab].py").read_text() == "glob PATCHED\n"
+    comfy = zpatch.json("status", co, expect=1)["upstreams"][0]      # exit 1: the user's a.py, and only it
+    assert [c["path"] for c in comfy["foreign_changes"]] == ["a.py"]
+    assert [p["state"] for p in comfy["patches"]] == ["applied"] and comfy["patches"][0]["edited"] == []
+    zpatch("unapply", co)
+    assert (co / ":x.py").read_text() == "colon\n" and (co / "a.py").read_text() == "a, edited by the user\n"

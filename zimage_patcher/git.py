@@ -14,13 +14,17 @@ from .errors import Exit, GitError, ZpatchError, from_oserror, last_line
 # on purpose, because `url.<mirror>.insteadOf` is how offline mirrors are plugged in.
 # GIT_OPTIONAL_LOCKS=0: `git status` must not refresh (write) the user's index; a kill would leave
 # index.lock behind and `status` is promised read-only.
-_ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0"}
+# GIT_LITERAL_PATHSPECS: zpatch names files, never patterns; without it a file called ":x.py" is read
+# as pathspec magic and "[ab].py" as a glob that matches a.py
+_ENV = {"LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0", "GIT_OPTIONAL_LOCKS": "0",
+        "GIT_LITERAL_PATHSPECS": "1"}
 # Inside a git hook, `git rebase -x` or some CI steps these point git at another repository;
 # zpatch always names its repository by cwd. A deny-list, not an allow-list: the user's
 # GIT_CONFIG_GLOBAL (a mirror's insteadOf) must survive, and scratch indexes pass GIT_INDEX_FILE.
 _SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
           "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_PREFIX",
-          "GIT_QUARANTINE_PATH", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE")
+          "GIT_QUARANTINE_PATH", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE",
+          "GIT_GLOB_PATHSPECS", "GIT_NOGLOB_PATHSPECS", "GIT_ICASE_PATHSPECS")
 _TRACE = bool(os.environ.get("ZPATCH_TRACE"))
 
 

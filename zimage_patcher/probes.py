@@ -64,7 +64,7 @@ class Probe:
         if not git.run(["cat-file", "-e", blob], cwd=repo, check=False).ok:
             raise self._unreadable(where)      # git grep would just find nothing in it
         try:
-            r = git.run(["grep", "-q", "-E", "-e", self.pattern, commit, "--", f":(literal){self.path}"], cwd=repo,
+            r = git.run(["grep", "-q", "-E", "-e", self.pattern, commit, "--", self.path], cwd=repo,
                         check=False, timeout=20)
         except ZpatchError:
             raise ZpatchError(f"Obsolete-If: {self.text[:80]}: git grep took over 20 s", Exit.BAD_OVERLAY,
@@ -79,7 +79,7 @@ class Probe:
         A folder on the way that is a symlink is an error: the path may well exist through it."""
         parts = self.path.split("/")
         prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-        out = git.run(["ls-tree", "-z", commit, "--", *(f":(literal){x}" for x in prefixes)], cwd=repo).stdout
+        out = git.run(["ls-tree", "-z", commit, "--", *prefixes], cwd=repo).stdout
         found = {}
         for item in out.split("\0"):
             meta, _, name = item.partition("\t")
