@@ -44,7 +44,8 @@ def pytest_xdist_auto_num_workers(config):
     another), but not all of it: it waits on syncs to disk and on the processes a test holds at a pause
     point, and one more worker fills those waits (on a quiet 2-core machine: 254 s with 2 workers, 215 s
     with 3, 212 s with 4). Where other work already runs, the kernel shares each core among the runnable
-    processes, and the extra workers keep the suite's share near what it has alone. Busy: the machine's
+    processes, and the extra workers keep the suite's share near what it has alone (no more than that:
+    with two CPU hogs, 5 workers took 409 s where 4 took 344-375 s). Busy: the machine's
     CPU time over a quarter of a second now, while this process waits (not a load average, which still
     counts a run just finished)."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or not hasattr(os, "sched_getaffinity"):

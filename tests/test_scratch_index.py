@@ -1,7 +1,9 @@
-"""The scratch index apply and unapply start from is written by zpatch itself (git.ScratchIndex.start):
-only the entries the patches touch, plus the .gitattributes over them. Here it must be an index git
-reads as its own, entry for entry, and the attributes in it must shape the bytes apply writes as
-`git checkout` would."""
+"""The scratch indexes zpatch writes and reads itself (git.ScratchIndex.start, entries, write_tree).
+apply and unapply start from HEAD's entries of the touched paths, the folders above them and their
+.gitattributes: git must read that index as its own, entry for entry, the attributes in it must shape
+the bytes apply writes as `git checkout` would, and a file or submodule where a patch needs a folder
+must still clash. Trees hashed here must be git's; a split index is left to git; and file names are
+never read as pathspec magic or globs."""
 from __future__ import annotations
 
 import os
