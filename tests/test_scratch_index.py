@@ -142,7 +142,7 @@ def test_a_file_or_submodule_where_a_patch_needs_a_folder_still_clashes(tmp_path
     commit(repo, {"a": "file\n", "keep/k.py": "k\n"}, "files")
     git("update-index", "--add", "--cacheinfo", f"160000,{git('rev-parse', 'HEAD', cwd=repo)},sub", cwd=repo)
     git("commit", "-q", "-m", "submodule", cwd=repo)
-    from zimage_patcher.apply import with_attributes
+    from zimage_patcher.apply import scratch_paths
     (tmp_path / "full").mkdir()
     (tmp_path / "own").mkdir()
     for new in ("a/b", "sub/x.py"):
@@ -151,7 +151,7 @@ def test_a_file_or_submodule_where_a_patch_needs_a_folder_still_clashes(tmp_path
         full = zgit.ScratchIndex(repo, str(tmp_path / "full"))
         full.read_tree("HEAD")
         assert not full.apply([patch]).ok
-        head = zgit.tree_entries(repo, "HEAD", with_attributes([new]))
+        head = zgit.tree_entries(repo, "HEAD", scratch_paths([new]))
         idx = zgit.ScratchIndex(repo, str(tmp_path / "own"))
         idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})
         assert idx._own and not idx.apply([patch]).ok, new

@@ -68,7 +68,7 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[s
                                   Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
-        entries[t.name] = git.tree_entries(t.repo, "HEAD", with_attributes(paths[t.name]))   # FRESH among them
+        entries[t.name] = git.tree_entries(t.repo, "HEAD", scratch_paths(paths[t.name]))   # FRESH among them
         head = {f: entries[t.name][f][1] for f in fresh if f in entries[t.name]}
         # Hash here against HEAD's blob ids (one cheap git call); only files that look changed
         # go to `git status`, which knows about filters such as core.autocrlf.
@@ -101,15 +101,15 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
     the record was made on this HEAD, HEAD's own entries are the starting point: no work-tree bytes
     go through git's eol filters (which would turn ComfyUI-GGUF's CRLF into LF under core.autocrlf),
     and a file the user already put back needs nothing. Only on another HEAD are the recorded
-    copies reversed from the work tree's bytes. HEAD: HEAD's entries of PATHS when the caller has
-    read them already."""
+    copies reversed from the work tree's bytes. HEAD: HEAD's entries of scratch_paths(PATHS) when the
+    caller has read them already."""
     import tempfile
     if head is None:
-        head = git.tree_entries(t.repo, "HEAD", with_attributes(paths))
+        head = git.tree_entries(t.repo, "HEAD", scratch_paths(paths))
     reverse = undo is not None and undo.patches and undo.commit != git.head_commit(t.repo)
     with tempfile.TemporaryDirectory(prefix="zpatch-idx-") as tmp:
         idx = git.ScratchIndex(t.repo, tmp)
-        idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})     # HEAD's, of PATHS only
+        idx.start("HEAD", {p: e for p, e in head.items() if e[0] != "040000"})     # folders: not entries
         if reverse:
             load_work_tree(t, idx, paths, current, head)
             copies = [record.copy_path(ws.zdir, ref) for ref in undo.patches]
@@ -148,7 +148,7 @@ def _scratch_result(ws: Workspace, t: Target, paths: list[str], current: dict[st
                 for p in paths}, head
 
 
-def with_attributes(paths: list[str]) -> list[str]:
+def scratch_paths(paths: list[str]) -> list[str]:
     """PATHS and what else a scratch index that holds only them needs from HEAD: the folders above
     them (HEAD's file or submodule where a patch needs a folder must clash there, as in a full index)
     and the .gitattributes files that can apply to them (checkout-index reads attributes from the
