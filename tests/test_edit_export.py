@@ -237,6 +237,16 @@ def test_an_empty_commit_is_named_not_blamed_on_the_overlay(zpatch, world, check
     r = zpatch("export", checkout, expect=4)
     assert "cannot become a patch" in error_line(r) and "rebase -i" in r.stderr
     assert overlay_snapshot(world) == before
+    # the hint, followed as printed (the todo edited as a person would: the empty commit's line deleted)
+    import re
+    import subprocess
+    hint = re.search(r"git -C \S+ rebase -i [0-9a-f]+", r.stderr).group(0)
+    commits = git("rev-list", "HEAD", cwd=checkout).split()
+    done = subprocess.run(hint, shell=True, capture_output=True, text=True,
+                          env={**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i '/nothing here/d'", "GIT_EDITOR": "true"})
+    assert done.returncode == 0, done.stderr
+    assert git("rev-list", "HEAD", cwd=checkout).split() == commits[1:]      # only the empty commit gone
+    assert zpatch.json("export", checkout)["changed"] is False and overlay_snapshot(world) == before
 
 
 def test_a_non_ascii_message_keeps_format_patch_mime_headers(zpatch, world, checkout):
