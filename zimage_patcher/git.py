@@ -292,6 +292,7 @@ class ScratchIndex:
         self.env = {"GIT_INDEX_FILE": os.path.join(tmpdir, index)}
         self._own = False             # the index file is one start() wrote (entries() can read it)
         self._trees: dict[bytes, str] = {}    # tree objects written here: body -> id
+        self._blobs: dict[str, bytes] = {}    # blob contents read or written by apply: id -> bytes
         if read_only:
             objects = _objects_dir(repo) or run(["rev-parse", "--git-path", "objects"], cwd=repo).stdout.strip()
             os.makedirs(os.path.join(tmpdir, "objects", "pack"), exist_ok=True)   # git wants a store that exists
@@ -330,12 +331,81 @@ class ScratchIndex:
             self.run(["update-index", "--add", "--remove", "--index-info"], input="\n".join(lines) + "\n")
 
     def apply(self, patch_files: list[Path], *, reverse: bool = False, three_way: bool = False) -> GitResult:
+        """`git apply --cached` of PATCH_FILES (all or nothing). Plain text patches on a scratch store are
+        applied here (hunks.py); anything else, and any patch that does not apply, by git."""
+        if not reverse and not three_way and self._apply_here(patch_files):
+            return GitResult(0, "", "")
         args = ["apply", "--cached", "--whitespace=nowarn"]
         if reverse:
             args.append("--reverse")
         if three_way:
             args.append("--3way")
         return self.run(args + [str(p) for p in patch_files], check=False)
+
+    def _apply_here(self, patch_files: list[Path]) -> bool:
+        """Apply PATCH_FILES to the index file as git would, writing the new blobs to the scratch store;
+        False (nothing written to the index) when git must: no scratch store, an index this does not
+        read, a patch hunks.py does not take or that does not apply, a result that is not the blob the
+        patch names although it started from the blob it names."""
+        from . import hunks
+        objects = self.env.get("GIT_OBJECT_DIRECTORY")
+        found = _read_index(self.env["GIT_INDEX_FILE"]) if objects else None
+        if found is None or any(stage for *_rest, stage in found):
+            return False
+        diffs = []
+        for patch in patch_files:
+            try:
+                parsed = hunks.parse(Path(patch).read_bytes())
+            except OSError:
+                return False
+            if parsed is None:
+                return False
+            diffs += parsed
+        entries = {path: (mode, blob) for path, mode, blob, _stage in found}
+        want = [entries[d.path][1] for d in diffs if d.path in entries and entries[d.path][1] not in self._blobs]
+        if want:
+            out = self.run(["cat-file", "--batch"], input="".join(b + "\n" for b in dict.fromkeys(want)).encode(),
+                           check=False)
+            if not out.ok:
+                return False
+            self._blobs.update(_batch_blobs(out.stdout.encode("utf-8", "surrogateescape")))
+        written: dict[str, bytes] = {}
+        for d in diffs:
+            parts = d.path.split("/")
+            if any("/".join(parts[:k]) in entries for k in range(1, len(parts))):
+                return False                   # a folder of the path is a file, a link or a submodule here
+            have = entries.get(d.path)
+            if d.new:
+                if have is not None or any(p.startswith(d.path + "/") for p in entries):
+                    return False               # there already, or a folder here
+                before = b""
+            else:
+                if have is None or have[0] != d.mode:
+                    return False
+                before = written.get(have[1], self._blobs.get(have[1]))
+                if before is None:
+                    return False
+            after = hunks.apply_hunks(before, d.hunks)
+            if after is None or d.delete and after:
+                return False
+            if d.delete:
+                del entries[d.path]
+                continue
+            oid = hash_object_bytes(after)
+            if (d.new or have[1] == d.old_id) and oid != d.new_id:
+                return False                   # from the patch's own preimage, it must give its postimage
+            written[oid] = after
+            entries[d.path] = (d.mode, oid)
+        data = _index_bytes(entries)
+        if data is None:
+            return False
+        for oid, body in written.items():
+            write_loose_object(objects, "blob", body)
+        self._blobs.update(written)
+        with open(self.env["GIT_INDEX_FILE"], "wb") as f:
+            f.write(data)
+        self._own = True
+        return True
 
     def checkout_to(self, prefix: Path, paths: list[str]) -> None:
         """Write PATHS as git would check them out (smudge filters, eol) under PREFIX, one process."""
@@ -693,6 +763,21 @@ def read_objects(repo: Path, revs: list[str]) -> dict[str, tuple[str, bytes]]:
         if len(head) == 3:                       # "<id> <type> <size>", then the bytes and a newline
             size = int(head[2])
             found[rev] = (head[1].decode("ascii"), data[at:at + size])
+            at += size + 1
+    return found
+
+
+def _batch_blobs(data: bytes) -> dict[str, bytes]:
+    """id -> contents of each blob in DATA, the output of `cat-file --batch`."""
+    at, found = 0, {}
+    while at < len(data):
+        end = data.index(b"\n", at)
+        head = data[at:end].split()
+        at = end + 1
+        if len(head) == 3:
+            size = int(head[2])
+            if head[1] == b"blob":
+                found[head[0].decode("ascii")] = data[at:at + size]
             at += size + 1
     return found
 

@@ -19,7 +19,7 @@ import time
 import zlib
 from pathlib import Path
 
-from . import git
+from . import git, hunks
 from .cache import cache_home
 
 FORMAT = 2                # bump when what an entry holds or means changes (git.py's own bytes are in the key too)
@@ -51,10 +51,12 @@ def commit_patches(idx: git.ScratchIndex, base: str, patches: list[Path]) -> lis
 
 
 def key(base: str, patches: list[Path]) -> str:
-    """BASE, the patches' bytes, and git.py itself: how a patch becomes a commit (mailinfo, the message,
-    the commit object) lives there, and an entry made by other code than this run's is not reused."""
+    """BASE, the patches' bytes, and git.py and hunks.py themselves: how a patch becomes a commit (the
+    applied hunks, mailinfo, the message, the commit object) lives there, and an entry made by other code
+    than this run's is not reused."""
     h = hashlib.sha256(f"zpatch-series {FORMAT} {base} {git.COMMITTER}\n".encode())
-    h.update(hashlib.sha256(Path(git.__file__).read_bytes()).digest())
+    for module in (git.__file__, hunks.__file__):
+        h.update(hashlib.sha256(Path(module).read_bytes()).digest())
     for p in patches:
         h.update(hashlib.sha256(Path(p).read_bytes()).digest())
     return h.hexdigest()
