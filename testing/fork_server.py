@@ -42,17 +42,17 @@ class Server:
         self.proc.wait(timeout=60)
 
 
-def start(python: str, folder, *, required=(), preload=()) -> Server:
+def start(python: str, folder, *, required=(), preload=(), env: dict | None = None) -> Server:
     """Start a server under PYTHON with its socket in FOLDER (a Path, short enough for a socket path).
     REQUIRED modules must import (else RuntimeError, naming the one that did not); PRELOAD ones are
     imported if they can be, `MODULE:NAME` also getting NAME from MODULE (a package that imports on
-    first use)."""
+    first use). ENV: the server's environment (default: this process's)."""
     import subprocess
     folder.mkdir(parents=True, exist_ok=True)
     sock, log = folder / "server.sock", folder / "server.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([python, __file__, "serve", str(sock), json.dumps([list(required), list(preload)])],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
     ready = proc.stdout.readline().strip()
     if ready != "ready":
         proc.kill()

@@ -151,7 +151,7 @@ def test_a_series_on_a_scratch_store_is_applied_without_git_apply_and_matches_gi
     patches = sorted((world.overlay / "patches/comfyui-gguf").glob("*.patch"))
     ran = []
     real = zgit.run
-    monkeypatch.setattr(zgit, "run", lambda args, *a, **kw: ran.append(args[0]) or real(args, *a, **kw))
+    monkeypatch.setattr(zgit, "run", lambda args, *a, **kw: ran.append(zgit._subcommand(args)) or real(args, *a, **kw))
     idx = zgit.ScratchIndex(world.gguf_up, str(tmp_path / "scratch"), read_only=True)
     commits = idx.commit_patches(world.gguf_pin, patches)
     assert "apply" not in ran and ran.count("cat-file") == 1, ran
@@ -164,3 +164,130 @@ def test_a_series_on_a_scratch_store_is_applied_without_git_apply_and_matches_gi
     ours = [subprocess.run(["git", "rev-parse", f"{c}^{{tree}}"], cwd=world.gguf_up, env=env, check=True,
                            capture_output=True, text=True).stdout.strip() for c in commits]
     assert ours == theirs
+
+
+# ---------------------------------------------------------------- what an attack on hunks.py found
+# Each case: a repository holding FILES at one commit, a patch, and an index config; git's
+# `apply --cached` and ScratchIndex.apply on a scratch store must leave the same entries, or both refuse.
+
+def _mail(body: bytes) -> bytes:
+    return b"From 0 Mon Sep 17 00:00:00 2001\nSubject: [PATCH] x\n\n---\n" + body + b"-- \n2.39.5\n\n"
+
+
+def _diff(path: str, hunk: bytes, *, old="1" * 40, new="2" * 40) -> bytes:
+    """A modification of PATH whose index line names blobs OLD..NEW (by default made-up ids: as after
+    upstream moved, where no postimage check applies)."""
+    p = path.encode()
+    return (b"diff --git a/%s b/%s\n" % (p, p) + b"index %s..%s 100644\n" % (old.encode(), new.encode())
+            + b"--- a/%s\n+++ b/%s\n" % (p, p) + hunk)
+
+
+def _new(path: bytes, content: bytes, index_mode=b"") -> bytes:
+    oid = zgit.hash_object_bytes(content).encode()
+    lines = content.splitlines(keepends=True)
+    hunk = b"@@ -0,0 +1,%d @@\n" % len(lines) + b"".join(b"+" + x for x in lines)
+    return (b"diff --git a/%s b/%s\nnew file mode 100644\nindex %s..%s%s\n--- /dev/null\n+++ b/%s\n"
+            % (path, path, b"0" * 40, oid, b" " + index_mode if index_mode else b"", path) + hunk)
+
+
+def _entries(repo, env) -> dict:
+    out = subprocess.run(["git", "ls-files", "-s", "-z"], cwd=repo, env=env, check=True, capture_output=True).stdout
+    found = {}
+    for e in out.split(b"\0"):
+        if e:
+            meta, path = e.split(b"\t", 1)
+            mode, oid, _stage = meta.split()
+            data = subprocess.run(["git", "cat-file", "blob", oid], cwd=repo, env=env, capture_output=True).stdout
+            found[path] = (mode, data)
+    return found
+
+
+def _both(tmp_path, files: dict[str, bytes], patch: bytes, config: dict | None = None):
+    """(git's entries, ScratchIndex.apply's entries) after applying PATCH to FILES; False for a refusal."""
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    for k, v in (config or {}).items():
+        git("config", k, v, cwd=repo)
+    for path, data in files.items():
+        (repo / path).write_bytes(data)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "base", cwd=repo)
+    (tmp_path / "p").write_bytes(_mail(patch))
+    env = {**os.environ, "GIT_INDEX_FILE": str(tmp_path / "git-index")}
+    subprocess.run(["git", "read-tree", "HEAD"], cwd=repo, env=env, check=True)
+    theirs = subprocess.run(["git", "apply", "--cached", "--whitespace=nowarn", str(tmp_path / "p")], cwd=repo,
+                            env=env, capture_output=True).returncode == 0 and _entries(repo, env)
+    idx = zgit.ScratchIndex(repo, str(tmp_path / "scratch"), read_only=True)
+    idx.read_tree("HEAD")
+    ours = idx.apply([tmp_path / "p"]).ok and _entries(repo, {**os.environ, **idx.env})
+    return theirs, ours
+
+
+CASES = {
+    # git's isspace leaves out vertical tab and form feed: "foo" (no newline) does not match "foo\v\n"
+    "vertical tab": ({"f": b"a\nfoo\v\n"}, _diff("f", b"@@ -1,2 +1,2 @@\n-a\n+b\n foo\n\\ No newline at end of file\n")),
+    # a short "\ " line after the counted lines: git takes it when over 12 bytes of the patch follow
+    "short marker": ({"f": b"x\na\n"}, _diff("f", b"@@ -1,2 +1,2 @@\n x\n-a\n+b\n\\ \n")),
+    # apply.c keeps line numbers in an int: 2**32 + 2 is line 2 there
+    "huge line number": ({"f": b"s0\nctx\nA\nctx2\ns1\ns2\ns3\ns4\ns5\ns6\ns7\nctx\nA\nctx2\ns8\n"},
+                         _diff("f", b"@@ -9,3 +4294967298,3 @@\n ctx\n-A\n+B\n ctx2\n")),
+    # on a new file, the index line's mode is the old one: git takes "new file mode"
+    "new file, mode on the index line": ({"f": b"x\n"}, _new(b"n", b"hi\n", index_mode=b"100755")),
+    # names git refuses (core.protectNTFS is on by default)
+    "git~1": ({"f": b"x\n"}, _new(b"git~1/x", b"hi\n")),
+    ".git.": ({"f": b"x\n"}, _new(b"a/.git./b", b"hi\n")),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_the_attack_found_agrees_with_git(tmp_path, case):
+    files, patch = CASES[case]
+    theirs, ours = _both(tmp_path, files, patch)
+    assert ours == theirs
+
+
+def test_a_name_with_a_control_byte_is_left_to_git():
+    """git stops a name at a NUL; an index entry holding one would make a tree git cannot read."""
+    for name in (b"x\0y", b"x\x01y", b"a b", b"\xc3\xbc"):
+        assert hunks.parse(_mail(_new(name, b"hi\n"))) is None, name
+    assert hunks.parse(_mail(_new(b"plain-name_1.py", b"hi\n")))
+
+
+@pytest.mark.parametrize("config", [{"apply.ignoreWhitespace": "change"}, {"apply.ignoreWhitespace": "bogus"},
+                                    {"apply.whitespace": "bogus"}, {"apply.whitespace": "fix"}])
+def test_the_users_apply_config_changes_neither_git_nor_this(tmp_path, config):
+    """zpatch runs git apply with apply.whitespace and apply.ignoreWhitespace set on its command line, so
+    the overlay's patches apply as hunks.py applies them, whatever a maintainer's config says."""
+    base = {"f": b"a\nc  tx\nX\nctx2\nb\nc\nd\nc tx\nX\nctx2\n"}
+    patch = _diff("f", b"@@ -2,3 +2,3 @@\n c tx\n-X\n+Y\n ctx2\n")
+    _plain, ours = _both(tmp_path / "plain", base, patch)
+    assert ours and ours[b"f"][1] == b"a\nc  tx\nX\nctx2\nb\nc\nd\nc tx\nY\nctx2\n"
+    _theirs, ours_cfg = _both(tmp_path / "cfg", base, patch, config)
+    assert ours_cfg == ours
+    # and git as zpatch runs it, on the same index, agrees
+    repo = tmp_path / "cfg" / "r"
+    idx = zgit.ScratchIndex(repo, str(tmp_path / "git-run"), read_only=True)
+    idx.read_tree("HEAD")
+    assert idx.run([*zgit.APPLY_NEUTRAL, "apply", "--cached", "--whitespace=nowarn", str(tmp_path / "cfg" / "p")],
+                   check=False).ok
+    assert _entries(repo, {**os.environ, **idx.env}) == ours
+
+
+def test_an_entry_with_a_flag_a_rewrite_would_drop_is_left_to_git(tmp_path):
+    """A skip-worktree bit on an entry the patch does not touch: the index is git's to rewrite."""
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    (repo / "f").write_text("a\n")
+    (repo / "g").write_text("g\n")
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "base", cwd=repo)
+    idx = zgit.ScratchIndex(repo, str(tmp_path / "scratch"), read_only=True)
+    idx.read_tree("HEAD")
+    idx.run(["update-index", "--skip-worktree", "g"])
+    (tmp_path / "p").write_bytes(_mail(_diff("f", b"@@ -1 +1 @@\n-a\n+b\n", old=zgit.hash_object_bytes(b"a\n"),
+                                             new=zgit.hash_object_bytes(b"b\n"))))
+    assert not idx._apply_here([tmp_path / "p"])
+    assert idx.apply([tmp_path / "p"]).ok
+    flags = subprocess.run(["git", "ls-files", "-t"], cwd=repo, env={**os.environ, **idx.env}, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    assert "S g" in flags and "H f" in flags

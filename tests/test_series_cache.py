@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 from testing.fixtures import LOADER_PY, commit, replace_line
-from zimage_patcher import series_cache
+from zimage_patcher import git, series_cache
 
 
 def _git_calls(stderr: str) -> list[str]:
-    return [line.split()[2] for line in stderr.splitlines() if line.startswith("zpatch: git ")]
+    return [git._subcommand(line.split()[2:]) for line in stderr.splitlines() if line.startswith("zpatch: git ")]
 
 
 def rebase(world, *args) -> tuple[dict | None, list[str], int]:

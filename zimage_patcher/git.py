@@ -335,7 +335,7 @@ class ScratchIndex:
         applied here (hunks.py); anything else, and any patch that does not apply, by git."""
         if not reverse and not three_way and self._apply_here(patch_files):
             return GitResult(0, "", "")
-        args = ["apply", "--cached", "--whitespace=nowarn"]
+        args = [*APPLY_NEUTRAL, "apply", "--cached", "--whitespace=nowarn"]
         if reverse:
             args.append("--reverse")
         if three_way:
@@ -349,7 +349,7 @@ class ScratchIndex:
         patch names although it started from the blob it names."""
         from . import hunks
         objects = self.env.get("GIT_OBJECT_DIRECTORY")
-        found = _read_index(self.env["GIT_INDEX_FILE"]) if objects else None
+        found = _read_index(self.env["GIT_INDEX_FILE"], plain=True) if objects else None
         if found is None or any(stage for *_rest, stage in found):
             return False
         diffs = []
@@ -506,10 +506,12 @@ def _index_bytes(entries: dict[str, tuple[str, str]]) -> bytes | None:
     return data + hashlib.sha1(data).digest()
 
 
-def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
+def _read_index(path: str, *, plain: bool = False) -> list[tuple[str, str, str, int]] | None:
     """(path, mode, blob, stage) of each entry of a version 2 or 3 SHA-1 index file that holds them all
     itself; None for anything else (git reads it then): a split index (core.splitIndex: the entries
-    are in a shared file, the `link` extension names it) or a sparse one (`sdir`)."""
+    are in a shared file, the `link` extension names it) or a sparse one (`sdir`). PLAIN: None also when
+    an entry carries a flag a rewrite from these tuples would drop (assume-valid, skip-worktree,
+    intent-to-add)."""
     import struct
     try:
         with open(path, "rb") as f:
@@ -521,6 +523,8 @@ def _read_index(path: str) -> list[tuple[str, str, str, int]] | None:
         for _ in range(count):
             mode, = struct.unpack_from(">I", data, at + 24)
             flags, = struct.unpack_from(">H", data, at + 60)
+            if plain and flags & 0xC000:                           # assume-valid, or extended flags
+                return None
             start = at + 62 + (2 if flags & 0x4000 else 0)        # version 3: extended flags
             end = data.index(b"\0", start) if flags & 0xFFF == 0xFFF else start + (flags & 0xFFF)
             out.append((data[start:end].decode("utf-8", "surrogateescape"), f"{mode:06o}",
@@ -765,6 +769,13 @@ def read_objects(repo: Path, revs: list[str]) -> dict[str, tuple[str, bytes]]:
             found[rev] = (head[1].decode("ascii"), data[at:at + size])
             at += size + 1
     return found
+
+
+# `git apply` reads apply.whitespace and apply.ignoreWhitespace from the user's config, before the
+# command line (an invalid value fails every apply) and beside it (ignoreWhitespace=change matches
+# context that differs in whitespace): the overlay's patches apply the same for every maintainer, and
+# as hunks.py applies them
+APPLY_NEUTRAL = ("-c", "apply.whitespace=nowarn", "-c", "apply.ignoreWhitespace=no")
 
 
 def _batch_blobs(data: bytes) -> dict[str, bytes]:

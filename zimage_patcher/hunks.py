@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 _HUNK = re.compile(rb"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _INDEX = re.compile(rb"index ([0-9a-f]{40})\.\.([0-9a-f]{40})(?: (100644|100755))?\n\Z")
 _MODE = re.compile(rb"(100644|100755)\n\Z")
-_BAD_PARTS = {b"", b".", b".."}
+# path components taken here: plain ASCII names. git refuses more than `.git` and `..` (core.protectNTFS:
+# `git~1`, `.git.`; core.protectHFS: `.git` with ignorable Unicode), and a name with spaces makes
+# `diff --git a/x b/y` ambiguous: all those go to git
+_PART = re.compile(rb"[A-Za-z0-9_+@=,-][A-Za-z0-9._+@=,-]*\Z")
+_LIMIT = 1 << 30                   # apply.c keeps line numbers in an int: larger ones are git's to read
 
 
 @dataclass
@@ -55,13 +59,11 @@ def _path(line: bytes) -> str | None:
     if gap != b" " or not a.startswith(b"a/") or not b.startswith(b"b/") or a[2:] != b[2:]:
         return None
     p = a[2:]
-    if p.startswith(b'"') or any(c in p for c in b"\t\r\\") or any(
-            part in _BAD_PARTS or part.lower() == b".git" for part in p.split(b"/")):
-        return None
-    try:
-        return p.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    for part in p.split(b"/"):
+        if not (_PART.match(part) or part.startswith(b".") and _PART.match(part[1:])) \
+                or part.lower().startswith(b".git") or part.endswith(b"."):
+            return None
+    return p.decode("ascii")
 
 
 def parse(data: bytes) -> list[FileDiff] | None:
@@ -84,15 +86,15 @@ def parse(data: bytes) -> list[FileDiff] | None:
         d = FileDiff(path)
         i += 1
         minus = plus = None
+        index_mode = ""
         while i < n and not lines[i].startswith(b"@@ -"):
             h = lines[i]
             if h.startswith(b"index "):
                 m = _INDEX.match(h)
-                if not m:
+                if not m or d.old_id:
                     return None
                 d.old_id, d.new_id = m[1].decode(), m[2].decode()
-                if m[3]:
-                    d.mode = m[3].decode()
+                index_mode = (m[3] or b"").decode()
             elif h.startswith(b"new file mode ") and _MODE.match(h, 14):
                 d.new, d.mode = True, h[14:-1].decode()
             elif h.startswith(b"deleted file mode ") and _MODE.match(h, 18):
@@ -104,6 +106,11 @@ def parse(data: bytes) -> list[FileDiff] | None:
             else:
                 return None                    # a mode change, a rename, a binary patch, anything else
             i += 1
+        if d.new or d.delete:
+            if index_mode:
+                return None                    # git reads that mode as the old one: its business
+        else:
+            d.mode = index_mode
         want_minus = b"/dev/null" if d.new else b"a/" + path.encode()
         want_plus = b"/dev/null" if d.delete else b"b/" + path.encode()
         if (minus, plus) != (want_minus, want_plus) or not d.mode or not d.old_id or d.new and d.delete:
@@ -129,6 +136,8 @@ def _hunk(lines: list[bytes], i: int) -> tuple[Hunk | None, int]:
     oldpos, newpos = int(m[1]), int(m[3])
     old = int(m[2]) if m[2] is not None else 1
     new = int(m[4]) if m[4] is not None else 1
+    if max(oldpos, newpos, old, new) >= _LIMIT:
+        return None, i
     body: list[bytes] = []
     i += 1
     changed = False
@@ -150,7 +159,11 @@ def _hunk(lines: list[bytes], i: int) -> tuple[Hunk | None, int]:
             return None, i
         body.append(line)
         i += 1
-    if i < len(lines) and lines[i].startswith(b"\\ ") and len(lines[i]) > 12:
+    if i < len(lines) and lines[i].startswith(b"\\"):
+        # git takes a "\ " line here when more than 12 bytes of the whole patch are left: a longer line
+        # is taken either way, a shorter one depends on what follows
+        if not (lines[i].startswith(b"\\ ") and len(lines[i]) > 12):
+            return None, i
         body.append(lines[i])
         i += 1
     if not changed:
@@ -174,10 +187,11 @@ def _hunk(lines: list[bytes], i: int) -> tuple[Hunk | None, int]:
 
 
 def _ws_hash(line: bytes) -> int:
-    """apply.c's hash_line, kept to 24 bits as its line table keeps it: whitespace does not count."""
+    """apply.c's hash_line, kept to 24 bits as its line table keeps it: whitespace (git's isspace: space,
+    tab, newline, carriage return; not vertical tab or form feed) does not count."""
     h = 0
     for c in line:
-        if c not in b" \t\n\v\f\r":
+        if c not in b" \t\n\r":
             h = (h * 3 + c) & 0xFFFFFFFF
     return h & 0xFFFFFF
 
