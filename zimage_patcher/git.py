@@ -347,11 +347,11 @@ class ScratchIndex:
         False (nothing written to the index) when git must: no scratch store, an index this does not
         read, a patch hunks.py does not take or that does not apply, a result that is not the blob the
         patch names although it started from the blob it names."""
-        from . import hunks
         objects = self.env.get("GIT_OBJECT_DIRECTORY")
         found = _read_index(self.env["GIT_INDEX_FILE"], plain=True) if objects else None
         if found is None or any(stage for *_rest, stage in found):
             return False
+        from . import hunks        # here: `zpatch apply` on a checkout (no scratch store) never needs it
         diffs = []
         for patch in patch_files:
             try:
