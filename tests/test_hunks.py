@@ -268,7 +268,7 @@ def test_the_users_apply_config_changes_neither_git_nor_this(tmp_path, config):
     repo = tmp_path / "cfg" / "r"
     idx = zgit.ScratchIndex(repo, str(tmp_path / "git-run"), read_only=True)
     idx.read_tree("HEAD")
-    assert idx.run([*zgit.APPLY_NEUTRAL, "apply", "--cached", "--whitespace=nowarn", str(tmp_path / "cfg" / "p")],
+    assert idx.run(["apply", "--cached", "--whitespace=nowarn", str(tmp_path / "cfg" / "p")],
                    check=False).ok
     assert _entries(repo, {**os.environ, **idx.env}) == ours
 

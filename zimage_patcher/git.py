@@ -26,6 +26,11 @@ _SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
           "GIT_QUARANTINE_PATH", "GIT_REPLACE_REF_BASE", "GIT_GRAFT_FILE", "GIT_SHALLOW_FILE",
           "GIT_GLOB_PATHSPECS", "GIT_NOGLOB_PATHSPECS", "GIT_ICASE_PATHSPECS")
 _TRACE = bool(os.environ.get("ZPATCH_TRACE"))
+# `git apply` reads apply.whitespace and apply.ignoreWhitespace from the user's config, before the
+# command line (an invalid value fails every apply) and beside it (ignoreWhitespace=change matches
+# context that differs in whitespace): run() sets both on every apply's command line, so the overlay's
+# patches apply the same for every maintainer, and as hunks.py applies them
+_APPLY_NEUTRAL = ("-c", "apply.whitespace=nowarn", "-c", "apply.ignoreWhitespace=no")
 
 
 # The one spelling of the options that make `git format-patch` output byte-stable: no commit id,
@@ -100,6 +105,8 @@ def run(args: list[str], cwd: Path | str | None = None, *, check: bool = True,
     stream_stderr lets git's own progress meter reach the terminal (clones, fetches).
     """
     import subprocess      # here, not at the top: a command that runs no git (a no-op apply) never loads it
+    if _subcommand(args) == "apply":
+        args = [*_APPLY_NEUTRAL, *args]
     full_env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     full_env.update(_ENV)
     if env:
@@ -335,7 +342,7 @@ class ScratchIndex:
         applied here (hunks.py); anything else, and any patch that does not apply, by git."""
         if not reverse and not three_way and self._apply_here(patch_files):
             return GitResult(0, "", "")
-        args = [*APPLY_NEUTRAL, "apply", "--cached", "--whitespace=nowarn"]
+        args = ["apply", "--cached", "--whitespace=nowarn"]
         if reverse:
             args.append("--reverse")
         if three_way:
@@ -364,11 +371,10 @@ class ScratchIndex:
         entries = {path: (mode, blob) for path, mode, blob, _stage in found}
         want = [entries[d.path][1] for d in diffs if d.path in entries and entries[d.path][1] not in self._blobs]
         if want:
-            out = self.run(["cat-file", "--batch"], input="".join(b + "\n" for b in dict.fromkeys(want)).encode(),
-                           check=False)
-            if not out.ok:
+            try:
+                self._blobs.update(read_blobs(self.repo, list(dict.fromkeys(want)), env=self.env))
+            except ZpatchError:
                 return False
-            self._blobs.update(_batch_blobs(out.stdout.encode("utf-8", "surrogateescape")))
         written: dict[str, bytes] = {}
         for d in diffs:
             parts = d.path.split("/")
@@ -753,12 +759,12 @@ def files_of_commits(repo: Path, commits: list[str]) -> dict[str, list[str]]:
     return files
 
 
-def read_objects(repo: Path, revs: list[str]) -> dict[str, tuple[str, bytes]]:
+def read_objects(repo: Path, revs: list[str], env: dict | None = None) -> dict[str, tuple[str, bytes]]:
     """REV -> (type, contents) of each of REVS (object ids or names such as a ref) from one
     `cat-file --batch`; those that name nothing are left out."""
     if not revs:
         return {}
-    out = run(["cat-file", "--batch"], cwd=repo, input="".join(r + "\n" for r in revs).encode()).stdout
+    out = run(["cat-file", "--batch"], cwd=repo, env=env, input="".join(r + "\n" for r in revs).encode()).stdout
     data, at, found = out.encode("utf-8", "surrogateescape"), 0, {}
     for rev in revs:
         end = data.index(b"\n", at)
@@ -771,31 +777,9 @@ def read_objects(repo: Path, revs: list[str]) -> dict[str, tuple[str, bytes]]:
     return found
 
 
-# `git apply` reads apply.whitespace and apply.ignoreWhitespace from the user's config, before the
-# command line (an invalid value fails every apply) and beside it (ignoreWhitespace=change matches
-# context that differs in whitespace): the overlay's patches apply the same for every maintainer, and
-# as hunks.py applies them
-APPLY_NEUTRAL = ("-c", "apply.whitespace=nowarn", "-c", "apply.ignoreWhitespace=no")
-
-
-def _batch_blobs(data: bytes) -> dict[str, bytes]:
-    """id -> contents of each blob in DATA, the output of `cat-file --batch`."""
-    at, found = 0, {}
-    while at < len(data):
-        end = data.index(b"\n", at)
-        head = data[at:end].split()
-        at = end + 1
-        if len(head) == 3:
-            size = int(head[2])
-            if head[1] == b"blob":
-                found[head[0].decode("ascii")] = data[at:at + size]
-            at += size + 1
-    return found
-
-
-def read_blobs(repo: Path, ids: list[str]) -> dict[str, bytes]:
+def read_blobs(repo: Path, ids: list[str], env: dict | None = None) -> dict[str, bytes]:
     """The contents of the blobs IDS, from one process; absent ones left out."""
-    return {i: data for i, (kind, data) in read_objects(repo, ids).items() if kind == "blob"}
+    return {i: data for i, (kind, data) in read_objects(repo, ids, env=env).items() if kind == "blob"}
 
 
 def notes(repo: Path, commits: list[str]) -> dict[str, str | None]:

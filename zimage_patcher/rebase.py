@@ -139,7 +139,7 @@ def _carry_on(repo: Path, tip: _Tip, p: Patch, old_pin: str, onto: str, pre: str
         conflicted = [f for f, e in idx.entries(p.files).items() if e[2]]
         if not r.ok or conflicted:
             tip.load()
-            if idx.run([*git.APPLY_NEUTRAL, "apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
+            if idx.run(["apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
                 return {"state": "obsolete" if fired else "upstreamed", "fired": fired}
             # obsolete or not, say what conflicts (`drift` reports both), and which upstream commits
             # touched the lines of its hunks (or, when none did, its files)
@@ -185,7 +185,7 @@ class Trial:
             if r.ok and not any(e[2] for e in idx.entries(p.files).values()):
                 continue
             idx.read_tree(before)       # a failed 3-way may leave a merge in the index
-            if idx.run([*git.APPLY_NEUTRAL, "apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
+            if idx.run(["apply", "--cached", "--check", "--reverse", str(p.path)], check=False).ok:
                 continue                # upstreamed: the series goes on without it
             return p.name
         return None
@@ -348,7 +348,7 @@ def _stop(ov: Overlay, s: Series, op: RebaseState, p: Patch, res: dict) -> dict:
     mirror = cache.mirror_path(s.upstream.url)
     repo = _scratch_clone(ov, s, mirror)
     git.run(["checkout", "--quiet", "--force", "--detach", op.tip], cwd=repo)
-    git.run([*git.APPLY_NEUTRAL, "apply", "--3way", str(p.path)], cwd=repo, check=False)
+    git.run(["apply", "--3way", str(p.path)], cwd=repo, check=False)
     merged = bool(git.run(["ls-files", "-u"], cwd=repo).stdout.strip())
     op.current = {"name": p.name, "files": res.get("files", []), "upstream_commits": res["upstream_commits"],
                      "hunks": res.get("hunks", []), "fired": res.get("fired", []), "markers": merged,
