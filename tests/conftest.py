@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -14,49 +13,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from testing import smoke_server
+from testing import ram_scratch, smoke_server
 from testing.fixtures import World
 
 from zimage_patcher.cli import main
 
 
-# A run's scratch files: about 1.5 GB and 150,000 files, each written, often synced, and deleted. On a disk
-# mounted with `discard` (this project's machines), every delete also waits for the device, and that was
-# a fifth of the suite's time (perf: unlinkat -> ext4_free_blocks -> blkdev_issue_discard). Where TMPDIR
-# is not set, the run puts them in RAM, on /dev/shm, when that is a tmpfs this user may write and run
-# programs from, with room to spare; as git's own test suite does with `--root` on a tmpfs. The files,
-# their syncs and the kills are as real there: a kill does not depend on the medium, and
-# tests/test_durability.py reads the order of syncs off the system calls. TMPDIR=/tmp keeps it on disk.
-RAM_NEEDED = 4 << 30
-
-
-def _ram_scratch() -> str | None:
-    """A folder of this user's on /dev/shm for the run's scratch files, or None (stay in TMPDIR)."""
-    if os.environ.get("TMPDIR") or not sys.platform.startswith("linux"):
-        return None
-    try:
-        mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
-        if not any(m[1:3] == ["/dev/shm", "tmpfs"] for m in mounts if len(m) > 2):
-            return None
-        st = os.statvfs("/dev/shm")
-        avail = next(int(line.split()[1]) << 10 for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemAvailable:"))
-        if st.f_flag & (os.ST_RDONLY | os.ST_NOEXEC) or min(st.f_bavail * st.f_frsize, avail) < RAM_NEEDED:
-            return None
-        folder = f"/dev/shm/zpatch-tests-{os.getuid()}"
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.lstat(folder)     # a shared folder: only one this user made, that no one else can write
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            return None
-        return folder
-    except (OSError, ValueError, StopIteration):
-        return None
-
-
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):       # workers inherit the controller's TMPDIR
-        ram = _ram_scratch()
+        ram = ram_scratch.choose()      # in RAM when that is safe and roomy: testing/ram_scratch.py
         if ram:
+            ram_scratch.sweep(ram)
             os.environ["TMPDIR"] = ram
             tempfile.tempdir = None              # tempfile asks TMPDIR again
             config._zpatch_ram = ram
