@@ -38,6 +38,25 @@ def sh(cmd, **kw):
     return r
 
 
+def file_system(path: Path) -> str:
+    """The type of the file system PATH lies on (ext4, tmpfs, ...), from the mount table; "" elsewhere."""
+    try:
+        mounts = [line.split()[1:3] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return ""
+    path = str(Path(path).resolve())
+    best = max((m for m in mounts if len(m) == 2 and (path == m[0] or path.startswith(m[0].rstrip("/") + "/"))),
+               key=lambda m: len(m[0]), default=None)
+    return best[1] if best else ""
+
+
+def results_file(name: str, work: Path) -> Path:
+    """bench/results/NAME.md, or NAME-tmpfs.md when the run's files were in RAM (TMPDIR=/dev/shm): there
+    the device's speed drops out of both sides of the ratio, and the two are kept apart."""
+    suffix = "-tmpfs" if file_system(work) == "tmpfs" else ""
+    return ROOT / "bench" / "results" / f"{name}{suffix}.md"
+
+
 def timed_together(*fns, runs=RUNS, setup=None) -> list[float]:
     """Median time of each FN, run interleaved so that drift in machine load hits all alike."""
     times = [[] for _ in fns]
@@ -209,7 +228,8 @@ def main() -> None:
              "no-op and --help rows; series rows: median of 3)", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
              f"{sh(['git', '--version']).stdout.strip()}; load average {load[0]:.1f} at the start, {load[1]:.1f} "
-             "at the end (compare ratios from one run, not times across runs)", f"Upstreams: {source}", "",
+             "at the end (compare ratios from one run, not times across runs)", f"Upstreams: {source}",
+             f"Work folder (both sides): {work.parent} ({file_system(work.parent) or 'file system unknown'})", "",
              "| case | raw git (s) | zpatch (s) | ratio | git processes (raw / zpatch) |",
              "|---|---:|---:|---:|---:|"]
     for name, raw, ours, *procs in rows:
@@ -224,7 +244,7 @@ def main() -> None:
             f"{sizes[i]}->{sizes[i + 1]}: {m:.2f} ms" for i, m in enumerate(marg))
             + " (flat or falling means linear, not quadratic)"]
     text = "\n".join(lines) + "\n"
-    out = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results" / "apply.md"))
+    out = Path(os.environ.get("BENCH_OUT") or results_file("apply", work.parent))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(text)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from bench.apply_bench import sh  # noqa: E402  (one helper that runs a command and stops on failure)
+from bench.apply_bench import file_system, results_file, sh  # noqa: E402  (helpers shared by the benches)
 
 ZPATCH = [sys.executable, "-m", "zimage_patcher.cli"]
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
@@ -66,6 +66,7 @@ def synthetic(tmp: Path):
 def main() -> None:
     user_env = dict(os.environ)          # the synthetic world replaces the git config; the real part needs it
     load = os.getloadavg()[0]
+    scratch = Path(tempfile.gettempdir())
     out = []
     with tempfile.TemporaryDirectory(prefix="zpatch-rbench-") as t:
         tmp = Path(t)
@@ -194,9 +195,9 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"{subprocess.run(['git', '--version'], capture_output=True, text=True).stdout.strip()}; load average "
             f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (compare ratios from one run, not times "
-            "across runs)", ""]
+            "across runs)", f"Work folder (both sides): {scratch} ({file_system(scratch) or 'file system unknown'})", ""]
     text = "\n".join(head + out) + "\n"
-    (ROOT / "bench/results/rebase.md").write_text(text)
+    results_file("rebase", scratch).write_text(text)
     print(text)
 
 
