@@ -84,3 +84,12 @@ def zpatch(*args, env: dict | None = None, cwd=None, kill_at: int | None = None)
             raise RuntimeError("the zpatch test server died")
         with open(out, encoding="utf-8", errors="replace") as f, open(err, encoding="utf-8", errors="replace") as g:
             return subprocess.CompletedProcess(["zpatch", *args], int(reply), f.read(), g.read())
+
+
+def follow(command: str, cwd, env: dict) -> subprocess.CompletedProcess:
+    """Run a command line that zpatch printed, literally, in a shell: ENV (the world's git config) on
+    top of this environment, zpatch as installed first on PATH, and CWD as the home folder (where hints
+    save edits)."""
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
+    return subprocess.run(command, shell=True, cwd=cwd, env={**os.environ, **env, "PATH": path, "HOME": str(cwd)},
+                          capture_output=True, text=True)

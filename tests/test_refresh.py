@@ -45,13 +45,33 @@ def hint_commands(r) -> list[str]:
 
 
 def follow(world, command: str, cwd) -> subprocess.CompletedProcess:
-    """Run a printed command line literally, in a shell, with the world's git config, zpatch as installed,
-    and CWD as the home folder (where hints save edits)."""
-    import os
-    import sys
-    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"
-    return subprocess.run(command, shell=True, cwd=cwd, env={**os.environ, **world.env, "PATH": path, "HOME": str(cwd)},
-                          capture_output=True, text=True)
+    return run.follow(command, cwd, world.env)
+
+
+def test_statuss_other_way_home_run_literally_keeps_every_edit_and_applies_again(world, zpatch, checkout, tmp_path):
+    """Besides refresh, status offers to keep a copy of each file edited after apply (patched files of
+    both upstreams, the node's files) in ~ and let apply write zpatch's bytes again. Followed literally,
+    twice over (the same files edited again), no copy is written over and the checkout ends as applied."""
+    zpatch("apply", checkout)
+    applied = files(checkout)
+    home = tmp_path / "home"
+    home.mkdir()
+    edits = {"comfy/sd.py": b"# tweak one\n", f"{GGUF}/loader.py": b"# tweak two\r\n",
+             "custom_nodes/ComfyUI-ZImage-Fix/nodes.py": b"# tweak three\n"}
+    saved = []
+    for times in (1, 2):
+        for rel, extra in edits.items():
+            p = checkout / rel
+            p.write_bytes(p.read_bytes() + extra * times)
+            saved.append(p.read_bytes())
+        text = zpatch("status", checkout, expect=1).output
+        assert "node custom_nodes/ComfyUI-ZImage-Fix: modified (nodes.py)" in text
+        line = next(x for x in text.splitlines() if "let apply write it again" in x)
+        r = follow(world, line.split("`")[3], home)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert files(checkout) == applied
+        assert zpatch.json("status", checkout)["clean"]
+    assert sorted(p.read_bytes() for p in home.iterdir()) == sorted(saved)
 
 
 def test_an_edit_goes_into_the_patch_that_owns_its_lines(world, zpatch, checkout, tmp_path):

@@ -198,6 +198,16 @@ def user_edits(t: Target, ur: UpstreamRecord) -> list[str]:
     return sorted(git.changed_paths(t.repo, changed)) if changed else []
 
 
+def copy_aside(top: Path, rel: str, label: str) -> str:
+    """The command that keeps a copy of TOP/REL in ~, named after LABEL, the file and its bytes' own blob
+    id: following it for several files, or twice, never writes over an earlier copy."""
+    try:
+        blob = (worktree.blob_id(top, rel) or "gone")[:12]
+    except ZpatchError:          # a symlink there: cp copies what it points to
+        blob = "link"
+    return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}"
+
+
 def save_edit_hint(t: Target, rel: str) -> str:
     """How to keep someone's edit of REL (in T) and make the file upstream's again, as commands to
     copy. The copy is named after the upstream, the file and the edit's own blob id, so following the
@@ -210,5 +220,5 @@ def save_edit_hint(t: Target, rel: str) -> str:
         return (f"save your edit (git -C {repo} diff -- {q} > ~/{name}.patch), restore the file with "
                 f"git -C {repo} checkout -- {q}, then rerun")
     # a patch created it: git knows nothing to diff or check out
-    return f"save your edit (cp -- {shlex.quote(str(path))} ~/{name}), then rm -- {shlex.quote(str(path))} and rerun"
+    return f"save your edit ({copy_aside(t.top, t.file(rel), t.name)}), then rm -- {shlex.quote(str(path))} and rerun"
 

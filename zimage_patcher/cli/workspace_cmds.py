@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit
-from .base import command, field
+from .base import command, field, with_overlay
 
 # omitted: the checkout around the current directory, found as git finds its top level
 CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
@@ -145,10 +145,39 @@ def status_cmd(ctx, checkout, upstream_state):
                   for p in u["patches"]]
         lines += [f"  foreign   {f['git_status']} {field(f['path'])}" for f in u["foreign_changes"]]
     if res["node"]:
-        lines.append(f"node {res['node']['path']}: {res['node']['state']}")
-    lines += _status_advice(res)
+        edited = [f for f, state in sorted(res["node"]["files"].items()) if state == "modified"]
+        lines.append(f"node {res['node']['path']}: {res['node']['state']}"
+                     + (f" ({', '.join(map(field, edited))})" if edited else ""))
+    lines += [with_overlay(x, ctx.overlay_dir) for x in _status_advice(res)]    # the advice works where the user is
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
+
+
+def _put_aside(res: dict) -> list[str]:
+    """For each file edited after apply (a patched file, a file of the node): copy it to ~, then make
+    it upstream's again (git checkout) or absent (a file a patch or the node added), so that apply
+    writes zpatch's bytes there again."""
+    from .. import git
+    from ..workspace import copy_aside
+    co = Path(res["checkout"])
+    steps = []
+    for u in res["upstreams"]:
+        files = sorted({f for p in u["patches"] for f in p.get("edited", [])})
+        if not files or u.get("edit"):
+            continue
+        repo = co / u["path"]
+        upstream_has = git.tree_blobs(repo, "HEAD", files)
+        for f in files:
+            rel = f if u["path"] == "." else f"{u['path']}/{f}"
+            steps.append(copy_aside(co, rel, u["name"]))
+            steps.append(f"git -C {shlex.quote(str(repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
+                         else f"rm -- {shlex.quote(str(co / rel))}")
+    node = res["node"]
+    for f, state in sorted(node["files"].items()) if node else ():
+        if state == "modified":
+            rel = f"{node['path']}/{f}"
+            steps += [copy_aside(co, rel, "node"), f"rm -- {shlex.quote(str(co / rel))}"]
+    return steps
 
 
 def _upstream_state(ctx) -> None:
@@ -208,9 +237,9 @@ def _status_advice(res: dict) -> list[str]:
         out.append("  (conflict: the patch does not apply to the files as they are; "
                    "`git diff` shows what differs from upstream)")
     if "modified" in states or (res["node"] and res["node"]["state"] == "modified"):
+        again = " && ".join([*_put_aside(res), f"zpatch apply {shlex.quote(co)}"])
         out.append(f"  (edited after apply: `zpatch refresh {shlex.quote(co)}` folds the edits into their patches and "
-                   "the overlay's node; or keep each edit aside (git -C REPO diff -- FILE > FILE.edit.patch) and "
-                   "restore the file (git -C REPO checkout -- FILE))")
+                   f"the overlay's node; or keep a copy of each edited file and let apply write it again: `{again}`)")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
