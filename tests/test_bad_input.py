@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from testing import run
 from testing.fixtures import LOADER_PY, SD_PY, error_line, git, replace_line, tree_snapshot, write
 
 
@@ -16,10 +17,45 @@ def test_missing_checkout(zpatch, tmp_path):
     assert "zpatch checkout" in r.stderr
 
 
-def test_not_a_git_repository(zpatch, tmp_path):
-    (tmp_path / "plain").mkdir()
-    r = zpatch("apply", tmp_path / "plain", expect=4)
-    assert "not a git repository" in error_line(r)
+def hinted_command(r) -> str:
+    """The one command in backticks on the error's hint line."""
+    return next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1]
+
+
+def test_a_folder_that_is_no_checkout_gets_a_hint_that_makes_one(zpatch, world, tmp_path):
+    """An empty folder: the hint makes the checkout there; a folder with files of the user's: in a new
+    folder inside it, the user's files untouched; a folder that holds a checkout: the hint names it."""
+    for name, mine in (("empty", {}), ("busy", {"notes.txt": "mine\n"})):
+        folder = tmp_path / name
+        write(folder, mine) if mine else folder.mkdir()
+        r = zpatch("apply", folder, expect=4)
+        assert "not inside a ComfyUI checkout" in error_line(r)
+        follow = run.follow(hinted_command(r), tmp_path, world.env)
+        assert follow.returncode == 0, follow.stdout + follow.stderr
+        made = folder if not mine else folder / "ComfyUI"
+        assert zpatch.json("status", made)["clean"]
+        assert all((folder / f).read_text() == text for f, text in mine.items())
+    r = zpatch("status", tmp_path / "busy", expect=4)
+    assert f"pass the checkout itself, {tmp_path / 'busy' / 'ComfyUI'}, not the folder around it" in r.stderr
+
+
+def test_a_subfolder_of_a_checkout_names_the_checkout_as_git_would(zpatch, checkout):
+    """`zpatch status .` inside ComfyUI/comfy or inside the nested ComfyUI-GGUF acts on the checkout,
+    as the same command without a path does (and as git does), never on the subfolder as a ComfyUI."""
+    zpatch("apply", checkout)
+    for sub in ("comfy", "custom_nodes/ComfyUI-GGUF"):
+        assert zpatch.json("status", checkout / sub)["checkout"] == str(checkout)
+
+
+def test_a_git_repository_that_is_not_comfyui_is_refused_without_a_clone_into_it(zpatch, world, tmp_path):
+    repo = tmp_path / "dotfiles"
+    write(repo, {"bashrc": "x\n"})
+    git("init", "-q", cwd=repo)
+    before = tree_snapshot(repo)
+    r = zpatch("apply", repo, expect=4)
+    assert "not a ComfyUI checkout" in error_line(r) and "git clone" not in r.stderr
+    assert hinted_command(r).startswith("zpatch checkout") and str(repo / "ComfyUI") in hinted_command(r)
+    assert tree_snapshot(repo) == before
 
 
 def test_nested_node_missing(zpatch, checkout):

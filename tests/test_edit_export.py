@@ -305,3 +305,19 @@ def test_an_exported_change_says_when_and_exports_once(zpatch, world, checkout):
     assert zpatch.json("export", checkout)["changed"] is False   # the stamp alone is no change
     assert zpatch.json("export", checkout, "--check")["changed"] is False
     assert zpatch.json("export", "--check")["changed"] is False
+
+
+def test_export_check_inside_an_edit_mode_checkout_checks_its_commits(zpatch, checkout, monkeypatch):
+    """`zpatch export --check` with no path, where the README's authoring steps leave the user (in the
+    nested repository of an edit-mode checkout), checks that checkout's commits as `export` would write
+    them; elsewhere it stays the CI gate over the overlay's own files."""
+    zpatch("edit", checkout)
+    g = checkout / "custom_nodes/ComfyUI-GGUF"
+    (g / "loader.py").write_bytes((g / "loader.py").read_bytes() + b"# amended\r\n")
+    git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
+    monkeypatch.chdir(g)
+    assert "The patch files differ" in zpatch("export", "--check", expect=1).stdout
+    zpatch("export")
+    assert zpatch.json("export", "--check")["changed"] is False
+    monkeypatch.chdir(checkout.parent)
+    assert zpatch.json("export", "--check")["changed"] is False

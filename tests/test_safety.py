@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -485,9 +486,14 @@ def test_two_checkouts_into_one_folder_one_waits_its_turn(zpatch, tmp_path):
 def test_outside_any_checkout_the_hint_is_to_name_one(zpatch, world, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = zpatch("status", expect=4)
-    assert "not inside a ComfyUI checkout" in error_line(r) and \
-        f"zpatch checkout --overlay {world.overlay} DIR" in r.stderr      # the overlay the user named
-    assert "git clone" not in r.stderr
+    assert "not inside a ComfyUI checkout" in error_line(r) and "git clone" not in r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1]
+    assert hint.startswith(f"zpatch checkout --overlay {world.overlay} ")    # the overlay the user named
+    from testing import run
+    follow = run.follow(hint, tmp_path, world.env)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    made = shlex.split(hint)[4]                 # zpatch checkout --overlay OV DEST --apply
+    assert zpatch.json("status", made)["clean"]
 
 
 def test_lock_outside_an_overlay_does_not_relock_the_installed_one(tmp_path, monkeypatch):
@@ -497,6 +503,33 @@ def test_lock_outside_an_overlay_does_not_relock_the_installed_one(tmp_path, mon
     monkeypatch.delenv("ZPATCH_OVERLAY", raising=False)
     r = CliRunner().invoke(main, ["lock"])
     assert r.exit_code == 3 and "no overlay" in r.output
+
+
+def test_a_writer_outside_the_overlay_names_the_source_tree_it_runs_from_and_that_works(tmp_path):
+    """Run from a source tree (an editable install), `zpatch lock` elsewhere refuses to guess, and its
+    hint repeats the command with `--overlay` naming that tree; followed literally, it works. A copy of
+    the tree runs here, so the hint never points at this repository."""
+    import subprocess
+    import sys
+    from testing import run
+    root = Path(__file__).resolve().parent.parent
+    tree = tmp_path / "src"
+    shutil.copytree(root / "zimage_patcher", tree / "zimage_patcher", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "patches", tree / "patches")
+    shutil.copy(root / "upstream.lock", tree / "upstream.lock")
+    git("init", "-q", cwd=tree)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ZPATCH_OVERLAY"}
+    r = subprocess.run([sys.executable, "-m", "zimage_patcher.cli", "lock"], cwd=elsewhere, capture_output=True,
+                       text=True, env={**env, "PYTHONPATH": str(tree)})
+    assert r.returncode == 3 and "no overlay" in r.stderr, r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1]
+    assert shlex.split(hint) == ["zpatch", "--overlay", str(tree), "lock"]
+    lock = (tree / "upstream.lock").read_bytes()
+    follow = run.follow(hint, elsewhere, {})
+    assert follow.returncode == 0 and "up to date" in follow.stdout, follow.stdout + follow.stderr
+    assert (tree / "upstream.lock").read_bytes() == lock
 
 
 # ---------------------------------------------------------------- found by the second attack

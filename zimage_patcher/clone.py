@@ -53,8 +53,9 @@ def resume_command(dest: Path, info: dict | None = None) -> str:
 
 def refuse_incomplete(checkout: Path | None, cwd: Path | None = None) -> None:
     """apply, unapply, edit, status: an interrupted `zpatch checkout` is finished by checkout, not by
-    them (CHECKOUT None: the checkout around CWD, whose marker sits in one of its parents)."""
-    for d in [Path(checkout)] if checkout is not None else [cwd, *cwd.parents] if cwd else []:
+    them. They act on the checkout around CHECKOUT (None: around CWD), whose marker may sit in a parent."""
+    start = Path(checkout) if checkout is not None else cwd
+    for d in [start, *Path(os.path.abspath(start)).parents] if start is not None else []:
         info = incomplete(d)
         if info is not None:
             raise ZpatchError(f"{d}: a `zpatch checkout` into it was interrupted before it finished",

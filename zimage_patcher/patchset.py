@@ -38,8 +38,11 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
         if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
             return d
     if for_writing:   # never rewrite the source tree or bundle of the installed zpatch by accident
+        src = PACKAGE_DIR.parent       # an editable install's repository: the CLI names it in the hint
+        mine = (src / lockmod.LOCK_NAME).is_file() and (src / "patches").is_dir() and (src / ".git").exists()
         raise ZpatchError(f"{here}: no overlay (upstream.lock and patches/) here or above", Exit.BAD_OVERLAY,
-                          hint="run inside the overlay's repository or pass --overlay DIR")
+                          hint="run inside the overlay's repository or pass --overlay DIR",
+                          details={"overlay_source": str(src)} if mine else None)
     for d in (PACKAGE_DIR.parent, PACKAGE_DIR / "_bundle"):
         if (d / lockmod.LOCK_NAME).is_file():
             return d

@@ -3,6 +3,7 @@
 The commands on it live in clone.py, apply.py, edit.py and status.py."""
 from __future__ import annotations
 
+import os
 import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,10 +40,37 @@ class Target:
         return self.series.upstream.path
 
 
+def holds_root(ov: Overlay, folder: Path) -> bool:
+    """FOLDER holds the root upstream's tree (ComfyUI): a folder of a file its patches change is there
+    (or the file itself, for one at the top). Not a file: an edit may have removed it."""
+    root = next((s for s in ov.series if s.upstream.path == "."), None)
+    if root is None:
+        return True
+    return any((folder / PurePosixPath(f).parent).is_dir() if "/" in f else os.path.lexists(folder / f)
+               for f in root.files)
+
+
+def make_one_hint(folder: Path, ov: Overlay) -> str:
+    """What to do with FOLDER, which is no checkout: name the checkout just inside it, if one is there;
+    else make one, in FOLDER when it is empty or absent, in a new folder inside it when not."""
+    folder = Path(folder)
+    try:
+        inside = sorted(folder.iterdir())
+    except OSError:
+        inside = []
+    found = [d for d in inside if d.is_dir() and not d.is_symlink() and git.git_dir_of(d) is not None
+             and holds_root(ov, d)]
+    if found:
+        return f"pass the checkout itself, {shlex.quote(str(found[0]))}, not the folder around it"
+    names = ("ComfyUI", *(f"ComfyUI-{i}" for i in range(2, 1000)))
+    target = folder if not inside else next((folder / n for n in names if not os.path.lexists(folder / n)), folder)
+    return f"make one with `zpatch checkout {shlex.quote(str(target))} --apply`"
+
+
 def find_checkout(path: Path, ov: Overlay) -> Path:
     """The checkout that PATH lies in, found as git finds its top level (the nearest folder up with
     a .git), without running git: from inside ComfyUI/comfy or inside the nested ComfyUI-GGUF,
-    zpatch acts on the ComfyUI checkout."""
+    zpatch acts on the ComfyUI checkout, whether PATH was named or is the current directory."""
     path = Path(path)
     if not path.is_dir():
         return path
@@ -50,8 +78,7 @@ def find_checkout(path: Path, ov: Overlay) -> Path:
     top = next((d for d in (here, *here.parents) if git.git_dir_of(d) is not None), None)
     if top is None:
         raise ZpatchError(f"{here}: not inside a ComfyUI checkout (no .git here or above)", Exit.BAD_CHECKOUT,
-                          hint="pass the checkout's path (zpatch apply /path/to/ComfyUI), "
-                               "or make one with `zpatch checkout DIR`")
+                          hint=make_one_hint(here, ov))
     for s in ov.series:   # inside a nested upstream: climb to the checkout that holds it
         depth = len(PurePosixPath(s.upstream.path).parts) if s.upstream.path != "." else 0
         if depth and top.as_posix().endswith("/" + s.upstream.path):
@@ -77,19 +104,23 @@ def resolve(ov: Overlay, checkout: Path) -> list[Target]:
         if checkout not in (repo, *repo.parents):
             raise ZpatchError(f"{up.path}: resolves outside {checkout} (symlink?)", Exit.BAD_CHECKOUT,
                               hint="replace the symlink with a real clone")
+        q = shlex.quote(str(repo))
+        clone = f"git clone {up.url} {q} && git -C {q} checkout --detach {up.commit}"
         if not repo.is_dir():
             if up.path == ".":
                 raise ZpatchError(f"{repo}: no such directory", Exit.BAD_CHECKOUT,
-                                  hint=f"create it with `zpatch checkout {repo}`")
-            raise ZpatchError(f"{repo}: {up.name} is missing", Exit.BAD_CHECKOUT,
-                              hint=f"git clone {up.url} {repo} && git -C {repo} checkout {up.commit}")
+                                  hint=f"create it with `zpatch checkout {q} --apply`")
+            raise ZpatchError(f"{repo}: {up.name} is missing", Exit.BAD_CHECKOUT, hint=clone)
+        if up.path == "." and not holds_root(ov, repo):
+            raise ZpatchError(f"{repo}: not a ComfyUI checkout (it lacks the folders {up.name}'s patches change)",
+                              Exit.BAD_CHECKOUT, hint=make_one_hint(repo, ov))
         if git.git_dir_of(repo) is None:
+            # the root has a .git here (find_checkout): this is a nested upstream's folder
             top = git.toplevel(repo)
-            if top is None:
-                raise ZpatchError(f"{repo}: not a git repository", Exit.BAD_CHECKOUT,
-                                  hint=f"git clone {up.url} {repo}, or start over with `zpatch checkout DIR`")
-            raise ZpatchError(f"{repo}: not its own git repository (git would act on {top})",
-                              Exit.BAD_CHECKOUT, hint=f"replace it with a clone: git clone {up.url} {repo}")
+            why = "not a git repository" if top is None else f"not its own git repository (git would act on {top})"
+            raise ZpatchError(f"{repo}: {why}", Exit.BAD_CHECKOUT,
+                              hint=f"move it away and clone {up.name} there: mv {q} {shlex.quote(str(repo) + '.bak')} "
+                                   f"&& {clone}")
         targets.append(Target(s, repo, checkout))
     return targets
 
@@ -104,7 +135,7 @@ class Workspace:
     @classmethod
     def open(cls, ov: Overlay, checkout: Path | None) -> "Workspace":
         """CHECKOUT as named; None: the checkout around the current directory."""
-        checkout = find_checkout(cwd(), ov) if checkout is None else Path(checkout)
+        checkout = find_checkout(cwd() if checkout is None else Path(checkout), ov)
         targets = resolve(ov, checkout)
         root = targets[0]
         gd = git.git_dir_of(root.repo) or git.git_dir(root.repo)

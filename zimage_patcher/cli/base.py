@@ -143,12 +143,16 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+_ARGS: list[str] = []      # this run's command line (options hoisted): a hint may repeat it
+
+
 class Group(click.Group):
     """Usage errors become the JSON envelope when --json is on the command line; SIGTERM exits 143
     after cleaning up, as Ctrl-C exits 130."""
 
     def main(self, args=None, **kw):
-        args = _hoist(list(sys.argv[1:] if args is None else args))
+        global _ARGS
+        args = _ARGS = _hoist(list(sys.argv[1:] if args is None else args))
         installed = threading.current_thread() is threading.main_thread()   # signal.signal works only there
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
         try:
@@ -293,6 +297,9 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
             except ZpatchError as e:
                 if ctx.overlay_busy and e.exit_code == Exit.BAD_OVERLAY:
                     e.hint = ctx.overlay_busy     # not "zpatch lock" or "restore the file" by hand
+                if e.details.get("overlay_source") and overlay_dir is None:   # the source tree zpatch runs from
+                    e.hint = ("run inside the overlay's repository, or name it: "
+                              f"`{shlex.join(['zpatch', '--overlay', e.details['overlay_source'], *_ARGS])}`")
                 e.hint = with_overlay(e.hint, overlay_dir)
                 if as_json:
                     click.echo(envelope(name, False, e.to_json()))

@@ -42,6 +42,17 @@ def lock_cmd(ctx):
                                 else "upstream.lock is up to date."]))
 
 
+def _in_edit_mode(ctx) -> bool:
+    """The current directory lies in a checkout with an upstream in edit mode."""
+    from .. import edit_mode
+    from ..errors import ZpatchError
+    from ..workspace import Workspace
+    try:
+        return any(edit_mode.active(t) for t in Workspace.open(ctx.load(), None).targets)
+    except ZpatchError:
+        return False
+
+
 @command("export", "zpatch export ./ComfyUI --check")
 @click.argument("checkout", type=click.Path(file_okay=False), default=None, required=False)
 @click.option("--check", is_flag=True,
@@ -53,11 +64,11 @@ def export_cmd(ctx, checkout, check, offline, force):
     """Write each upstream's commits of `zpatch edit` back as patches/<upstream>/, its series and
     upstream.lock: new commits become new patches, dropped ones are deleted, reordering rewrites the
     series, and only patches whose bytes change are rewritten (byte-stable format-patch options under
-    a neutral git config). With --check and no CHECKOUT: every patch file must be exactly what
-    export writes for it (the CI and pre-commit gate)."""
+    a neutral git config). With --check and no CHECKOUT, outside an edit-mode checkout: every patch
+    file must be exactly what export writes for it (the CI and pre-commit gate)."""
     from .. import edit
     from ..errors import Exit
-    if checkout is None and check:
+    if checkout is None and check and not _in_edit_mode(ctx):
         res = edit.canonical(ctx.load(), offline=offline)
     else:
         res = edit.export(ctx.overlay_root(for_writing=not check), Path(checkout) if checkout else None,
