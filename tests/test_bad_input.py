@@ -243,12 +243,23 @@ def test_unreachable_upstream_fails_fast_naming_url_and_remedy(zpatch, world, tm
     assert "is not in the cache" in error_line(r)
 
 
-def test_checkout_into_non_empty_directory_is_refused(zpatch, tmp_path):
+def test_checkout_into_non_empty_directory_is_refused_and_its_hint_works(zpatch, world, tmp_path):
+    """A folder of the user's: the hint makes the checkout in a new folder inside it (it said `zpatch
+    apply` there, which then refused); the checkout made: the hint applies to it. Both run literally."""
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "file").write_text("mine")
     r = zpatch("checkout", tmp_path / "busy", expect=4)
     assert "already exists and is not empty" in error_line(r)
+    follow = run.follow(hinted_command(r), tmp_path, world.env)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
     assert (tmp_path / "busy" / "file").read_text() == "mine"
+    made = tmp_path / "busy" / "ComfyUI"
+    assert zpatch.json("status", made)["clean"]
+    zpatch("unapply", made)
+    r = zpatch("checkout", made, expect=4)
+    assert hinted_command(r) == f"zpatch apply --overlay {world.overlay} {made}"
+    follow = run.follow(hinted_command(r), tmp_path, world.env)
+    assert follow.returncode == 0 and zpatch.json("status", made)["clean"], follow.stdout + follow.stderr
 
 
 def test_existing_foreign_node_folder_is_not_overwritten(zpatch, checkout):

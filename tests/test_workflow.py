@@ -278,6 +278,26 @@ def test_the_off_pin_hint_works_as_printed_on_an_applied_checkout(world, zpatch,
     assert zpatch.json("status", dest)["clean"] is True
 
 
+def test_statuss_off_pin_advice_works_as_printed_after_the_overlay_moved_its_pin(world, zpatch, tmp_path):
+    """A newcomer: after a rebase moved the overlay's pin, status said `git -C <repo> checkout <pin>`
+    (placeholders) and `zpatch apply`, which refused (off pin). Its advice, run literally, gets there."""
+    from testing import run
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    gguf = dest / "custom_nodes/ComfyUI-GGUF"
+    moved = commit(world.gguf_up, {"README.md": "moved\n"}, "upstream moves on")
+    zpatch("rebase", "comfyui-gguf", "--onto", moved)             # the overlay's pin is now MOVED
+    text = zpatch("status", dest, expect=1).output
+    assert "to apply what is missing" not in text                   # apply would refuse: off the pin
+    line = next(x for x in text.splitlines() if "(off pin:" in x)
+    cmd = line.split("`")[1]
+    assert "<" not in cmd and f"fetch origin {moved}" in cmd       # the new pin is not in the clone yet
+    r = run.follow(cmd, tmp_path, world.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert git("rev-parse", "HEAD", cwd=gguf) == moved
+    assert zpatch.json("status", dest)["clean"] is True
+
+
 def test_verify_says_a_patch_that_no_longer_applies_is_a_conflict(world, zpatch):
     """A newcomer: verify exited 1 (findings) when a patch no longer applied, and --json said ok."""
     p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"

@@ -36,16 +36,21 @@ def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     return True
 
 
-def _back_to_pin(ws: Workspace, t: Target, rec: Record | None) -> str:
-    """Commands that put T back on its pin in the state it is in: an applied checkout is unapplied
-    first (git would refuse to check out over zpatch's changes) and applied again after, and a pin
-    the repository lacks is fetched first."""
-    co, repo = shlex.quote(str(ws.checkout)), shlex.quote(str(t.repo))
-    steps = [] if git.has_commit(t.repo, t.pin) else [f"git -C {repo} fetch origin {t.pin}"]
-    steps.append(f"git -C {repo} checkout --detach {t.pin}")
-    if rec is not None and rec.upstreams:
+def back_to_pin(checkout: Path, repo: Path, pin: str, applied: bool) -> str:
+    """Commands that put REPO (in CHECKOUT) back on PIN in the state it is in: an APPLIED checkout is
+    unapplied first (git would refuse to check out over zpatch's changes) and applied again after,
+    and a pin the repository lacks is fetched first."""
+    co, q = shlex.quote(str(checkout)), shlex.quote(str(repo))
+    steps = [] if git.has_commit(repo, pin) else [f"git -C {q} fetch origin {pin}"]
+    steps.append(f"git -C {q} checkout --detach {pin}")
+    if applied:
         steps = [f"zpatch unapply {co}", *steps, f"zpatch apply {co}"]
-    return f"{' && '.join(steps)}; or rerun with --3way to merge the patches onto what is there"
+    return " && ".join(steps)
+
+
+def _back_to_pin(ws: Workspace, t: Target, rec: Record | None) -> str:
+    return (f"{back_to_pin(ws.checkout, t.repo, t.pin, bool(rec is not None and rec.upstreams))}; "
+            "or rerun with --3way to merge the patches onto what is there")
 
 
 def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[str, list[str]]

@@ -75,8 +75,7 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
         except ZpatchError:
             raise ZpatchError(f"--exclude {e!r}: must be a relative path inside the checkout", Exit.USAGE)
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and incomplete(dest) is None)):
-        raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
-                          hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
+        raise _not_empty(ov, dest)
     created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -89,6 +88,16 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
         return _checkout_locked(ov, dest, created, offline, exclude, progress)
     finally:
         os.close(dest_fd)
+
+
+def _not_empty(ov: Overlay, dest: Path) -> ZpatchError:
+    """DEST is taken: apply to it when it is a ComfyUI checkout, else make the checkout elsewhere."""
+    from .workspace import holds_root, make_one_hint
+    if dest.is_dir() and git.git_dir_of(dest) is not None and holds_root(ov, dest):
+        hint = f"apply to it with `zpatch apply {shlex.quote(str(dest))}`"
+    else:
+        hint = make_one_hint(dest if dest.is_dir() else dest.parent, ov)
+    return ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT, hint=hint)
 
 
 def _order(ov: Overlay) -> list:
@@ -150,8 +159,7 @@ def _checkout_locked(ov: Overlay, dest: Path, created: bool, offline: bool, excl
     exclude = list(exclude or [])
     info = incomplete(dest)
     if info is None and any(dest.iterdir()):   # filled by a run that held the lock before us
-        raise ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT,
-                          hint=f"apply to it with `zpatch apply {dest}`, or choose a new directory")
+        raise _not_empty(ov, dest)
     resumed = info is not None
     result = {"checkout": str(dest), "upstreams": [], "missing_objects": [], "partial": [],
               "resumed": resumed, "kept": []}

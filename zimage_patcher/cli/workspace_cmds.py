@@ -225,13 +225,21 @@ def _status_advice(res: dict) -> list[str]:
     # off its pin and not merged there on purpose (a 3-way apply that succeeded needs no advice)
     off = [u for u in res["upstreams"] if not u["at_pin"] and not u.get("edit") and not u["three_way"]]
     if off:
-        out.append(f"  (off pin: `git -C <repo> checkout <pin>`, or `zpatch apply --3way {co}` to merge)")
+        from ..apply import back_to_pin
+        applied = (any(p["state"] in ("applied", "modified", "outdated") for u in res["upstreams"] for p in u["patches"])
+                   or bool(res["node"] and res["node"]["state"] != "missing"))
+        moves = [back_to_pin(Path(co), Path(co) / u["path"], u["pin"], False) for u in off]
+        back = " && ".join([f"zpatch unapply {shlex.quote(co)}", *moves, f"zpatch apply {shlex.quote(co)}"]
+                           if applied else moves)
+        out.append(f"  (off pin: `{back}` puts {' and '.join(u['name'] for u in off)} back on the pin, "
+                   f"or `zpatch apply --3way {shlex.quote(co)}` merges the patches onto what is there)")
     blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
     if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
         stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash" for u in blocking)
         out.append(f"  (your edits in files the patches change: keep them aside with `{stash}`, then "
                    f"`zpatch apply {shlex.quote(co)}`)")
-    elif states & {"missing", "outdated"} or (res["node"] and res["node"]["state"] == "missing" and not editing):
+    elif not off and (states & {"missing", "outdated"}
+                      or (res["node"] and res["node"]["state"] == "missing" and not editing)):
         out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
     if "conflict" in states:
         out.append("  (conflict: the patch does not apply to the files as they are; "
