@@ -189,3 +189,17 @@ def test_shell_completion_offers_the_overlays_upstream_names(world):
         r = subprocess.run([sys.executable, "-c", "from zimage_patcher.cli import main; main(prog_name='zpatch')"],
                            capture_output=True, text=True, env={**env, "COMP_WORDS": " ".join(["zpatch", *words])})
         assert [line.split(",", 1)[1] for line in r.stdout.split()] == want, r.stdout + r.stderr
+
+
+def test_each_command_says_what_to_do_after_an_interruption_of_its_own():
+    """Ctrl-C in `checkout`, `edit` or `refresh` said that an interrupted apply or unapply is rolled back
+    by the next command: only apply and unapply say that now; each other command its own way on."""
+    from zimage_patcher.cli import main
+    from zimage_patcher.cli.base import INTERRUPTED, ROLLED_BACK, WROTE_NOTHING
+    names = {n for n, c in main.commands.items() if not hasattr(c, "commands")}
+    names |= {f"{n} {s}" for n, c in main.commands.items() for s in getattr(c, "commands", {})}
+    assert set(INTERRUPTED) == names
+    assert {n for n, h in INTERRUPTED.items() if h == ROLLED_BACK} == {"apply", "unapply"}
+    assert {n for n, h in INTERRUPTED.items() if h == WROTE_NOTHING} == {"status", "check"}
+    for n in ("checkout", "edit", "refresh"):
+        assert f"`zpatch {n}" in INTERRUPTED[n]

@@ -197,6 +197,9 @@ def test_a_second_zpatch_on_a_locked_checkout_exits_busy_and_changes_nothing(zpa
         assert "another zpatch (pid 4242) is working on this checkout" in error_line(r)
         assert tree_snapshot(checkout) == before
         assert zpatch.json("unapply", checkout, expect=10)["exit_code"] == 10
+        os.ftruncate(fd, 0)                   # held, its pid not written yet: no "(pid ?)"
+        assert error_line(zpatch("apply", checkout, expect=10)).endswith(
+            f"{checkout}: another zpatch is working on this checkout")
     finally:
         os.close(fd)
     zpatch("apply", checkout)

@@ -25,7 +25,7 @@ class Exclusive:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if self.busy else 0))
         except OSError as e:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise self.busy(holder)
@@ -39,19 +39,24 @@ class Exclusive:
         os.close(self.fd)     # closing releases the flock
 
 
+def another(pid: str, what: str = "zpatch") -> str:
+    """'another zpatch (pid N)'; without the pid when the holder has not written it yet."""
+    return f"another {what} (pid {pid})" if pid.isdigit() else f"another {what}"
+
+
 def mirror(path: Path) -> Exclusive:
     return Exclusive(Path(str(path) + ".lock"))
 
 
 def checkout(zdir: Path, where: Path) -> Exclusive:
     return Exclusive(zdir / "lock", lambda pid: ZpatchError(
-        f"{where}: another zpatch (pid {pid}) is working on this checkout", Exit.BUSY,
+        f"{where}: {another(pid)} is working on this checkout", Exit.BUSY,
         hint="wait for it to finish, then rerun"))
 
 
 def overlay(path: Path, root: Path) -> Exclusive:
     return Exclusive(path, lambda pid: ZpatchError(
-        f"{root}: another zpatch (pid {pid}) is writing this overlay", Exit.BUSY,
+        f"{root}: {another(pid)} is writing this overlay", Exit.BUSY,
         hint="wait for it to finish, then rerun (a rebase stopped at a conflict: zpatch rebase --continue, "
              "--skip or --abort)"))
 

@@ -57,7 +57,7 @@ def _workdir(workdir: Path | None, stack: contextlib.ExitStack) -> Path:
             raise ZpatchError(f"--keep {workdir}: not empty and not made by zpatch verify", Exit.USAGE,
                               hint="choose a new or empty directory")
         stack.enter_context(locks.Exclusive(workdir / LOCK, lambda pid: ZpatchError(
-            f"--keep {workdir}: another zpatch verify (pid {pid}) is working in it", Exit.BUSY,
+            f"--keep {workdir}: {locks.another(pid, 'zpatch verify')} is working in it", Exit.BUSY,
             hint="wait for it to finish, then rerun; or choose another --keep DIR")))
         for name in OWN:
             p = workdir / name

@@ -255,13 +255,20 @@ def main():
     """
 
 
+# What the user does after Ctrl-C or SIGTERM, by what the command writes
 ROLLED_BACK = "an interrupted apply or unapply is rolled back by the next command"
+WROTE_NOTHING = "nothing was written; rerun it"
+OVERLAY_WRITE = ("the overlay is written as one transaction: the next command that writes it finishes or "
+                 "rolls back an interrupted write; rerun it")
+INTERRUPTED: dict[str, str] = {}     # command name -> its hint after an interruption
 
 
 def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
     The function gets a Context as `ctx` and returns an exit code (None: 0). INTERRUPTED: the hint after
     Ctrl-C or SIGTERM, what the user does next for this command."""
+    INTERRUPTED[name] = interrupted
+
     def wrap(fn):
         @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{COMMAND_EXIT_CODES}")
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json.md).")

@@ -9,7 +9,7 @@ from ..errors import Exit, ZpatchError
 from .base import command, complete_upstream, envelope, field, report_error
 
 
-@command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models")
+@command("smoke", "zpatch smoke ./ComfyUI --device cuda --models /models", interrupted="rerun it")
 @click.argument("checkout", type=click.Path(file_okay=False), default=".")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--tier", type=click.Choice(["tiny", "full"]), default=None,
@@ -176,7 +176,7 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
     return code
 
 
-@command("drift", "zpatch drift --upstream comfyui --smoke --markdown")
+@command("drift", "zpatch drift --upstream comfyui --smoke --markdown", interrupted="rerun it")
 @click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.",
               shell_complete=complete_upstream)
 @click.option("--to", "to", default=None, metavar="REF", help="Target instead of origin/<tracked branch>.")
@@ -245,7 +245,7 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
     return Exit(report["exit_code"])
 
 
-@command("drift-publish", "zpatch drift-publish reports/*/drift.json --recreate comfyui")
+@command("drift-publish", "zpatch drift-publish reports/*/drift.json --recreate comfyui", interrupted="rerun it")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--recreate", default="", metavar="NAMES",
               help="Upstreams (comma- or space-separated) whose pull request branch starts afresh, even if "

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import click
 
-from .base import command, complete_upstream
+from .base import OVERLAY_WRITE, WROTE_NOTHING, command, complete_upstream
 
 
-@command("check", "zpatch check --offline")
+@command("check", "zpatch check --offline", interrupted=WROTE_NOTHING)
 @click.option("--offline", is_flag=True, help="Test-apply against the cache only.")
 @click.option("--no-apply", is_flag=True, help="Lint only; skip the test-apply on the pins.")
 def check_cmd(ctx, offline, no_apply):
@@ -28,7 +28,7 @@ def check_cmd(ctx, offline, no_apply):
     return code
 
 
-@command("lock", "zpatch lock")
+@command("lock", "zpatch lock", interrupted=OVERLAY_WRITE)
 def lock_cmd(ctx):
     """Recompute the sha256 of every patch and node file into upstream.lock (after an intended edit).
     The new lock is read back before it replaces the old one, so it never writes a lock it cannot read."""
@@ -53,7 +53,7 @@ def _in_edit_mode(ctx) -> bool:
         return False
 
 
-@command("export", "zpatch export ./ComfyUI --check")
+@command("export", "zpatch export ./ComfyUI --check", interrupted=OVERLAY_WRITE)
 @click.argument("checkout", type=click.Path(file_okay=False), default=None, required=False)
 @click.option("--check", is_flag=True,
               help="Write nothing; exit 1 when the patch files differ from what export would write.")
@@ -98,7 +98,7 @@ def export_cmd(ctx, checkout, check, offline, force):
     return Exit.FINDINGS if check and res["changed"] else Exit.OK
 
 
-@command("publish", "zpatch publish comfyui-gguf --remote git@github.com:me/ComfyUI-GGUF.git")
+@command("publish", "zpatch publish comfyui-gguf --remote git@github.com:me/ComfyUI-GGUF.git", interrupted=OVERLAY_WRITE)
 @click.argument("upstream", shell_complete=complete_upstream)
 @click.option("--remote", "remote", required=True, metavar="URL",
               help="Where to push: your fork of that upstream (a URL or path git push takes).")
@@ -128,7 +128,8 @@ def publish_cmd(ctx, upstream, remote, branch, tag, dry_run, offline):
     ctx.emit(res, "\n".join(lines))
 
 
-@command("forward", "zpatch forward comfyui-gguf 0002 --push git@github.com:me/ComfyUI-GGUF.git --pr")
+@command("forward", "zpatch forward comfyui-gguf 0002 --push git@github.com:me/ComfyUI-GGUF.git --pr",
+         interrupted=OVERLAY_WRITE)
 @click.argument("upstream", shell_complete=complete_upstream)
 @click.argument("patches", nargs=-1, required=True)
 @click.option("--onto", "onto", metavar="REF", default=None,
@@ -167,7 +168,7 @@ def forward_cmd(ctx, upstream, patches, onto, branch, push, pr, forwarded, dry_r
     ctx.emit(res, "\n".join(lines))
 
 
-@command("import", "zpatch import comfyui-gguf --pr 402 --after 0002")
+@command("import", "zpatch import comfyui-gguf --pr 402 --after 0002", interrupted=OVERLAY_WRITE)
 @click.argument("upstream", shell_complete=complete_upstream)
 @click.argument("rev", required=False, metavar="[COMMIT|A..B]")
 @click.option("--pr", "pr", type=int, default=None, metavar="N", help="The upstream pull request N (refs/pull/N/head).")

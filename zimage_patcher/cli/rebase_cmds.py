@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import Exit, ZpatchError
-from .base import command, complete_upstream
+from .base import OVERLAY_WRITE, command, complete_upstream
 
 
 def _text(res: dict) -> str:
@@ -29,7 +29,8 @@ def _text(res: dict) -> str:
     return "\n".join(lines)
 
 
-@command("rebase", "zpatch rebase comfyui --onto origin/master --dry-run")
+@command("rebase", "zpatch rebase comfyui --onto origin/master --dry-run",
+         interrupted=OVERLAY_WRITE + "; a rebase that had stopped at a conflict goes on with --continue, --skip or --abort")
 @click.argument("upstream", required=False, shell_complete=complete_upstream)
 @click.option("--onto", "onto", metavar="REF", help="Target: a commit, tag, branch or origin/<branch>.")
 @click.option("--dry-run", is_flag=True, help="Do everything, write nothing; report every patch.")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit
-from .base import command, field, with_overlay
+from .base import WROTE_NOTHING, command, field, with_overlay
 
 # omitted: the checkout around the current directory, found as git finds its top level
 CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
@@ -21,7 +21,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'es' if word.endswith('ch') else 's'}" if n != 1 else f"1 {word}"
 
 
-@command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json")
+@command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json",
+         interrupted="rerun the same `zpatch checkout`: it keeps each upstream whose clone completed and clones "
+                     "the others again")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--offline", is_flag=True, help="Use only the local cache; never touch the network.")
 @click.option("--exclude", multiple=True, metavar="PATH",
@@ -116,7 +118,7 @@ def unapply_cmd(ctx, checkout, discard):
     ctx.emit(res, "\n".join(lines) + _files(ctx, res, "files_restored"))
 
 
-@command("status", "zpatch status ./ComfyUI --json")
+@command("status", "zpatch status ./ComfyUI --json", interrupted=WROTE_NOTHING)
 @click.argument("checkout", **CHECKOUT_ARG)
 @click.option("--upstream-state", "upstream_state", is_flag=True,
               help="Instead: where each patch of the overlay stands upstream (not-forwarded, forwarded, merged, "
@@ -253,7 +255,8 @@ def _status_advice(res: dict) -> list[str]:
     return ["Not clean."] + out
 
 
-@command("edit", "zpatch edit ./ComfyUI && git -C ./ComfyUI commit --amend")
+@command("edit", "zpatch edit ./ComfyUI && git -C ./ComfyUI commit --amend",
+         interrupted="rerun `zpatch edit` to finish entering edit mode, or `zpatch unapply` to leave it")
 @click.argument("checkout", **CHECKOUT_ARG)
 def edit_cmd(ctx, checkout):
     """Turn each upstream's patches into commits on a branch `zpatch/edit` over its pin, checked out,
@@ -269,7 +272,8 @@ def edit_cmd(ctx, checkout):
     ctx.emit(res, "\n".join(lines))
 
 
-@command("refresh", "zpatch refresh ./ComfyUI --dry-run")
+@command("refresh", "zpatch refresh ./ComfyUI --dry-run",
+         interrupted="rerun `zpatch refresh`: it finishes what the interrupted one began")
 @click.argument("checkout", **CHECKOUT_ARG)
 @click.option("--into", "into", metavar="PATCH", default=None,
               help="Put every edit into this patch (its file name), wherever its lines come from.")
