@@ -363,6 +363,23 @@ def test_sigterm_with_json_gives_the_envelope(world, checkout):
     assert out["ok"] is False and out["exit_code"] == 143 and out["error"] == "terminated (SIGTERM)"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_signal_after_the_work_is_done_leaves_the_reported_success_standing(world, checkout, sig, as_json):
+    """A newcomer's Ctrl-C landed just as apply finished: it printed its success (--json: ok, exit_code
+    0), then exited 130. Once a command's work is over, its exit status is the one it reports."""
+    held = Held(zpatch_cmd(world.overlay, "apply", checkout, *(["--json"] if as_json else [])), "finished")
+    held.proc.send_signal(sig)
+    r = held.release()
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    if as_json:
+        out = json.loads(r.stdout)
+        assert out["ok"] is True and out["exit_code"] == 0
+    else:
+        assert r.stdout.startswith("Applied") and r.stderr == ""
+    assert cli(world.overlay, "status", checkout).returncode == 0
+
+
 # ---------------------------------------------------------------- the one mapping, and the table
 
 @pytest.mark.parametrize("code,expect", [

@@ -35,7 +35,13 @@ def fault_point(name: str | None = None) -> None:
     _points += 1
     if _KILL_AT is not None and _points == int(_KILL_AT):
         os.kill(os.getpid(), signal.SIGKILL)
-    if _PAUSE is not None and name is not None:
+    if name is not None:
+        pause_point(name)
+
+
+def pause_point(name: str) -> None:
+    """Where a test may hold the run (ZPATCH_TEST_PAUSE=NAME:...); not one of the numbered kill points."""
+    if _PAUSE is not None:
         want, w, r = _PAUSE.rsplit(":", 2)
         if want == name:
             os.write(int(w), b"p")

@@ -155,11 +155,13 @@ class Group(click.Group):
         args = _ARGS = _hoist(list(sys.argv[1:] if args is None else args))
         installed = threading.current_thread() is threading.main_thread()   # signal.signal works only there
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+        previous_int = signal.getsignal(signal.SIGINT) if installed else None
         try:
             return self._main(args, **kw)
         finally:
-            if installed:       # an embedding caller (a test's CliRunner) keeps its own handler
+            if installed:       # an embedding caller (a test's CliRunner) keeps its own handlers
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+                signal.signal(signal.SIGINT, signal.default_int_handler if previous_int is None else previous_int)
 
     def _main(self, args, **kw):
         try:
@@ -263,6 +265,16 @@ OVERLAY_WRITE = ("the overlay is written as one transaction: the next command th
 INTERRUPTED: dict[str, str] = {}     # command name -> its hint after an interruption
 
 
+def _finished() -> None:
+    """The command's work is over and its result stands: a Ctrl-C or SIGTERM arriving now must not make
+    the process exit 130 or 143 after (or while) it reports success."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from ..durable import pause_point
+    pause_point("finished")          # tests deliver the late signal here
+
+
 def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
     The function gets a Context as `ctx` and returns an exit code (None: 0). INTERRUPTED: the hint after
@@ -316,6 +328,7 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
                         click.echo(safe(json.dumps(e.details, indent=2, sort_keys=True)), err=True)
                 sys.exit(int(e.exit_code))
             code = int(code or 0)
+            _finished()
             if code >= 2 and ctx.verbosity < 0 and not as_json and ctx.text.strip():
                 # -q silences the report, never the failure: its last line, as git keeps its error line
                 report_error(ctx.text.strip().splitlines()[-1], None)
