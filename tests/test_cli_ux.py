@@ -154,9 +154,33 @@ def test_global_options_go_before_the_command_too_and_quiet_keeps_the_failure(wo
     from click.testing import CliRunner
     r = CliRunner().invoke(main, ["-q", "--overlay", str(world.overlay), "rebase", "comfyui-gguf", "--onto", "main"])
     assert r.exit_code == 5 and r.stdout == ""
-    assert r.stderr.startswith("error: CONFLICT in 0002-loader-tokenizer.patch") and r.stderr.count("\n") == 1
+    error, hint = r.stderr.splitlines()
+    assert error.startswith("error: comfyui-gguf onto ") and error.endswith("0002-loader-tokenizer.patch conflicts")
+    assert hint.startswith("hint: resolve the files in ") and f"`zpatch rebase --overlay {world.overlay} --continue`" in hint
     r = CliRunner().invoke(main, ["--json", "rebase", "--overlay", str(world.overlay), "--abort"])
     assert r.exit_code == 0 and __import__("json").loads(r.stdout)["exit_code"] == 0
+
+
+def test_a_conflict_a_command_reports_is_its_error_line_in_quiet_and_json_and_the_hint_works(world, zpatch, tmp_path):
+    """A dry-run rebase (and drift) meeting a conflict exits 5: -q printed "error: Dry run: nothing written."
+    and --json had ok false with no `error` or `hint`. Now both carry the conflict and the next step,
+    which, run literally, stops the real rebase at that conflict."""
+    from testing import run
+    from testing.fixtures import LOADER_PY, commit, overlay_snapshot, replace_line
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "upstream rewrites line 20")
+    for argv in (["rebase", "comfyui-gguf", "--onto", "main", "--dry-run"], ["drift", "--upstream", "comfyui-gguf"]):
+        r = zpatch(*argv, "-q", expect=5)
+        error, hint = r.stderr.splitlines()
+        assert "0002-loader-tokenizer.patch conflict" in error
+        assert hint.startswith(f"hint: `zpatch rebase --overlay {world.overlay} comfyui-gguf --onto ")
+        res = zpatch.json(*argv, expect=5)
+        assert res["ok"] is False and res["error"] == error[len("error: "):] and res["hint"] == hint[len("hint: "):]
+        assert res["details"] == {}
+    before = overlay_snapshot(world)
+    r = run.follow(hint[len("hint: "):].split("`")[1], tmp_path, world.env)
+    assert r.returncode == 5 and "CONFLICT in 0002-loader-tokenizer.patch" in r.stdout, r.stdout + r.stderr
+    assert zpatch.json("rebase", "--abort")["aborted"] is True and overlay_snapshot(world) == before
 
 
 def test_a_hint_names_the_overlay_the_user_named(world, zpatch, tmp_path, monkeypatch):

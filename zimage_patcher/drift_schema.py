@@ -193,8 +193,9 @@ def validate(data) -> None:
 
 def failed_leg(data) -> str | None:
     """When DATA is the error envelope of a drift that failed (a check leg that could not finish),
-    its one-line error; None otherwise."""
-    if isinstance(data, dict) and data.get("ok") is False and isinstance(data.get("error"), str):
+    its one-line error; None otherwise (a report of findings, a conflict's `error` line included)."""
+    if (isinstance(data, dict) and data.get("ok") is False and isinstance(data.get("error"), str)
+            and "upstreams" not in data):
         return data["error"][:300]
     return None
 

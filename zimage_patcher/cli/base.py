@@ -103,6 +103,12 @@ class Context:
         self.overlay_busy = None     # set by overlay_root: the way out, when an invalid overlay is a writer's doing
         self.result: dict | None = None     # what emit() keeps for the JSON envelope
         self.text = ""
+        self.failure: tuple[str, str | None] | None = None    # fail()'s line and hint
+
+    def fail(self, line: str, hint: str | None = None) -> None:
+        """What went wrong, in one line, when the command returns an exit code of 2 and up without an
+        error (a conflict it reports in full): the line -q keeps, and the envelope's `error` and `hint`."""
+        self.failure = (line, hint)
 
     def overlay_root(self, *, for_writing: bool = False) -> Path:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
@@ -329,11 +335,14 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
                 sys.exit(int(e.exit_code))
             code = int(code or 0)
             _finished()
-            if code >= 2 and ctx.verbosity < 0 and not as_json and ctx.text.strip():
-                # -q silences the report, never the failure: its last line, as git keeps its error line
-                report_error(ctx.text.strip().splitlines()[-1], None)
+            failure = ctx.failure or (ctx.text.strip().splitlines()[-1] if ctx.text.strip() else f"exit {code}", None)
+            if code >= 2 and ctx.verbosity < 0 and not as_json:
+                # -q silences the report, never the failure: one line, as git keeps its error line
+                report_error(failure[0], with_overlay(failure[1], overlay_dir))
             if as_json and ctx.result is not None:
-                click.echo(envelope(name, code < 2, {**ctx.result, "exit_code": code}))
+                failed = {"error": failure[0], "hint": with_overlay(failure[1], overlay_dir), "details": {}} \
+                    if code >= 2 else {}
+                click.echo(envelope(name, code < 2, {**failed, **ctx.result, "exit_code": code}))
             sys.exit(code)
         return run
     return wrap

@@ -136,6 +136,9 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
 
     def finish(res: dict) -> None:    # while the --keep folder is still verify's: the reports go there
         out["code"] = code = verify.exit_code(res)
+        if code >= 2:       # the envelope's failure fields, in report.json as in what --json prints
+            err = next(s["error"] for s in res["steps"] if not s["ok"])
+            res.update(error=err["error"], hint=err.get("hint"), details=err.get("details") or {})
         res["report_files"] = verify.report_paths(res) if res["kept"] else None
         if res["report_files"]:
             verify.write_reports(res, envelope("verify", code < 2, {**res, "exit_code": int(code)}),
@@ -171,7 +174,8 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
     ctx.emit(res, "\n".join(lines))
     if not res["passed"]:
         err = next(s["error"] for s in res["steps"] if not s["ok"])
-        if not ctx.as_json:
+        ctx.fail(err["error"], err.get("hint"))
+        if not ctx.as_json and ctx.verbosity >= 0:       # -q: the command's boundary prints it
             report_error(err["error"], err.get("hint"))
     return code
 
@@ -242,6 +246,12 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
                 lines.append(f"  target: {u['target'][:12]}; next: zpatch rebase {u['name']} --onto {u['target']}")
         lines.append(f"Drift: {report['class']}.")
         ctx.emit(report, "\n".join(lines))
+    clashes = [(u, [p["name"] for p in u["patches"] if p["state"] == "conflict"]) for u in report["upstreams"]]
+    clashes = [(u, names) for u, names in clashes if names]
+    if clashes:
+        ctx.fail("; ".join(f"{u['name']}: {', '.join(names)} conflict(s) with {u['ref']}" for u, names in clashes),
+                 " and ".join(f"`zpatch rebase {u['name']} --onto {u['ref']}`" for u, _ in clashes)
+                 + " stops at the first conflict for you to resolve")
     return Exit(report["exit_code"])
 
 

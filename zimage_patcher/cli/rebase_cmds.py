@@ -85,6 +85,17 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
     if res.get("range_diff") and (ctx.verbosity > 0 or not res["dry_run"]):
         lines += ["", "The series before and after (git range-diff):", res["range_diff"].rstrip()]
     ctx.emit(res, "\n".join(lines))
-    if res["stopped"] or any(p["state"] == "conflict" for p in res["patches"]):
+    conflicts = [p for p in res["patches"] if p["state"] == "conflict"]
+    if res["stopped"] or conflicts:
+        where = f"{res['upstream']} onto {res['onto'][:12]} ({res['onto_ref']})"
+        if res["stopped"]:
+            ctx.fail(f"{where}: {res['patches'][-1]['name']} conflicts", f"resolve the files in {res['scratch']}, "
+                     "then `zpatch rebase --continue` (or --skip this patch, or --abort)")
+        else:
+            files = sorted({f for p in conflicts for f in p.get("files", [])})
+            ctx.fail(f"{where}: {', '.join(p['name'] for p in conflicts)} conflict(s)"
+                     + (f" in {', '.join(files)}" if files else "") + "; dry run, nothing written",
+                     f"`zpatch rebase {res['upstream']} --onto {res['onto_ref']}` stops at the first conflict "
+                     "for you to resolve")
         return Exit.CONFLICT          # a dry run that meets a conflict says so in its code too
     return Exit.OK
