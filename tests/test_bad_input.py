@@ -262,6 +262,27 @@ def test_checkout_into_non_empty_directory_is_refused_and_its_hint_works(zpatch,
     assert follow.returncode == 0 and zpatch.json("status", made)["clean"], follow.stdout + follow.stderr
 
 
+def test_a_file_of_the_users_left_in_the_node_folder_moves_home_and_the_node_installs_again(zpatch, world, checkout,
+                                                                                              tmp_path):
+    """A newcomer put a note in the node's folder; unapply left the folder (the note is theirs), and apply
+    then refused the folder and hinted to move it to a .disabled name, taking the note where ComfyUI
+    never looks. Now the hint, run literally, keeps the note in ~ and installs the node where it was."""
+    zpatch("apply", checkout)
+    node = checkout / "custom_nodes/ComfyUI-ZImage-Fix"
+    (node / "my note.txt").write_text("mine\n")
+    zpatch("unapply", checkout)
+    assert sorted(p.name for p in node.iterdir()) == ["my note.txt"]
+    r = zpatch("apply", checkout, expect=4)
+    assert "exists and was not installed by zpatch" in error_line(r)
+    home = tmp_path / "home"
+    home.mkdir()
+    follow = run.follow(hinted_command(r), home, world.env)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert zpatch.json("status", checkout)["clean"]
+    [saved] = home.glob("zpatch-saved-ComfyUI-ZImage-Fix-*/my note.txt")
+    assert saved.read_text() == "mine\n"
+
+
 def test_existing_foreign_node_folder_is_not_overwritten(zpatch, checkout):
     write(checkout / "custom_nodes/ComfyUI-ZImage-Fix", {"__init__.py": "# someone else's\n"})
     before = tree_snapshot(checkout)

@@ -6,6 +6,7 @@ with a journal. Nothing is written or deleted unless its bytes are what zpatch e
 """
 from __future__ import annotations
 
+import hashlib
 import shlex
 from pathlib import Path, PurePosixPath
 
@@ -203,6 +204,25 @@ def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
     return changes, after_ids
 
 
+def _node_folder_hint(ws: Workspace, top: Path, files: set[str]) -> str:
+    """The way past a node folder zpatch did not make. When it holds none of the node's files or folders
+    (what unapply leaves when someone put a file of theirs in it), the user's files move to a new folder
+    in ~ and the node installs there as before; otherwise the folder moves aside, with a name ComfyUI
+    skips (.disabled: a .bak beside it would load twice)."""
+    q = shlex.quote(str(top))
+    if top.is_symlink() or not top.is_dir():
+        return f"move it away (mv {q} {shlex.quote(str(top) + '.disabled')}) and rerun"
+    names = sorted(e.name for e in top.iterdir())
+    taken = {f.split("/")[0] for f in files}
+    if taken & set(names):
+        return f"move it away (mv {q} {shlex.quote(str(top) + '.disabled')}) and rerun"
+    mark = hashlib.sha256("\0".join(names).encode()).hexdigest()[:12]
+    dest = f"~/zpatch-saved-{top.name}-{mark}"
+    moves = " ".join(shlex.quote(str(top / n)) for n in names)
+    return (f"it holds only files of yours: keep them elsewhere and apply: `mkdir {dest} && mv -- {moves} {dest}/ "
+            f"&& zpatch apply {shlex.quote(str(ws.checkout))}`")
+
+
 def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[Change], NodeRecord | None]:
     """The node's files: install this overlay's (INSTALL) and remove what zpatch installed before,
     refusing any file zpatch did not put there or that changed since."""
@@ -216,8 +236,7 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
             top = ws.checkout / lo.path
             if top.is_symlink() or (top.exists() and (not top.is_dir() or any(top.iterdir()))):
                 raise ZpatchError(f"{top}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
-                                  # .disabled: ComfyUI skips such a folder (a .bak beside it would load twice)
-                                  hint=f"move it away (mv {top} {top}.disabled) and rerun")
+                                  hint=_node_folder_hint(ws, top, {rel[len(lo.path) + 1:] for rel in want}))
     had = {f"{old.path}/{f}": d for f, d in old.files.items()} if old else {}
     for rel in sorted(set(want) | set(had)):
         now = worktree.read(ws.checkout, rel)
