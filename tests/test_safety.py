@@ -685,29 +685,35 @@ def test_the_hint_for_an_edited_file_a_patch_created_is_a_command_that_works(zpa
     assert zpatch.json("status", checkout)["clean"]
 
 
-def test_following_the_save_hints_for_edits_in_both_upstreams_loses_nothing(world, zpatch, checkout, tmp_path,
-                                                                            monkeypatch):
+def test_following_the_save_hints_for_edits_in_both_upstreams_loses_nothing(world, zpatch, checkout, tmp_path):
     """A newcomer lost work: the hint saved every edit to one `my.patch`, so following it for the second
     repository overwrote the first. Each hint now names its own file; run literally, they keep both."""
-    import re
-    import subprocess
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    (tmp_path / "home").mkdir()
+    from testing import run
+    home = tmp_path / "home"
+    home.mkdir()
     zpatch("apply", checkout)
     sd, loader = checkout / "comfy/sd.py", checkout / "custom_nodes/ComfyUI-GGUF/loader.py"
     sd.write_text(sd.read_text().replace("line 11 of sd.py", "line 11 MINE-A"))
     loader.write_text(loader.read_text().replace("loader line 30", "loader line 30 MINE-B"))
-    for _ in range(4):
-        r = zpatch("apply", checkout, expect=None)
-        if r.exit_code == 0:
-            break
-        assert r.exit_code == 4, r.output
-        hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
-        save, restore = re.fullmatch(r"hint: save your edit \((.+)\), restore the file with (.+), then rerun", hint).groups()
-        for cmd in (save, restore):
-            assert subprocess.run(cmd, shell=True, capture_output=True).returncode == 0, cmd
-    assert r.exit_code == 0
-    saved = sorted((tmp_path / "home").glob("zpatch-saved-*.patch"))
+    def follow_hints(err: str) -> None:
+        """Run each hint's way on literally, and the next one its last step prints, until one succeeds."""
+        for _ in range(3):
+            hint = next(line for line in err.splitlines() if line.startswith("hint: "))
+            assert "zpatch refresh" in hint
+            done = run.follow(hint.split("`")[3], home, world.env)
+            if done.returncode == 0:
+                return
+            assert done.returncode == 4, done.stdout + done.stderr
+            err = done.stderr
+        raise AssertionError("the hints went round in circles")
+
+    follow_hints(zpatch("apply", checkout, expect=4).stderr)      # the first edit's hint ends in apply,
+    assert zpatch.json("status", checkout)["clean"]               # which refuses the second: its hint too
+    saved = sorted(home.glob("zpatch-saved-*"))
     assert len(saved) == 2
     texts = sorted(p.read_text() for p in saved)
     assert ["MINE-A" in t for t in texts].count(True) == 1 and ["MINE-B" in t for t in texts].count(True) == 1
+    sd.write_text(sd.read_text().replace("line 11 of sd.py", "line 11 MINE-C"))     # unapply's hint too
+    follow_hints(zpatch("unapply", checkout, expect=4).stderr)
+    assert zpatch.json("status", checkout, expect=1)["upstreams"][0]["patches"][0]["state"] == "missing"
+    assert any("MINE-C" in p.read_text() for p in home.glob("zpatch-saved-*"))

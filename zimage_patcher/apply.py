@@ -71,7 +71,8 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[s
             edited = user_edits(t, ur)
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
-                                  Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
+                                  Exit.BAD_CHECKOUT,
+                                  hint=save_edit_hint(t, edited[0], f"zpatch apply {shlex.quote(str(ws.checkout))}"))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
         entries[t.name] = git.tree_entries(t.repo, "HEAD", scratch_paths(paths[t.name]))   # FRESH among them
@@ -358,7 +359,8 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
             edited = user_edits(t, ur) if ur else []
             if edited:
                 raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
-                                  "that edit", Exit.BAD_CHECKOUT, hint=save_edit_hint(t, edited[0]))
+                                  "that edit", Exit.BAD_CHECKOUT,
+                                  hint=save_edit_hint(t, edited[0], f"zpatch unapply {shlex.quote(str(ws.checkout))}"))
         changes: list[Change] = []
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)

@@ -239,17 +239,12 @@ def copy_aside(top: Path, rel: str, label: str) -> str:
     return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}"
 
 
-def save_edit_hint(t: Target, rel: str) -> str:
-    """How to keep someone's edit of REL (in T) and make the file upstream's again, as commands to
-    copy. The copy is named after the upstream, the file and the edit's own blob id, so following the
-    hint for several files, or twice, never writes over an earlier copy."""
-    path = t.repo / rel
-    blob = (worktree.blob_id(t.top, t.file(rel)) or "gone")[:12]
+def save_edit_hint(t: Target, rel: str, then: str) -> str:
+    """The ways on when REL (in T), which zpatch patched, was edited since: refresh folds the edit into
+    its patch; or a copy of the file is kept in ~ (never over an earlier copy), upstream's bytes are put
+    back (or a file a patch created removed), and THEN, the command refused, runs again."""
     repo, q = shlex.quote(str(t.repo)), shlex.quote(rel)
-    name = f"zpatch-saved-{t.name}-{PurePosixPath(rel).name}-{blob}"
-    if git.tree_blobs(t.repo, "HEAD", [rel]):
-        return (f"save your edit (git -C {repo} diff -- {q} > ~/{name}.patch), restore the file with "
-                f"git -C {repo} checkout -- {q}, then rerun")
-    # a patch created it: git knows nothing to diff or check out
-    return f"save your edit ({copy_aside(t.top, t.file(rel), t.name)}), then rm -- {shlex.quote(str(path))} and rerun"
-
+    restore = (f"git -C {repo} checkout -- {q}" if git.tree_blobs(t.repo, "HEAD", [rel])
+               else f"rm -- {shlex.quote(str(t.repo / rel))}")       # a patch created it
+    return (f"`zpatch refresh {shlex.quote(str(t.top))}` folds your edit into its patch; or keep a copy of the "
+            f"file and go on without the edit: `{copy_aside(t.top, t.file(rel), t.name)} && {restore} && {then}`")
