@@ -383,3 +383,20 @@ def test_a_new_subject_is_one_line_of_text(world, zpatch, checkout, subject):
     before = overlay_snapshot(world)
     assert "a subject is one line of text" in error_line(zpatch("refresh", checkout, "--new", subject, expect=2))
     assert overlay_snapshot(world) == before
+
+
+def test_a_file_a_partial_mirror_left_out_is_never_folded_as_a_deletion(world, zpatch, tmp_path):
+    """A newcomer on a partial mirror: the checkout lacks a file whose blob the source does not have, and
+    refresh offered to fold that 'deletion' into a new patch with --new. It is no edit: refresh says why
+    it leaves it out, and --new takes nothing from it."""
+    blob = git("rev-parse", f"{world.comfy_pin}:nodes.py", cwd=world.comfy_up)
+    (world.comfy_up / ".git/objects" / blob[:2] / blob[2:]).unlink()
+    co = tmp_path / "ComfyUI"
+    assert zpatch.json("checkout", co, "--apply")["missing_objects"] == ["nodes.py"]
+    res = zpatch.json("refresh", co, "--dry-run", expect=None)
+    [left] = [x for x in res["left_out"] if x["path"] == "nodes.py"]
+    assert "partial mirror" in left["why"] and "--new" not in left["why"]
+    before = overlay_snapshot(world)
+    res = zpatch.json("refresh", co, "--new", "Take everything", expect=None)
+    assert overlay_snapshot(world) == before             # nothing to fold: no patch deleting nodes.py
+    assert any(x["path"] == "nodes.py" for x in res["left_out"])

@@ -208,10 +208,18 @@ def _others(ws: Workspace, t: Target, ur: UpstreamRecord, *, take: bool) -> tupl
     mode changes, which patches do not carry; tracked files when nothing says where they go)."""
     from .status import inside_nested
     take_now, left = [], []
-    for f, code in sorted(git.changed_paths(t.repo).items()):
-        if f in ur.files or inside_nested(t, ws.targets, f):
-            continue
-        if code == "??":
+    changed = {f: code for f, code in git.changed_paths(t.repo).items()
+               if f not in ur.files and not inside_nested(t, ws.targets, f)}
+    # a file deleted only because the source repository lacks its blob (a partial mirror) is no edit
+    gone = [f for f, code in changed.items() if "D" in code]
+    blobs = git.tree_blobs(t.repo, "HEAD", gone) if gone else {}
+    lacking = set(git.missing_objects(t.repo, list(blobs.values()))) if blobs else set()
+    for f, code in sorted(changed.items()):
+        if blobs.get(f) in lacking:
+            left.append({"path": t.file(f), "why": "not in the source repository (a partial mirror lacks its blob), "
+                                                   f"not deleted by hand: `zpatch checkout --exclude {t.file(f)}` "
+                                                   "leaves it out of a new checkout"})
+        elif code == "??":
             left.append({"path": t.file(f), "why": "untracked: refresh folds changes to tracked files "
                                                    "(git add it, then refresh with --new or --into)"})
         elif take:
