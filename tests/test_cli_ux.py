@@ -227,3 +227,16 @@ def test_each_command_says_what_to_do_after_an_interruption_of_its_own():
     assert {n for n, h in INTERRUPTED.items() if h == WROTE_NOTHING} == {"status", "check"}
     for n in ("checkout", "edit", "refresh"):
         assert f"`zpatch {n}" in INTERRUPTED[n]
+
+
+def test_a_commands_help_lists_exit_1_only_when_it_can_exit_1():
+    """`zpatch checkout --help` said "1 found something to act on", which checkout never returns."""
+    from click.testing import CliRunner
+    from zimage_patcher.cli import main
+    from zimage_patcher.cli.base import INTERRUPTED
+    findings = {"status", "check", "export", "drift", "refresh"}
+    for name in INTERRUPTED:
+        r = CliRunner().invoke(main, [*name.split(), "--help"])
+        assert r.exit_code == 0, r.output
+        assert ("1 found something to act on" in r.output) == (name in findings), name
+        assert "2 bad command line" in r.output

@@ -20,8 +20,10 @@ from ..errors import EXIT_HELP, Exit, Terminated, ZpatchError, from_oserror
 
 SCHEMA = 2
 EXIT_CODES = "\b\nExit codes:\n" + "\n".join(f"  {int(c):<3} {t.replace('`', '')}" for c, t in EXIT_HELP.items())
-COMMAND_EXIT_CODES = ("Exit codes: 0 done, 1 found something to act on, 2 bad command line; "
-                      "every code is listed in `zpatch --help`.")
+def exit_codes_line(findings: bool) -> str:
+    """The end of a command's --help: its common codes (1 only for those that report findings)."""
+    return (f"Exit codes: 0 done, {'1 found something to act on, ' if findings else ''}2 bad command line; "
+            "every code is listed in `zpatch --help`.")
 # Options every command takes; given before the command name (`zpatch -q rebase ...`) they are moved
 # after it, where click reads them, as git reads `git -C DIR status`.
 _GLOBAL_FLAGS = {"--json", "-q", "--quiet", "-v", "--verbose"}
@@ -281,14 +283,14 @@ def _finished() -> None:
     pause_point("finished")          # tests deliver the late signal here
 
 
-def command(name: str, help_example: str, interrupted: str = ROLLED_BACK):
+def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findings: bool = False):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
     The function gets a Context as `ctx` and returns an exit code (None: 0). INTERRUPTED: the hint after
-    Ctrl-C or SIGTERM, what the user does next for this command."""
+    Ctrl-C or SIGTERM, what the user does next for this command. FINDINGS: it may exit 1 (found something)."""
     INTERRUPTED[name] = interrupted
 
     def wrap(fn):
-        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{COMMAND_EXIT_CODES}")
+        @main.command(name, help=fn.__doc__, epilog=f"\b\nExample:\n  {help_example}\n\n{exit_codes_line(findings)}")
         @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (docs/json.md).")
         @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
                       help="Overlay directory holding upstream.lock (default: found automatically).")

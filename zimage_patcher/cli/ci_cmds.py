@@ -180,7 +180,7 @@ def verify_cmd(ctx, keep, offline, python, device, tier, models, manifest, contr
     return code
 
 
-@command("drift", "zpatch drift --upstream comfyui --smoke --markdown", interrupted="rerun it")
+@command("drift", "zpatch drift --upstream comfyui --smoke --markdown", interrupted="rerun it", findings=True)
 @click.option("--upstream", "only", default=None, metavar="NAME", help="Only this upstream.",
               shell_complete=complete_upstream)
 @click.option("--to", "to", default=None, metavar="REF", help="Target instead of origin/<tracked branch>.")

@@ -8,7 +8,7 @@ import click
 from .base import OVERLAY_WRITE, WROTE_NOTHING, command, complete_upstream
 
 
-@command("check", "zpatch check --offline", interrupted=WROTE_NOTHING)
+@command("check", "zpatch check --offline", interrupted=WROTE_NOTHING, findings=True)
 @click.option("--offline", is_flag=True, help="Test-apply against the cache only.")
 @click.option("--no-apply", is_flag=True, help="Lint only; skip the test-apply on the pins.")
 def check_cmd(ctx, offline, no_apply):
@@ -53,7 +53,7 @@ def _in_edit_mode(ctx) -> bool:
         return False
 
 
-@command("export", "zpatch export ./ComfyUI --check", interrupted=OVERLAY_WRITE)
+@command("export", "zpatch export ./ComfyUI --check", interrupted=OVERLAY_WRITE, findings=True)
 @click.argument("checkout", type=click.Path(file_okay=False), default=None, required=False)
 @click.option("--check", is_flag=True,
               help="Write nothing; exit 1 when the patch files differ from what export would write.")

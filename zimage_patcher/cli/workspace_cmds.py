@@ -118,7 +118,7 @@ def unapply_cmd(ctx, checkout, discard):
     ctx.emit(res, "\n".join(lines) + _files(ctx, res, "files_restored"))
 
 
-@command("status", "zpatch status ./ComfyUI --json", interrupted=WROTE_NOTHING)
+@command("status", "zpatch status ./ComfyUI --json", interrupted=WROTE_NOTHING, findings=True)
 @click.argument("checkout", **CHECKOUT_ARG)
 @click.option("--upstream-state", "upstream_state", is_flag=True,
               help="Instead: where each patch of the overlay stands upstream (not-forwarded, forwarded, merged, "
@@ -273,7 +273,7 @@ def edit_cmd(ctx, checkout):
 
 
 @command("refresh", "zpatch refresh ./ComfyUI --dry-run",
-         interrupted="rerun `zpatch refresh`: it finishes what the interrupted one began")
+         interrupted="rerun `zpatch refresh`: it finishes what the interrupted one began", findings=True)
 @click.argument("checkout", **CHECKOUT_ARG)
 @click.option("--into", "into", metavar="PATCH", default=None,
               help="Put every edit into this patch (its file name), wherever its lines come from.")
