@@ -12,7 +12,7 @@ from pathlib import Path
 
 class Exit(enum.IntEnum):
     OK = 0
-    FINDINGS = 1        # check/status/drift found something to act on (like `git diff --exit-code`)
+    FINDINGS = 1        # check/status/export --check/refresh/drift found something to act on (like `git diff --exit-code`)
     USAGE = 2           # bad command line (click's own code)
     BAD_OVERLAY = 3     # upstream.lock, series or a patch file is malformed, tampered or hostile
     BAD_CHECKOUT = 4    # the target checkout is missing, not a repository, off its pin, or dirty
@@ -31,7 +31,8 @@ class Exit(enum.IntEnum):
 
 EXIT_HELP = {
     Exit.OK: "success, or nothing to do",
-    Exit.FINDINGS: "`check` or `status` found something to act on; `drift`: upstream moved and the series carries forward",
+    Exit.FINDINGS: ("`check`, `status` or `export --check` found something to act on, `refresh` left changes out "
+                    "(it says which and why); `drift`: upstream moved and the series carries forward"),
     Exit.USAGE: "bad command line",
     Exit.BAD_OVERLAY: "overlay invalid: `upstream.lock`, a series, a patch or `models.toml` malformed, tampered or "
                       "hostile (also a damaged `.zpatch-models.json` in a models folder)",
