@@ -217,8 +217,8 @@ def _others(ws: Workspace, t: Target, ur: UpstreamRecord, *, take: bool) -> tupl
     for f, code in sorted(changed.items()):
         if blobs.get(f) in lacking:
             left.append({"path": t.file(f), "why": "not in the source repository (a partial mirror lacks its blob), "
-                                                   f"not deleted by hand: `zpatch checkout --exclude {t.file(f)}` "
-                                                   "leaves it out of a new checkout"})
+                                                   f"not deleted by hand; a checkout made with --exclude {t.file(f)} "
+                                                   "leaves it out"})
         elif code == "??":
             left.append({"path": t.file(f), "why": "untracked: refresh folds changes to tracked files "
                                                    "(git add it, then refresh with --new or --into)"})

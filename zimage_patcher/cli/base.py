@@ -20,10 +20,14 @@ from ..errors import EXIT_HELP, Exit, Terminated, ZpatchError, from_oserror
 
 SCHEMA = 2
 EXIT_CODES = "\b\nExit codes:\n" + "\n".join(f"  {int(c):<3} {t.replace('`', '')}" for c, t in EXIT_HELP.items())
+
+
 def exit_codes_line(findings: bool) -> str:
     """The end of a command's --help: its common codes (1 only for those that report findings)."""
     return (f"Exit codes: 0 done, {'1 found something to act on, ' if findings else ''}2 bad command line; "
             "every code is listed in `zpatch --help`.")
+
+
 # Options every command takes; given before the command name (`zpatch -q rebase ...`) they are moved
 # after it, where click reads them, as git reads `git -C DIR status`.
 _GLOBAL_FLAGS = {"--json", "-q", "--quiet", "-v", "--verbose"}
