@@ -363,12 +363,14 @@ def test_sigterm_with_json_gives_the_envelope(world, checkout):
     assert out["ok"] is False and out["exit_code"] == 143 and out["error"] == "terminated (SIGTERM)"
 
 
+@pytest.mark.parametrize("point", ["finished", "exiting"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("as_json", [True, False])
-def test_a_signal_after_the_work_is_done_leaves_the_reported_success_standing(world, checkout, sig, as_json):
+def test_a_signal_after_the_work_is_done_leaves_the_reported_success_standing(world, checkout, sig, as_json, point):
     """A newcomer's Ctrl-C landed just as apply finished: it printed its success (--json: ok, exit_code
-    0), then exited 130. Once a command's work is over, its exit status is the one it reports."""
-    held = Held(zpatch_cmd(world.overlay, "apply", checkout, *(["--json"] if as_json else [])), "finished")
+    0), then exited 130. Once a command's work is over, its exit status is the one it reports: while
+    it prints the result (finished) and while the program ends (exiting)."""
+    held = Held(zpatch_cmd(world.overlay, "apply", checkout, *(["--json"] if as_json else [])), point)
     held.proc.send_signal(sig)
     r = held.release()
     assert r.returncode == 0, (r.returncode, r.stderr)

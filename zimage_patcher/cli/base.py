@@ -164,6 +164,7 @@ class Group(click.Group):
 
     def main(self, args=None, **kw):
         global _ARGS
+        embedded = args is not None     # a caller in this process (a test's CliRunner), not the zpatch program
         args = _ARGS = _hoist(list(sys.argv[1:] if args is None else args))
         installed = threading.current_thread() is threading.main_thread()   # signal.signal works only there
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
@@ -171,9 +172,13 @@ class Group(click.Group):
         try:
             return self._main(args, **kw)
         finally:
-            if installed:       # an embedding caller (a test's CliRunner) keeps its own handlers
+            # an embedding caller keeps its own handlers; the program itself is exiting, and a signal
+            # now must not turn the exit code it reported into 130 or 143
+            if installed and embedded:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
                 signal.signal(signal.SIGINT, signal.default_int_handler if previous_int is None else previous_int)
+            from ..durable import pause_point
+            pause_point("exiting")       # tests deliver a signal here too
 
     def _main(self, args, **kw):
         try:
