@@ -298,6 +298,28 @@ def test_statuss_off_pin_advice_works_as_printed_after_the_overlay_moved_its_pin
     assert zpatch.json("status", dest)["clean"] is True
 
 
+def test_statuss_off_pin_advice_keeps_commits_no_branch_holds(world, zpatch, tmp_path):
+    """A newcomer committed in the nested repository (a detached HEAD, as zpatch checks out); status's
+    way back to the pin then checked out the pin over it, leaving the commit to the reflog. The advice,
+    run literally, now keeps it on a branch first."""
+    from testing import run
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    zpatch("apply", dest)
+    gguf = dest / "custom_nodes/ComfyUI-GGUF"
+    git("checkout", "-q", "--detach", cwd=gguf)
+    (gguf / "mine.py").write_text("precious\n")
+    git("add", "mine.py", cwd=gguf)
+    git("commit", "-q", "-m", "My precious new commit", cwd=gguf)
+    mine = git("rev-parse", "HEAD", cwd=gguf)
+    text = zpatch("status", dest, expect=1).output
+    cmd = next(x for x in text.splitlines() if "(off pin:" in x).split("`")[1]
+    r = run.follow(cmd, tmp_path, world.env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert git("rev-parse", "HEAD", cwd=gguf) == world.gguf_pin
+    assert git("rev-parse", f"zpatch-saved-{mine[:12]}", cwd=gguf) == mine
+    assert zpatch.json("status", dest)["clean"] is True
+
+
 def test_verify_says_a_patch_that_no_longer_applies_is_a_conflict(world, zpatch):
     """A newcomer: verify exited 1 (findings) when a patch no longer applied, and --json said ok."""
     p = world.overlay / "patches/comfyui-gguf/0002-loader-tokenizer.patch"
