@@ -535,6 +535,36 @@ def test_a_writer_outside_the_overlay_names_the_source_tree_it_runs_from_and_tha
     assert (tree / "upstream.lock").read_bytes() == lock
 
 
+def test_advice_names_the_overlay_zpatch_found_beside_itself_so_writers_work_from_the_checkout(world, tmp_path):
+    """Run from an editable install, outside its tree, `zpatch status CO` finds the overlay beside the
+    package; its advice `zpatch refresh CO` then failed (a writer finds the overlay only from inside it).
+    The advice names the overlay, and runs as printed. A copy of the tree holding the world's overlay
+    stands in for the install."""
+    import subprocess
+    import sys
+    from testing import run
+    root = Path(__file__).resolve().parent.parent
+    tree = tmp_path / "src"
+    shutil.copytree(root / "zimage_patcher", tree / "zimage_patcher", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("upstream.lock", "patches", "node"):
+        (shutil.copytree if (world.overlay / name).is_dir() else shutil.copy)(world.overlay / name, tree / name)
+    git("init", "-q", cwd=tree)
+    co = world.clone_checkout(tmp_path / "ComfyUI")
+    env = {**{k: v for k, v in os.environ.items() if k != "ZPATCH_OVERLAY"}, **world.env, "PYTHONPATH": str(tree)}
+    zp = [sys.executable, "-m", "zimage_patcher.cli"]
+    assert subprocess.run([*zp, "apply", str(co)], cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    sd = co / "comfy/sd.py"
+    assert "line 10 PATCHED" in sd.read_text()
+    sd.write_text(sd.read_text().replace("line 10 PATCHED", "line 10 PATCHED MINE"))
+    r = subprocess.run([*zp, "status", str(co)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    refresh = next(x for x in r.stdout.splitlines() if "edited after apply" in x).split("`")[1]
+    assert refresh == f"zpatch refresh --overlay {tree} {co}"
+    done = run.follow(refresh, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert b"line 10 PATCHED MINE" in b"".join(p.read_bytes() for p in (tree / "patches/comfyui").glob("*.patch"))
+
+
 # ---------------------------------------------------------------- found by the second attack
 
 @pytest.mark.parametrize("autocrlf", ["true", "input"])

@@ -110,6 +110,14 @@ class Context:
         self.result: dict | None = None     # what emit() keeps for the JSON envelope
         self.text = ""
         self.failure: tuple[str, str | None] | None = None    # fail()'s line and hint
+        # the overlay when found as zpatch's own source tree, not from the current directory: advice names
+        # it, since a command that writes the overlay (refresh, export, edit) finds it only from inside
+        self.implicit_overlay: str | None = None
+
+    @property
+    def advice_overlay(self) -> str | None:
+        """The overlay a printed zpatch command must name to work where the user is."""
+        return self.overlay_dir or self.implicit_overlay
 
     def fail(self, line: str, hint: str | None = None) -> None:
         """What went wrong, in one line, when the command returns an exit code of 2 and up without an
@@ -121,6 +129,10 @@ class Context:
         stopped, a write interrupted). Writers ask the front door (overlay_write.hold), which refuses."""
         from .. import patchset
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
+        here = patchset.cwd()
+        if (self.overlay_dir is None and not os.environ.get("ZPATCH_OVERLAY") and root not in (here, *here.parents)
+                and not patchset.is_installed_copy(root)):
+            self.implicit_overlay = str(root)    # found from where zpatch is installed, not from here
         if not for_writing:
             from .. import overlay_write
             busy = overlay_write.busy(root)
@@ -336,7 +348,7 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findin
                 if e.details.get("overlay_source") and overlay_dir is None:   # the source tree zpatch runs from
                     e.hint = ("run inside the overlay's repository, or name it: "
                               f"`{shlex.join(['zpatch', '--overlay', e.details['overlay_source'], *_ARGS])}`")
-                e.hint = with_overlay(e.hint, overlay_dir)
+                e.hint = with_overlay(e.hint, ctx.advice_overlay)
                 if as_json:
                     click.echo(envelope(name, False, e.to_json()))
                 else:
@@ -349,9 +361,9 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findin
             failure = ctx.failure or (ctx.text.strip().splitlines()[-1] if ctx.text.strip() else f"exit {code}", None)
             if code >= 2 and ctx.verbosity < 0 and not as_json:
                 # -q silences the report, never the failure: one line, as git keeps its error line
-                report_error(failure[0], with_overlay(failure[1], overlay_dir))
+                report_error(failure[0], with_overlay(failure[1], ctx.advice_overlay))
             if as_json and ctx.result is not None:
-                failed = {"error": failure[0], "hint": with_overlay(failure[1], overlay_dir), "details": {}} \
+                failed = {"error": failure[0], "hint": with_overlay(failure[1], ctx.advice_overlay), "details": {}} \
                     if code >= 2 else {}
                 click.echo(envelope(name, code < 2, {**failed, **ctx.result, "exit_code": code}))
             sys.exit(code)

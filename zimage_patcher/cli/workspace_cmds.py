@@ -150,7 +150,7 @@ def status_cmd(ctx, checkout, upstream_state):
         edited = [f for f, state in sorted(res["node"]["files"].items()) if state == "modified"]
         lines.append(f"node {res['node']['path']}: {res['node']['state']}"
                      + (f" ({', '.join(map(field, edited))})" if edited else ""))
-    lines += [with_overlay(x, ctx.overlay_dir) for x in _status_advice(res)]    # the advice works where the user is
+    lines += [with_overlay(x, ctx.advice_overlay) for x in _status_advice(res)]    # the advice works where the user is
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
 
