@@ -100,6 +100,31 @@ def test_uncommitted_change_in_a_patched_file(zpatch, checkout):
     assert tree_snapshot(checkout) == before
 
 
+def test_the_stash_hints_of_apply_status_and_edit_run_as_printed_and_keep_the_edit(zpatch, world, checkout, tmp_path):
+    """A second trial: edit's hint `git stash` stashed zpatch's applied files with the user's edit, and
+    the stash would not pop after the next apply. Each hint now stashes only the user's files, and its
+    command, run literally, goes on; the stash then pops back onto the applied checkout."""
+    g = checkout / "custom_nodes/ComfyUI-GGUF"
+    (g / "loader.py").write_text(LOADER_PY + "# my local fix\n")
+    text = zpatch("status", checkout, expect=1).output
+    cmd = next(x for x in text.splitlines() if "keep them aside" in x).split("`")[1]
+    assert cmd.endswith(f"stash push -- loader.py") and "&&" not in cmd
+    r = zpatch("apply", checkout, expect=4)
+    follow = run.follow(hinted_command(r), tmp_path, world.env)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert git("stash", "show", "-p", cwd=g).count("+# my local fix") == 1
+    (checkout / "nodes.py").write_text("NODES = 'mine'\n")             # an edit of a file no patch changes
+    r = zpatch("edit", checkout, expect=4)
+    assert "has uncommitted changes" in error_line(r)
+    follow = run.follow(hinted_command(r), tmp_path, world.env)
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    zpatch("export", checkout)
+    zpatch("unapply", checkout)
+    zpatch("apply", checkout)
+    git("stash", "pop", "-q", cwd=checkout)
+    assert (checkout / "nodes.py").read_text() == "NODES = 'mine'\n"
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda t: t + "\n[[[", "not valid TOML"),
     (lambda t: t.replace('commit = "', 'commit = "abc', 1).replace('"abc', '"abc1234"#', 1), "not a full 40-hex commit"),

@@ -94,8 +94,10 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[s
         dirty = git.changed_paths(t.repo, suspects) if suspects else {}
         if dirty:
             f = sorted(dirty)[0]
+            stash = f"git -C {shlex.quote(str(t.repo))} stash push -- {shlex.join(sorted(dirty))}"
             raise ZpatchError(f"{t.repo / f}: has uncommitted changes and a patch touches it", Exit.BAD_CHECKOUT,
-                              hint=f"commit or stash them first: git -C {t.repo} stash")
+                              hint=f"commit them, or keep them aside: `{stash} && zpatch apply "
+                                   f"{shlex.quote(str(ws.checkout))}`")
     return heads, entries
 
 

@@ -43,11 +43,13 @@ def _enter(ws: Workspace) -> dict:
                           hint=f"`zpatch export {ws.checkout}` writes the patches; `zpatch unapply "
                                f"{ws.checkout}` leaves edit mode")
     todo = [t for t in ws.targets if t not in entered]
+    rec = ws.load_record()
+    co = shlex.quote(str(ws.checkout))
     for t in todo:
         if git.head_commit(t.repo) != t.pin:
+            back = apply.back_to_pin(ws.checkout, t.repo, t.pin, bool(rec and rec.upstreams))
             raise ZpatchError(f"{t.repo}: {t.name} is not at its pin {t.pin[:12]}", Exit.BAD_CHECKOUT,
-                              hint=f"git -C {t.repo} checkout --detach {t.pin}")
-    rec = ws.load_record()
+                              hint=f"{back} && zpatch edit {co}")
     if rec is not None and entered:       # apply refuses in edit mode, so only a hand could make this
         edit_mode.refuse(ws, "edit")
     for t in todo:
@@ -64,9 +66,13 @@ def _enter(ws: Workspace) -> dict:
         ours = set(rec.upstreams[t.name].files) if rec and t.name in rec.upstreams else set()
         dirty = [f for f in edit_mode.dirty(t) if f not in ours]
         if dirty:
+            # stash only the user's own files: zpatch's applied ones are edit's to take back, and in a
+            # stash they would block its pop after the next apply
+            stash = f"git -C {shlex.quote(str(t.repo))} stash push --include-untracked -- {shlex.join(dirty)}"
             raise ZpatchError(f"{t.repo / dirty[0]}: has uncommitted changes", Exit.BAD_CHECKOUT,
-                              hint=f"commit or stash them first (git -C {t.repo} stash); a file a partial "
-                                   "mirror left out: `zpatch checkout --exclude PATH`")
+                              hint=f"commit them, or keep them aside: `{stash} && zpatch edit {co}` "
+                                   f"(`git -C {shlex.quote(str(t.repo))} stash pop` brings them back); a file "
+                                   "a partial mirror left out stays out of a checkout made with --exclude")
     if rec is not None:
         apply.unapply(ws.ov, ws.checkout)     # from zpatch's own apply back to pristine, transactionally
     result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}

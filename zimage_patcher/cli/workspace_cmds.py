@@ -237,7 +237,9 @@ def _status_advice(res: dict) -> list[str]:
                    f"or `zpatch apply --3way {shlex.quote(co)}` merges the patches onto what is there)")
     blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
     if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
-        stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash" for u in blocking)
+        stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash push -- "
+                            + shlex.join(sorted(f["path"] for f in u["foreign_changes"] if f.get("in_patched_file")))
+                            for u in blocking)
         out.append(f"  (your edits in files the patches change: keep them aside with `{stash}`, then "
                    f"`zpatch apply {shlex.quote(co)}`)")
     elif not off and (states & {"missing", "outdated"}
