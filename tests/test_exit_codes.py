@@ -363,6 +363,23 @@ def test_sigterm_with_json_gives_the_envelope(world, checkout):
     assert out["ok"] is False and out["exit_code"] == 143 and out["error"] == "terminated (SIGTERM)"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_checkout_apply_interrupted_in_its_apply_says_to_apply_and_that_works(world, tmp_path, sig):
+    """A second trial: `checkout --apply` interrupted after its checkout said "rerun the same zpatch
+    checkout", which then refused the folder (not empty). The hint names the apply, and runs."""
+    from testing import run
+    dest = tmp_path / "ComfyUI"
+    held = Held(zpatch_cmd(world.overlay, "checkout", dest, "--apply"), "journal-written")
+    held.proc.send_signal(sig)
+    r = held.release()
+    assert r.returncode == (Exit.INTERRUPTED if sig == signal.SIGINT else Exit.TERMINATED), r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: "))
+    assert hint.startswith("hint: the checkout is complete;")
+    done = run.follow(hint.split("`")[1], tmp_path, world.env)
+    assert done.returncode == 0 and "Rolled back an interrupted" in done.stdout, done.stdout + done.stderr
+    assert cli(world.overlay, "status", dest).returncode == 0
+
+
 @pytest.mark.parametrize("point", ["finished", "exiting"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("as_json", [True, False])

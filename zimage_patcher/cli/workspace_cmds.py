@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import Exit
+from ..errors import Exit, Terminated, ZpatchError
 from .base import WROTE_NOTHING, command, field, with_overlay
 
 # omitted: the checkout around the current directory, found as git finds its top level
@@ -44,7 +44,14 @@ def checkout_cmd(ctx, dest, offline, exclude, then_apply):
         ctx.warn(f"{m} is missing: the source repository lacks its object "
                  f"(git status shows it deleted; --exclude {m} leaves it out cleanly)")
     if then_apply:
-        res["apply"] = apply.apply(ov, Path(dest))
+        try:
+            res["apply"] = apply.apply(ov, Path(dest))
+        except (KeyboardInterrupt, Terminated) as e:    # the checkout is done: what is left is the apply
+            term = isinstance(e, Terminated)
+            raise ZpatchError("terminated (SIGTERM)" if term else "interrupted",
+                              Exit.TERMINATED if term else Exit.INTERRUPTED,
+                              hint=f"the checkout is complete; `zpatch apply {shlex.quote(str(dest))}` applies "
+                                   "the overlay (rolling an interrupted apply back first)") from None
         lines.append(apply_text(res["apply"], dest))
     else:
         lines.append(f"Next: zpatch apply {dest}")
