@@ -281,10 +281,12 @@ def test_checkout_into_non_empty_directory_is_refused_and_its_hint_works(zpatch,
     made = tmp_path / "busy" / "ComfyUI"
     assert zpatch.json("status", made)["clean"]
     zpatch("unapply", made)
-    r = zpatch("checkout", made, expect=4)
-    assert hinted_command(r) == f"zpatch apply --overlay {world.overlay} {made}"
-    follow = run.follow(hinted_command(r), tmp_path, world.env)
-    assert follow.returncode == 0 and zpatch.json("status", made)["clean"], follow.stdout + follow.stderr
+    for where in (made, made / "comfy", tmp_path / "busy"):     # the checkout, a folder in it, around it
+        r = zpatch("checkout", where, expect=4)
+        assert hinted_command(r) == f"zpatch apply --overlay {world.overlay} {made}", where
+        follow = run.follow(hinted_command(r), tmp_path, world.env)
+        assert follow.returncode == 0 and zpatch.json("status", made)["clean"], follow.stdout + follow.stderr
+        zpatch("unapply", made)
 
 
 def test_a_file_of_the_users_left_in_the_node_folder_moves_home_and_the_node_installs_again(zpatch, world, checkout,

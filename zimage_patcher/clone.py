@@ -91,12 +91,23 @@ def checkout(ov: Overlay, dest: Path, *, offline: bool = False, exclude: list[st
 
 
 def _not_empty(ov: Overlay, dest: Path) -> ZpatchError:
-    """DEST is taken: apply to it when it is a ComfyUI checkout, else make the checkout elsewhere."""
-    from .workspace import holds_root, make_one_hint
-    if dest.is_dir() and git.git_dir_of(dest) is not None and holds_root(ov, dest):
-        hint = f"apply to it with `zpatch apply {shlex.quote(str(dest))}`"
+    """DEST is taken: apply to the ComfyUI checkout it is or lies in, or to the one just inside it;
+    else make the checkout in a new folder inside it."""
+    from .workspace import find_checkout, holds_root, make_one_hint
+    folder = dest if dest.is_dir() else dest.parent
+    try:
+        top = find_checkout(folder, ov)
+    except ZpatchError:
+        top = None
+    inside = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.is_symlink()
+              and git.git_dir_of(d) is not None and holds_root(ov, d)] if top is None else []
+    if top is not None and holds_root(ov, top):
+        where = "apply to it" if top == folder.resolve() else f"it lies in the checkout {top}: apply to that"
+        hint = f"{where} with `zpatch apply {shlex.quote(str(top))}`"
+    elif inside:
+        hint = f"`zpatch apply {shlex.quote(str(inside[0]))}` applies to the checkout inside it"
     else:
-        hint = make_one_hint(dest if dest.is_dir() else dest.parent, ov)
+        hint = make_one_hint(folder, ov)
     return ZpatchError(f"{dest}: already exists and is not empty", Exit.BAD_CHECKOUT, hint=hint)
 
 

@@ -181,7 +181,8 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
     base = git.rev_parse(t.repo, git.EDIT_BASE)
     if base is None:
         raise ZpatchError(f"{t.repo}: not in edit mode", Exit.BAD_CHECKOUT,
-                          hint=f"start with `zpatch edit {ws.checkout}`")
+                          hint=f"`zpatch edit {shlex.quote(str(ws.checkout))}` starts it; `zpatch export --check` "
+                               "with no checkout checks the overlay's patch files")
     if base != t.pin:
         raise ZpatchError(f"{t.repo}: the edit branch starts at {base[:12]}, but upstream.lock pins {t.pin[:12]}",
                           Exit.BAD_CHECKOUT, hint="the pin moved since `zpatch edit`: leave edit mode "

@@ -1,6 +1,7 @@
 """check, lock, export, publish, forward and import: the commands that read or write the overlay itself (never a checkout)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -93,7 +94,9 @@ def export_cmd(ctx, checkout, check, offline, force):
         lines.append("The patch files differ from the export: run `zpatch export "
                      + (str(checkout) if checkout else "CHECKOUT") + "` (from an edit-mode checkout)")
     else:
-        lines.append("Exported; upstream.lock updated. Review with `git diff`, then commit the overlay.")
+        ov = shlex.quote(res["overlay"])
+        lines.append(f"Exported; upstream.lock updated. Review with `git -C {ov} status` and `git -C {ov} diff`, "
+                     "then commit the overlay.")
     ctx.emit(res, "\n".join(lines))
     return Exit.FINDINGS if check and res["changed"] else Exit.OK
 

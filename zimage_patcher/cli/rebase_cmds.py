@@ -1,6 +1,8 @@
 """rebase: move an upstream's pin and carry its patches, with --continue, --skip and --abort."""
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from ..errors import Exit, ZpatchError
@@ -75,13 +77,15 @@ def rebase_cmd(ctx, upstream, onto, dry_run, allow_unrelated, offline, cont, ski
         lines.append(f"CONFLICT in {cur['name']}: resolve the files in {res['scratch']}, then "
                      "`zpatch rebase --continue` (or --skip this patch, or --abort)")
     elif res["dry_run"]:
-        lines.append("Dry run: nothing written.")
+        lines.append("Dry run: nothing written."
+                     + (f" `zpatch rebase {res['upstream']} --onto {res['onto_ref']}` stops at the first conflict "
+                        "for you to resolve." if any(p["state"] == "conflict" for p in res["patches"]) else ""))
     else:
         gone = [p["name"] for p in res["patches"] if p["state"] in ("upstreamed", "obsolete", "skipped")]
         if gone:
             lines.append(f"Removed from the overlay and its series: {', '.join(gone)}.")
         lines.append(f"Rewrote the changed patches and moved the pin of {res['upstream']} to {res['onto'][:12]}. "
-                     "Review with `git diff`; then `zpatch check`.")
+                     f"Review with `git -C {shlex.quote(str(root))} diff`; then `zpatch check`.")
     if res.get("range_diff") and (ctx.verbosity > 0 or not res["dry_run"]):
         lines += ["", "The series before and after (git range-diff):", res["range_diff"].rstrip()]
     ctx.emit(res, "\n".join(lines))

@@ -315,8 +315,10 @@ def refresh_cmd(ctx, checkout, into, new, dry_run):
         lines.append(f"Dry run: nothing written. Fold them with: zpatch refresh {shlex.quote(res['checkout'])}"
                      + (f" --into {shlex.quote(into)}" if into else "") + (f" --new {shlex.quote(new)}" if new else ""))
     elif wrote:
+        ov = shlex.quote(res["overlay"])
         lines.append(f"Refreshed the overlay ({res['overlay']}); the checkout stays applied. Review with "
-                     f"`git -C {shlex.quote(res['overlay'])} diff`, then commit the overlay.")
+                     f"`git -C {ov} status` and `git -C {ov} diff` (a new patch or node file is untracked), "
+                     "then commit the overlay.")
     else:
         lines.append("Nothing to write in the overlay; the checkout is recorded as holding its series.")
     for x in res["left_out"]:
