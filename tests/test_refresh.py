@@ -400,3 +400,44 @@ def test_a_file_a_partial_mirror_left_out_is_never_folded_as_a_deletion(world, z
     res = zpatch.json("refresh", co, "--new", "Take everything", expect=None)
     assert overlay_snapshot(world) == before             # nothing to fold: no patch deleting nodes.py
     assert any(x["path"] == "nodes.py" for x in res["left_out"])
+
+
+def test_after_the_overlays_pin_moved_refresh_sends_the_edit_forward_not_the_overlay_back(world, zpatch, checkout,
+                                                                                          tmp_path):
+    """A second trial: after a rebase moved the overlay's pin, refresh on a checkout still at the old pin
+    advised `zpatch rebase ... --onto <the old pin>`, undoing the rebase. Its advice now keeps a copy of
+    the edit and moves the checkout to the new pin; run literally, nothing of the overlay moves back."""
+    from testing.fixtures import commit
+    zpatch("apply", checkout)
+    g = checkout / GGUF
+    moved = commit(world.gguf_up, {"README.md": "moved\n"}, "upstream moves on")
+    zpatch("rebase", "comfyui-gguf", "--onto", moved)
+    edit(g / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, fixed by hand\n")
+    mine = (g / "loader.py").read_bytes()
+    lock = (world.overlay / "upstream.lock").read_bytes()
+    r = zpatch("refresh", checkout, expect=4)
+    assert "moved comfyui-gguf's pin" in error_line(r) and "--onto" not in r.stderr
+    home = tmp_path / "home"
+    home.mkdir()
+    done = follow(world, next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1], home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert git("rev-parse", "HEAD", cwd=g) == moved and zpatch.json("status", checkout)["clean"]
+    assert [p.read_bytes() for p in home.iterdir()] == [mine]
+    assert (world.overlay / "upstream.lock").read_bytes() == lock
+
+
+def test_into_takes_its_own_upstreams_edits_and_a_dry_runs_advice_stays_a_dry_run(world, zpatch, checkout, tmp_path):
+    """A second trial: with edits in both upstreams, refresh's advice `--into <a ComfyUI patch>` failed on
+    the ComfyUI-GGUF edit ("belongs to another upstream"), and advice after --dry-run dropped --dry-run."""
+    zpatch("apply", checkout)
+    edit(checkout / "comfy/sd.py", "line 11 of sd.py\n", "line 11 MINE\n")          # upstream's own line
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, fixed\n")
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", checkout, "--dry-run", expect=5)
+    ways = hint_commands(r)
+    assert ways[0].startswith("zpatch refresh --overlay") and all("--dry-run" in w for w in ways)
+    done = follow(world, ways[0], tmp_path)
+    assert done.returncode == 0 and overlay_snapshot(world) == before, done.stdout + done.stderr
+    done = follow(world, ways[0].replace(" --dry-run", ""), tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reproduces(world, zpatch, checkout, tmp_path)

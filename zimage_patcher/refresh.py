@@ -31,7 +31,7 @@ from . import apply, clone, edit_mode, git, overlay_write, patchfile, patchset, 
 from .check import REQUIRED_HEADERS
 from .errors import Exit, ZpatchError
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord, digest
-from .workspace import Target, Workspace, edited
+from .workspace import Target, Workspace, copy_aside, edited
 
 
 @dataclass
@@ -88,7 +88,16 @@ def refresh(root: Path, checkout: Path | None, *, into: str | None = None, new: 
             if into is not None and not any(p.name == into for t in ws.targets for p in t.series.patches):
                 raise ZpatchError(f"--into {into}: no patch of that name in the overlay", Exit.USAGE,
                                   hint=f"zpatch status {co} lists the patches")
-            plans = [_plan(ws, t, rec.upstreams[t.name], into, new) for t in ws.targets if t.name in rec.upstreams]
+            # --into names one patch: it takes the edits of that patch's upstream; the other upstream's
+            # edits go where their lines' owners are
+            plans = [_plan(ws, t, rec.upstreams[t.name], into if any(p.name == into for p in t.series.patches)
+                           else None, new, dry_run) for t in ws.targets if t.name in rec.upstreams]
+            owner = next((p for p in plans if any(x.name == into for x in p.target.series.patches)), None)
+            if into is not None and (owner is None or not owner.hunks) and any(p.hunks for p in plans):
+                edits = ", ".join(p.target.name for p in plans if p.hunks)
+                raise ZpatchError(f"--into {into}: its upstream holds no edit; the edits are in {edits}",
+                                  Exit.USAGE, hint=f"name a patch of {edits}, or leave --into out: "
+                                                   f"`zpatch refresh{' --dry-run' if dry_run else ''} {co}`")
             node_files, node = _node_plan(ws, rec)
             result = {"overlay": str(ov.root), "checkout": str(ws.checkout), "dry_run": dry_run,
                       "recovered": recovered, "changed": False, "node_files": sorted(node_files),
@@ -166,9 +175,22 @@ def _outdated(ws: Workspace, t: Target, files: list[str]) -> ZpatchError:
                        "would fold your edit into the older patches", Exit.BAD_CHECKOUT, hint=hint)
 
 
-def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: str | None) -> Plan:
-    """What refreshing T's series from the work tree writes (nothing, when T holds no edit)."""
+def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: str | None, dry_run: bool) -> Plan:
+    """What refreshing T's series from the work tree writes (nothing, when T holds no edit). DRY_RUN: a
+    refusal's advice keeps --dry-run."""
     head = git.head_commit(t.repo)
+    if not ur.three_way and head == ur.commit != t.pin:
+        # the overlay's pin moved (a rebase) since this checkout was applied: the edit goes over to the
+        # new pin by hand; rebasing the overlay back onto this commit would undo that rebase
+        files = edited(t, ur)
+        co = shlex.quote(str(ws.checkout))
+        steps = [copy_aside(t.top, t.file(f), t.name) for f in files]
+        steps += [f"git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(f)}" for f in files]
+        steps.append(apply.back_to_pin(ws.checkout, t.repo, t.pin, True))
+        raise ZpatchError(f"{t.repo}: the overlay moved {t.name}'s pin to {t.pin[:12]} since this checkout was applied "
+                          f"on {head[:12]}; refresh folds edits made on the pin", Exit.BAD_CHECKOUT,
+                          hint=f"keep a copy of your edit and move the checkout to the pin: `{' && '.join(steps)}`; "
+                               f"then redo the edit from the copy in ~ and `zpatch refresh {co}`")
     if ur.three_way or ur.commit != t.pin or head != t.pin:
         raise ZpatchError(f"{t.repo}: {t.name} is not at its pin {t.pin[:12]} (or was applied with --3way); refresh "
                           "folds edits made on the pin", Exit.BAD_CHECKOUT,
@@ -195,7 +217,7 @@ def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: s
         apply.load_work_tree(t, idx, changed, {f: worktree.read(t.top, t.file(f)) for f in changed},
                              git.tree_entries(t.repo, top, changed))
         wanted = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
-        hunks = _hunks(t, commits, top, wanted, changed, into, new)
+        hunks = _hunks(t, commits, top, wanted, changed, into, new, dry_run)
         if not hunks:
             return as_is                     # bytes differ only as git's filters see them (eol)
         trees = _fold(t, commits, top, wanted, hunks, idx)
@@ -255,7 +277,7 @@ def _holds_series(t: Target, ur: UpstreamRecord) -> bool:
 
 
 def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str], into: str | None,
-           new: str | None) -> list[Hunk]:
+           new: str | None, dry_run: bool = False) -> list[Hunk]:
     """Every hunk of the edit, each with the patch it goes to; refuses one that no single patch owns."""
     names = [p.name for p in t.series.patches]
     index = {c: i for i, c in enumerate(commits)}
@@ -293,7 +315,8 @@ def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str
         co = shlex.quote(str(t.top))
         why = (f"changed by {' and '.join(owners)}" if owners else "upstream's own, no patch changes them")
         last = next((p.name for p in reversed(t.series.patches) if h.path in p.files), names[-1] if names else None)
-        ways = ([f"zpatch refresh --into {last} {co}"] if last else []) + [f"zpatch refresh --new 'Subject' {co}"]
+        dry = " --dry-run" if dry_run else ""
+        ways = ([f"zpatch refresh{dry} --into {last} {co}"] if last else []) + [f"zpatch refresh{dry} --new 'Subject' {co}"]
         raise ZpatchError(f"{t.repo / h.path}: lines {h.lines[0]}-{h.lines[1]} are {why}; say where the edit goes",
                           Exit.CONFLICT, hint="   or   ".join(ways),
                           details={"unowned": [{"path": x.path, "lines": x.lines, "patches": o} for x, o in unowned]})
