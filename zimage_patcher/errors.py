@@ -50,8 +50,10 @@ EXIT_HELP = {
     Exit.UPSTREAMED: "`drift`: a patch is no longer needed (upstream has it, or its Obsolete-If probe fired)",
     Exit.FILESYSTEM: "the file system refused: disk full, permission denied or read-only (the message names the path)",
     Exit.GIT_REFUSED: "git refused an operation (its message follows)",
-    Exit.INTERRUPTED: "interrupted (Ctrl-C); an interrupted apply is rolled back by the next command",
-    Exit.TERMINATED: "terminated (SIGTERM); an interrupted apply is rolled back by the next command",
+    Exit.INTERRUPTED: ("interrupted (Ctrl-C); an interrupted apply is rolled back by the next command, and each "
+                       "command's hint says its own way on; a signal after the work is done leaves the exit code the "
+                       "command reported"),
+    Exit.TERMINATED: "terminated (SIGTERM); as 130",
 }
 
 
