@@ -237,6 +237,7 @@ def test_status_reports_an_interrupted_edit_mode_and_its_advice_finishes_it(worl
     u = next(u for u in res["upstreams"] if u["name"] == "comfyui-gguf")
     assert u["edit"]["interrupted"] is True and u["edit"]["exported"] is False
     text = zpatch("status", checkout, expect=1).output
+    assert "zpatch export" not in text and "zpatch apply" not in text     # both refuse a half-made edit mode
     advice = next(x for x in text.splitlines() if "finishes leaving it" in x).split("`")
     assert advice[3].startswith("zpatch unapply") and advice[4].startswith(" finishes leaving it")
     r = run.follow(advice[3], checkout.parent, world.env)      # run literally: the advice names the overlay

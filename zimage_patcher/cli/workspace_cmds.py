@@ -145,7 +145,8 @@ def status_cmd(ctx, checkout, upstream_state):
     for u in res["upstreams"]:
         if u.get("edit"):
             e = u["edit"]
-            pin = (f"EDIT MODE: {e['commits']} commit(s) on {e['branch']}, "
+            pin = ("EDIT MODE, interrupted half way" if e["interrupted"] else
+                   f"EDIT MODE: {e['commits']} commit(s) on {e['branch']}, "
                    + ("exported" if e["exported"] else "not exported yet"))
         else:
             pin = "at pin" if u["at_pin"] else f"HEAD {str(u['head'])[:12]}, OFF its pin"
@@ -225,8 +226,9 @@ def _status_advice(res: dict) -> list[str]:
         out.append(f"  (edit mode: the pin moved since `zpatch edit` (a rebase); `zpatch unapply {co}` leaves it, "
                    "and says how to keep commits that were not exported)")
     if any(u["edit"].get("interrupted") for u in editing):
-        out.append(f"  (edit mode was interrupted half way: `zpatch edit {co}` finishes entering it, "
-                   f"`zpatch unapply {co}` finishes leaving it)")
+        # the one thing to do: export, apply and the rest refuse a half-made edit mode
+        return ["Not clean.", f"  (edit mode was interrupted half way: `zpatch edit {shlex.quote(co)}` finishes "
+                              f"entering it, `zpatch unapply {shlex.quote(co)}` finishes leaving it)"]
     if editing:
         if not all(u["edit"]["exported"] for u in editing):
             out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
