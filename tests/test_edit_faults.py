@@ -245,3 +245,19 @@ def test_status_reports_an_interrupted_edit_mode_and_its_advice_finishes_it(worl
     assert git("rev-parse", "HEAD", cwd=g) == world.gguf_pin
     assert git("for-each-ref", "refs/zpatch", "refs/heads/zpatch", cwd=g) == ""
     assert zpatch.json("status", checkout, expect=1)["upstreams"][1].get("edit") is None
+
+
+def test_export_on_a_half_made_edit_mode_says_how_to_finish_it_and_that_works(world, zpatch, checkout, tmp_path):
+    """A second trial: export on an edit interrupted before its branch hinted `git switch zpatch/edit`,
+    which fails: there is no such branch yet."""
+    zpatch("edit", checkout)
+    g = checkout / "custom_nodes/ComfyUI-GGUF"
+    git("switch", "-q", "--detach", world.gguf_pin, cwd=g)
+    git("branch", "-D", "zpatch/edit", cwd=g)                       # as `edit` killed before its branch
+    r = zpatch("export", checkout, expect=4)
+    assert "half made" in error_line(r) and "switch" not in r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1]
+    done = run.follow(hint, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    u = zpatch.json("status", checkout)["upstreams"][1]
+    assert u["edit"]["interrupted"] is False and u["edit"]["exported"] is True

@@ -189,9 +189,14 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
                                                   "(zpatch unapply) and edit again")
     branch = git.run(["symbolic-ref", "-q", "HEAD"], cwd=t.repo, check=False).stdout.strip()
     if head == "HEAD" and branch != BRANCH_REF:
-        raise ZpatchError(f"{t.repo}: HEAD is not on {git.EDIT_BRANCH} (edit mode is half made, or you switched away)",
-                          Exit.BAD_CHECKOUT, hint=f"git -C {t.repo} switch {git.EDIT_BRANCH}, or leave edit mode: "
-                                                  "zpatch unapply --discard")
+        co = shlex.quote(str(ws.checkout))
+        if half_made(t):        # an edit interrupted before it made the branch: there is none to switch to
+            raise ZpatchError(f"{t.repo}: edit mode is half made (an interrupted `zpatch edit`)", Exit.BAD_CHECKOUT,
+                              hint=f"`zpatch edit {co}` finishes entering it; `zpatch unapply {co}` leaves it")
+        raise ZpatchError(f"{t.repo}: HEAD is not on {git.EDIT_BRANCH} (you switched away, or an unapply was "
+                          "interrupted)", Exit.BAD_CHECKOUT,
+                          hint=f"`git -C {shlex.quote(str(t.repo))} switch {git.EDIT_BRANCH}` goes back to it; "
+                               f"`zpatch unapply --discard {co}` leaves edit mode, dropping commits not exported")
     if not git.run(["merge-base", "--is-ancestor", base, head], cwd=t.repo, check=False).ok:
         raise ZpatchError(f"{t.repo}: HEAD does not descend from the edit base {base[:12]}", Exit.BAD_CHECKOUT,
                           hint=f"git -C {t.repo} switch {git.EDIT_BRANCH}")
