@@ -57,15 +57,16 @@ def test_statuss_other_way_home_run_literally_keeps_every_edit_and_applies_again
     home = tmp_path / "home"
     home.mkdir()
     edits = {"comfy/sd.py": b"# tweak one\n", f"{GGUF}/loader.py": b"# tweak two\r\n",
-             "custom_nodes/ComfyUI-ZImage-Fix/nodes.py": b"# tweak three\n"}
+             "custom_nodes/ComfyUI-ZImage-Fix/nodes.py": b"# tweak three\n",
+             "custom_nodes/ComfyUI-ZImage-Fix/scratch.txt": b"mine\n"}        # a file of the user's in it
     saved = []
     for times in (1, 2):
         for rel, extra in edits.items():
             p = checkout / rel
-            p.write_bytes(p.read_bytes() + extra * times)
+            p.write_bytes((p.read_bytes() if p.exists() else b"") + extra * times)
             saved.append(p.read_bytes())
         text = zpatch("status", checkout, expect=1).output
-        assert "node custom_nodes/ComfyUI-ZImage-Fix: modified (nodes.py)" in text
+        assert "node custom_nodes/ComfyUI-ZImage-Fix: modified (nodes.py, scratch.txt added)" in text
         line = next(x for x in text.splitlines() if "let apply write it again" in x)
         r = follow(world, line.split("`")[3], home)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -31,7 +31,7 @@ from . import apply, clone, edit_mode, git, overlay_write, patchfile, patchset, 
 from .check import REQUIRED_HEADERS
 from .errors import Exit, ZpatchError
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord, digest
-from .workspace import Target, Workspace, copy_aside, edited
+from .workspace import Target, Workspace, copy_aside, edited, node_folder
 
 
 @dataclass
@@ -476,7 +476,7 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
             stale |= d != want
         elif d != want:                    # (== want: a refresh killed after it wrote the overlay)
             edits[f] = data
-    for f in _node_folder(ws.checkout / lo.path):         # files the user added to the node
+    for f in node_folder(ws.checkout / lo.path):         # files the user added to the node
         if f not in lo.sha256 and f not in old.files:
             edits[f] = worktree.read(ws.checkout, f"{lo.path}/{f}")
     if missing:
@@ -494,15 +494,3 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
     if stale or old.files == lo.sha256:
         return {}, old                      # nothing edited (or the overlay moved on: apply installs it)
     return {}, NodeRecord(old.path, dict(lo.sha256), list(old.dirs))
-
-
-def _node_folder(top: Path) -> list[str]:
-    """The files in the installed node's folder (no link followed, no bytecode cache), by relative path."""
-    out = []
-    if top.is_dir() and not top.is_symlink():
-        for p in sorted(top.rglob("*")):
-            rel = p.relative_to(top)
-            if "__pycache__" in rel.parts or p.suffix == ".pyc" or p.is_symlink() or not p.is_file():
-                continue
-            out.append(rel.as_posix())
-    return out

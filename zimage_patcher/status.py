@@ -7,7 +7,7 @@ from pathlib import Path
 from . import clone, diagnose, edit_mode, git, operation
 from .patchset import Overlay, cwd
 from .record import Record
-from .workspace import Target, Workspace, edited
+from .workspace import Target, Workspace, edited, node_folder
 
 
 def status(ov: Overlay, checkout: Path | None) -> dict:
@@ -56,6 +56,9 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
     lo = ov.lock.overlay
     if lo:
         files = ws.node_files()
+        if rec.node:      # files of the user's in the installed node's folder: refresh would add them to the node
+            files.update({f: "added" for f in node_folder(ws.checkout / lo.path)
+                          if f not in files and f not in rec.node.files})
         vals = set(files.values())
         out["node"] = {"path": lo.path, "files": files,
                        "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}

@@ -40,6 +40,18 @@ class Target:
         return self.series.upstream.path
 
 
+def node_folder(top: Path) -> list[str]:
+    """The files in the installed node's folder (no link followed, no bytecode cache), by relative path."""
+    out = []
+    if top.is_dir() and not top.is_symlink():
+        for p in sorted(top.rglob("*")):
+            rel = p.relative_to(top)
+            if "__pycache__" in rel.parts or p.suffix == ".pyc" or p.is_symlink() or not p.is_file():
+                continue
+            out.append(rel.as_posix())
+    return out
+
+
 def holds_root(ov: Overlay, folder: Path) -> bool:
     """FOLDER holds the root upstream's tree (ComfyUI): a folder of a file its patches change is there
     (or the file itself, for one at the top). Not a file: an edit may have removed it."""

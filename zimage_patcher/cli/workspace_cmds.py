@@ -155,9 +155,10 @@ def status_cmd(ctx, checkout, upstream_state):
                   for p in u["patches"]]
         lines += [f"  foreign   {f['git_status']} {field(f['path'])}" for f in u["foreign_changes"]]
     if res["node"]:
-        edited = [f for f, state in sorted(res["node"]["files"].items()) if state == "modified"]
+        edited = [field(f) + (" added" if state == "added" else "")
+                  for f, state in sorted(res["node"]["files"].items()) if state in ("modified", "added")]
         lines.append(f"node {res['node']['path']}: {res['node']['state']}"
-                     + (f" ({', '.join(map(field, edited))})" if edited else ""))
+                     + (f" ({', '.join(edited)})" if edited else ""))
     lines += [with_overlay(x, ctx.advice_overlay) for x in _status_advice(res)]    # the advice works where the user is
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
@@ -184,7 +185,7 @@ def _put_aside(res: dict) -> list[str]:
                          else f"rm -- {shlex.quote(str(co / rel))}")
     node = res["node"]
     for f, state in sorted(node["files"].items()) if node else ():
-        if state == "modified":
+        if state in ("modified", "added"):       # added: a file of the user's, which refresh would add
             rel = f"{node['path']}/{f}"
             steps += [copy_aside(co, rel, "node"), f"rm -- {shlex.quote(str(co / rel))}"]
     return steps
