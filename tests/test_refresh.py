@@ -442,3 +442,28 @@ def test_into_takes_its_own_upstreams_edits_and_a_dry_runs_advice_stays_a_dry_ru
     done = follow(world, ways[0].replace(" --dry-run", ""), tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_refresh_never_writes_an_older_copy_of_the_node_over_a_newer_one(world, zpatch, tmp_path):
+    """A third trial: checkout A refreshed an edit of the node into the overlay; checkout B, applied before
+    that, then refreshed its own edit of the same file over it, silently. B is refused; its advice, run
+    literally, keeps B's edit in ~ and installs the overlay's newer node."""
+    a, b = world.clone_checkout(tmp_path / "A"), world.clone_checkout(tmp_path / "B")
+    zpatch("apply", a)
+    zpatch("apply", b)
+    node = "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"
+    (a / node).write_bytes((a / node).read_bytes() + b"# FROM A\n")
+    zpatch("refresh", a)
+    newer = (a / node).read_bytes()
+    (b / node).write_bytes((b / node).read_bytes() + b"# MINE IN B\n")
+    mine = (b / node).read_bytes()
+    before = overlay_snapshot(world)
+    r = zpatch("refresh", b, expect=4)
+    assert "the overlay's node changed since this checkout was applied" in error_line(r)
+    assert overlay_snapshot(world) == before
+    home = tmp_path / "home"
+    home.mkdir()
+    done = follow(world, next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1], home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (b / node).read_bytes() == newer and zpatch.json("status", b)["clean"]
+    assert [p.read_bytes() for p in home.iterdir()] == [mine]

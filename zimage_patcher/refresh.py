@@ -476,6 +476,7 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
             stale |= d != want
         elif d != want:                    # (== want: a refresh killed after it wrote the overlay)
             edits[f] = data
+            stale |= want != old.files.get(f)    # and the overlay's copy changed since apply: the edit is older
     for f in node_folder(ws.checkout / lo.path):         # files the user added to the node
         if f not in lo.sha256 and f not in old.files:
             edits[f] = worktree.read(ws.checkout, f"{lo.path}/{f}")
@@ -485,10 +486,12 @@ def _node_plan(ws: Workspace, rec: Record) -> tuple[dict[str, bytes], NodeRecord
                                                   "zpatch lock; `zpatch apply` puts it back")
     if edits and (stale or set(old.files) != set(lo.sha256)):
         co = shlex.quote(str(ws.checkout))
+        keep = [step for f in sorted(edits) for step in (copy_aside(ws.checkout, f"{lo.path}/{f}", "node"),
+                                                           f"rm -- {shlex.quote(str(ws.checkout / lo.path / f))}")]
         raise ZpatchError(f"{ws.checkout / lo.path}: the overlay's node changed since this checkout was applied; "
-                          "refresh would fold your edit into the older files", Exit.BAD_CHECKOUT,
-                          hint=f"copy your edited files elsewhere and delete them, zpatch apply {co}, copy your "
-                               f"edits back, then zpatch refresh {co}")
+                          "refresh would write your older copy over it", Exit.BAD_CHECKOUT,
+                          hint=f"keep a copy of your edit and install the overlay's node: `{' && '.join(keep)} && "
+                               f"zpatch apply {co}`; then redo the edit from the copy in ~ and `zpatch refresh {co}`")
     if edits:
         return edits, NodeRecord(old.path, {**lo.sha256, **{f: digest(d) for f, d in edits.items()}}, list(old.dirs))
     if stale or old.files == lo.sha256:
