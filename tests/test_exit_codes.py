@@ -347,6 +347,7 @@ def test_sigterm_in_the_middle_of_an_apply_exits_143_and_the_next_command_rolls_
     assert (checkout / ".git/zpatch/journal.json").exists()         # stopped in the middle: the journal says so
     st = cli(world.overlay, "status", checkout)
     assert st.returncode in (0, 1) and "Traceback" not in st.stderr
+    assert "rolls the interrupted change back" in st.stdout and "edited after apply" not in st.stdout
     r = cli(world.overlay, "unapply", checkout)
     assert r.returncode == 0 and "Rolled back an interrupted `zpatch apply`" in r.stdout + r.stderr, r.stderr
     assert tree_snapshot(checkout) == before

@@ -411,6 +411,7 @@ def test_edit_mode_is_left_after_a_rebase_moved_the_pin(world, checkout, tmp_pat
     st = json.loads(run(world.overlay, "status", checkout, "--json").stdout)
     u = next(u for u in st["upstreams"] if u["name"] == "comfyui-gguf")
     assert u["edit"]["pin_moved"] is True and u["edit"]["exported"] is True
+    assert u["edit"]["commits"] == 4        # the branch's commits, counted on it (status said 0 here)
     # unexported work on the stale branch: refused, and the hint keeps it
     (g / "nodes.py").write_text("GGUF = 3\n")
     git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)

@@ -467,3 +467,37 @@ def test_refresh_never_writes_an_older_copy_of_the_node_over_a_newer_one(world, 
     assert done.returncode == 0, done.stdout + done.stderr
     assert (b / node).read_bytes() == newer and zpatch.json("status", b)["clean"]
     assert [p.read_bytes() for p in home.iterdir()] == [mine]
+
+
+def test_status_on_a_checkout_whose_node_the_overlay_changed_says_apply_and_that_works(world, zpatch, tmp_path):
+    """A third trial: status called a node the user never touched "modified" (the overlay's had changed)
+    and advised refresh, which found nothing. It is outdated, and apply, as advised, brings it up to date."""
+    a, b = world.clone_checkout(tmp_path / "A"), world.clone_checkout(tmp_path / "B")
+    zpatch("apply", a)
+    zpatch("apply", b)
+    node = "custom_nodes/ComfyUI-ZImage-Fix/nodes.py"
+    (a / node).write_bytes((a / node).read_bytes() + b"# FROM A\n")
+    zpatch("refresh", a)
+    st = zpatch.json("status", b, expect=1)
+    assert st["node"]["state"] == "outdated" and st["node"]["files"]["nodes.py"] == "outdated"
+    text = zpatch("status", b, expect=1).output
+    assert "refresh" not in text
+    line = next(x for x in text.splitlines() if "apply what is missing or outdated" in x)
+    done = follow(world, line.split("`")[1], tmp_path)
+    assert done.returncode == 0 and zpatch.json("status", b)["clean"], done.stdout + done.stderr
+
+
+def test_status_after_unapply_left_a_users_file_in_the_node_folder_gives_the_folder_hint(world, zpatch, checkout,
+                                                                                        tmp_path):
+    """A third trial: status said `zpatch apply` (node missing), which then refused the folder unapply had
+    left for the user's file. Its advice is apply's own for that folder, and runs as printed."""
+    zpatch("apply", checkout)
+    (checkout / "custom_nodes/ComfyUI-ZImage-Fix/my_own.txt").write_text("mine\n")
+    zpatch("unapply", checkout)
+    text = zpatch("status", checkout, expect=1).output
+    line = next(x for x in text.splitlines() if "the node's folder holds files" in x)
+    home = tmp_path / "home"
+    home.mkdir()
+    done = follow(world, line.split("`")[1], home)
+    assert done.returncode == 0 and zpatch.json("status", checkout)["clean"], done.stdout + done.stderr
+    assert [p.read_text() for p in home.glob("*/my_own.txt")] == ["mine\n"]

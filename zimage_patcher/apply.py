@@ -210,7 +210,7 @@ def _changes_for(t: Target, paths: list[str], current: dict[str, bytes | None],
     return changes, after_ids
 
 
-def _node_folder_hint(ws: Workspace, top: Path, files: set[str]) -> str:
+def node_folder_hint(checkout: Path, top: Path, files: set[str]) -> str:
     """The way past a node folder zpatch did not make. When it holds none of the node's files or folders
     (what unapply leaves when someone put a file of theirs in it), the user's files move to a new folder
     in ~ and the node installs there as before; otherwise the folder moves aside, with a name ComfyUI
@@ -226,7 +226,7 @@ def _node_folder_hint(ws: Workspace, top: Path, files: set[str]) -> str:
     dest = f"~/zpatch-saved-{top.name}-{mark}"
     moves = " ".join(shlex.quote(str(top / n)) for n in names)
     return (f"it holds only files of yours: keep them elsewhere and apply: `mkdir {dest} && mv -- {moves} {dest}/ "
-            f"&& zpatch apply {shlex.quote(str(ws.checkout))}`")
+            f"&& zpatch apply {shlex.quote(str(checkout))}`")
 
 
 def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[Change], NodeRecord | None]:
@@ -242,7 +242,7 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
             top = ws.checkout / lo.path
             if top.is_symlink() or (top.exists() and (not top.is_dir() or any(top.iterdir()))):
                 raise ZpatchError(f"{top}: exists and was not installed by zpatch", Exit.BAD_CHECKOUT,
-                                  hint=_node_folder_hint(ws, top, {rel[len(lo.path) + 1:] for rel in want}))
+                                  hint=node_folder_hint(ws.checkout, top, {rel[len(lo.path) + 1:] for rel in want}))
     had = {f"{old.path}/{f}": d for f, d in old.files.items()} if old else {}
     for rel in sorted(set(want) | set(had)):
         now = worktree.read(ws.checkout, rel)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import clone, diagnose, edit_mode, git, operation
+from . import clone, diagnose, edit_mode, git, operation, record, worktree
+from .errors import ZpatchError
 from .patchset import Overlay, cwd
 from .record import Record
 from .workspace import Target, Workspace, edited, node_folder
@@ -56,15 +57,29 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
     lo = ov.lock.overlay
     if lo:
         files = ws.node_files()
-        if rec.node:      # files of the user's in the installed node's folder: refresh would add them to the node
+        if rec.node:
+            for f, state in files.items():    # as zpatch installed it, but the overlay's node changed since
+                if state == "modified" and rec.node.files.get(f) is not None and \
+                        _digest(ws.checkout, f"{lo.path}/{f}") == rec.node.files[f]:
+                    files[f] = "outdated"
+            # files of the user's in the installed node's folder: refresh would add them to the node
             files.update({f: "added" for f in node_folder(ws.checkout / lo.path)
                           if f not in files and f not in rec.node.files})
         vals = set(files.values())
         out["node"] = {"path": lo.path, "files": files,
-                       "state": "installed" if vals == {"ok"} else ("missing" if vals == {"missing"} else "modified")}
+                       "state": "installed" if vals == {"ok"} else "missing" if vals == {"missing"} else
+                       "outdated" if vals <= {"ok", "outdated"} else "modified"}
         if out["node"]["state"] != "installed" and not any(u.get("edit") for u in out["upstreams"]):
             out["clean"] = False       # in edit mode the node is not installed: it is edited in the overlay
     return out
+
+
+def _digest(root: Path, rel: str) -> str | None:
+    try:
+        data = worktree.read(root, rel)
+    except ZpatchError:              # a symlink in the way: never read through it
+        return None
+    return None if data is None else record.digest(data)
 
 
 def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
@@ -81,9 +96,16 @@ def _edit_status(ws: Workspace, t: Target, head: str | None) -> dict:
                if not inside_nested(t, ws.targets, f)]
     return {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin, "three_way": False,
             "patches": patches, "foreign_changes": foreign,
-            "edit": {"branch": git.EDIT_BRANCH, "commits": len(sp.patches) if sp else 0,
+            "edit": {"branch": git.EDIT_BRANCH,
+                     "commits": len(sp.patches) if sp else _commits_on_branch(t) if moved else 0,
                      "exported": (edit_mode.exported(ws, t) if moved else bool(sp) and not sp.changed)
                      and not interrupted, "interrupted": interrupted, "pin_moved": moved}}
+
+
+def _commits_on_branch(t: Target) -> int:
+    """The commits of the edit branch over the commit it started from (when the pin has moved on)."""
+    base = git.rev_parse(t.repo, git.EDIT_BASE)
+    return len(git.rev_list_parents(t.repo, f"{base}..{edit_mode.BRANCH_REF}")) if base else 0
 
 
 def inside_nested(t: Target, targets: list[Target], rel: str) -> bool:

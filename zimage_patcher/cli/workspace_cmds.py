@@ -219,9 +219,9 @@ def _status_advice(res: dict) -> list[str]:
     co = res["checkout"]
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
     out = []
-    if res["interrupted"]:
-        out.append(f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either first rolls the "
-                   "interrupted change back)")
+    if res["interrupted"]:     # what the files show now is half a run: the roll-back comes first
+        return ["Not clean.", f"  (run `zpatch apply {shlex.quote(co)}` or `zpatch unapply {shlex.quote(co)}`: either "
+                              "first rolls the interrupted change back)"]
     editing = [u for u in res["upstreams"] if u.get("edit")]
     if any(u["edit"].get("pin_moved") for u in editing):
         out.append(f"  (edit mode: the pin moved since `zpatch edit` (a rebase); `zpatch unapply {co}` leaves it, "
@@ -245,6 +245,8 @@ def _status_advice(res: dict) -> list[str]:
                            if applied else moves)
         out.append(f"  (off pin: `{back}` puts {' and '.join(u['name'] for u in off)} back on the pin, "
                    f"or `zpatch apply --3way {shlex.quote(co)}` merges the patches onto what is there)")
+    node_state = res["node"]["state"] if res["node"] else None
+    edited_after = "modified" in states or node_state == "modified"     # their advice ends in apply itself
     blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
     if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
         stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash push -- "
@@ -252,13 +254,20 @@ def _status_advice(res: dict) -> list[str]:
                             for u in blocking)
         out.append(f"  (your edits in files the patches change: keep them aside with `{stash}`, then "
                    f"`zpatch apply {shlex.quote(co)}`)")
-    elif not off and (states & {"missing", "outdated"}
-                      or (res["node"] and res["node"]["state"] == "missing" and not editing)):
-        out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
+    elif not off and not edited_after and (states & {"missing", "outdated"} or node_state == "outdated"
+                                           or (node_state == "missing" and not editing)):
+        folder = Path(co) / res["node"]["path"] if res["node"] else None
+        if node_state == "missing" and folder.is_dir() and any(folder.iterdir()):
+            # what unapply leaves when files of the user's were in the node's folder: apply refuses it
+            from ..apply import node_folder_hint
+            out.append(f"  (the node's folder holds files not zpatch's: "
+                       f"{node_folder_hint(Path(co), folder, set(res['node']['files']))})")
+        else:
+            out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
     if "conflict" in states:
         out.append("  (conflict: the patch does not apply to the files as they are; "
                    "`git diff` shows what differs from upstream)")
-    if "modified" in states or (res["node"] and res["node"]["state"] == "modified"):
+    if edited_after:
         again = " && ".join([*_put_aside(res), f"zpatch apply {shlex.quote(co)}"])
         out.append(f"  (edited after apply: `zpatch refresh {shlex.quote(co)}` folds the edits into their patches and "
                    f"the overlay's node; or keep a copy of each edited file and let apply write it again: `{again}`)")
