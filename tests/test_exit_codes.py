@@ -421,3 +421,20 @@ def test_new_codes_keep_the_old_numbers():
         ("UNREACHABLE", 6), ("SMOKE_FAILED", 7), ("ENVIRONMENT", 8), ("INTERNAL", 9), ("BUSY", 10),
         ("UPSTREAMED", 11), ("FILESYSTEM", 12), ("GIT_REFUSED", 13), ("INTERRUPTED", 130), ("TERMINATED", 143)]
     assert set(EXIT_HELP) == set(Exit)
+
+
+def test_an_interrupted_rebase_names_continue_and_that_finishes_it(world, tmp_path):
+    """A third trial: a rebase interrupted by Ctrl-C said "rerun it", and rerunning met "a rebase is in
+    progress" (exit 10). The hint names --continue, which, run literally, finishes the rebase."""
+    from testing import run
+    from testing.fixtures import commit as commit_to
+    moved = commit_to(world.gguf_up, {"README.md": "moved\n"}, "upstream moves on")
+    held = Held(zpatch_cmd(world.overlay, "rebase", "comfyui-gguf", "--onto", moved), "journal-written")
+    held.proc.send_signal(signal.SIGINT)
+    r = held.release()
+    assert r.returncode == Exit.INTERRUPTED, r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: "))
+    done = run.follow(hint.split("`")[1], world.overlay, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert moved in (world.overlay / "upstream.lock").read_text()
+    assert cli(world.overlay, "check").returncode == 0

@@ -6,7 +6,7 @@ import shlex
 import click
 
 from ..errors import Exit, ZpatchError
-from .base import OVERLAY_WRITE, command, complete_upstream
+from .base import command, complete_upstream
 
 
 def _text(res: dict) -> str:
@@ -32,7 +32,8 @@ def _text(res: dict) -> str:
 
 
 @command("rebase", "zpatch rebase comfyui --onto origin/master --dry-run",
-         interrupted=OVERLAY_WRITE + "; a rebase that had stopped at a conflict goes on with --continue, --skip or --abort")
+         interrupted="`zpatch rebase --continue` finishes an interrupted rebase and `zpatch rebase --abort` forgets "
+                     "it (when no rebase is in progress, the overlay is as it was: rerun the command)")
 @click.argument("upstream", required=False, shell_complete=complete_upstream)
 @click.option("--onto", "onto", metavar="REF", help="Target: a commit, tag, branch or origin/<branch>.")
 @click.option("--dry-run", is_flag=True, help="Do everything, write nothing; report every patch.")
