@@ -501,3 +501,16 @@ def test_status_after_unapply_left_a_users_file_in_the_node_folder_gives_the_fol
     done = follow(world, line.split("`")[1], home)
     assert done.returncode == 0 and zpatch.json("status", checkout)["clean"], done.stdout + done.stderr
     assert [p.read_text() for p in home.glob("*/my_own.txt")] == ["mine\n"]
+
+
+def test_a_dry_runs_next_command_names_the_overlay_and_runs_from_elsewhere(world, zpatch, checkout, tmp_path):
+    """A third trial: `zpatch --overlay OV refresh --dry-run` printed "Fold them with: zpatch refresh CO",
+    which failed where the user was (exit 3, no overlay there). Every printed command names it."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, fixed by hand\n")
+    text = zpatch("refresh", checkout, "--dry-run").output
+    cmd = next(x for x in text.splitlines() if x.startswith("Dry run: nothing written. Fold them with: ")).split(": ")[-1]
+    assert cmd == f"zpatch refresh --overlay {world.overlay} {checkout}"
+    done = follow(world, cmd, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reproduces(world, zpatch, checkout, tmp_path)

@@ -62,8 +62,9 @@ def warn(text: str) -> None:
     click.echo(" " + safe(text), err=True)
 
 
+# a zpatch command in advice: not one named as what ran (`zpatch apply` (pid N) was interrupted)
 _ZPATCH_CMD = re.compile(r"\bzpatch (checkout|apply|unapply|status|check|lock|export|edit|refresh|rebase|drift|verify|smoke|publish|forward|import)\b"
-                         r"(?![^`;,)]*--overlay)")
+                         r"(?!` \(pid)(?![^`;,)]*--overlay)")
 
 
 def with_overlay(text: str | None, overlay_dir: str | None) -> str | None:
@@ -152,7 +153,7 @@ class Context:
         if self.as_json:
             self.result = payload
         elif self.verbosity >= 0 and text:
-            say(text)
+            say(with_overlay(text, self.advice_overlay))     # its advice works where the user is, as a hint's does
         self.text = text
 
     def warn(self, text: str) -> None:

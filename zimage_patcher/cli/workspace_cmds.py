@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit, Terminated, ZpatchError
-from .base import WROTE_NOTHING, command, field, with_overlay
+from .base import WROTE_NOTHING, command, field
 
 # omitted: the checkout around the current directory, found as git finds its top level
 CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
@@ -159,7 +159,7 @@ def status_cmd(ctx, checkout, upstream_state):
                   for f, state in sorted(res["node"]["files"].items()) if state in ("modified", "added")]
         lines.append(f"node {res['node']['path']}: {res['node']['state']}"
                      + (f" ({', '.join(edited)})" if edited else ""))
-    lines += [with_overlay(x, ctx.advice_overlay) for x in _status_advice(res)]    # the advice works where the user is
+    lines += _status_advice(res)
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
 
