@@ -225,8 +225,9 @@ def test_each_command_says_what_to_do_after_an_interruption_of_its_own():
     assert set(INTERRUPTED) == names
     assert {n for n, h in INTERRUPTED.items() if h == ROLLED_BACK} == {"apply", "unapply"}
     assert {n for n, h in INTERRUPTED.items() if h == WROTE_NOTHING} == {"status", "check"}
-    for n in ("checkout", "edit", "refresh"):
+    for n in ("edit", "refresh"):
         assert f"`zpatch {n}" in INTERRUPTED[n]
+    assert "checkout command" in INTERRUPTED["checkout"]       # checkout's own hint names the command (below)
 
 
 def test_a_commands_help_lists_exit_1_only_when_it_can_exit_1():

@@ -438,3 +438,20 @@ def test_an_interrupted_rebase_names_continue_and_that_finishes_it(world, tmp_pa
     assert done.returncode == 0, done.stdout + done.stderr
     assert moved in (world.overlay / "upstream.lock").read_text()
     assert cli(world.overlay, "check").returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_checkout_names_the_whole_command_that_finishes_it(world, tmp_path, sig):
+    """A third trial: the hint said "rerun the same `zpatch checkout --overlay OV`", a command without its
+    DEST (exit 2 when pasted). It names the whole command, --exclude and --apply included, which runs."""
+    from testing import run
+    dest = tmp_path / "ComfyUI"
+    held = Held(zpatch_cmd(world.overlay, "checkout", dest, "--exclude", "nodes.py", "--apply"), "root-cloned")
+    held.proc.send_signal(sig)
+    r = held.release()
+    assert r.returncode in (Exit.INTERRUPTED, Exit.TERMINATED), r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: ")).split("`")[1]
+    assert hint == f"zpatch checkout --overlay {world.overlay} {dest} --exclude nodes.py --apply"
+    done = run.follow(hint, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert cli(world.overlay, "status", dest).returncode == 0

@@ -355,7 +355,7 @@ def _clone(dest: Path, up, mirror: Path, exclude: list[str], result: dict, known
         os.rename(staging / ".git", dest / ".git")
         os.rmdir(staging)
         sync_dirs([dest])
-        fault_point()
+        fault_point("root-cloned")       # tests hold a checkout here, half made
     else:
         repo.parent.mkdir(parents=True, exist_ok=True)
         git.run(["clone", "--no-checkout", "--quiet", str(mirror), str(repo)])

@@ -22,7 +22,7 @@ def _plural(n: int, word: str) -> str:
 
 
 @command("checkout", "zpatch checkout ./ComfyUI --exclude comfy/text_encoders/llama_tokenizer/tokenizer.json",
-         interrupted="rerun the same `zpatch checkout`: it keeps each upstream whose clone completed and clones "
+         interrupted="rerun the same checkout command: it keeps each upstream whose clone completed and clones "
                      "the others again")
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--offline", is_flag=True, help="Use only the local cache; never touch the network.")
@@ -33,8 +33,15 @@ def checkout_cmd(ctx, dest, offline, exclude, then_apply):
     """Clone every upstream at its pinned commit into DEST (ComfyUI with ComfyUI-GGUF nested)."""
     from .. import apply, clone
     ov = ctx.load()
-    res = clone.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
-                         progress=not ctx.as_json and ctx.verbosity >= 0)
+    try:
+        res = clone.checkout(ov, Path(dest), offline=offline, exclude=list(exclude),
+                             progress=not ctx.as_json and ctx.verbosity >= 0)
+    except (KeyboardInterrupt, Terminated) as e:      # the same command again finishes it
+        term = isinstance(e, Terminated)
+        again = clone.resume_command(Path(dest), {"exclude": list(exclude)}) + (" --apply" if then_apply else "")
+        raise ZpatchError("terminated (SIGTERM)" if term else "interrupted", Exit.TERMINATED if term else
+                          Exit.INTERRUPTED, hint=f"`{again}` finishes it: it keeps each upstream whose clone "
+                                                 "completed and clones the others again") from None
     lines = ["Resumed an interrupted checkout" + (f" (kept {', '.join(res['kept'])}, already complete)"
                                                   if res["kept"] else "")] if res.get("resumed") else []
     lines += [f"{'Kept' if u['name'] in res.get('kept', []) else 'Checked out'} {u['name']} at {u['commit'][:12]} "
