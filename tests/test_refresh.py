@@ -514,3 +514,24 @@ def test_a_dry_runs_next_command_names_the_overlay_and_runs_from_elsewhere(world
     done = follow(world, cmd, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     reproduces(world, zpatch, checkout, tmp_path)
+
+
+def test_an_outdated_series_refusal_names_the_upstream_holding_the_edit(world, zpatch, checkout, tmp_path):
+    """A third trial: with both series moved on and an edit only in ComfyUI-GGUF, refresh's refusal named
+    ComfyUI and advised resetting comfy/sd.py, where nothing was edited; apply then refused loader.py."""
+    from testing.fixtures import SD_PY
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3 v2\n")
+    l2 = replace_line(l1, "loader line 20\n", "loader line 20 tokenizer\n")
+    l3 = replace_line(l2, "loader line 35\n", "loader line 35 external\n")
+    world.build_overlay(comfy_edits=[("sd: accept 4-D latents v2",
+                                      {"comfy/sd.py": replace_line(SD_PY, "line 10 of sd.py\n", "line 10 PATCHED v2\n")})],
+                        gguf_edits=[("loader: gemma3", {"loader.py": l1}), ("loader: tokenizer", {"loader.py": l2}),
+                                    ("loader: external tokenizer", {"loader.py": l3, "tokenizer_util.py": "UTIL = 1\n"})])
+    r = zpatch("refresh", checkout, expect=4)
+    assert "comfyui-gguf series changed" in error_line(r) and "sd.py" not in r.stderr
+    chain = hint_commands(r)[0].split("apply the new series: ", 1)[1].split("; then redo", 1)[0]
+    done = follow(world, chain, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "line 10 PATCHED v2" in (checkout / "comfy/sd.py").read_text()

@@ -203,6 +203,8 @@ def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: s
         if _holds_series(t, ur):       # a refresh killed after it wrote the overlay: record what is there
             return Plan(t, patches=[(p.name, p.data, "unchanged") for p in t.series.patches], rerecord=True,
                         left_out=left_out)
+        if not changed and not others:     # nothing edited here: apply brings the new series, refresh has no part
+            return Plan(t, patches=[(p.name, p.data, "unchanged") for p in t.series.patches], left_out=left_out)
         raise _outdated(ws, t, changed or sorted(ur.files))
     patches = t.series.patches
     as_is = Plan(t, patches=[(p.name, p.data, "unchanged") for p in patches], left_out=left_out)
