@@ -535,3 +535,22 @@ def test_an_outdated_series_refusal_names_the_upstream_holding_the_edit(world, z
     done = follow(world, chain, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "line 10 PATCHED v2" in (checkout / "comfy/sd.py").read_text()
+
+
+def test_status_on_an_edit_over_an_older_series_advises_what_apply_then_accepts(world, zpatch, checkout, tmp_path):
+    """A third trial: a hand edit on a checkout whose series the overlay had changed showed as `outdated`
+    only, and status advised `zpatch apply`, which refused the edit. The edit is named, and the advice
+    keeps a copy and applies the new series, run literally."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer!\n")
+    mine = (checkout / GGUF / "loader.py").read_bytes()
+    l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3 v2\n")
+    world.build_overlay(gguf_edits=[("loader: gemma3", {"loader.py": l1})])
+    text = zpatch("status", checkout, expect=1).output
+    assert "outdated  0001-loader-gemma3.patch (loader.py)" in text and "to apply what is missing" not in text
+    line = next(x for x in text.splitlines() if "let apply write it again" in x)
+    home = tmp_path / "home"
+    home.mkdir()
+    done = follow(world, line.split("`")[3], home)
+    assert done.returncode == 0 and zpatch.json("status", checkout)["clean"], done.stdout + done.stderr
+    assert [p.read_bytes() for p in home.iterdir()] == [mine]

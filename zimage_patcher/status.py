@@ -40,8 +40,8 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
                 s = "modified"              # applied, then edited by hand
             else:
                 s = "applied"
-            patches.append({"name": p.name, "state": s,
-                            "edited": sorted(modified_files & set(p.files)) if s == "modified" else []})
+            patches.append({"name": p.name, "state": s,     # an outdated patch may hold an edit too
+                            "edited": sorted(modified_files & set(p.files)) if s in ("modified", "outdated") else []})
         # a file the series changes is the patches' business only where a patch is there (zpatch's or
         # applied by hand); anywhere else a change in it is the user's own edit, in the way of apply
         theirs = {f for p, e in zip(t.series.patches, patches) if e["state"] != "missing" and e["state"] != "conflict"

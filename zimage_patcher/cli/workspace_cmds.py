@@ -253,7 +253,8 @@ def _status_advice(res: dict) -> list[str]:
         out.append(f"  (off pin: `{back}` puts {' and '.join(u['name'] for u in off)} back on the pin, "
                    f"or `zpatch apply --3way {shlex.quote(co)}` merges the patches onto what is there)")
     node_state = res["node"]["state"] if res["node"] else None
-    edited_after = "modified" in states or node_state == "modified"     # their advice ends in apply itself
+    edited_after = (any(p.get("edited") for u in res["upstreams"] for p in u["patches"])
+                    or node_state == "modified")     # their advice ends in apply itself
     blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
     if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
         stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash push -- "
