@@ -554,3 +554,27 @@ def test_status_on_an_edit_over_an_older_series_advises_what_apply_then_accepts(
     done = follow(world, line.split("`")[3], home)
     assert done.returncode == 0 and zpatch.json("status", checkout)["clean"], done.stdout + done.stderr
     assert [p.read_bytes() for p in home.iterdir()] == [mine]
+
+
+def test_status_advice_quotes_every_name_so_a_hostile_file_name_runs_nothing(world, zpatch, tmp_path):
+    """A fourth trial: a file of the user's named `n;touch INJECTED;.txt` in the node's folder became a
+    command in status's advice (the copy's name was not quoted), and `my notes.txt` broke the chain. In
+    a checkout whose path holds a space, every name is quoted: run literally, the advice copies each
+    file whole and runs nothing else."""
+    co = world.clone_checkout(tmp_path / "my co")
+    zpatch("apply", co)
+    node = co / "custom_nodes/ComfyUI-ZImage-Fix"
+    names = ["n;touch INJECTED;.txt", "my notes.txt", "$(touch INJECTED2).txt"]
+    for n in names:
+        (node / n).write_text(f"{n}\n")
+    text = zpatch("status", co, expect=1).output
+    line = next(x for x in text.splitlines() if "let apply write it again" in x)
+    home = tmp_path / "home"
+    home.mkdir()
+    done = follow(world, line.split("`")[3], home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(tmp_path.rglob("INJECTED*"))
+    assert sorted(p.read_text() for p in home.iterdir()) == sorted(f"{n}\n" for n in names)
+    assert zpatch.json("status", co)["clean"]
+    done = follow(world, line.split("`")[1], home)          # the other way: refresh, with the spaced path
+    assert done.returncode == 0, done.stdout + done.stderr

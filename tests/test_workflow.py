@@ -363,3 +363,19 @@ def test_status_shows_a_hand_edit_on_an_unapplied_checkout_and_its_advice_works(
     assert done.returncode == 0, (cmd, done.stderr)
     assert zpatch.json("status", dest)["clean"] is True
     assert "line 3 MINE" in git("stash", "show", "-p", cwd=dest)            # the edit is kept
+
+
+def test_every_next_command_works_on_a_checkout_path_with_a_space(world, zpatch, tmp_path):
+    """A fourth trial: `Next: zpatch apply /tmp/my co` and the like were printed unquoted (exit 2 pasted)."""
+    from testing import run
+
+    def printed(out: str, label: str) -> str:
+        return next(x for x in out.splitlines() if label in x).split(label, 1)[1].split("   or   ")[0]
+
+    dest = tmp_path / "my co"
+    done = run.follow(printed(zpatch("checkout", dest).output, "Next: "), tmp_path, world.env)      # apply
+    assert done.returncode == 0 and zpatch.json("status", dest)["clean"], done.stdout + done.stderr
+    done = run.follow(printed(done.stdout, "Next: "), tmp_path, world.env)                          # status
+    assert done.returncode == 0 and "All applied and clean." in done.stdout, done.stdout + done.stderr
+    done = run.follow(printed(zpatch("unapply", dest).output, "Check: "), tmp_path, world.env)      # status
+    assert done.returncode == 1 and "Not clean." in done.stdout, done.stdout + done.stderr

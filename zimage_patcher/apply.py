@@ -223,7 +223,7 @@ def node_folder_hint(checkout: Path, top: Path, files: set[str]) -> str:
     if taken & set(names):
         return f"move it away (mv {q} {shlex.quote(str(top) + '.disabled')}) and rerun"
     mark = hashlib.sha256("\0".join(names).encode()).hexdigest()[:12]
-    dest = f"~/zpatch-saved-{top.name}-{mark}"
+    dest = "~/" + shlex.quote(f"zpatch-saved-{top.name}-{mark}")
     moves = " ".join(shlex.quote(str(top / n)) for n in names)
     return (f"it holds only files of yours: keep them elsewhere and apply: `mkdir {dest} && mv -- {moves} {dest}/ "
             f"&& zpatch apply {shlex.quote(str(checkout))}`")

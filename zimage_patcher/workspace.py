@@ -107,7 +107,7 @@ def resolve(ov: Overlay, checkout: Path) -> list[Target]:
     checkout = Path(checkout)
     if not checkout.is_dir():
         raise ZpatchError(f"{checkout}: no such directory", Exit.BAD_CHECKOUT,
-                          hint=f"create it with `zpatch checkout {checkout}`")
+                          hint=f"create it with `zpatch checkout {shlex.quote(str(checkout))} --apply`")
     checkout = checkout.resolve()
     targets = []
     for s in sorted(ov.series, key=lambda s: s.upstream.path != "."):
@@ -248,7 +248,7 @@ def copy_aside(top: Path, rel: str, label: str) -> str:
         blob = (worktree.blob_id(top, rel) or "gone")[:12]
     except ZpatchError:          # a symlink there: cp copies what it points to
         blob = "link"
-    return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}"
+    return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/{shlex.quote(f'zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}')}"
 
 
 def save_edit_hint(t: Target, rel: str, then: str) -> str:

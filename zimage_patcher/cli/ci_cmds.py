@@ -1,6 +1,7 @@
 """smoke and verify: the commands that prove the overlay works end to end."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -35,7 +36,8 @@ def smoke_cmd(ctx, checkout, device, tier, models, python, unpatched, out_dir):
     why = status.not_ready_for_smoke(ctx.load(), checkout, pristine=unpatched)
     if why:
         raise ZpatchError(f"{checkout}: {why}", Exit.BAD_CHECKOUT,
-                          hint=f"zpatch unapply {checkout}" if unpatched else f"zpatch apply {checkout}")
+                          hint=f"zpatch unapply {shlex.quote(str(checkout))}" if unpatched
+                          else f"zpatch apply {shlex.quote(str(checkout))}")
     out = Path(out_dir) if out_dir else checkout / "output" / "zpatch-smoke"
     report = runner.run_smoke(checkout, out, python=python, device=device, tier=tier,
                               models=Path(models) if models else None, unpatched=unpatched)

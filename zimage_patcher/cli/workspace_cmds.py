@@ -61,7 +61,7 @@ def checkout_cmd(ctx, dest, offline, exclude, then_apply):
                                    "the overlay (rolling an interrupted apply back first)") from None
         lines.append(apply_text(res["apply"], dest))
     else:
-        lines.append(f"Next: zpatch apply {dest}")
+        lines.append(f"Next: zpatch apply {shlex.quote(str(dest))}")
     ctx.emit(res, "\n".join(lines))
 
 
@@ -86,7 +86,8 @@ def apply_text(res: dict, checkout) -> str:
         if u["three_way"]:
             lines.append(f"note: {u['name']} is at {u['head'][:12]}, not its pin {u['pin'][:12]}: "
                          "its patches were merged 3-way; review them before relying on it")
-    lines.append(f"Next: zpatch status {checkout}   or   zpatch smoke {checkout}")
+    co = shlex.quote(str(checkout))
+    lines.append(f"Next: zpatch status {co}   or   zpatch smoke {co}")
     return "\n".join(lines)
 
 
@@ -128,7 +129,7 @@ def unapply_cmd(ctx, checkout, discard):
             node = (f"; removed the node's files from {res['node']} (the folder stays: it holds files zpatch "
                     "did not install)" if res.get("node_kept") else f"; removed {res['node']}")
         lines.append(f"Reversed {parts or 'no patches'}{node}.")
-        lines.append(f"The files zpatch changed are upstream's again. Check: zpatch status {res['checkout']}")
+        lines.append(f"The files zpatch changed are upstream's again. Check: zpatch status {shlex.quote(res['checkout'])}")
     ctx.emit(res, "\n".join(lines) + _files(ctx, res, "files_restored"))
 
 
@@ -221,13 +222,13 @@ def _status_advice(res: dict) -> list[str]:
     """What to do next, one line per kind of difference (git status style)."""
     if res["clean"]:
         if any(u.get("edit") for u in res["upstreams"]):
-            return [f"Edit mode, everything exported. Leave it with `zpatch unapply {res['checkout']}`."]
+            return [f"Edit mode, everything exported. Leave it with `zpatch unapply {shlex.quote(res['checkout'])}`."]
         return ["All applied and clean."]
-    co = res["checkout"]
+    co, top = shlex.quote(res["checkout"]), Path(res["checkout"])     # CO: as printed in a command
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
     out = []
     if res["interrupted"]:     # what the files show now is half a run: the roll-back comes first
-        return ["Not clean.", f"  (run `zpatch apply {shlex.quote(co)}` or `zpatch unapply {shlex.quote(co)}`: either "
+        return ["Not clean.", f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either "
                               "first rolls the interrupted change back)"]
     editing = [u for u in res["upstreams"] if u.get("edit")]
     if any(u["edit"].get("pin_moved") for u in editing):
@@ -235,8 +236,8 @@ def _status_advice(res: dict) -> list[str]:
                    "and says how to keep commits that were not exported)")
     if any(u["edit"].get("interrupted") for u in editing):
         # the one thing to do: export, apply and the rest refuse a half-made edit mode
-        return ["Not clean.", f"  (edit mode was interrupted half way: `zpatch edit {shlex.quote(co)}` finishes "
-                              f"entering it, `zpatch unapply {shlex.quote(co)}` finishes leaving it)"]
+        return ["Not clean.", f"  (edit mode was interrupted half way: `zpatch edit {co}` finishes "
+                              f"entering it, `zpatch unapply {co}` finishes leaving it)"]
     if editing:
         if not all(u["edit"]["exported"] for u in editing):
             out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
@@ -247,37 +248,37 @@ def _status_advice(res: dict) -> list[str]:
         from ..apply import back_to_pin
         applied = (any(p["state"] in ("applied", "modified", "outdated") for u in res["upstreams"] for p in u["patches"])
                    or bool(res["node"] and res["node"]["state"] != "missing"))
-        moves = [back_to_pin(Path(co), Path(co) / u["path"], u["pin"], False) for u in off]
-        back = " && ".join([f"zpatch unapply {shlex.quote(co)}", *moves, f"zpatch apply {shlex.quote(co)}"]
+        moves = [back_to_pin(top, top / u["path"], u["pin"], False) for u in off]
+        back = " && ".join([f"zpatch unapply {co}", *moves, f"zpatch apply {co}"]
                            if applied else moves)
         out.append(f"  (off pin: `{back}` puts {' and '.join(u['name'] for u in off)} back on the pin, "
-                   f"or `zpatch apply --3way {shlex.quote(co)}` merges the patches onto what is there)")
+                   f"or `zpatch apply --3way {co}` merges the patches onto what is there)")
     node_state = res["node"]["state"] if res["node"] else None
     edited_after = (any(p.get("edited") for u in res["upstreams"] for p in u["patches"])
                     or node_state == "modified")     # their advice ends in apply itself
     blocking = [u for u in res["upstreams"] if any(f.get("in_patched_file") for f in u["foreign_changes"])]
     if blocking:     # apply would refuse: say how to put the edits aside first, keeping them
-        stash = " && ".join(f"git -C {shlex.quote(str(Path(co) / u['path']))} stash push -- "
+        stash = " && ".join(f"git -C {shlex.quote(str(top / u['path']))} stash push -- "
                             + shlex.join(sorted(f["path"] for f in u["foreign_changes"] if f.get("in_patched_file")))
                             for u in blocking)
         out.append(f"  (your edits in files the patches change: keep them aside with `{stash}`, then "
-                   f"`zpatch apply {shlex.quote(co)}`)")
+                   f"`zpatch apply {co}`)")
     elif not off and not edited_after and (states & {"missing", "outdated"} or node_state == "outdated"
                                            or (node_state == "missing" and not editing)):
-        folder = Path(co) / res["node"]["path"] if res["node"] else None
+        folder = top / res["node"]["path"] if res["node"] else None
         if node_state == "missing" and folder.is_dir() and any(folder.iterdir()):
             # what unapply leaves when files of the user's were in the node's folder: apply refuses it
             from ..apply import node_folder_hint
             out.append(f"  (the node's folder holds files not zpatch's: "
-                       f"{node_folder_hint(Path(co), folder, set(res['node']['files']))})")
+                       f"{node_folder_hint(top, folder, set(res['node']['files']))})")
         else:
             out.append(f"  (use `zpatch apply {co}` to apply what is missing or outdated)")
     if "conflict" in states:
         out.append("  (conflict: the patch does not apply to the files as they are; "
                    "`git diff` shows what differs from upstream)")
     if edited_after:
-        again = " && ".join([*_put_aside(res), f"zpatch apply {shlex.quote(co)}"])
-        out.append(f"  (edited after apply: `zpatch refresh {shlex.quote(co)}` folds the edits into their patches and "
+        again = " && ".join([*_put_aside(res), f"zpatch apply {co}"])
+        out.append(f"  (edited after apply: `zpatch refresh {co}` folds the edits into their patches and "
                    f"the overlay's node; or keep a copy of each edited file and let apply write it again: `{again}`)")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
@@ -297,7 +298,7 @@ def edit_cmd(ctx, checkout):
     for u in res["upstreams"]:
         lines.append(f"{u['name']}: {len(u['commits'])} commit(s) on {u['branch']} over {u['base'][:12]}")
         lines += [f"  {c['commit'][:12]} {c['patch']}" for c in u["commits"]]
-    lines.append(f"Edit with git in each repository, then: zpatch export {res['checkout']}")
+    lines.append(f"Edit with git in each repository, then: zpatch export {shlex.quote(res['checkout'])}")
     ctx.emit(res, "\n".join(lines))
 
 
