@@ -50,6 +50,8 @@ def test_usage_errors_honour_json(zpatch):
     assert r.exit_code == 2
     env = json.loads(r.stdout)
     assert env["ok"] is False and env["exit_code"] == 2 and "no-such-option" in env["error"]
+    helps = env["hint"].split("`")[1]                  # a command, run literally (it said "see --help")
+    assert helps == "zpatch apply --help" and CliRunner().invoke(main, helps.split()[1:]).exit_code == 0
     r = CliRunner().invoke(main, ["apply", "--no-such-option"])
     assert r.exit_code == 2 and "No such option" in r.output
 

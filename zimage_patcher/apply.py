@@ -45,7 +45,7 @@ def back_to_pin(checkout: Path, repo: Path, pin: str, applied: bool) -> str:
     steps = [] if git.has_commit(repo, pin) else [f"git -C {q} fetch origin {pin}"]
     head = git.head_commit(repo)
     if head and not git.run(["for-each-ref", "--count=1", "--contains", head], cwd=repo, check=False).stdout.strip():
-        steps.insert(0, f"git -C {q} branch zpatch-saved-{head[:12]} {head}")   # commits no branch holds: keep them
+        steps.insert(0, f"git -C {q} branch -f zpatch-saved-{head[:12]} {head}")   # commits no branch holds: keep them
     steps.append(f"git -C {q} checkout --detach {pin}")
     if applied:
         steps = [f"zpatch unapply {co}", *steps, f"zpatch apply {co}"]

@@ -180,7 +180,7 @@ def _refuse_stale(ws: Workspace, sp: edit_mode.SeriesPlan, plans: list[edit_mode
     co = shlex.quote(str(ws.checkout))
     was, is_now = dict(base), dict(now)
     moved = next((n for n, h in now if was.get(n) != h), None) or next(n for n, _h in base if n not in is_now)
-    saves = " && ".join(f"git -C {shlex.quote(str(o.target.repo))} branch "
+    saves = " && ".join(f"git -C {shlex.quote(str(o.target.repo))} branch -f "
                         f"zpatch-saved-{git.rev_parse(o.target.repo, edit_mode.BRANCH_REF)[:12]} {edit_mode.BRANCH}"
                         for o in plans)
     raise ZpatchError(f"{t.series.directory / moved}: changed in the overlay since `zpatch edit` made the branch in "

@@ -289,7 +289,7 @@ def leave(ws: Workspace, *, discard: bool = False) -> list[dict]:
             repo = shlex.quote(str(t.repo))
             raise ZpatchError(f"{t.repo}: HEAD is detached with {len(loose)} commit(s) on no branch; leaving edit "
                               "mode would drop them", Exit.BAD_CHECKOUT,
-                              hint=f"keep them on a branch (git -C {repo} branch zpatch-saved-{loose[0][:12]} "
+                              hint=f"keep them on a branch (git -C {repo} branch -f zpatch-saved-{loose[0][:12]} "
                                    f"{loose[0]}), then rerun; or `zpatch unapply --discard "
                                    f"{shlex.quote(str(ws.checkout))}` drops them")
         if not half_made(t) and not exported(ws, t):
@@ -344,7 +344,7 @@ def _keep_hint(ws: Workspace, stuck: Target | None = None) -> str:
     if stuck is not None and pin_moved(stuck):     # the branch cannot be exported onto the new pin
         repo = shlex.quote(str(stuck.repo))
         tip = (git.rev_parse(stuck.repo, BRANCH_REF) or "HEAD")[:12]
-        return (f"the pin moved (a rebase) since `zpatch edit`: keep the branch (git -C {repo} branch "
+        return (f"the pin moved (a rebase) since `zpatch edit`: keep the branch (git -C {repo} branch -f "
                 f"zpatch-saved-{tip} {BRANCH}), then `zpatch unapply --discard {co}`, `zpatch edit {co}` and "
                 "cherry-pick your commits from the saved branch")
     steps = []

@@ -207,9 +207,10 @@ class Group(click.Group):
         except click.ClickException as e:
             if any(a == "--json" or a.startswith("--json=") for a in args):
                 name = next((a for a in args if not a.startswith("-")), "zpatch")
+                helps = f"zpatch {name} --help" if name in self.commands else "zpatch --help"
                 click.echo(envelope(name, False,
                                     {"error": safe(e.format_message()), "exit_code": int(Exit.USAGE),
-                                     "hint": "see --help", "details": {}}))
+                                     "hint": f"`{helps}` shows the usage", "details": {}}))
             else:
                 e.show()
             sys.exit(int(Exit.USAGE))
