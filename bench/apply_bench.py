@@ -57,7 +57,27 @@ def results_file(name: str, work: Path) -> Path:
     return ROOT / "bench" / "results" / f"{name}{suffix}.md"
 
 
-def timed_together(*fns, runs=RUNS, setup=None) -> list[float]:
+class Median(float):
+    """The median of ROUNDS (seconds), which it keeps for spread()."""
+    rounds: list[float]
+
+    def __new__(cls, rounds: list[float]):
+        m = super().__new__(cls, statistics.median(rounds))
+        m.rounds = rounds
+        return m
+
+
+def spread(raw: float, ours: float) -> str:
+    """The middle half of the per-round ratios OURS/RAW: each round runs both back to back, so a disk or a
+    neighbour that slows one round slows both sides of its ratio (on a shared disk the medians alone
+    moved from 1.3x to 1.85x between two quiet runs)."""
+    if not (isinstance(raw, Median) and isinstance(ours, Median)) or len(raw.rounds) < 2:
+        return ""
+    q = statistics.quantiles(sorted(o / r for r, o in zip(raw.rounds, ours.rounds)), n=4)
+    return f"{q[0]:.2f}-{q[2]:.2f}x"
+
+
+def timed_together(*fns, runs=RUNS, setup=None) -> list[Median]:
     """Median time of each FN, run interleaved so that drift in machine load hits all alike."""
     times = [[] for _ in fns]
     for _ in range(runs):
@@ -67,7 +87,7 @@ def timed_together(*fns, runs=RUNS, setup=None) -> list[float]:
             t0 = time.perf_counter()
             fn()
             times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
+    return [Median(t) for t in times]
 
 
 def zp(*args, env):
@@ -230,11 +250,11 @@ def main() -> None:
              f"{sh(['git', '--version']).stdout.strip()}; load average {load[0]:.1f} at the start, {load[1]:.1f} "
              "at the end (compare ratios from one run, not times across runs)", f"Upstreams: {source}",
              f"Work folder (both sides): {work.parent} ({file_system(work.parent) or 'file system unknown'})", "",
-             "| case | raw git (s) | zpatch (s) | ratio | git processes (raw / zpatch) |",
-             "|---|---:|---:|---:|---:|"]
+             "| case | raw git (s) | zpatch (s) | ratio | per-round ratios, middle half | git processes (raw / zpatch) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, raw, ours, *procs in rows:
         count = f"{procs[0][0]} / {procs[0][1]}" if procs else ""
-        lines.append(f"| {name} | {raw:.3f} | {ours:.3f} | {ours / raw:.2f}x | {count} |")
+        lines.append(f"| {name} | {raw:.3f} | {ours:.3f} | {ours / raw:.2f}x | {spread(raw, ours)} | {count} |")
     series = [r for r in rows if r[0].startswith("series")]
     if len(series) == 4:
         # Linear growth: the marginal cost per added patch stays flat from one size to the next.

@@ -379,3 +379,30 @@ def test_every_next_command_works_on_a_checkout_path_with_a_space(world, zpatch,
     assert done.returncode == 0 and "All applied and clean." in done.stdout, done.stdout + done.stderr
     done = run.follow(printed(zpatch("unapply", dest).output, "Check: "), tmp_path, world.env)      # status
     assert done.returncode == 1 and "Not clean." in done.stdout, done.stdout + done.stderr
+
+
+def test_status_json_carries_the_advice_the_text_prints_and_it_works_as_given(world, zpatch, tmp_path):
+    """`status --json` had no next steps: a script had to parse the text. Its `advice` holds the text's
+    sentences, commands naming the overlay as printed; run from elsewhere, the one given keeps the edit."""
+    import re
+    from testing import run
+    dest = world.clone_checkout(tmp_path / "ComfyUI")
+    assert zpatch.json("status", dest, expect=1)["advice"] == [f"use `zpatch apply --overlay {world.overlay} {dest}` "
+                                                              "to apply what is missing or outdated"]
+    zpatch("apply", dest)
+    assert zpatch.json("status", dest)["advice"] == []
+    sd = dest / "comfy/sd.py"
+    mine = sd.read_text() + "# MINE\n"
+    sd.write_text(mine)
+    res = zpatch.json("status", dest, expect=1)
+    text = zpatch("status", dest, expect=1).output
+    for a in res["advice"]:
+        assert f"  ({a})" in text
+    line = next(a for a in res["advice"] if a.startswith("edited after apply"))
+    cmd = re.findall(r"`([^`]+)`", line)[1]            # keep a copy, let apply write the file again
+    assert f"--overlay {world.overlay}" in cmd
+    done = run.follow(cmd, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert zpatch.json("status", dest)["clean"] is True
+    saved = [p for p in tmp_path.iterdir() if p.name.startswith("zpatch-saved-")]
+    assert [p.read_text() for p in saved] == [mine]

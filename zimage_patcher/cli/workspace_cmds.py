@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import Exit, Terminated, ZpatchError
-from .base import WROTE_NOTHING, command, field
+from .base import WROTE_NOTHING, command, field, with_overlay
 
 # omitted: the checkout around the current directory, found as git finds its top level
 CHECKOUT_ARG = dict(type=click.Path(file_okay=False), default=None, required=False)
@@ -167,7 +167,11 @@ def status_cmd(ctx, checkout, upstream_state):
                   for f, state in sorted(res["node"]["files"].items()) if state in ("modified", "added")]
         lines.append(f"node {res['node']['path']}: {res['node']['state']}"
                      + (f" ({', '.join(edited)})" if edited else ""))
-    lines += _status_advice(res)
+    advice = _status_advice(res)
+    lines += advice
+    # the same next steps for a script: each line's sentence, its commands naming the overlay as printed
+    res["advice"] = [with_overlay(a.strip().removeprefix("(").removesuffix(")"), ctx.advice_overlay)
+                     for a in advice if a not in ("Not clean.", "All applied and clean.")]
     ctx.emit(res, "\n".join(lines))
     return Exit.OK if res["clean"] else Exit.FINDINGS
 
