@@ -51,6 +51,25 @@ def test_conflict_with_the_commits_to_blame(zpatch, world):
     assert any("upstream rewrites line 20" in c for c in p2["upstream_commits"])
 
 
+def test_next_during_a_stopped_rebase_finishes_that_one_first(zpatch, world, tmp_path):
+    """A trial: with a rebase stopped on a conflict, drift's `next: zpatch rebase ...` was refused
+    (exit 10, the overlay busy). It names the way out first; followed in order, the rebase runs."""
+    from testing import run
+    commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
+           "upstream rewrites line 20")
+    zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
+    out = zpatch("drift", expect=None).output
+    line = next(x for x in out.splitlines() if "next:" in x and "comfyui-gguf --onto" in x)
+    assert "once the stopped rebase is done" in line
+    abort, then = re.findall(r"`([^`]+)`", line)[1], line.split("), ", 1)[1]
+    assert "--abort" in abort and then.startswith("zpatch rebase ")
+    for cmd, code in ((abort, 0), (then, 5)):             # 5: the same conflict, stopped again, not refused
+        done = run.follow(cmd, tmp_path, world.env)
+        assert done.returncode == code, (cmd, done.stdout + done.stderr)
+    zpatch("rebase", "--abort")
+    assert "once the stopped rebase" not in zpatch("drift", expect=None).output
+
+
 def test_upstreamed_and_obsolete_that_also_conflicts(zpatch, world):
     commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")},
            "upstream takes our gemma3 change")

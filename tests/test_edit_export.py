@@ -164,6 +164,25 @@ def test_edit_refuses_off_pin_dirty_and_twice_changing_nothing(zpatch, world, ch
     assert "already in edit mode" in error_line(zpatch("edit", checkout, expect=4))
 
 
+def test_edits_dirty_hint_keeps_both_upstreams_edits_aside_in_one_go(zpatch, world, checkout, tmp_path):
+    """A trial: with edits in both upstreams, edit's hint named one at a time (follow, refused again).
+    One hint now stashes both; followed literally, edit mode begins, and the pops bring both back."""
+    import re
+    from testing import run
+    (checkout / "nodes.py").write_text("mine\n")
+    (gguf(checkout) / "nodes.py").write_text("GGUF = mine\n")
+    r = zpatch("edit", checkout, expect=4)
+    assert "(and 1 more file(s))" in error_line(r)
+    hint = next(x for x in r.output.splitlines() if x.startswith("hint: "))
+    go, back = re.findall(r"`([^`]+)`", hint)[:2]
+    done = run.follow(go, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert zpatch.json("status", checkout)["upstreams"][0]["edit"]["branch"] == "zpatch/edit"
+    done = run.follow(back, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (checkout / "nodes.py").read_text() == "mine\n" and (gguf(checkout) / "nodes.py").read_text() == "GGUF = mine\n"
+
+
 def test_crlf_series_round_trips_byte_for_byte(zpatch, world, checkout, tmp_path):
     world.make_gguf_crlf()
     co = world.clone_checkout(tmp_path / "C2")

@@ -425,3 +425,10 @@ def test_edit_mode_is_left_after_a_rebase_moved_the_pin(world, checkout, tmp_pat
     assert r.returncode == 0, r.stderr
     assert git("rev-parse", "HEAD", cwd=g) == old_pin                      # where the branch started
     assert git("rev-parse", f"zpatch-saved-{tip[:12]}", cwd=g) == tip      # nothing lost
+    # it said "back at the pins" there; now it says where it is and the way on, which works as printed
+    assert "(comfyui-gguf): back at the pins" not in r.stdout and f"back at {old_pin[:12]}" in r.stdout, r.stdout
+    from testing.run import follow
+    done = follow(r.stdout.split("Next: ", 1)[1].strip(), world.overlay, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert git("rev-parse", "HEAD", cwd=g) == git("rev-parse", "main", cwd=world.gguf_up)      # the new pin
+    assert json.loads(run(world.overlay, "status", checkout, "--json").stdout)["clean"] is True

@@ -352,9 +352,15 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
     with ws.locked() as recovered:
         rec = ws.load_record()
         result = {"checkout": str(ws.checkout), "changed": False, "recovered": recovered, "upstreams": [],
-                  "node": None, "files_restored": [], "left_edit_mode": []}
+                  "node": None, "files_restored": [], "left_edit_mode": [], "off_pin": []}
         if any(edit_mode.active(t) for t in ws.targets):
-            result["left_edit_mode"] = [u["name"] for u in edit_mode.leave(ws, discard=discard)]
+            left = edit_mode.leave(ws, discard=discard)
+            result["left_edit_mode"] = [u["name"] for u in left]
+            # a rebase moved the pin since `edit`: back where the branch began, the old pin; say the way on
+            result["off_pin"] = [{"name": u["name"], "head": u["head"], "pin": u["pin"],
+                                  "next": back_to_pin(ws.checkout, ws.checkout / u["path"], u["pin"], False)
+                                  + f" && zpatch apply {shlex.quote(str(ws.checkout))}"}
+                                 for u in left if u["head"] != u["pin"]]
             result["changed"] = True
             rec = ws.load_record()
         if rec is None:

@@ -62,17 +62,25 @@ def _enter(ws: Workspace) -> dict:
             if f not in head and f not in ours and os.path.lexists(t.repo / f):
                 raise ZpatchError(f"{t.repo / f}: exists, and a patch creates it", Exit.BAD_CHECKOUT,
                                   hint=f"move it away (mv {t.repo / f} {t.repo / f}.bak), then rerun")
-    for t in todo:   # files zpatch applied are its own to take back; anything else must be clean
+    dirty = []      # files zpatch applied are its own to take back; anything else must be clean
+    for t in todo:
         ours = set(rec.upstreams[t.name].files) if rec and t.name in rec.upstreams else set()
-        dirty = [f for f in edit_mode.dirty(t) if f not in ours]
-        if dirty:
-            # stash only the user's own files: zpatch's applied ones are edit's to take back, and in a
-            # stash they would block its pop after the next apply
-            stash = f"git -C {shlex.quote(str(t.repo))} stash push --include-untracked -- {shlex.join(dirty)}"
-            raise ZpatchError(f"{t.repo / dirty[0]}: has uncommitted changes", Exit.BAD_CHECKOUT,
-                              hint=f"commit them, or keep them aside: `{stash} && zpatch edit {co}` "
-                                   f"(`git -C {shlex.quote(str(t.repo))} stash pop` brings them back); a file "
-                                   "a partial mirror left out stays out of a checkout made with --exclude")
+        files = [f for f in edit_mode.dirty(t) if f not in ours]
+        if files:
+            dirty.append((t, files))
+    if dirty:
+        # stash only the user's own files, every upstream's in one hint: zpatch's applied ones are edit's
+        # to take back, and in a stash they would block its pop after the next apply
+        stash = " && ".join(f"git -C {shlex.quote(str(t.repo))} stash push --include-untracked -- {shlex.join(files)}"
+                            for t, files in dirty)
+        pop = " && ".join(f"git -C {shlex.quote(str(t.repo))} stash pop" for t, _ in dirty)
+        t, files = dirty[0]
+        more = sum(len(f) for _, f in dirty) - 1
+        raise ZpatchError(f"{t.repo / files[0]}: has uncommitted changes"
+                          + (f" (and {more} more file(s))" if more else ""), Exit.BAD_CHECKOUT,
+                          hint=f"commit them, or keep them aside: `{stash} && zpatch edit {co}` "
+                               f"(`{pop}` brings them back); a file "
+                               "a partial mirror left out stays out of a checkout made with --exclude")
     if rec is not None:
         apply.unapply(ws.ov, ws.checkout)     # from zpatch's own apply back to pristine, transactionally
     result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}

@@ -300,14 +300,15 @@ def leave(ws: Workspace, *, discard: bool = False) -> list[dict]:
             continue
         # back to the commit the branch started from: the pin, or the old pin when a rebase has moved
         # it since (the checkout may not even have the new one)
-        args = ["switch", "--quiet", "--detach", git.rev_parse(t.repo, BASE) or t.pin]
+        back = git.rev_parse(t.repo, BASE) or t.pin
+        args = ["switch", "--quiet", "--detach", back]
         r = git.run(args, cwd=t.repo, check=False)
         if not r.ok:
             raise git_cause(args, t.repo, r.returncode, r.stderr) or ZpatchError(
                 f"{t.repo}: git could not go back to the pin: {r.last_line()}", Exit.BAD_CHECKOUT,
                 hint="move the files git names out of the way, then rerun")
         forget(t)
-        out.append({"name": t.name, "path": t.rel, "left_edit_mode": True})
+        out.append({"name": t.name, "path": t.rel, "left_edit_mode": True, "head": back, "pin": t.pin})
     return out
 
 

@@ -119,7 +119,13 @@ def unapply_cmd(ctx, checkout, discard):
     res = apply.unapply(ctx.load(verify=False), _path(checkout), discard=discard)
     lines = [res["recovered"]] if res.get("recovered") else []
     if res["left_edit_mode"]:
-        lines.append(f"Left edit mode ({', '.join(res['left_edit_mode'])}): back at the pins.")
+        moved = {u["name"]: u for u in res["off_pin"]}
+        at = [n for n in res["left_edit_mode"] if n not in moved]
+        if at:
+            lines.append(f"Left edit mode ({', '.join(at)}): back at the pins.")
+        for n, u in moved.items():
+            lines.append(f"Left edit mode ({n}): back at {u['head'][:12]}, where edit mode began; a rebase has "
+                         f"moved the pin to {u['pin'][:12]} since. Next: {u['next']}")
     if not res["changed"]:
         lines.append("Nothing applied by zpatch here. Nothing to do.")
     elif res["upstreams"] or res["node"]:
