@@ -116,6 +116,46 @@ def test_applies_what_git_applies_and_refuses_what_git_refuses(tmp_path, seed):
     assert outcomes["to git"] < 10, outcomes
 
 
+@pytest.mark.parametrize("seed", [5, 6])
+def test_line_authors_agree_with_git_blame(tmp_path, seed):
+    """What status tells about a hand edit rests on line_authors: over generated files (repeated lines,
+    no last newline) edited twice, the patch each line comes from is the commit git blame names."""
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo))
+    rng = random.Random(seed)
+    cases = {f"c{i:03d}.txt": [_text(rng, rng.randrange(0, 25))] for i in range(120)}
+    for step in range(3):
+        for path, versions in cases.items():
+            if step:
+                versions.append(_edit(rng, versions[-1], rng.randrange(1, 4)))
+            (repo / path).write_text(versions[-1])
+        git("add", "-A", cwd=repo)
+        git("commit", "-q", "--allow-empty", "-m", f"v{step}", cwd=repo)
+    commits = git("rev-list", "--reverse", "HEAD", cwd=repo).split()
+    patches = [_split(subprocess.run(["git", "format-patch", "--stdout", "--full-index", "-1", c], cwd=repo,
+                                     check=True, capture_output=True).stdout) for c in commits[1:]]
+    compared = 0
+    for path, versions in cases.items():
+        steps = []
+        for k, found in enumerate(patches):
+            diffs = hunks.parse(found[path]) if path in found else []
+            if diffs is None:
+                break                  # git's to apply (a line without its newline): not traced
+            steps.append((commits[k + 1], diffs[0].hunks if diffs else []))
+        else:
+            traced = hunks.line_authors(versions[0].encode(), steps)
+            if traced is None:
+                continue
+            assert traced[0] == versions[-1].encode()
+            blame = subprocess.run(["git", "blame", "--porcelain", "HEAD", "--", path], cwd=repo, check=True,
+                                   capture_output=True).stdout.decode()
+            authors = [line.split()[0] for line in blame.splitlines() if len(line.split()) >= 3
+                       and len(line.split()[0]) == 40 and line.split()[2].isdigit()]
+            assert [a or commits[0] for a in traced[1]] == authors, (path, versions)
+            compared += 1
+    assert compared > 60, compared
+
+
 def test_a_last_line_without_newline_matching_a_longer_line_is_left_to_git(tmp_path):
     """apply.c compares a hunk's bytes and each line's whitespace-blind hash: a last context line without
     its newline ("abc") then matches "abc\\n" in the middle of a file, and git joins it to the next

@@ -80,8 +80,10 @@ def test_an_edit_goes_into_the_patch_that_owns_its_lines(world, zpatch, checkout
     g = checkout / GGUF
     edit(g / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, fixed by hand\n")
     st = zpatch.json("status", checkout, expect=1)
-    mod = [p for p in st["upstreams"][1]["patches"] if p["state"] == "modified"]
-    assert mod and all(p["edited"] == ["loader.py"] for p in mod)          # status names the file
+    # status names the patch whose line it is and the file (not the two others that change loader.py)
+    assert [(p["name"], p["state"], p["edited"]) for p in st["upstreams"][1]["patches"]] == [
+        ("0001-loader-gemma3.patch", "applied", []), ("0002-loader-tokenizer.patch", "modified", ["loader.py"]),
+        ("0003-loader-external-tokenizer.patch", "applied", [])]
     text = zpatch("status", checkout, expect=1).output
     assert "zpatch refresh" in text and "loader.py" in text
     before = overlay_snapshot(world)
@@ -102,6 +104,27 @@ def test_an_edit_goes_into_the_patch_that_owns_its_lines(world, zpatch, checkout
                                    "patches": [{"name": "0001-sd-accept-4-D-latents.patch", "state": "unchanged"}]}
     reproduces(world, zpatch, checkout, tmp_path)
     assert "Nothing to refresh" in zpatch("refresh", checkout).output
+
+
+@pytest.mark.parametrize("old, new, owners", [
+    ("loader line 5 gemma3\n", "loader line 5 gemma3\n# two more\n", ["0001-loader-gemma3.patch"]),   # insertion
+    ("loader line 35 external\n", "", ["0003-loader-external-tokenizer.patch"]),                        # deletion
+    ("loader line 10\n", "loader line 10 by hand\n", None),                          # upstream's: every patch of it
+], ids=["insertion", "deletion", "upstream-lines"])
+def test_status_names_the_patch_refresh_would_fold_the_edit_into(world, zpatch, checkout, old, new, owners):
+    """Status marked every patch of an edited file as modified; it now names the patch whose lines the
+    edit changes, the one refresh folds it into (refresh --dry-run, asked the same)."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", old, new)
+    st = zpatch.json("status", checkout, expect=1)
+    modified = [p["name"] for p in st["upstreams"][1]["patches"] if p["state"] == "modified"]
+    if owners is None:      # refresh asks where it goes; status keeps every patch of the file
+        assert len(modified) == 3
+        assert "upstream's own" in error_line(zpatch("refresh", "--dry-run", checkout, expect=5))
+        return
+    assert modified == owners
+    folded = zpatch.json("refresh", "--dry-run", checkout)["upstreams"][1]["hunks"]
+    assert sorted({h["patch"] for h in folded}) == owners
 
 
 def test_inserted_lines_move_the_later_patches_and_apply_fresh(world, zpatch, checkout, tmp_path):

@@ -27,6 +27,7 @@ class Hunk:
     pre: list[bytes]                # the lines it expects (context and removed), each with its newline
     post: list[bytes]               # the lines it leaves (context and added)
     trailing: int                   # context lines after the last change
+    kept: list[int] = field(default_factory=list)   # per line of POST: its index in PRE (context), or -1 (added)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class FileDiff:
     hunks: list[Hunk] = field(default_factory=list)
 
 
-def _lines(data: bytes) -> list[bytes]:
+def lines_of(data: bytes) -> list[bytes]:
     """DATA split after each newline (a last line without one kept as it is)."""
     out = data.split(b"\n")
     last = out.pop()
@@ -70,7 +71,7 @@ def parse(data: bytes) -> list[FileDiff] | None:
     """The file diffs of the patch file DATA (a mail with its message, as format-patch writes it), or
     None when git must read it: anything but text changes to existing, new or removed regular files
     with full blob ids, or anything git could read otherwise (a bare hunk, a traditional diff)."""
-    lines = _lines(data)
+    lines = lines_of(data)
     out: list[FileDiff] = []
     i, n = 0, len(lines)
     while i < n:
@@ -170,20 +171,22 @@ def _hunk(lines: list[bytes], i: int) -> tuple[Hunk | None, int]:
         return None, i
     pre: list[bytes] = []
     post: list[bytes] = []
+    kept: list[int] = []
     for k, line in enumerate(body):
         kind, text = line[:1], line[1:]
         if kind == b"\\":
             continue
         if k + 1 < len(body) and body[k + 1].startswith(b"\\"):
             text = text[:-1]                   # "\ No newline at end of file"
-        if kind in b" -":
-            pre.append(text)
         if kind in b" +":
             post.append(text)
+            kept.append(len(pre) if kind == b" " else -1)
+        if kind in b" -":
+            pre.append(text)
     # a line without its newline must be the last of its side (else git's line table and ours part)
     if any(not x.endswith(b"\n") for side in (pre, post) for x in side[:-1]):
         return None, i
-    return Hunk(oldpos, newpos, pre, post, trailing), i
+    return Hunk(oldpos, newpos, pre, post, trailing, kept), i
 
 
 def _ws_hash(line: bytes) -> int:
@@ -252,10 +255,12 @@ def _find(img: list[bytes], patched: list[bool], pre: list[bytes], line: int, be
         i += 1
 
 
-def apply_hunks(content: bytes, hunks: list[Hunk]) -> bytes | None:
+def apply_hunks(content: bytes, hunks: list[Hunk], labels: list | None = None, label=None) -> bytes | None:
     """CONTENT with HUNKS applied as `git apply` applies them; None where git would refuse (or where the
-    result would hold a line without its newline before the end, which git's line table treats apart)."""
-    img = _lines(content)
+    result would hold a line without its newline before the end, which git's line table treats apart).
+    LABELS, one per line of CONTENT, follows the lines: a context line keeps its label, an added one
+    gets LABEL (who wrote each line of a file, patch after patch)."""
+    img = lines_of(content)
     patched = [False] * len(img)
     for h in hunks:
         at = _find(img, patched, h.pre, h.newpos - 1 if h.newpos else 0, h.oldpos <= 1, not h.trailing)
@@ -266,4 +271,18 @@ def apply_hunks(content: bytes, hunks: list[Hunk]) -> bytes | None:
             return None
         img[at:stop] = h.post
         patched[at:stop] = [True] * len(h.post)
+        if labels is not None:
+            before = labels[at:stop]
+            labels[at:stop] = [before[k] if k >= 0 else label for k in h.kept]
     return b"".join(img)
+
+
+def line_authors(content: bytes, steps: list[tuple[object, list[Hunk]]]) -> tuple[bytes, list] | None:
+    """CONTENT after each step's hunks in turn, and for each line of the result the step that last wrote
+    it (None: a line of CONTENT itself); None where a step does not apply here."""
+    labels: list = [None] * len(lines_of(content))
+    for label, hunks in steps:
+        content = apply_hunks(content, hunks, labels, label)
+        if content is None:
+            return None
+    return content, labels

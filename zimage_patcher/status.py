@@ -4,11 +4,45 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import clone, diagnose, edit_mode, git, operation, record, worktree
+from . import clone, diagnose, edit_mode, git, hunks, operation, record, worktree
 from .errors import ZpatchError
 from .patchset import Overlay, cwd
 from .record import Record
 from .workspace import Target, Workspace, edited, node_folder
+
+
+def _edit_owners(t: Target, ur: record.UpstreamRecord, f: str) -> set[str]:
+    """The patches of T whose lines the hand edit in F changes, as refresh would fold it: the lines each
+    patch wrote, traced through the series applied to the pin's bytes (for a pure insertion, the lines
+    around it). Every patch that changes F when that cannot be told: the record is of another series or
+    another commit, a patch needs git to apply, the edit touches upstream's own lines (refresh then asks
+    which patch it goes to), or the file is gone."""
+    touching = {p.name for p in t.series.patches if f in p.files}
+    if ur.three_way or ur.commit != t.pin or [r.name for r in ur.patches] != [p.name for p in t.series.patches]:
+        return touching
+    steps = []
+    for p in t.series.patches:
+        if f in p.files:
+            diff = next((d for d in hunks.parse(p.data) or () if d.path == f), None)
+            if diff is None or diff.delete:
+                return touching
+            steps.append((p.name, diff.hunks))
+    traced = hunks.line_authors(git.show_blob(t.repo, t.pin, f) or b"", steps)
+    now = worktree.read(t.top, t.file(f))
+    if traced is None or now is None or git.hash_object_bytes(traced[0]) != ur.files.get(f):
+        return touching              # not the bytes zpatch wrote (eol filters, another version): no tracing
+    result, labels = traced
+    import difflib
+    before, after = hunks.lines_of(result), hunks.lines_of(now)
+    owners: set[str] = set()
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        found = {x for x in labels[max(i1 - 1, 0):i1 + 1] if x} if i1 == i2 else {x for x in labels[i1:i2] if x}
+        if not found:
+            return touching
+        owners |= found
+    return owners or touching
 
 
 def status(ov: Overlay, checkout: Path | None) -> dict:
@@ -28,6 +62,7 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
         ur = rec.upstreams.get(t.name)
         recorded = {p.name: p.sha256 for p in ur.patches} if ur else {}
         modified_files = set(edited(t, ur)) if ur else set()
+        owners = {f: _edit_owners(t, ur, f) for f in modified_files}
         unrecorded = [p for p in t.series.patches if p.name not in recorded]
         found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
         patches = []
@@ -36,12 +71,13 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
                 s = found[p.name]           # applied by hand (git am), missing, or conflicting
             elif recorded[p.name] != p.sha256:
                 s = "outdated"              # an older version of this patch is applied
-            elif modified_files & set(p.files):
-                s = "modified"              # applied, then edited by hand
+            elif any(p.name in owners[f] for f in p.files if f in owners):
+                s = "modified"              # applied, then edited by hand (its own lines)
             else:
                 s = "applied"
             patches.append({"name": p.name, "state": s,     # an outdated patch may hold an edit too
-                            "edited": sorted(modified_files & set(p.files)) if s in ("modified", "outdated") else []})
+                            "edited": sorted(f for f in p.files if p.name in owners.get(f, ()))
+                            if s in ("modified", "outdated") else []})
         # a file the series changes is the patches' business only where a patch is there (zpatch's or
         # applied by hand); anywhere else a change in it is the user's own edit, in the way of apply
         theirs = {f for p, e in zip(t.series.patches, patches) if e["state"] != "missing" and e["state"] != "conflict"
