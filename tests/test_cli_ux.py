@@ -228,7 +228,7 @@ def test_each_command_says_what_to_do_after_an_interruption_of_its_own():
     assert {n for n, h in INTERRUPTED.items() if h == ROLLED_BACK} == {"apply", "unapply"}
     assert {n for n, h in INTERRUPTED.items() if h == WROTE_NOTHING} == {"status", "check"}
     for n in ("edit", "refresh"):
-        assert f"`zpatch {n}" in INTERRUPTED[n]
+        assert "`{again}`" in INTERRUPTED[n]            # the command line as it was run (tests/test_refresh.py)
     assert "checkout command" in INTERRUPTED["checkout"]       # checkout's own hint names the command (below)
 
 

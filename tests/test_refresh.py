@@ -306,6 +306,43 @@ def test_a_refresh_in_the_middle_of_its_writes_makes_the_others_wait(world, zpat
     assert zpatch.json("status", checkout)["clean"]
 
 
+def test_an_interrupted_refresh_names_its_own_command_line_and_following_it_finishes(world, zpatch, checkout,
+                                                                                    tmp_path):
+    """A trial: Ctrl-C in the middle of refresh's writes said "rerun `zpatch refresh --overlay OV`", no
+    checkout; run from a folder of several checkouts, that folded another checkout's edit. The hint is
+    now the command as it was run; rerun where it was run, it finishes this checkout's refresh."""
+    import signal
+    from testing.pause import Held, zpatch_cmd
+    zpatch("apply", checkout)
+    other = world.clone_checkout(tmp_path / "aa-other")          # sorts first beside the checkout
+    zpatch("apply", other)
+    edit(other / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 SOMEONE ELSE\n")
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, mine\n")
+    held = Held(zpatch_cmd(world.overlay, "refresh", checkout.name), "journal-written", cwd=tmp_path)
+    held.proc.send_signal(signal.SIGINT)
+    r = held.release()
+    assert r.returncode == 130, r.stderr
+    hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: "))
+    cmd = hint.split("`")[1]
+    assert cmd == f"zpatch refresh --overlay {world.overlay} {checkout.name}", hint
+    done = follow(world, cmd, tmp_path)                          # where it was run
+    assert done.returncode == 0, done.stdout + done.stderr
+    patch = (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_text()
+    assert "tokenizer, mine" in patch and "SOMEONE ELSE" not in patch
+    assert zpatch.json("status", checkout)["clean"]
+
+
+def test_a_folder_of_several_checkouts_is_not_taken_for_one_of_them(world, zpatch, tmp_path):
+    """The hint for a folder around checkouts named the first of them; with several, it names them all
+    and picks none (acting on one the user did not mean would fold or apply the wrong checkout)."""
+    for name in ("aa", "bb"):
+        world.clone_checkout(tmp_path / "parent" / name)
+    r = zpatch("status", tmp_path / "parent", expect=4)
+    hint = next(x for x in r.output.splitlines() if x.startswith("hint: "))
+    assert "it holds 2: " in hint and str(tmp_path / "parent" / "aa") in hint and str(tmp_path / "parent" / "bb") in hint
+    assert "`" not in hint                                       # no command to follow: the user picks
+
+
 # ---- what an attack on refresh found (each was a defect; each test failed before its fix)
 
 def test_an_edit_that_is_not_utf8_is_refused_before_anything_is_written(world, zpatch, checkout):

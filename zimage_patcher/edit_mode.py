@@ -185,8 +185,7 @@ def plan(ws: Workspace, t: Target, *, allow_dirty: bool = False, head: str = "HE
                                "with no checkout checks the overlay's patch files")
     if base != t.pin:
         raise ZpatchError(f"{t.repo}: the edit branch starts at {base[:12]}, but upstream.lock pins {t.pin[:12]}",
-                          Exit.BAD_CHECKOUT, hint="the pin moved since `zpatch edit`: leave edit mode "
-                                                  "(zpatch unapply) and edit again")
+                          Exit.BAD_CHECKOUT, hint=_keep_hint(ws, t))
     branch = git.run(["symbolic-ref", "-q", "HEAD"], cwd=t.repo, check=False).stdout.strip()
     if head == "HEAD" and branch != BRANCH_REF:
         co = shlex.quote(str(ws.checkout))

@@ -72,8 +72,12 @@ def make_one_hint(folder: Path, ov: Overlay) -> str:
         inside = []
     found = [d for d in inside if d.is_dir() and not d.is_symlink() and git.git_dir_of(d) is not None
              and holds_root(ov, d)]
-    if found:
+    if len(found) == 1:
         return f"pass the checkout itself, {shlex.quote(str(found[0]))}, not the folder around it"
+    if found:      # naming one would act on a checkout the user may not mean
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        return (f"pass the checkout itself, not the folder around it; it holds {len(found)}: "
+                + ", ".join(shlex.quote(str(d)) for d in found[:3]) + more)
     names = ("ComfyUI", *(f"ComfyUI-{i}" for i in range(2, 1000)))
     target = folder if not inside else next((folder / n for n in names if not os.path.lexists(folder / n)), folder)
     return f"make one with `zpatch checkout {shlex.quote(str(target))} --apply`"

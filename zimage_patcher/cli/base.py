@@ -306,6 +306,14 @@ def _finished() -> None:
     pause_point("finished")          # tests deliver the late signal here
 
 
+def _again(hint: str, kw: dict) -> str:
+    """HINT with {again} as this very command line (run where the user ran it, it acts on the same
+    checkout) and {co} as the checkout it named, or the current directory's."""
+    co = kw.get("checkout")
+    return hint.format(again=shlex.join(["zpatch", *_ARGS]),
+                       co=shlex.quote(str(Path(co).absolute() if co else Path.cwd())))
+
+
 def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findings: bool = False):
     """Register a command with --json, --overlay, -q/-v, the error boundary and an example in --help.
     The function gets a Context as `ctx` and returns an exit code (None: 0). INTERRUPTED: the hint after
@@ -328,9 +336,9 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findin
                 except ZpatchError:
                     raise
                 except KeyboardInterrupt:
-                    raise ZpatchError("interrupted", Exit.INTERRUPTED, hint=interrupted) from None
+                    raise ZpatchError("interrupted", Exit.INTERRUPTED, hint=_again(interrupted, kw)) from None
                 except Terminated:
-                    raise ZpatchError("terminated (SIGTERM)", Exit.TERMINATED, hint=interrupted) from None
+                    raise ZpatchError("terminated (SIGTERM)", Exit.TERMINATED, hint=_again(interrupted, kw)) from None
                 except RecursionError as e:
                     raise ZpatchError(f"input nested too deeply to read ({e})", Exit.BAD_OVERLAY,
                                       hint="the overlay files are malformed")

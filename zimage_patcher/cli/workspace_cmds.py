@@ -296,7 +296,7 @@ def _status_advice(res: dict) -> list[str]:
 
 
 @command("edit", "zpatch edit ./ComfyUI && git -C ./ComfyUI commit --amend",
-         interrupted="rerun `zpatch edit` to finish entering edit mode, or `zpatch unapply` to leave it")
+         interrupted="rerun `{again}` to finish entering edit mode, or `zpatch unapply {co}` to leave it")
 @click.argument("checkout", **CHECKOUT_ARG)
 def edit_cmd(ctx, checkout):
     """Turn each upstream's patches into commits on a branch `zpatch/edit` over its pin, checked out,
@@ -313,7 +313,7 @@ def edit_cmd(ctx, checkout):
 
 
 @command("refresh", "zpatch refresh ./ComfyUI --dry-run",
-         interrupted="rerun `zpatch refresh`: it finishes what the interrupted one began", findings=True)
+         interrupted="rerun `{again}`: it finishes what the interrupted one began", findings=True)
 @click.argument("checkout", **CHECKOUT_ARG)
 @click.option("--into", "into", metavar="PATCH", default=None,
               help="Put every edit into this patch (its file name), wherever its lines come from.")
