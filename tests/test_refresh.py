@@ -332,6 +332,27 @@ def test_an_interrupted_refresh_names_its_own_command_line_and_following_it_fini
     assert zpatch.json("status", checkout)["clean"]
 
 
+def test_inside_a_checkout_zpatch_finds_the_overlay_that_applied_it(world, zpatch, checkout, tmp_path):
+    """A trial: applied from one overlay, `zpatch status` run inside the checkout took the overlay found
+    beside zpatch (its own source tree) and advised `zpatch refresh --overlay <that tree>`, which would
+    have folded the edit into the wrong overlay. The record names the overlay that applied it; status
+    and refresh run inside the checkout use that one, and the advice names it."""
+    from pathlib import Path
+    import zimage_patcher
+    own = Path(zimage_patcher.__file__).resolve().parent.parent      # the overlay beside zpatch
+    before = {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()}
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, mine\n")
+    inside = checkout / GGUF
+    r = run.zpatch("status", cwd=inside)
+    assert r.returncode == 1 and f"zpatch refresh --overlay {world.overlay} " in r.stdout, r.stdout + r.stderr
+    r = run.zpatch("refresh", cwd=inside)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tokenizer, mine" in (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_text()
+    assert {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()} == before
+    assert zpatch.json("status", checkout)["clean"]
+
+
 def test_a_folder_of_several_checkouts_is_not_taken_for_one_of_them(world, zpatch, tmp_path):
     """The hint for a folder around checkouts named the first of them; with several, it names them all
     and picks none (acting on one the user did not mean would fold or apply the wrong checkout)."""

@@ -20,10 +20,17 @@ def test_smoke_uses_the_overlay_it_is_told_about(world, zpatch, checkout, tmp_pa
     r = run.zpatch("smoke", checkout, "--python", nopy, env={**os.environ, "ZPATCH_OVERLAY": str(world.overlay)},
                    cwd=tmp_path)
     assert r.returncode == 8, r.stderr
-    # the overlay of this repository is not what the checkout holds
+    # named by nothing: the overlay that applied the checkout (its record names it), past the check
     env = {k: v for k, v in os.environ.items() if k != "ZPATCH_OVERLAY"}
     r = run.zpatch("smoke", checkout, "--python", nopy, env=env, cwd=tmp_path)
-    assert r.returncode == 4 and "is not applied here" in error_line(r), r.stderr
+    assert r.returncode == 8, r.stderr
+    # that overlay gone: the one beside zpatch (this repository's), which is not what the checkout holds
+    world.overlay.rename(tmp_path / "moved")
+    try:
+        r = run.zpatch("smoke", checkout, "--python", nopy, env=env, cwd=tmp_path)
+        assert r.returncode == 4 and "is not applied here" in error_line(r), r.stderr
+    finally:
+        (tmp_path / "moved").rename(world.overlay)
 
 
 def test_a_control_of_an_applied_checkout_is_refused_and_its_hint_makes_it_pristine(world, zpatch, checkout, tmp_path):

@@ -21,7 +21,7 @@ from .workspace import Target, Workspace, edited, save_edit_hint, user_edits
 
 def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     """True when the checkout already holds exactly this overlay; reads files only, runs no git."""
-    if rec is None:
+    if rec is None or rec.overlay != str(ws.ov.root):    # applied from another overlay: record this one
         return False
     for t in ws.targets:
         ur = rec.upstreams.get(t.name)
@@ -325,7 +325,7 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
                                          three_way=heads[t.name] != t.pin)
         node_changes, node = _node_plan(ws, rec, install=True)
         changes += node_changes
-        new = Record(ups, node)
+        new = Record(ups, node, str(ws.ov.root))
         if rec is not None and rec.to_bytes() == new.to_bytes() and not changes:
             result["upstreams"] = [_up_result(t, ups[t.name]) for t in ws.targets]
             return result

@@ -110,7 +110,7 @@ def _already_applied(args: list[str]) -> bool:
             if gd is None or not os.path.exists(gd / "zpatch" / "record.json"):
                 return False   # nothing applied there yet (a fresh checkout): no need to load the overlay
         from . import apply, overlay_write, patchset
-        root = patchset.find_root(None)
+        root = patchset.find_root(None, checkout=checkout)
         if overlay_write.busy(root):
             return False   # the command warns about it first
         res = apply.already_applied(patchset.load(root), Path(checkout) if checkout is not None else None)

@@ -21,11 +21,13 @@ def cwd() -> Path:
                           hint="cd to an existing directory, or pass the paths explicitly")
 
 
-def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = False) -> Path:
+def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = False,
+              checkout: str | os.PathLike | None = None) -> Path:
     """The overlay directory (the one holding upstream.lock).
 
     Order: --overlay, $ZPATCH_OVERLAY, the current directory or an ancestor (like git finds
-    .git), the source tree of an editable install, the copy bundled into the wheel.
+    .git), the overlay that last applied CHECKOUT (or the checkout the current directory lies in),
+    the source tree of an editable install, the copy bundled into the wheel.
     """
     if explicit or os.environ.get("ZPATCH_OVERLAY"):
         root = Path(explicit or os.environ["ZPATCH_OVERLAY"]).resolve()
@@ -37,6 +39,13 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
     for d in (here, *here.parents):
         if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
             return d
+    from .record import recorded_overlay
+    try:
+        applied_by = recorded_overlay(Path(checkout).absolute() if checkout else here)
+    except OSError:
+        applied_by = None
+    if applied_by is not None and not (for_writing and is_installed_copy(applied_by)):
+        return applied_by.resolve()      # as quilt keeps its patches folder beside the tree it patched
     if for_writing:   # never rewrite the source tree or bundle of the installed zpatch by accident
         src = PACKAGE_DIR.parent       # an editable install's repository: the CLI names it in the hint
         mine = (src / lockmod.LOCK_NAME).is_file() and (src / "patches").is_dir() and (src / ".git").exists()

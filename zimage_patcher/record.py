@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ class NodeRecord:
 class Record:
     upstreams: dict[str, UpstreamRecord]
     node: NodeRecord | None = None
+    overlay: str | None = None           # the overlay that wrote it: zpatch run in the checkout finds it
 
     def to_bytes(self) -> bytes:
         data = {"version": RECORD_VERSION, **asdict(self)}
@@ -130,7 +132,31 @@ def parse(path: Path, data: bytes) -> Record:
         except ZpatchError:
             raise _damaged(path, "node path")
         node = NodeRecord(node["path"], _check_files(path, node.get("files"), _SHA256, nullable=False), dirs)
-    return Record(upstreams, node)
+    overlay = raw.get("overlay")
+    if overlay is not None and not isinstance(overlay, str):
+        raise _damaged(path, "overlay")
+    return Record(upstreams, node, overlay)
+
+
+def recorded_overlay(path: Path) -> Path | None:
+    """The overlay that last applied the checkout PATH lies in (its record names it), when it is still
+    an overlay (upstream.lock and patches/); None otherwise. Read without git, and quietly: a damaged
+    record is the command's to report."""
+    from .git import git_dir_of
+    for d in (path, *path.parents):
+        gd = git_dir_of(d)
+        rec = gd / "zpatch" / RECORD_NAME if gd is not None else None
+        if rec is None or not rec.is_file():
+            continue
+        try:
+            overlay = json.loads(rec.read_bytes()).get("overlay")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            return None
+        if isinstance(overlay, str) and os.path.isabs(overlay) and os.path.isfile(os.path.join(overlay, "upstream.lock")) \
+                and os.path.isdir(os.path.join(overlay, "patches")):
+            return Path(overlay)
+        return None
+    return None
 
 
 def load(zdir: Path) -> Record | None:

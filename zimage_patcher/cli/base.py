@@ -114,6 +114,7 @@ class Context:
         # the overlay when found as zpatch's own source tree, not from the current directory: advice names
         # it, since a command that writes the overlay (refresh, export, edit) finds it only from inside
         self.implicit_overlay: str | None = None
+        self.checkout_arg: str | None = None     # the CHECKOUT argument: its record names the overlay that applied it
 
     @property
     def advice_overlay(self) -> str | None:
@@ -129,7 +130,7 @@ class Context:
         """The overlay; a command that only reads it is warned when it is not at rest (a rebase
         stopped, a write interrupted). Writers ask the front door (overlay_write.hold), which refuses."""
         from .. import patchset
-        root = patchset.find_root(self.overlay_dir, for_writing=for_writing)
+        root = patchset.find_root(self.overlay_dir, for_writing=for_writing, checkout=self.checkout_arg)
         here = patchset.cwd()
         if (self.overlay_dir is None and not os.environ.get("ZPATCH_OVERLAY") and root not in (here, *here.parents)
                 and not patchset.is_installed_copy(root)):
@@ -330,6 +331,7 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findin
         @functools.wraps(fn)
         def run(as_json: bool, overlay_dir: str | None, quiet: bool, verbose: bool, **kw):
             ctx = Context(name, as_json, overlay_dir, -1 if quiet else (1 if verbose else 0))
+            ctx.checkout_arg = kw.get("checkout")
             try:
                 try:
                     code = fn(ctx=ctx, **kw)
