@@ -412,10 +412,13 @@ def test_edit_mode_is_left_after_a_rebase_moved_the_pin(world, checkout, tmp_pat
     u = next(u for u in st["upstreams"] if u["name"] == "comfyui-gguf")
     assert u["edit"]["pin_moved"] is True and u["edit"]["exported"] is True
     assert u["edit"]["commits"] == 4        # the branch's commits, counted on it (status said 0 here)
+    assert "a rebase has moved the pin since" in st["advice"][0], st["advice"]     # it said nothing of it
     # unexported work on the stale branch: refused, and the hint keeps it
     (g / "nodes.py").write_text("GGUF = 3\n")
     git("commit", "-q", "-a", "--amend", "--no-edit", cwd=g)
     tip = git("rev-parse", "HEAD", cwd=g)
+    advice = json.loads(run(world.overlay, "status", checkout, "--json").stdout)["advice"]
+    assert not any("zpatch export" in a for a in advice), advice     # export refuses once the pin moved
     r = run(world.overlay, "unapply", checkout)
     assert r.returncode == 4 and "not exported" in error_line(r) and "the pin moved" in r.stderr, r.stderr
     hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))

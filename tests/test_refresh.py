@@ -3,6 +3,7 @@ where --into / --new say), and a fresh checkout + apply then gives the same byte
 advice is followed literally; a kill at every write point is finished by the next refresh."""
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -68,7 +69,7 @@ def test_statuss_other_way_home_run_literally_keeps_every_edit_and_applies_again
         text = zpatch("status", checkout, expect=1).output
         assert "node custom_nodes/ComfyUI-ZImage-Fix: modified (nodes.py, scratch.txt added)" in text
         line = next(x for x in text.splitlines() if "let apply write it again" in x)
-        r = follow(world, line.split("`")[3], home)
+        r = follow(world, line.split("`")[-2], home)
         assert r.returncode == 0, r.stdout + r.stderr
         assert files(checkout) == applied
         assert zpatch.json("status", checkout)["clean"]
@@ -118,13 +119,51 @@ def test_status_names_the_patch_refresh_would_fold_the_edit_into(world, zpatch, 
     edit(checkout / GGUF / "loader.py", old, new)
     st = zpatch.json("status", checkout, expect=1)
     modified = [p["name"] for p in st["upstreams"][1]["patches"] if p["state"] == "modified"]
-    if owners is None:      # refresh asks where it goes; status keeps every patch of the file
-        assert len(modified) == 3
+    if owners is None:      # refresh asks where it goes; status keeps every patch of the file and says so
+        assert len(modified) == 3 and st["upstreams"][1]["unowned_edits"] == ["loader.py"]
         assert "upstream's own" in error_line(zpatch("refresh", "--dry-run", checkout, expect=5))
+        line = next(a for a in st["advice"] if a.startswith("edited after apply"))
+        into = next(c for c in re.findall(r"`([^`]+)`", line) if "--into" in c)
+        done = follow(world, into, checkout.parent)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "line 10 by hand" in (world.overlay / PATCHES / "0003-loader-external-tokenizer.patch").read_text()
         return
     assert modified == owners
     folded = zpatch.json("refresh", "--dry-run", checkout)["upstreams"][1]["hunks"]
     assert sorted({h["patch"] for h in folded}) == owners
+
+
+def test_a_deleted_patched_file_gets_advice_that_works_as_printed(world, zpatch, checkout, tmp_path):
+    """A trial: with loader.py deleted, status's advice began `cp -- .../loader.py ~/...` (no such file)
+    and offered a refresh that refuses. It says no patch owns the edit, and its keep-a-copy way, run
+    literally, puts the file back applied."""
+    zpatch("apply", checkout)
+    applied = files(checkout)
+    (checkout / GGUF / "loader.py").unlink()
+    st = zpatch.json("status", checkout, expect=1)
+    assert st["upstreams"][1]["unowned_edits"] == ["loader.py"]
+    line = next(a for a in st["advice"] if a.startswith("edited after apply"))
+    assert "no single patch owns the edit of loader.py" in line
+    done = follow(world, re.findall(r"`([^`]+)`", line)[-1], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert files(checkout) == applied and zpatch.json("status", checkout)["clean"]
+
+
+def test_status_traces_an_edit_through_the_patches_applied_not_the_overlays_newer_ones(world, zpatch, checkout,
+                                                                                       tmp_path):
+    """A trial: after the overlay rewrote 0002 (a refresh from another checkout), an edit of 0002's line
+    here marked 0001, which nobody touched, `modified`. The edit is traced through the copies zpatch
+    applied: 0001 stays applied, 0002 is outdated with the edit named."""
+    zpatch("apply", checkout)
+    other = world.clone_checkout(tmp_path / "other")
+    zpatch("apply", other)
+    edit(other / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer OTHER\n")
+    zpatch("refresh", other)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer MINE\n")
+    st = zpatch.json("status", checkout, expect=1)
+    states = {p["name"]: (p["state"], p["edited"]) for p in st["upstreams"][1]["patches"]}
+    assert states["0001-loader-gemma3.patch"] == ("applied", [])
+    assert states["0002-loader-tokenizer.patch"] == ("outdated", ["loader.py"])
 
 
 def test_inserted_lines_move_the_later_patches_and_apply_fresh(world, zpatch, checkout, tmp_path):
@@ -632,7 +671,7 @@ def test_status_on_an_edit_over_an_older_series_advises_what_apply_then_accepts(
     line = next(x for x in text.splitlines() if "let apply write it again" in x)
     home = tmp_path / "home"
     home.mkdir()
-    done = follow(world, line.split("`")[3], home)
+    done = follow(world, line.split("`")[-2], home)
     assert done.returncode == 0 and zpatch.json("status", checkout)["clean"], done.stdout + done.stderr
     assert [p.read_bytes() for p in home.iterdir()] == [mine]
 
@@ -652,7 +691,7 @@ def test_status_advice_quotes_every_name_so_a_hostile_file_name_runs_nothing(wor
     line = next(x for x in text.splitlines() if "let apply write it again" in x)
     home = tmp_path / "home"
     home.mkdir()
-    done = follow(world, line.split("`")[3], home)
+    done = follow(world, line.split("`")[-2], home)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not list(tmp_path.rglob("INJECTED*"))
     assert sorted(p.read_text() for p in home.iterdir()) == sorted(f"{n}\n" for n in names)

@@ -399,7 +399,7 @@ def test_status_json_carries_the_advice_the_text_prints_and_it_works_as_given(wo
     for a in res["advice"]:
         assert f"  ({a})" in text
     line = next(a for a in res["advice"] if a.startswith("edited after apply"))
-    cmd = re.findall(r"`([^`]+)`", line)[1]            # keep a copy, let apply write the file again
+    cmd = re.findall(r"`([^`]+)`", line)[-1]           # keep a copy, let apply write the file again
     assert f"--overlay {world.overlay}" in cmd
     done = run.follow(cmd, tmp_path, world.env)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -11,38 +11,45 @@ from .record import Record
 from .workspace import Target, Workspace, edited, node_folder
 
 
-def _edit_owners(t: Target, ur: record.UpstreamRecord, f: str) -> set[str]:
-    """The patches of T whose lines the hand edit in F changes, as refresh would fold it: the lines each
-    patch wrote, traced through the series applied to the pin's bytes (for a pure insertion, the lines
-    around it). Every patch that changes F when that cannot be told: the record is of another series or
-    another commit, a patch needs git to apply, the edit touches upstream's own lines (refresh then asks
-    which patch it goes to), or the file is gone."""
+def _edit_owners(t: Target, ur: record.UpstreamRecord, zdir: Path, f: str) -> tuple[set[str], bool]:
+    """The patches whose lines the hand edit in F changes, as refresh would place it: the lines each
+    applied patch wrote (zpatch's copies of them, from the commit they were applied on), and for a pure
+    insertion the lines around it. Second: whether refresh must be told where the edit goes (lines of
+    upstream's own or of two patches, or the file deleted). Every patch that changes F, and False, when
+    that cannot be traced here (a 3-way apply, a patch git must apply, bytes other than zpatch wrote)."""
     touching = {p.name for p in t.series.patches if f in p.files}
-    if ur.three_way or ur.commit != t.pin or [r.name for r in ur.patches] != [p.name for p in t.series.patches]:
-        return touching
-    steps = []
-    for p in t.series.patches:
-        if f in p.files:
-            diff = next((d for d in hunks.parse(p.data) or () if d.path == f), None)
-            if diff is None or diff.delete:
-                return touching
-            steps.append((p.name, diff.hunks))
-    traced = hunks.line_authors(git.show_blob(t.repo, t.pin, f) or b"", steps)
     now = worktree.read(t.top, t.file(f))
-    if traced is None or now is None or git.hash_object_bytes(traced[0]) != ur.files.get(f):
-        return touching              # not the bytes zpatch wrote (eol filters, another version): no tracing
+    if now is None:
+        return touching, True
+    if ur.three_way:
+        return touching, False
+    steps = []
+    try:
+        for ref in ur.patches:
+            data = record.copy_path(zdir, ref).read_bytes()
+            diffs = hunks.parse(data)
+            diff = next((d for d in diffs or () if d.path == f), None)
+            if diffs is None or diff is not None and diff.delete:
+                return touching, False
+            if diff is not None:
+                steps.append((ref.name, diff.hunks))
+    except (ZpatchError, OSError):
+        return touching, False
+    traced = hunks.line_authors(git.show_blob(t.repo, ur.commit, f) or b"", steps)
+    if traced is None or git.hash_object_bytes(traced[0]) != ur.files.get(f):
+        return touching, False       # not the bytes zpatch wrote (eol filters, a copy gone): no tracing
     result, labels = traced
     import difflib
-    before, after = hunks.lines_of(result), hunks.lines_of(now)
     owners: set[str] = set()
-    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+    unowned = False
+    for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, hunks.lines_of(result), hunks.lines_of(now),
+                                                     autojunk=False).get_opcodes():
         if tag == "equal":
             continue
         found = {x for x in labels[max(i1 - 1, 0):i1 + 1] if x} if i1 == i2 else {x for x in labels[i1:i2] if x}
-        if not found:
-            return touching
+        unowned |= len(found) != 1
         owners |= found
-    return owners or touching
+    return (owners & {p.name for p in t.series.patches}) or touching, unowned
 
 
 def status(ov: Overlay, checkout: Path | None) -> dict:
@@ -62,7 +69,8 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
         ur = rec.upstreams.get(t.name)
         recorded = {p.name: p.sha256 for p in ur.patches} if ur else {}
         modified_files = set(edited(t, ur)) if ur else set()
-        owners = {f: _edit_owners(t, ur, f) for f in modified_files}
+        traced = {f: _edit_owners(t, ur, ws.zdir, f) for f in modified_files}
+        owners = {f: o for f, (o, _) in traced.items()}
         unrecorded = [p for p in t.series.patches if p.name not in recorded]
         found = diagnose.classify(t.repo, unrecorded, t.series.files) if unrecorded else {}
         patches = []
@@ -86,7 +94,8 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
                    for f, code in sorted(git.changed_paths(t.repo).items())
                    if f not in theirs and not inside_nested(t, ws.targets, f)]
         entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
-                 "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign}
+                 "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign,
+                 "unowned_edits": sorted(f for f, (_, unowned) in traced.items() if unowned)}
         out["upstreams"].append(entry)
         if not entry["at_pin"] or foreign or any(p["state"] != "applied" for p in patches):
             out["clean"] = False

@@ -1,6 +1,7 @@
 """checkout, apply, unapply, status: the commands that act on a ComfyUI checkout."""
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def _put_aside(res: dict) -> list[str]:
         upstream_has = git.tree_blobs(repo, "HEAD", files)
         for f in files:
             rel = f if u["path"] == "." else f"{u['path']}/{f}"
-            steps.append(copy_aside(co, rel, u["name"]))
+            if os.path.lexists(co / rel):        # a deleted file has nothing to keep
+                steps.append(copy_aside(co, rel, u["name"]))
             steps.append(f"git -C {shlex.quote(str(repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
                          else f"rm -- {shlex.quote(str(co / rel))}")
     node = res["node"]
@@ -232,7 +234,11 @@ def _status_advice(res: dict) -> list[str]:
     """What to do next, one line per kind of difference (git status style)."""
     if res["clean"]:
         if any(u.get("edit") for u in res["upstreams"]):
-            return [f"Edit mode, everything exported. Leave it with `zpatch unapply {shlex.quote(res['checkout'])}`."]
+            moved = any(u["edit"].get("pin_moved") for u in res["upstreams"] if u.get("edit"))
+            return [f"Edit mode, everything exported" + ("; a rebase has moved the pin since `zpatch edit`" if moved
+                                                          else "") +
+                    f". Leave it with `zpatch unapply {shlex.quote(res['checkout'])}`"
+                    + (", which then names the way to the new pin." if moved else ".")]
         return ["All applied and clean."]
     co, top = shlex.quote(res["checkout"]), Path(res["checkout"])     # CO: as printed in a command
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
@@ -248,7 +254,7 @@ def _status_advice(res: dict) -> list[str]:
         # the one thing to do: export, apply and the rest refuse a half-made edit mode
         return ["Not clean.", f"  (edit mode was interrupted half way: `zpatch edit {co}` finishes "
                               f"entering it, `zpatch unapply {co}` finishes leaving it)"]
-    if editing:
+    if editing and not any(u["edit"].get("pin_moved") for u in editing):    # else export refuses: said above
         if not all(u["edit"]["exported"] for u in editing):
             out.append(f"  (edit mode: `zpatch export {co}` writes the commits as patches)")
         out.append(f"  (edit mode: `zpatch unapply {co}` goes back to the pins once exported)")
@@ -288,8 +294,20 @@ def _status_advice(res: dict) -> list[str]:
                    "`git diff` shows what differs from upstream)")
     if edited_after:
         again = " && ".join([*_put_aside(res), f"zpatch apply {co}"])
-        out.append(f"  (edited after apply: `zpatch refresh {co}` folds the edits into their patches and "
-                   f"the overlay's node; or keep a copy of each edited file and let apply write it again: `{again}`)")
+        unowned = [(u, f) for u in res["upstreams"] for f in u.get("unowned_edits", [])]
+        if "outdated" in states:     # refresh refuses an edit over an older series; apply takes the new one
+            fold = ""
+        elif unowned:                # refresh would ask where it goes: say both ways, as it would
+            u, f = unowned[0]
+            into = next(p["name"] for p in reversed(u["patches"]) if f in p["edited"])
+            fold = (f"no single patch owns the edit of {', '.join(x for _, x in unowned)} (upstream's own lines, "
+                    f"lines of two patches, or the file deleted): `zpatch refresh --into {shlex.quote(into)} {co}` "
+                    f"folds every edit of {u['name']} into that patch, `zpatch refresh --new 'Subject' {co}` into a "
+                    "new one; ")
+        else:
+            fold = f"`zpatch refresh {co}` folds the edits into their patches and the overlay's node; "
+        out.append(f"  (edited after apply: {fold}or keep a copy of each edited file and let apply write it "
+                   f"again: `{again}`)")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
