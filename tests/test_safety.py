@@ -709,7 +709,7 @@ def test_the_hint_for_an_edited_file_a_patch_created_is_a_command_that_works(zpa
     r = zpatch("apply", checkout, expect=4)
     assert "tokenizer_util.py: modified since zpatch applied it" in error_line(r)
     hint = next(l for l in r.stderr.splitlines() if l.startswith("hint:"))
-    assert f"rm -- {shlex.quote(str(mine))}" in hint and "git checkout" not in hint and mine.read_text() == "MINE = 1\n"
+    assert f"rm -f -- {shlex.quote(str(mine))}" in hint and "git checkout" not in hint and mine.read_text() == "MINE = 1\n"
     mine.unlink()                        # the user follows it (after saving the edit)
     zpatch("apply", checkout)
     assert zpatch.json("status", checkout)["clean"]
@@ -737,8 +737,10 @@ def test_following_the_save_hints_for_edits_in_both_upstreams_loses_nothing(worl
             err = done.stderr
         raise AssertionError("the hints went round in circles")
 
-    follow_hints(zpatch("apply", checkout, expect=4).stderr)      # the first edit's hint ends in apply,
-    assert zpatch.json("status", checkout)["clean"]               # which refuses the second: its hint too
+    r = zpatch("apply", checkout, expect=4)
+    assert "(and 1 more file(s))" in error_line(r)                # one hint keeps both edits, ends in apply
+    follow_hints(r.stderr)
+    assert zpatch.json("status", checkout)["clean"]
     saved = sorted(home.glob("zpatch-saved-*"))
     assert len(saved) == 2
     texts = sorted(p.read_text() for p in saved)
@@ -747,3 +749,15 @@ def test_following_the_save_hints_for_edits_in_both_upstreams_loses_nothing(worl
     follow_hints(zpatch("unapply", checkout, expect=4).stderr)
     assert zpatch.json("status", checkout, expect=1)["upstreams"][0]["patches"][0]["state"] == "missing"
     assert any("MINE-C" in p.read_text() for p in home.glob("zpatch-saved-*"))
+    # edit unapplies first: its refusal's way on ends in edit itself, for both upstreams' edits at once
+    zpatch("apply", checkout)
+    sd.write_text(sd.read_text().replace("line 11 of sd.py", "line 11 MINE-D"))
+    loader.write_text(loader.read_text().replace("loader line 30", "loader line 30 MINE-E"))
+    r = zpatch("edit", checkout, expect=4)
+    assert "(and 1 more file(s))" in error_line(r)
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("hint: "))
+    assert hint.split("`")[3].endswith(f"zpatch edit --overlay {world.overlay} {checkout}"), hint
+    follow_hints(r.stderr)
+    assert zpatch.json("status", checkout)["upstreams"][0]["edit"]["branch"] == "zpatch/edit"
+    kept = " ".join(p.read_text() for p in home.glob("zpatch-saved-*"))
+    assert "MINE-D" in kept and "MINE-E" in kept

@@ -16,7 +16,7 @@ from .errors import Exit, ZpatchError
 from .operation import Change
 from .patchset import Overlay, cwd, overlay_files
 from .record import NodeRecord, PatchRef, Record, UpstreamRecord
-from .workspace import Target, Workspace, edited, save_edit_hint, user_edits
+from .workspace import Target, Workspace, edited, edits_since_apply, refuse_edits
 
 
 def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
@@ -68,14 +68,11 @@ def _preflight(ws: Workspace, rec: Record | None, three_way: bool, paths: dict[s
             at = f"is at {heads[t.name][:12]}" if heads[t.name] else "has a HEAD that cannot be read"
             raise ZpatchError(f"{t.repo}: {t.name} {at}, pinned at {t.pin[:12]}",
                               Exit.BAD_CHECKOUT, hint=_back_to_pin(ws, t, rec))
+    edits = edits_since_apply(ws, rec)
+    if edits:
+        raise refuse_edits(edits, "refusing to overwrite", f"zpatch apply {shlex.quote(str(ws.checkout))}")
     for t in ws.targets:
         ur = rec.upstreams.get(t.name) if rec else None
-        if ur:
-            edited = user_edits(t, ur)
-            if edited:
-                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; refusing to overwrite",
-                                  Exit.BAD_CHECKOUT,
-                                  hint=save_edit_hint(t, edited[0], f"zpatch apply {shlex.quote(str(ws.checkout))}"))
         recorded = set(ur.files) if ur else set()
         fresh = [f for f in t.series.files if f not in recorded]
         entries[t.name] = git.tree_entries(t.repo, "HEAD", scratch_paths(paths[t.name]))   # FRESH among them
@@ -345,7 +342,8 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
             "applied": [p.name for p in ur.patches]}
 
 
-def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dict:
+def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False, then: str | None = None) -> dict:
+    """THEN: the command a refusal's hint ends in (the one that asked for the unapply, when not the user)."""
     from . import edit_mode
     clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
@@ -365,13 +363,9 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False) -> dic
             rec = ws.load_record()
         if rec is None:
             return result
-        for t in ws.targets:
-            ur = rec.upstreams.get(t.name)
-            edited = user_edits(t, ur) if ur else []
-            if edited:
-                raise ZpatchError(f"{t.repo / edited[0]}: modified since zpatch applied it; unapply would lose "
-                                  "that edit", Exit.BAD_CHECKOUT,
-                                  hint=save_edit_hint(t, edited[0], f"zpatch unapply {shlex.quote(str(ws.checkout))}"))
+        edits = edits_since_apply(ws, rec)
+        if edits:
+            raise refuse_edits(edits, "unapply would lose that edit", then or f"zpatch unapply {shlex.quote(str(ws.checkout))}")
         changes: list[Change] = []
         for t in ws.targets:
             ur = rec.upstreams.get(t.name)

@@ -82,7 +82,8 @@ def _enter(ws: Workspace) -> dict:
                                f"(`{pop}` brings them back); a file "
                                "a partial mirror left out stays out of a checkout made with --exclude")
     if rec is not None:
-        apply.unapply(ws.ov, ws.checkout)     # from zpatch's own apply back to pristine, transactionally
+        # from zpatch's own apply back to pristine, transactionally; a refusal's way on ends in edit
+        apply.unapply(ws.ov, ws.checkout, then=f"zpatch edit {co}")
     result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}
     with ws.locked():
         done: list[Target] = []

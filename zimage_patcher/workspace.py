@@ -255,12 +255,32 @@ def copy_aside(top: Path, rel: str, label: str) -> str:
     return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/{shlex.quote(f'zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}')}"
 
 
-def save_edit_hint(t: Target, rel: str, then: str) -> str:
-    """The ways on when REL (in T), which zpatch patched, was edited since: refresh folds the edit into
-    its patch; or a copy of the file is kept in ~ (never over an earlier copy), upstream's bytes are put
-    back (or a file a patch created removed), and THEN, the command refused, runs again."""
-    repo, q = shlex.quote(str(t.repo)), shlex.quote(rel)
-    restore = (f"git -C {repo} checkout -- {q}" if git.tree_blobs(t.repo, "HEAD", [rel])
-               else f"rm -- {shlex.quote(str(t.repo / rel))}")       # a patch created it
-    return (f"`zpatch refresh {shlex.quote(str(t.top))}` folds your edit into its patch; or keep a copy of the "
-            f"file and go on without the edit: `{copy_aside(t.top, t.file(rel), t.name)} && {restore} && {then}`")
+def edits_since_apply(ws: "Workspace", rec) -> list[tuple[Target, str]]:
+    """Every file of every upstream changed since zpatch wrote it and not simply put back (user_edits)."""
+    return [(t, f) for t in ws.targets if rec is not None and t.name in rec.upstreams
+            for f in user_edits(t, rec.upstreams[t.name])]
+
+
+def refuse_edits(edits: list[tuple[Target, str]], why: str, then: str) -> ZpatchError:
+    """The refusal for EDITS (edits_since_apply), naming the first and counting the rest: refresh folds
+    them into their patches; or, in one command, a copy of each is kept in ~ (never over an earlier
+    copy), upstream's bytes are put back (or a file a patch created removed), and THEN runs again."""
+    steps, groups = [], []           # (target, its files), in order (a Target is not hashable)
+    for t, f in edits:
+        if not groups or groups[-1][0] is not t:
+            groups.append((t, []))
+        groups[-1][1].append(f)
+    for t, files in groups:
+        upstream_has = git.tree_blobs(t.repo, "HEAD", files)
+        for f in files:
+            if os.path.lexists(t.repo / f):        # a deleted file has nothing to keep
+                steps.append(copy_aside(t.top, t.file(f), t.name))
+            steps.append(f"git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
+                         else f"rm -f -- {shlex.quote(str(t.repo / f))}")    # a patch created it
+    t, f = edits[0]
+    more = f" (and {len(edits) - 1} more file(s))" if len(edits) > 1 else ""
+    return ZpatchError(f"{t.repo / f}: modified since zpatch applied it{more}; {why}", Exit.BAD_CHECKOUT,
+                       hint=f"`zpatch refresh {shlex.quote(str(t.top))}` folds your edits into their patches; or "
+                            f"keep a copy of each file and go on without the edits: `{' && '.join([*steps, then])}`")
+
+

@@ -235,7 +235,7 @@ def _status_advice(res: dict) -> list[str]:
     if res["clean"]:
         if any(u.get("edit") for u in res["upstreams"]):
             moved = any(u["edit"].get("pin_moved") for u in res["upstreams"] if u.get("edit"))
-            return [f"Edit mode, everything exported" + ("; a rebase has moved the pin since `zpatch edit`" if moved
+            return ["Edit mode, everything exported" + ("; a rebase has moved the pin since `zpatch edit`" if moved
                                                           else "") +
                     f". Leave it with `zpatch unapply {shlex.quote(res['checkout'])}`"
                     + (", which then names the way to the new pin." if moved else ".")]
