@@ -52,22 +52,28 @@ def test_conflict_with_the_commits_to_blame(zpatch, world):
 
 
 def test_next_during_a_stopped_rebase_finishes_that_one_first(zpatch, world, tmp_path):
-    """A trial: with a rebase stopped on a conflict, drift's `next: zpatch rebase ...` was refused
-    (exit 10, the overlay busy). It names the way out first; followed in order, the rebase runs."""
+    """A trial: with a rebase stopped on a conflict, drift's `next: zpatch rebase ...` was refused (exit
+    10, the overlay busy), and then named the very rebase that was stopped. It says to finish that one
+    (no second rebase onto the same commit); followed, the overlay is at rest and drift says the rebase."""
     from testing import run
     commit(world.gguf_up, {"loader.py": replace_line(LOADER_PY, "loader line 20\n", "loader line 20 UPSTREAM\n")},
            "upstream rewrites line 20")
     zpatch("rebase", "comfyui-gguf", "--onto", "main", expect=5)
-    out = zpatch("drift", expect=None).output
-    line = next(x for x in out.splitlines() if "next:" in x and "comfyui-gguf --onto" in x)
-    assert "once the stopped rebase is done" in line
-    abort, then = re.findall(r"`([^`]+)`", line)[1], line.split("), ", 1)[1]
-    assert "--abort" in abort and then.startswith("zpatch rebase ")
-    for cmd, code in ((abort, 0), (then, 5)):             # 5: the same conflict, stopped again, not refused
-        done = run.follow(cmd, tmp_path, world.env)
-        assert done.returncode == code, (cmd, done.stdout + done.stderr)
-    zpatch("rebase", "--abort")
-    assert "once the stopped rebase" not in zpatch("drift", expect=None).output
+    r = zpatch("drift", expect=None)
+    line = next(x for x in r.output.splitlines() if "next:" in x)
+    assert "finish the stopped rebase of comfyui-gguf onto" in line and "zpatch rebase comfyui-gguf --onto" not in line
+    assert f"warning: a rebase of comfyui-gguf" in r.output and f"zpatch rebase --overlay {world.overlay} --continue" \
+        in r.output                                              # the warning's command names the overlay too
+    res = zpatch.json("drift", expect=5)
+    assert "finish the stopped rebase" in res["hint"] and "--onto main" not in res["hint"]
+    out = zpatch("check", "--offline").output                   # it said "Overlay OK." and nothing more
+    assert "Overlay OK as it stands, but not at rest" in out and "zpatch rebase --overlay" in out
+    abort = next(c for c in re.findall(r"`([^`]+)`", line) if "--abort" in c)
+    done = run.follow(abort, tmp_path, world.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(x for x in zpatch("drift", expect=None).output.splitlines() if "next:" in x)
+    assert line.split("next: ", 1)[1].startswith("zpatch rebase ") and "finish the stopped" not in line
+    assert zpatch.json("drift", expect=5)["hint"].startswith("`zpatch rebase --overlay")
 
 
 def test_upstreamed_and_obsolete_that_also_conflicts(zpatch, world):

@@ -140,8 +140,8 @@ class Context:
             busy = overlay_write.busy(root)
             if busy:
                 self.overlay_busy = busy[1]
-                if not self.as_json:
-                    warn(f"{busy[0]}: {busy[1].split(': ', 1)[-1]}")
+                if not self.as_json:     # its commands work where the user is, as a hint's do
+                    warn(with_overlay(f"{busy[0]}: {busy[1].split(': ', 1)[-1]}", self.advice_overlay))
         return root
 
     def load(self, verify: bool = True):

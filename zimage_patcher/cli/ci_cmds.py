@@ -223,10 +223,19 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
             raise ZpatchError(f"{only}: no such upstream in upstream.lock", Exit.USAGE,
                               hint="one of: " + ", ".join(s.upstream.name for s in ov.series))
         report = drift.run(ov, only=only, to=to, offline=offline, smoke=smoke, python=python)
-    from ..overlay_write import REBASE_HINT
+    from .. import overlay_write
     # a stopped rebase holds the overlay: another rebase is refused until that one is finished
-    first = ("once the stopped rebase is done (`zpatch rebase --continue`, or `zpatch rebase --abort`), "
-             if ctx.overlay_busy == REBASE_HINT else "")
+    busy = ov.root if not saved and ctx.overlay_busy == overlay_write.REBASE_HINT else None
+    op = overlay_write.stopped(busy) if busy else None
+
+    def next_step(name: str, onto: str) -> str:
+        """The rebase of NAME onto ONTO, as the overlay's state allows it now."""
+        if op is None:
+            return f"zpatch rebase {name} --onto {onto}"
+        finish = "`zpatch rebase --continue` (or `zpatch rebase --abort`)"
+        if op.upstream == name and onto in (op.onto, op.onto[:len(onto)]):
+            return f"finish the stopped rebase of {name} onto {op.onto[:12]}: {finish}"
+        return f"once the stopped rebase is done ({finish}), zpatch rebase {name} --onto {onto}"
     if markdown and not ctx.as_json:
         click.echo(drift_report.markdown(report, artifact=artifact), nl=False)
     else:
@@ -249,18 +258,19 @@ def drift_cmd(ctx, only, to, markdown, smoke, offline, python, saved, artifact):
                     lines.append(f"  first failing commit: {sm['bisect']['first_bad'][:12]} "
                                  f"({sm['bisect']['smokes']} smokes)")
             if u.get("target") and u["class"] != "current":
-                lines.append(f"  target: {u['target'][:12]}; next: {first}zpatch rebase {u['name']} --onto {u['target']}")
+                lines.append(f"  target: {u['target'][:12]}; next: {next_step(u['name'], u['target'])}")
             elif any(p["state"] == "conflict" for p in u["patches"]):
-                lines.append(f"  a rebase stops at the first conflict for you to resolve; next: {first}"
-                             f"zpatch rebase {u['name']} --onto {u['head']}")
+                lines.append(f"  a rebase stops at the first conflict for you to resolve; next: "
+                             f"{next_step(u['name'], u['head'])}")
         lines.append(f"Drift: {report['class']}.")
         ctx.emit(report, "\n".join(lines))
     clashes = [(u, [p["name"] for p in u["patches"] if p["state"] == "conflict"]) for u in report["upstreams"]]
     clashes = [(u, names) for u, names in clashes if names]
     if clashes:
         ctx.fail("; ".join(f"{u['name']}: {', '.join(names)} conflict(s) with {u['ref']}" for u, names in clashes),
-                 first + " and ".join(f"`zpatch rebase {u['name']} --onto {u['ref']}`" for u, _ in clashes)
-                 + " stops at the first conflict for you to resolve")
+                 " and ".join(f"`zpatch rebase {u['name']} --onto {u['head']}`" for u, _ in clashes)
+                 + " stops at the first conflict for you to resolve" if op is None else
+                 "; ".join(next_step(u["name"], u["head"]) for u, _ in clashes))
     return Exit(report["exit_code"])
 
 

@@ -23,7 +23,11 @@ def check_cmd(ctx, offline, no_apply):
         lines.append(f"{s['name']}: {len(s['patches'])} patch(es) on {s['pin'][:12]}: {state}")
     for p in res["problems"]:
         lines.append(f"problem: {p['message']}" + (f"\n  hint: {p['hint']}" if p.get("hint") else ""))
-    lines.append("Overlay OK." if res["clean"] else f"{len(res['problems'])} problem(s).")
+    if res["clean"] and res["rebase_in_progress"]:    # the files are fine as they stand; the work is not done
+        lines.append("Overlay OK as it stands, but not at rest (see the warning): `zpatch rebase --continue` or "
+                     "`zpatch rebase --abort` finishes the rebase.")
+    else:
+        lines.append("Overlay OK." if res["clean"] else f"{len(res['problems'])} problem(s).")
     code = check.exit_code(res)
     ctx.emit(res, "\n".join(lines))
     return code
