@@ -103,6 +103,7 @@ def test_kill_edit_of_an_applied_checkout_then_edit_finishes(world, zpatch, chec
     before, after = states
     zpatch("apply", checkout)
     n = 0
+    interrupted_seen = False
     while True:
         n += 1
         co = copy(checkout, tmp_path / f"e{n}")
@@ -110,11 +111,16 @@ def test_kill_edit_of_an_applied_checkout_then_edit_finishes(world, zpatch, chec
         if r.returncode == 0:
             break
         assert r.returncode == -signal.SIGKILL, (n, r.returncode, r.stderr)
+        st = zpatch.json("status", co, expect=None)
+        if st["interrupted"]:      # killed in its unapply: named as edit, whose rerun status offers
+            assert st["interrupted"]["op"] == "edit" and any(f"`zpatch edit --overlay {world.overlay} {co}` again"
+                                                              in a for a in st["advice"]), st
+            interrupted_seen = True
         if state(co) != after:
             zpatch("edit", co)
         assert state(co) == after, n
         shutil.rmtree(co)
-    assert n > 15
+    assert n > 15 and interrupted_seen
 
 
 @pytest.fixture

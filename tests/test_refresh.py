@@ -497,6 +497,18 @@ def test_changes_outside_the_patches_are_named_and_folded_only_when_told_where(w
     reproduces(world, zpatch, checkout, tmp_path)
 
 
+def test_the_ways_for_an_unowned_edit_say_they_take_the_other_changed_files_too(world, zpatch, checkout):
+    """A trial: `--into P`, suggested for an edit of upstream's lines, also folded a change to a file no
+    patch touches into P; the dry run showed it, the hint did not. The hint says so now."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 10\n", "loader line 10 by hand\n")
+    (checkout / GGUF / "nodes.py").write_text("GGUF = 'mine'\n")
+    r = zpatch("refresh", "--dry-run", checkout, expect=5)
+    assert "(either takes your change to custom_nodes/ComfyUI-GGUF/nodes.py too)" in r.output
+    into = zpatch.json("refresh", "--dry-run", "--into", "0003-loader-external-tokenizer.patch", checkout)
+    assert {h["path"] for h in into["upstreams"][1]["hunks"]} == {"loader.py", "nodes.py"}      # as it says
+
+
 @pytest.mark.parametrize("subject", ["   ", "two\nlines", "x\nFrom: evil <e@x>"])
 def test_a_new_subject_is_one_line_of_text(world, zpatch, checkout, subject):
     zpatch("apply", checkout)

@@ -342,8 +342,10 @@ def _up_result(t: Target, ur: UpstreamRecord) -> dict:
             "applied": [p.name for p in ur.patches]}
 
 
-def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False, then: str | None = None) -> dict:
-    """THEN: the command a refusal's hint ends in (the one that asked for the unapply, when not the user)."""
+def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False, then: str | None = None,
+            op: str = "unapply") -> dict:
+    """THEN: the command a refusal's hint ends in, and OP the name its journal gives an interrupted run
+    (the command that asked for the unapply, when not the user: edit)."""
     from . import edit_mode
     clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
@@ -380,7 +382,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False, then: 
         node_changes, _ = _node_plan(ws, rec, install=False)
         changes += node_changes
         sweep = _node_caches(ws.checkout, rec.node) if rec.node else []
-        ws.commit("unapply", changes, None, [], sweep=sweep)
+        ws.commit(op, changes, None, [], sweep=sweep)
         if rec.node:
             result["node"] = rec.node.path
             result["node_kept"] = (ws.checkout / rec.node.path).is_dir()   # it holds files that are not ours

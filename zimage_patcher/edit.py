@@ -83,7 +83,7 @@ def _enter(ws: Workspace) -> dict:
                                "a partial mirror left out stays out of a checkout made with --exclude")
     if rec is not None:
         # from zpatch's own apply back to pristine, transactionally; a refusal's way on ends in edit
-        apply.unapply(ws.ov, ws.checkout, then=f"zpatch edit {co}")
+        apply.unapply(ws.ov, ws.checkout, then=f"zpatch edit {co}", op="edit")
     result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}
     with ws.locked():
         done: list[Target] = []

@@ -26,7 +26,7 @@ from .errors import Exit, ZpatchError
 
 JOURNAL_NAME = "journal.json"
 KEEP_NAME = "before"        # beside the journal: the before bytes of changes without a git store
-KINDS = ("apply", "unapply", "rebase", "export", "lock", "refresh", "forward", "import")
+KINDS = ("apply", "unapply", "edit", "rebase", "export", "lock", "refresh", "forward", "import")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 

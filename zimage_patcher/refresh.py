@@ -219,7 +219,8 @@ def _plan(ws: Workspace, t: Target, ur: UpstreamRecord, into: str | None, new: s
         apply.load_work_tree(t, idx, changed, {f: worktree.read(t.top, t.file(f)) for f in changed},
                              git.tree_entries(t.repo, top, changed))
         wanted = idx.run(["write-tree", "--missing-ok"]).stdout.strip()
-        hunks = _hunks(t, commits, top, wanted, changed, into, new, dry_run)
+        sweep = [x["path"] for x in left_out if x["why"].startswith("no patch changes this file")]
+        hunks = _hunks(t, commits, top, wanted, changed, into, new, dry_run, sweep)
         if not hunks:
             return as_is                     # bytes differ only as git's filters see them (eol)
         trees = _fold(t, commits, top, wanted, hunks, idx)
@@ -279,8 +280,9 @@ def _holds_series(t: Target, ur: UpstreamRecord) -> bool:
 
 
 def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str], into: str | None,
-           new: str | None, dry_run: bool = False) -> list[Hunk]:
-    """Every hunk of the edit, each with the patch it goes to; refuses one that no single patch owns."""
+           new: str | None, dry_run: bool = False, sweep: list[str] | None = None) -> list[Hunk]:
+    """Every hunk of the edit, each with the patch it goes to; refuses one that no single patch owns.
+    SWEEP: changed files no patch touches, which --into and --new would take too (the refusal says so)."""
     names = [p.name for p in t.series.patches]
     index = {c: i for i, c in enumerate(commits)}
     out, unowned = [], []
@@ -319,8 +321,9 @@ def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str
         last = next((p.name for p in reversed(t.series.patches) if h.path in p.files), names[-1] if names else None)
         dry = " --dry-run" if dry_run else ""
         ways = ([f"zpatch refresh{dry} --into {last} {co}"] if last else []) + [f"zpatch refresh{dry} --new 'Subject' {co}"]
+        also = f"   (either takes your change to {', '.join(sweep)} too)" if sweep else ""
         raise ZpatchError(f"{t.repo / h.path}: lines {h.lines[0]}-{h.lines[1]} are {why}; say where the edit goes",
-                          Exit.CONFLICT, hint="   or   ".join(ways),
+                          Exit.CONFLICT, hint="   or   ".join(ways) + also,
                           details={"unowned": [{"path": x.path, "lines": x.lines, "patches": o} for x, o in unowned]})
     return out
 

@@ -244,7 +244,8 @@ def _status_advice(res: dict) -> list[str]:
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
     out = []
     if res["interrupted"]:     # what the files show now is half a run: the roll-back comes first
-        return ["Not clean.", f"  (run `zpatch apply {co}` or `zpatch unapply {co}`: either "
+        again = f", or `zpatch edit {co}` again," if res["interrupted"]["op"] == "edit" else ""
+        return ["Not clean.", f"  (run `zpatch apply {co}` or `zpatch unapply {co}`{again}: each "
                               "first rolls the interrupted change back)"]
     editing = [u for u in res["upstreams"] if u.get("edit")]
     if any(u["edit"].get("pin_moved") for u in editing):
