@@ -3,6 +3,7 @@ where --into / --new say), and a fresh checkout + apply then gives the same byte
 advice is followed literally; a kill at every write point is finished by the next refresh."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -390,6 +391,56 @@ def test_inside_a_checkout_zpatch_finds_the_overlay_that_applied_it(world, zpatc
     assert "tokenizer, mine" in (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_text()
     assert {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()} == before
     assert zpatch.json("status", checkout)["clean"]
+
+
+def test_the_overlay_a_checkout_last_used_is_kept_through_edit_mode_switches_and_its_loss(world, zpatch, checkout,
+                                                                                         tmp_path):
+    """A sixth trial: edit mode dropped the record, so zpatch inside the checkout fell back to its own
+    source tree (advice: `export --overlay <that tree>`); a moved overlay fell back silently; an overlay
+    taken from the current directory was left out of printed commands; switching between two copies of
+    the overlay re-applied. Each is now as the user meant."""
+    import shutil
+    from pathlib import Path
+    import zimage_patcher
+    own = Path(zimage_patcher.__file__).resolve().parent.parent
+    before = {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()}
+    inside = checkout / GGUF
+    # switching to a copy of the overlay records it, without re-applying anything
+    copy = tmp_path / "copy of overlay"
+    shutil.copytree(world.overlay, copy)
+    zpatch("apply", checkout)
+    res = run.zpatch("apply", "--overlay", copy, checkout, "--json")
+    assert json.loads(res.stdout)["changed"] is False, res.stdout
+    assert json.loads(run.zpatch("status", "--json", cwd=inside).stdout)["clean"]     # the copy, as applied
+    zpatch("apply", checkout)                                        # and back: not re-applied either
+    # from inside another overlay's folder, printed commands name the overlay in use
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, mine\n")
+    out = run.zpatch("status", checkout, cwd=copy).stdout          # the copy, from its folder: say so
+    assert f"zpatch refresh --overlay '{copy}' " in out, out
+    run.zpatch("apply", "--overlay", world.overlay, checkout)        # refused (edited): the pointer stays
+    git("checkout", "--", "loader.py", cwd=inside)
+    zpatch("apply", checkout)
+    # edit mode: status, and export from the nested repository, use the overlay edit ran with
+    zpatch("edit", checkout)
+    assert f"zpatch unapply --overlay {world.overlay} " in run.zpatch("status", cwd=inside).stdout
+    (inside / "nodes.py").write_text("GGUF = 'edited'\n")
+    git("commit", "-q", "-am", "nodes: edited\n\nOrigin: vendor\nForwarded: no\nLast-Update: 2026-12-05\n"
+        "Upstream-License: Apache-2.0", cwd=inside)
+    r = run.zpatch("export", cwd=inside)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any("GGUF = 'edited'" in p.read_text() for p in (world.overlay / PATCHES).glob("*.patch"))
+    zpatch("unapply", checkout)
+    # the overlay moved away: a warning, and a writer refuses rather than taking zpatch's own tree
+    moved = tmp_path / "moved"
+    world.overlay.rename(moved)
+    try:
+        r = run.zpatch("status", cwd=inside)
+        assert "the overlay that last applied this checkout is gone" in r.stderr, r.stderr
+        r = run.zpatch("refresh", cwd=inside)
+        assert r.returncode == 3 and f"{world.overlay}, is gone" in r.stderr and str(own) not in r.stderr, r.stderr
+    finally:
+        moved.rename(world.overlay)
+    assert {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()} == before
 
 
 def test_a_folder_of_several_checkouts_is_not_taken_for_one_of_them(world, zpatch, tmp_path):

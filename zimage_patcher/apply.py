@@ -21,7 +21,7 @@ from .workspace import Target, Workspace, edited, edits_since_apply, refuse_edit
 
 def _fast_noop(ws: Workspace, rec: Record | None) -> bool:
     """True when the checkout already holds exactly this overlay; reads files only, runs no git."""
-    if rec is None or rec.overlay != str(ws.ov.root):    # applied from another overlay: record this one
+    if rec is None or record.pointer(ws.zdir) != str(ws.ov.root):    # another overlay's: point at this one
         return False
     for t in ws.targets:
         ur = rec.upstreams.get(t.name)
@@ -322,8 +322,9 @@ def apply(ov: Overlay, checkout: Path | None, *, three_way: bool = False) -> dic
                                          three_way=heads[t.name] != t.pin)
         node_changes, node = _node_plan(ws, rec, install=True)
         changes += node_changes
-        new = Record(ups, node, str(ws.ov.root))
+        new = Record(ups, node)
         if rec is not None and rec.to_bytes() == new.to_bytes() and not changes:
+            record.remember_overlay(ws.zdir, ws.ov.root)
             result["upstreams"] = [_up_result(t, ups[t.name]) for t in ws.targets]
             return result
         copies = [p.data for t in ws.targets for p in t.series.patches]
@@ -363,6 +364,7 @@ def unapply(ov: Overlay, checkout: Path | None, *, discard: bool = False, then: 
                                  for u in left if u["head"] != u["pin"]]
             result["changed"] = True
             rec = ws.load_record()
+        record.remember_overlay(ws.zdir, ws.ov.root)
         if rec is None:
             return result
         edits = edits_since_apply(ws, rec)

@@ -12,7 +12,7 @@ import shlex
 import tempfile
 from pathlib import Path
 
-from . import apply, cache, clone, edit_mode, git, overlay_write, patchfile, patchset, series as seriesmod
+from . import apply, cache, clone, edit_mode, git, overlay_write, patchfile, patchset, record, series as seriesmod
 from .check import REQUIRED_HEADERS
 from .errors import Exit, ZpatchError
 from .patchset import Overlay
@@ -86,6 +86,7 @@ def _enter(ws: Workspace) -> dict:
         apply.unapply(ws.ov, ws.checkout, then=f"zpatch edit {co}", op="edit")
     result = {"checkout": str(ws.checkout), "upstreams": [], "resumed": [t.name for t in entered]}
     with ws.locked():
+        record.remember_overlay(ws.zdir, ws.ov.root)     # edit mode has no record: zpatch inside finds it so
         done: list[Target] = []
         for t in ws.targets:
             if t in entered:

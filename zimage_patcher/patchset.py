@@ -39,24 +39,24 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
     for d in (here, *here.parents):
         if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
             return d
-    from .record import recorded_overlay
+    from .record import is_overlay, pointed_overlay
     try:
-        applied_by = recorded_overlay(Path(checkout).absolute() if checkout else here)
+        applied_by = pointed_overlay(Path(checkout).absolute() if checkout else here)
     except OSError:
         applied_by = None
-    if applied_by is not None and not (for_writing and is_installed_copy(applied_by)):
-        return applied_by.resolve()      # as quilt keeps its patches folder beside the tree it patched
+    if applied_by and is_overlay(applied_by) and not (for_writing and is_installed_copy(Path(applied_by))):
+        return Path(applied_by).resolve()
     if for_writing:   # never rewrite the source tree or bundle of the installed zpatch by accident
         src = PACKAGE_DIR.parent       # an editable install's repository: the CLI names it in the hint
         mine = (src / lockmod.LOCK_NAME).is_file() and (src / "patches").is_dir() and (src / ".git").exists()
         raise ZpatchError(f"{here}: no overlay (upstream.lock and patches/) here or above", Exit.BAD_OVERLAY,
                           hint="run inside the overlay's repository or pass --overlay DIR",
-                          details={"overlay_source": str(src)} if mine else None)
+                          details={"no_overlay": True, **({"overlay_source": str(src)} if mine else {})})
     for d in (PACKAGE_DIR.parent, PACKAGE_DIR / "_bundle"):
         if (d / lockmod.LOCK_NAME).is_file():
             return d
     raise ZpatchError("no overlay found (upstream.lock)", Exit.BAD_OVERLAY,
-                      hint="run inside the zimage-patcher repository or pass --overlay DIR")
+                      hint="run inside the zimage-patcher repository or pass --overlay DIR", details={"no_overlay": True})
 
 
 def sha256_file(path: Path) -> str:

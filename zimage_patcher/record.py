@@ -53,7 +53,6 @@ class NodeRecord:
 class Record:
     upstreams: dict[str, UpstreamRecord]
     node: NodeRecord | None = None
-    overlay: str | None = None           # the overlay that wrote it: zpatch run in the checkout finds it
 
     def to_bytes(self) -> bytes:
         data = {"version": RECORD_VERSION, **asdict(self)}
@@ -132,30 +131,42 @@ def parse(path: Path, data: bytes) -> Record:
         except ZpatchError:
             raise _damaged(path, "node path")
         node = NodeRecord(node["path"], _check_files(path, node.get("files"), _SHA256, nullable=False), dirs)
-    overlay = raw.get("overlay")
-    if overlay is not None and not isinstance(overlay, str):
-        raise _damaged(path, "overlay")
-    return Record(upstreams, node, overlay)
+    return Record(upstreams, node)
 
 
-def recorded_overlay(path: Path) -> Path | None:
-    """The overlay that last applied the checkout PATH lies in (its record names it), when it is still
-    an overlay (upstream.lock and patches/); None otherwise. Read without git, and quietly: a damaged
-    record is the command's to report."""
+# The overlay that last applied, unapplied, refreshed or edited a checkout, one absolute path in a file
+# beside the record (edit mode has no record): zpatch run inside the checkout uses it, as quilt keeps
+# its patches folder beside the tree it patched.
+POINTER_NAME = "overlay"
+
+
+def pointer(zdir: Path) -> str | None:
+    try:
+        text = (zdir / POINTER_NAME).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text.rstrip("\n") or None
+
+
+def remember_overlay(zdir: Path, root: Path) -> None:
+    """Point the checkout at ROOT (the caller holds the checkout's lock)."""
+    if pointer(zdir) != str(root):
+        write_atomic(zdir / POINTER_NAME, f"{root}\n".encode("utf-8"))
+
+
+def is_overlay(path: str) -> bool:
+    return os.path.isabs(path) and os.path.isfile(os.path.join(path, "upstream.lock")) \
+        and os.path.isdir(os.path.join(path, "patches"))
+
+
+def pointed_overlay(path: Path) -> str | None:
+    """The overlay named by the pointer of the checkout PATH lies in (nested upstreams climb to it), as
+    written, whether or not it is still an overlay (is_overlay); None when there is none."""
     from .git import git_dir_of
     for d in (path, *path.parents):
         gd = git_dir_of(d)
-        rec = gd / "zpatch" / RECORD_NAME if gd is not None else None
-        if rec is None or not rec.is_file():
-            continue
-        try:
-            overlay = json.loads(rec.read_bytes()).get("overlay")
-        except (OSError, ValueError, RecursionError, AttributeError):
-            return None
-        if isinstance(overlay, str) and os.path.isabs(overlay) and os.path.isfile(os.path.join(overlay, "upstream.lock")) \
-                and os.path.isdir(os.path.join(overlay, "patches")):
-            return Path(overlay)
-        return None
+        if gd is not None and (gd / "zpatch").is_dir():
+            return pointer(gd / "zpatch")
     return None
 
 

@@ -156,7 +156,7 @@ def _new_record(ws: Workspace, rec: Record, plans: list[Plan], node: NodeRecord 
         files = {f for n, d in series for f in patchfile.parse(n, d).files}
         ups[t.name] = UpstreamRecord(ur.commit, [PatchRef(n, _sha256(d)) for n, d in series],
                                      {f: worktree.blob_id(t.top, t.file(f)) for f in sorted(files)})
-    return Record(ups, node, str(ws.ov.root))
+    return Record(ups, node)
 
 
 def _outdated(ws: Workspace, t: Target, files: list[str]) -> ZpatchError:

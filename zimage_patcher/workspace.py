@@ -196,6 +196,7 @@ class Workspace:
                          new.to_bytes() if new else None, sweep=sweep,
                          prepare=lambda: record.store_copies(self.zdir, copies))
         record.collect_garbage(self.zdir, new)
+        record.remember_overlay(self.zdir, self.ov.root)    # zpatch run inside the checkout finds this overlay
 
     def node_files(self) -> dict[str, str]:
         """Each file of the overlay's node in the checkout: ok (the locked bytes), modified or missing

@@ -121,6 +121,15 @@ class Context:
         """The overlay a printed zpatch command must name to work where the user is."""
         return self.overlay_dir or self.implicit_overlay
 
+    def pointed_overlay(self) -> str | None:
+        """The overlay the checkout (named, or the one the current directory lies in) last used."""
+        from ..patchset import cwd
+        from ..record import pointed_overlay
+        try:
+            return pointed_overlay(Path(self.checkout_arg).absolute() if self.checkout_arg else cwd())
+        except (OSError, ZpatchError):
+            return None
+
     def fail(self, line: str, hint: str | None = None) -> None:
         """What went wrong, in one line, when the command returns an exit code of 2 and up without an
         error (a conflict it reports in full): the line -q keeps, and the envelope's `error` and `hint`."""
@@ -132,9 +141,17 @@ class Context:
         from .. import patchset
         root = patchset.find_root(self.overlay_dir, for_writing=for_writing, checkout=self.checkout_arg)
         here = patchset.cwd()
-        if (self.overlay_dir is None and not os.environ.get("ZPATCH_OVERLAY") and root not in (here, *here.parents)
-                and not patchset.is_installed_copy(root)):
-            self.implicit_overlay = str(root)    # found from where zpatch is installed, not from here
+        if self.overlay_dir is None and not os.environ.get("ZPATCH_OVERLAY"):
+            named = self.pointed_overlay()
+            if root not in (here, *here.parents) and not patchset.is_installed_copy(root):
+                self.implicit_overlay = str(root)    # found from the checkout or from where zpatch is installed
+            elif named and named != str(root):
+                self.implicit_overlay = str(root)    # from here, but the checkout would find another: name it
+            if named and named != str(root) and not self.as_json:
+                from ..record import is_overlay
+                if not is_overlay(named):
+                    warn(f"{named}: the overlay that last applied this checkout is gone (moved or deleted); using "
+                         f"{root}. Name the one you mean with --overlay DIR")
         if not for_writing:
             from .. import overlay_write
             busy = overlay_write.busy(root)
@@ -357,7 +374,12 @@ def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findin
             except ZpatchError as e:
                 if ctx.overlay_busy and e.exit_code == Exit.BAD_OVERLAY:
                     e.hint = ctx.overlay_busy     # not "zpatch lock" or "restore the file" by hand
-                if e.details.get("overlay_source") and overlay_dir is None:   # the source tree zpatch runs from
+                gone = ctx.pointed_overlay() if overlay_dir is None and e.details.get("no_overlay") else None
+                from ..record import is_overlay
+                if gone and not is_overlay(gone):          # the checkout names an overlay that is no longer there: never guess another
+                    e.hint = (f"the overlay that last applied this checkout, {gone}, is gone (moved or deleted): "
+                              "run inside the overlay's repository, or name it with --overlay DIR")
+                elif e.details.get("overlay_source") and overlay_dir is None:   # the source tree zpatch runs from
                     e.hint = ("run inside the overlay's repository, or name it: "
                               f"`{shlex.join(['zpatch', '--overlay', e.details['overlay_source'], *_ARGS])}`")
                 e.hint = with_overlay(e.hint, ctx.advice_overlay)
