@@ -148,6 +148,16 @@ def test_a_deleted_patched_file_gets_advice_that_works_as_printed(world, zpatch,
     done = follow(world, re.findall(r"`([^`]+)`", line)[-1], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert files(checkout) == applied and zpatch.json("status", checkout)["clean"]
+    # refresh folded the deletion into 0001 (a patch deleting loader.py) without being told: it asks now
+    before = overlay_snapshot(world)
+    for gone in ("loader.py", "tokenizer_util.py"):             # upstream's file, and one a patch created
+        (checkout / GGUF / gone).unlink()
+        r = zpatch("refresh", checkout, expect=5)
+        assert "deleted; refresh folds a deletion of a whole file only when told where" in error_line(r)
+        assert overlay_snapshot(world) == before
+        done = follow(world, hint_commands(r)[0].split("`")[1], tmp_path)          # put it back patched
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert files(checkout) == applied and zpatch.json("status", checkout)["clean"]
 
 
 def test_status_traces_an_edit_through_the_patches_applied_not_the_overlays_newer_ones(world, zpatch, checkout,

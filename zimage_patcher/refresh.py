@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import hashlib
+import os
 import re
 import shlex
 import tempfile
@@ -287,6 +288,16 @@ def _hunks(t: Target, commits: list[str], top: str, wanted: str, files: list[str
     index = {c: i for i, c in enumerate(commits)}
     out, unowned = [], []
     for f in files:
+        if into is None and new is None and not os.path.lexists(t.repo / f) and git.show_blob(t.repo, top, f):
+            # a whole file gone is no edit of one patch's lines: a patch that deletes it only when told
+            last = next((p.name for p in reversed(t.series.patches) if f in p.files), names[-1] if names else "PATCH")
+            co, dry = shlex.quote(str(t.top)), " --dry-run" if dry_run else ""
+            back = (f"git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(f)} && "
+                    if git.show_blob(t.repo, t.pin, f) is not None else "")      # else a patch created it
+            raise ZpatchError(f"{t.repo / f}: deleted; refresh folds a deletion of a whole file only when told where",
+                              Exit.CONFLICT,
+                              hint=f"put it back patched: `{back}zpatch apply {co}`   or   make a patch delete it: "
+                                   f"`zpatch refresh{dry} --into {shlex.quote(last)} {co}`")
         found = git.diff_hunks(t.repo, top, wanted, f)
         if found is None:
             raise ZpatchError(f"{t.repo / f}: a binary change; refresh folds text edits", Exit.BAD_CHECKOUT,
