@@ -160,6 +160,23 @@ def test_a_deleted_patched_file_gets_advice_that_works_as_printed(world, zpatch,
         assert files(checkout) == applied and zpatch.json("status", checkout)["clean"]
 
 
+def test_an_edit_status_cannot_trace_gets_the_dry_run_not_a_promise(world, zpatch, checkout, tmp_path):
+    """A trial: with a patch that only git applies (a file name with a space), status could not trace an
+    edit yet promised that `zpatch refresh` folds it; refresh then refused (upstream's lines). It says
+    so, and points at the dry run, which tells."""
+    l1 = replace_line(LOADER_PY, "loader line 5\n", "loader line 5 gemma3\n")
+    world.build_overlay(gguf_edits=[("loader: odd", {"loader.py": l1, "sp ace.py": "x\n"})])
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 30\n", "loader line 30 by hand\n")
+    st = zpatch.json("status", checkout, expect=1)
+    assert st["upstreams"][1]["untraced_edits"] == ["loader.py"] and st["upstreams"][1]["unowned_edits"] == []
+    line = next(a for a in st["advice"] if a.startswith("edited after apply"))
+    dry = re.findall(r"`([^`]+)`", line)[0]
+    assert "--dry-run" in dry and "folds the edits into their patches" not in line
+    done = follow(world, dry, tmp_path)
+    assert done.returncode == 5 and "upstream's own" in done.stderr, done.stdout + done.stderr   # it tells
+
+
 def test_status_traces_an_edit_through_the_patches_applied_not_the_overlays_newer_ones(world, zpatch, checkout,
                                                                                        tmp_path):
     """A trial: after the overlay rewrote 0002 (a refresh from another checkout), an edit of 0002's line
@@ -360,7 +377,7 @@ def test_an_interrupted_refresh_names_its_own_command_line_and_following_it_fini
                                                                                     tmp_path):
     """A trial: Ctrl-C in the middle of refresh's writes said "rerun `zpatch refresh --overlay OV`", no
     checkout; run from a folder of several checkouts, that folded another checkout's edit. The hint is
-    now the command as it was run; rerun where it was run, it finishes this checkout's refresh."""
+    now the command as it was run, its checkout in full; rerun anywhere, it finishes this checkout's refresh."""
     import signal
     from testing.pause import Held, zpatch_cmd
     zpatch("apply", checkout)
@@ -374,8 +391,9 @@ def test_an_interrupted_refresh_names_its_own_command_line_and_following_it_fini
     assert r.returncode == 130, r.stderr
     hint = next(x for x in r.stderr.splitlines() if x.startswith("hint: "))
     cmd = hint.split("`")[1]
-    assert cmd == f"zpatch refresh --overlay {world.overlay} {checkout.name}", hint
-    done = follow(world, cmd, tmp_path)                          # where it was run
+    assert cmd == f"zpatch refresh --overlay {world.overlay} {checkout}", hint     # the checkout in full
+    (tmp_path / "elsewhere").mkdir()
+    done = follow(world, cmd, tmp_path / "elsewhere")            # so it works from anywhere
     assert done.returncode == 0, done.stdout + done.stderr
     patch = (world.overlay / PATCHES / "0002-loader-tokenizer.patch").read_text()
     assert "tokenizer, mine" in patch and "SOMEONE ELSE" not in patch
@@ -742,6 +760,7 @@ def test_status_on_an_edit_over_an_older_series_advises_what_apply_then_accepts(
     text = zpatch("status", checkout, expect=1).output
     assert "outdated  0001-loader-gemma3.patch (loader.py)" in text and "to apply what is missing" not in text
     line = next(x for x in text.splitlines() if "let apply write it again" in x)
+    assert "(edited after apply: keep a copy of each" in line          # no refresh (it refuses), no stray "or"
     home = tmp_path / "home"
     home.mkdir()
     done = follow(world, line.split("`")[-2], home)

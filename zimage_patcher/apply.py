@@ -268,7 +268,7 @@ def _node_plan(ws: Workspace, rec: Record | None, install: bool) -> tuple[list[C
 def _open(ov: Overlay, checkout: Path | None) -> tuple[Workspace, dict]:
     clone.refuse_incomplete(checkout, cwd() if checkout is None else None)
     ws = Workspace.open(ov, checkout)
-    return ws, {"checkout": str(ws.checkout), "changed": False, "replaced": False, "recovered": None,
+    return ws, {"checkout": str(ws.checkout), "changed": False, "replaced": [], "recovered": None,
                 "upstreams": [], "node": ws.node_rel, "files_written": [], "files_removed": []}
 
 

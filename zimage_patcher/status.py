@@ -11,18 +11,18 @@ from .record import Record
 from .workspace import Target, Workspace, edited, node_folder
 
 
-def _edit_owners(t: Target, ur: record.UpstreamRecord, zdir: Path, f: str) -> tuple[set[str], bool]:
+def _edit_owners(t: Target, ur: record.UpstreamRecord, zdir: Path, f: str) -> tuple[set[str], bool | None]:
     """The patches whose lines the hand edit in F changes, as refresh would place it: the lines each
     applied patch wrote (zpatch's copies of them, from the commit they were applied on), and for a pure
     insertion the lines around it. Second: whether refresh must be told where the edit goes (lines of
-    upstream's own or of two patches, or the file deleted). Every patch that changes F, and False, when
+    upstream's own or of two patches, or the file deleted). Every patch that changes F, and None, when
     that cannot be traced here (a 3-way apply, a patch git must apply, bytes other than zpatch wrote)."""
     touching = {p.name for p in t.series.patches if f in p.files}
     now = worktree.read(t.top, t.file(f))
     if now is None:
         return touching, True
     if ur.three_way:
-        return touching, False
+        return touching, None
     steps = []
     try:
         for ref in ur.patches:
@@ -30,14 +30,14 @@ def _edit_owners(t: Target, ur: record.UpstreamRecord, zdir: Path, f: str) -> tu
             diffs = hunks.parse(data)
             diff = next((d for d in diffs or () if d.path == f), None)
             if diffs is None or diff is not None and diff.delete:
-                return touching, False
+                return touching, None
             if diff is not None:
                 steps.append((ref.name, diff.hunks))
     except (ZpatchError, OSError):
-        return touching, False
+        return touching, None
     traced = hunks.line_authors(git.show_blob(t.repo, ur.commit, f) or b"", steps)
     if traced is None or git.hash_object_bytes(traced[0]) != ur.files.get(f):
-        return touching, False       # not the bytes zpatch wrote (eol filters, a copy gone): no tracing
+        return touching, None        # not the bytes zpatch wrote (eol filters, a copy gone): no tracing
     result, labels = traced
     import difflib
     owners: set[str] = set()
@@ -95,7 +95,8 @@ def status(ov: Overlay, checkout: Path | None) -> dict:
                    if f not in theirs and not inside_nested(t, ws.targets, f)]
         entry = {"name": t.name, "path": t.rel, "pin": t.pin, "head": head, "at_pin": head == t.pin,
                  "three_way": bool(ur and ur.three_way), "patches": patches, "foreign_changes": foreign,
-                 "unowned_edits": sorted(f for f, (_, unowned) in traced.items() if unowned)}
+                 "unowned_edits": sorted(f for f, (_, unowned) in traced.items() if unowned),
+                 "untraced_edits": sorted(f for f, (_, unowned) in traced.items() if unowned is None)}
         out["upstreams"].append(entry)
         if not entry["at_pin"] or foreign or any(p["state"] != "applied" for p in patches):
             out["clean"] = False

@@ -281,7 +281,8 @@ def refuse_edits(edits: list[tuple[Target, str]], why: str, then: str) -> Zpatch
     t, f = edits[0]
     more = f" (and {len(edits) - 1} more file(s))" if len(edits) > 1 else ""
     return ZpatchError(f"{t.repo / f}: modified since zpatch applied it{more}; {why}", Exit.BAD_CHECKOUT,
-                       hint=f"`zpatch refresh {shlex.quote(str(t.top))}` folds your edits into their patches; or "
+                       hint=f"`zpatch refresh {shlex.quote(str(t.top))}` folds your edits into their patches (it asks, "
+                            "with --into or --new, where no single patch owns an edit); or "
                             f"keep a copy of each file and go on without the edits: `{' && '.join([*steps, then])}`")
 
 

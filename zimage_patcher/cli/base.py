@@ -327,9 +327,14 @@ def _finished() -> None:
 def _again(hint: str, kw: dict) -> str:
     """HINT with {again} as this very command line (run where the user ran it, it acts on the same
     checkout) and {co} as the checkout it named, or the current directory's."""
-    co = kw.get("checkout")
-    return hint.format(again=shlex.join(["zpatch", *_ARGS]),
-                       co=shlex.quote(str(Path(co).absolute() if co else Path.cwd())))
+    args, co = list(_ARGS), kw.get("checkout")
+    where = str(Path(co).absolute() if co else Path.cwd())
+    if "checkout" in kw:             # the checkout as a full path, so the command works from anywhere
+        if co is None:
+            args.append(where)
+        elif co in args:
+            args[len(args) - 1 - args[::-1].index(co)] = where
+    return hint.format(again=shlex.join(["zpatch", *args]), co=shlex.quote(where))
 
 
 def command(name: str, help_example: str, interrupted: str = ROLLED_BACK, findings: bool = False):

@@ -202,7 +202,7 @@ def _put_aside(res: dict) -> list[str]:
             if os.path.lexists(co / rel):        # a deleted file has nothing to keep
                 steps.append(copy_aside(co, rel, u["name"]))
             steps.append(f"git -C {shlex.quote(str(repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
-                         else f"rm -- {shlex.quote(str(co / rel))}")
+                         else f"rm -f -- {shlex.quote(str(co / rel))}")      # a patch created it (maybe gone too)
     node = res["node"]
     for f, state in sorted(node["files"].items()) if node else ():
         if state in ("modified", "added"):       # added: a file of the user's, which refresh would add
@@ -244,7 +244,7 @@ def _status_advice(res: dict) -> list[str]:
     states = {p["state"] for u in res["upstreams"] for p in u["patches"]}
     out = []
     if res["interrupted"]:     # what the files show now is half a run: the roll-back comes first
-        again = f", or `zpatch edit {co}` again," if res["interrupted"]["op"] == "edit" else ""
+        again = f", or `zpatch edit {co}` again" if res["interrupted"]["op"] == "edit" else ""
         return ["Not clean.", f"  (run `zpatch apply {co}` or `zpatch unapply {co}`{again}: each "
                               "first rolls the interrupted change back)"]
     editing = [u for u in res["upstreams"] if u.get("edit")]
@@ -296,8 +296,12 @@ def _status_advice(res: dict) -> list[str]:
     if edited_after:
         again = " && ".join([*_put_aside(res), f"zpatch apply {co}"])
         unowned = [(u, f) for u in res["upstreams"] for f in u.get("unowned_edits", [])]
+        untraced = [f for u in res["upstreams"] for f in u.get("untraced_edits", [])]
         if "outdated" in states:     # refresh refuses an edit over an older series; apply takes the new one
             fold = ""
+        elif untraced and not unowned:     # status could not tell which patch owns them; refresh can
+            fold = (f"`zpatch refresh --dry-run {co}` shows which patch each edit would go into (refresh asks, with "
+                    "--into or --new, where no single patch owns one); ")
         elif unowned:                # refresh would ask where it goes: say both ways, as it would
             u, f = unowned[0]
             into = next(p["name"] for p in reversed(u["patches"]) if f in p["edited"])
@@ -307,8 +311,8 @@ def _status_advice(res: dict) -> list[str]:
                     "new one; ")
         else:
             fold = f"`zpatch refresh {co}` folds the edits into their patches and the overlay's node; "
-        out.append(f"  (edited after apply: {fold}or keep a copy of each edited file and let apply write it "
-                   f"again: `{again}`)")
+        out.append(f"  (edited after apply: {fold}{'or ' if fold else ''}keep a copy of each edited file and let "
+                   f"apply write it again: `{again}`)")
     if any(u["foreign_changes"] for u in res["upstreams"]):
         out.append("  (foreign changes are not zpatch's: your edits, or files a partial mirror left out)")
     return ["Not clean."] + out
