@@ -160,6 +160,21 @@ def test_a_deleted_patched_file_gets_advice_that_works_as_printed(world, zpatch,
         assert files(checkout) == applied and zpatch.json("status", checkout)["clean"]
 
 
+def test_unowned_edits_in_both_upstreams_get_the_one_way_that_takes_both(world, zpatch, checkout, tmp_path):
+    """A trial: with edits of upstream's lines in both upstreams, status offered `--into` a patch of one,
+    and refresh then refused the other's. Only --new takes both; status says that way, which works."""
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 10\n", "loader line 10 by hand\n")
+    edit(checkout / "comfy/sd.py", "line 30 of sd.py\n", "line 30 of sd.py by hand\n")
+    st = zpatch.json("status", checkout, expect=1)
+    line = next(a for a in st["advice"] if a.startswith("edited after apply"))
+    assert "--into" not in line
+    new = next(c for c in re.findall(r"`([^`]+)`", line) if "--new" in c)
+    done = follow(world, new, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reproduces(world, zpatch, checkout, tmp_path)
+
+
 def test_an_edit_status_cannot_trace_gets_the_dry_run_not_a_promise(world, zpatch, checkout, tmp_path):
     """A trial: with a patch that only git applies (a file name with a space), status could not trace an
     edit yet promised that `zpatch refresh` folds it; refresh then refused (upstream's lines). It says

@@ -305,10 +305,13 @@ def _status_advice(res: dict) -> list[str]:
         elif unowned:                # refresh would ask where it goes: say both ways, as it would
             u, f = unowned[0]
             into = next(p["name"] for p in reversed(u["patches"]) if f in p["edited"])
+            # --into names one patch, of one upstream: with such edits in two, only --new takes them all
+            one = len({x["name"] for x, _ in unowned}) == 1
             fold = (f"no single patch owns the edit of {', '.join(x for _, x in unowned)} (upstream's own lines, "
-                    f"lines of two patches, or the file deleted): `zpatch refresh --into {shlex.quote(into)} {co}` "
-                    f"folds every edit of {u['name']} into that patch, `zpatch refresh --new 'Subject' {co}` into a "
-                    "new one; ")
+                    "lines of two patches, or the file deleted): "
+                    + (f"`zpatch refresh --into {shlex.quote(into)} {co}` folds every edit of {u['name']} into that "
+                       "patch, " if one else "")
+                    + f"`zpatch refresh --new 'Subject' {co}` {'into a new one' if one else 'every edit into a new patch of each upstream'}; ")
         else:
             fold = f"`zpatch refresh {co}` folds the edits into their patches and the overlay's node; "
         out.append(f"  (edited after apply: {fold}{'or ' if fold else ''}keep a copy of each edited file and let "
