@@ -486,6 +486,40 @@ def test_the_overlay_a_checkout_last_used_is_kept_through_edit_mode_switches_and
     assert {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()} == before
 
 
+def test_a_pointer_never_leads_a_write_or_its_advice_to_an_overlay_the_user_did_not_name(world, zpatch, checkout,
+                                                                                         tmp_path):
+    """A seventh trial: with the checkout's overlay moved, status and `refresh --dry-run` advised
+    `refresh --overlay <zpatch's own tree>`; a checkout made from outside any overlay pointed at zpatch's
+    own tree, and writers then took it; a FIFO as the pointer hung every command."""
+    import os
+    from pathlib import Path
+    import zimage_patcher
+    own = Path(zimage_patcher.__file__).resolve().parent.parent
+    before = {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()}
+    zpatch("apply", checkout)
+    edit(checkout / GGUF / "loader.py", "loader line 20 tokenizer\n", "loader line 20 tokenizer, mine\n")
+    inside = checkout / GGUF
+    moved = tmp_path / "moved"
+    world.overlay.rename(moved)
+    try:
+        for args in (("status",), ("refresh", "--dry-run"), ("refresh",)):
+            r = run.zpatch(*args, cwd=inside)
+            assert r.returncode == 3 and "the overlay that last applied this checkout is gone" in r.stderr, r.stderr
+            assert str(own) not in r.stdout + r.stderr
+    finally:
+        moved.rename(world.overlay)
+    pointer = checkout / ".git/zpatch/overlay"
+    pointer.write_text(f"{own}\n")                  # as a checkout made with the overlay beside zpatch leaves it
+    for args in (("refresh", "--dry-run"), ("refresh",)):
+        r = run.zpatch(*args, cwd=inside)
+        assert r.returncode == 3, r.stdout + r.stderr   # never taken by a writer unless named
+    pointer.unlink()
+    os.mkfifo(pointer)                                 # a FIFO hung zpatch reading it
+    r = run.zpatch("status", checkout, "--overlay", world.overlay)
+    assert r.returncode == 1, r.stderr
+    assert {p: p.read_bytes() for p in sorted((own / "patches").rglob("*")) if p.is_file()} == before
+
+
 def test_a_folder_of_several_checkouts_is_not_taken_for_one_of_them(world, zpatch, tmp_path):
     """The hint for a folder around checkouts named the first of them; with several, it names them all
     and picks none (acting on one the user did not mean would fold or apply the wrong checkout)."""

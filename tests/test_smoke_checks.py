@@ -24,11 +24,11 @@ def test_smoke_uses_the_overlay_it_is_told_about(world, zpatch, checkout, tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "ZPATCH_OVERLAY"}
     r = run.zpatch("smoke", checkout, "--python", nopy, env=env, cwd=tmp_path)
     assert r.returncode == 8, r.stderr
-    # that overlay gone: the one beside zpatch (this repository's), which is not what the checkout holds
+    # that overlay gone: refused, naming it, rather than compared with the one beside zpatch
     world.overlay.rename(tmp_path / "moved")
     try:
         r = run.zpatch("smoke", checkout, "--python", nopy, env=env, cwd=tmp_path)
-        assert r.returncode == 4 and "is not applied here" in error_line(r), r.stderr
+        assert r.returncode == 3 and "the overlay that last applied this checkout is gone" in error_line(r), r.stderr
     finally:
         (tmp_path / "moved").rename(world.overlay)
 

@@ -44,8 +44,18 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
         applied_by = pointed_overlay(Path(checkout).absolute() if checkout else here)
     except OSError:
         applied_by = None
-    if applied_by and is_overlay(applied_by) and not (for_writing and is_installed_copy(Path(applied_by))):
-        return Path(applied_by).resolve()
+    if applied_by and is_overlay(applied_by):
+        beside = Path(applied_by).resolve() in (PACKAGE_DIR.parent, (PACKAGE_DIR / "_bundle").resolve())
+        if not (for_writing and (beside or is_installed_copy(Path(applied_by)))):
+            return Path(applied_by).resolve()
+        # a checkout last written with the overlay beside zpatch (found, never named): a writer still
+        # refuses to rewrite zpatch's own tree unless it is named
+    elif applied_by:
+        # the overlay this checkout last used is gone: comparing against another one, or advising a
+        # write to it, would act on an overlay the user never chose here
+        raise ZpatchError(f"{applied_by}: the overlay that last applied this checkout is gone (moved or deleted)",
+                          Exit.BAD_OVERLAY, hint="run inside the overlay's repository, or name it with --overlay DIR",
+                          details={"no_overlay": True})
     if for_writing:   # never rewrite the source tree or bundle of the installed zpatch by accident
         src = PACKAGE_DIR.parent       # an editable install's repository: the CLI names it in the hint
         mine = (src / lockmod.LOCK_NAME).is_file() and (src / "patches").is_dir() and (src / ".git").exists()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -141,11 +142,21 @@ POINTER_NAME = "overlay"
 
 
 def pointer(zdir: Path) -> str | None:
+    """The absolute path the pointer holds; None when there is none, or it is anything but a small
+    regular file of one absolute path (a FIFO must not hang zpatch, a huge file not fill memory)."""
     try:
-        text = (zdir / POINTER_NAME).read_text(encoding="utf-8")
+        fd = os.open(zdir / POINTER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, 4097) if stat.S_ISREG(st.st_mode) and st.st_size <= 4096 else b""
+        text = data.decode("utf-8").rstrip("\n")
     except (OSError, UnicodeDecodeError):
         return None
-    return text.rstrip("\n") or None
+    finally:
+        os.close(fd)
+    return text if os.path.isabs(text) and "\0" not in text else None
 
 
 def remember_overlay(zdir: Path, root: Path) -> None:

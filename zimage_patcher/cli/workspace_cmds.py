@@ -353,7 +353,8 @@ def refresh_cmd(ctx, checkout, into, new, dry_run):
     checkout + apply then gives the same bytes. An edit on lines no single patch owns needs --into
     or --new."""
     from .. import refresh
-    res = refresh.refresh(ctx.overlay_root(for_writing=not dry_run), _path(checkout), into=into, new=new,
+    # a dry run resolves the overlay as the write would: its advice must not name one the write refuses
+    res = refresh.refresh(ctx.overlay_root(for_writing=True), _path(checkout), into=into, new=new,
                           dry_run=dry_run)
     lines = [res["recovered"]] if res.get("recovered") else []
     for u in res["upstreams"]:
