@@ -35,11 +35,11 @@ def find_root(explicit: str | os.PathLike | None = None, *, for_writing: bool = 
             raise ZpatchError(f"{root}: no {lockmod.LOCK_NAME} here", Exit.BAD_OVERLAY,
                               hint="point --overlay (or ZPATCH_OVERLAY) at the zimage-patcher repository")
         return root
+    from .record import is_overlay, pointed_overlay
     here = cwd()
     for d in (here, *here.parents):
-        if (d / lockmod.LOCK_NAME).is_file() and (d / "patches").is_dir():
+        if is_overlay(str(d)):
             return d
-    from .record import is_overlay, pointed_overlay
     try:
         applied_by = pointed_overlay(Path(checkout).absolute() if checkout else here)
     except OSError:

@@ -256,6 +256,19 @@ def copy_aside(top: Path, rel: str, label: str) -> str:
     return f"cp -- {shlex.quote(str(Path(top) / rel))} ~/{shlex.quote(f'zpatch-saved-{label}-{PurePosixPath(rel).name}-{blob}')}"
 
 
+def aside_steps(top: Path, repo: Path, files: list[str], label: str) -> list[str]:
+    """Commands that keep a copy of each of FILES (of REPO, inside the checkout TOP) in ~ and make it
+    upstream's again (git checkout), or absent where a patch created it, so apply can write it again."""
+    upstream_has = git.tree_blobs(repo, "HEAD", files)
+    steps = []
+    for f in files:
+        if os.path.lexists(repo / f):            # a deleted file has nothing to keep
+            steps.append(copy_aside(top, Path(repo / f).relative_to(top).as_posix(), label))
+        steps.append(f"git -C {shlex.quote(str(repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
+                     else f"rm -f -- {shlex.quote(str(repo / f))}")      # a patch created it (maybe gone too)
+    return steps
+
+
 def edits_since_apply(ws: "Workspace", rec) -> list[tuple[Target, str]]:
     """Every file of every upstream changed since zpatch wrote it and not simply put back (user_edits)."""
     return [(t, f) for t in ws.targets if rec is not None and t.name in rec.upstreams
@@ -272,12 +285,7 @@ def refuse_edits(edits: list[tuple[Target, str]], why: str, then: str) -> Zpatch
             groups.append((t, []))
         groups[-1][1].append(f)
     for t, files in groups:
-        upstream_has = git.tree_blobs(t.repo, "HEAD", files)
-        for f in files:
-            if os.path.lexists(t.repo / f):        # a deleted file has nothing to keep
-                steps.append(copy_aside(t.top, t.file(f), t.name))
-            steps.append(f"git -C {shlex.quote(str(t.repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
-                         else f"rm -f -- {shlex.quote(str(t.repo / f))}")    # a patch created it
+        steps += aside_steps(t.top, t.repo, files, t.name)
     t, f = edits[0]
     more = f" (and {len(edits) - 1} more file(s))" if len(edits) > 1 else ""
     return ZpatchError(f"{t.repo / f}: modified since zpatch applied it{more}; {why}", Exit.BAD_CHECKOUT,

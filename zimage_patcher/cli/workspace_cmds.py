@@ -1,7 +1,6 @@
 """checkout, apply, unapply, status: the commands that act on a ComfyUI checkout."""
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -187,22 +186,13 @@ def _put_aside(res: dict) -> list[str]:
     """For each file edited after apply (a patched file, a file of the node): copy it to ~, then make
     it upstream's again (git checkout) or absent (a file a patch or the node added), so that apply
     writes zpatch's bytes there again."""
-    from .. import git
-    from ..workspace import copy_aside
+    from ..workspace import aside_steps, copy_aside
     co = Path(res["checkout"])
     steps = []
     for u in res["upstreams"]:
         files = sorted({f for p in u["patches"] for f in p.get("edited", [])})
-        if not files or u.get("edit"):
-            continue
-        repo = co / u["path"]
-        upstream_has = git.tree_blobs(repo, "HEAD", files)
-        for f in files:
-            rel = f if u["path"] == "." else f"{u['path']}/{f}"
-            if os.path.lexists(co / rel):        # a deleted file has nothing to keep
-                steps.append(copy_aside(co, rel, u["name"]))
-            steps.append(f"git -C {shlex.quote(str(repo))} checkout -- {shlex.quote(f)}" if f in upstream_has
-                         else f"rm -f -- {shlex.quote(str(co / rel))}")      # a patch created it (maybe gone too)
+        if files and not u.get("edit"):
+            steps += aside_steps(co, co / u["path"], files, u["name"])
     node = res["node"]
     for f, state in sorted(node["files"].items()) if node else ():
         if state in ("modified", "added"):       # added: a file of the user's, which refresh would add
